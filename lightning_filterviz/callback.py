@@ -1,0 +1,346 @@
+"""The Lightning callback: cadence, ranks, checkpoint state and wiring over the engine.
+
+The logic lives in :class:`FilterMonitorLogic`, which imports no Lightning package, so
+that the same code serves ``lightning.pytorch`` (:mod:`lightning_filterviz`) and
+``pytorch_lightning`` (:mod:`lightning_filterviz.pl`): each package's Trainer only
+accepts callbacks derived from its own ``Callback`` class.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Literal, Optional, Union
+
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lightning_filterviz.discovery import unsupported_conv_layers
+from lightning_filterviz.engine import FilterVisualizer
+from lightning_filterviz.probe import model_input, probe_from_loader, take_first, to_cpu
+from lightning_filterviz.render import WeightNormalization
+from lightning_filterviz.sinks import DirectorySink, TensorBoardSink
+
+PROBE_SPLITS = ("val", "train")
+# TensorBoard keeps about this many images per tag unless told otherwise.
+TENSORBOARD_IMAGE_SAMPLES = 10
+
+_DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters in TensorBoard.
+
+    At global step 0, before the first optimizer step, and then every ``every_n_epochs``
+    epochs or every ``every_n_steps`` optimizer steps, the monitor runs a fixed probe batch
+    through the model (eval mode, no autograd, every flag and hook restored) and logs, for
+    each watched conv layer:
+
+    - ``filterviz/weights/<layer>``: the normalized filters as one image grid,
+    - ``filterviz/activations/<layer>``: the feature maps of the conv's activation (the
+      first activation function after the conv, through normalization layers),
+    - ``filterviz/dead_fraction/<layer>``: the fraction of dead filters (ReLU-family
+      activations only),
+    - ``filterviz/dead_filters``: a text table of layer -> dead filter indices.
+
+    A filter is dead when its activation is ``<= dead_threshold`` everywhere on the probe
+    batch for ``dead_patience`` consecutive snapshots; dead filters are framed in red.
+    Without a TensorBoard logger, PNG files and a CSV of scalars are written under the
+    trainer's log dir instead. Nothing is logged during the sanity check or a
+    ``fast_dev_run``. An error while taking a snapshot during training gives one warning
+    and switches the monitor off; it never stops the run.
+
+    Args:
+        layers: module names or fnmatch patterns (``"features.*"``) over the
+            LightningModule's ``named_modules()``; ``None`` watches every ``nn.Conv2d``.
+        every_n_epochs: take a snapshot every this many epochs.
+        every_n_steps: take a snapshot every this many optimizer steps (``global_step``).
+            At most one cadence may be set; with neither, a snapshot is taken every epoch.
+        probe_size: number of samples in the fixed probe batch.
+        probe_split: where the probe comes from when ``probe`` is not given: ``"val"``
+            (falls back to ``"train"`` when there is no validation data) or ``"train"``.
+            The first ``probe_size`` samples are taken from the dataset by index and
+            collated with the loader's ``collate_fn``; no loader is iterated.
+        max_filters: filters (and activation channels) drawn per layer; statistics still
+            cover all of them.
+        dead_threshold: a post-activation value ``<=`` this counts as "off".
+        dead_patience: consecutive snapshots a filter must be off to be reported dead.
+        log_weights: log the filter images.
+        log_activations: run the probe and log feature maps and dead-filter statistics.
+        probe: a probe batch to use instead of one taken from the data: a tensor, or a
+            batch shaped like the training batches (tuple, list or dict).
+        batch_key: where the model input is in a batch: an index into a tuple/list or a
+            key into a dict. ``None``: the batch itself, or the first element of a tuple/list.
+        forward_fn: how to run the model on the probe input, ``forward_fn(module, input)``,
+            when ``module(input)`` is not the way.
+        max_images: probe images whose feature maps are drawn.
+        weight_normalization: ``"filter"`` (each filter's own min..max, the default),
+            ``"layer"`` (the layer's min..max) or ``"symmetric"`` (a fixed range set at the
+            first snapshot, which shows growth in magnitude).
+        colormap: matplotlib colormap for the feature maps.
+
+    Raises:
+        ValueError: at construction, for an argument outside its allowed values; at setup,
+            for a layer name or pattern that matches no conv layer.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_filterviz import FilterMonitor
+
+        monitor = FilterMonitor(every_n_steps=100, probe_size=8)
+        trainer = Trainer(max_epochs=10, callbacks=[monitor])
+        trainer.fit(model, datamodule=datamodule)
+        monitor.dead_filters  # {"features.3": [5, 17], ...}
+"""
+
+
+class FilterMonitorLogic:
+    """Everything the callback does, independent of which Lightning package runs it."""
+
+    def __init__(
+        self,
+        layers: Optional[list[str]] = None,
+        every_n_epochs: Optional[int] = None,
+        every_n_steps: Optional[int] = None,
+        probe_size: int = 8,
+        probe_split: Literal["val", "train"] = "val",
+        max_filters: int = 64,
+        dead_threshold: float = 0.0,
+        dead_patience: int = 2,
+        log_weights: bool = True,
+        log_activations: bool = True,
+        probe: Optional[Any] = None,
+        batch_key: Optional[Union[int, str]] = None,
+        forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None,
+        max_images: int = 4,
+        weight_normalization: WeightNormalization = "filter",
+        colormap: str = "viridis",
+    ) -> None:
+        super().__init__()
+        _validate_cadence(every_n_epochs, every_n_steps)
+        if not isinstance(probe_size, int) or isinstance(probe_size, bool) or probe_size < 1:
+            raise ValueError(f"`probe_size` must be an integer >= 1, got {probe_size!r}.")
+        if probe_split not in PROBE_SPLITS:
+            raise ValueError(f"`probe_split` must be one of {PROBE_SPLITS}, got {probe_split!r}.")
+        self.layers = layers
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.probe_size = probe_size
+        self.probe_split = probe_split
+        self.engine = FilterVisualizer(
+            _NullSink(),
+            layers=layers,
+            max_filters=max_filters,
+            max_images=max_images,
+            dead_threshold=dead_threshold,
+            dead_patience=dead_patience,
+            weight_normalization=weight_normalization,
+            log_weights=log_weights,
+            log_activations=log_activations,
+            batch_key=batch_key,
+            forward_fn=forward_fn,
+            colormap=colormap,
+        )
+        self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
+        self._last_snapshot_step: Optional[int] = None
+        self._enabled = True
+
+    @property
+    def dead_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices now dead."""
+        return self.engine.dead_filters
+
+    @property
+    def probe(self) -> Optional[Any]:
+        """The fixed probe batch (on the CPU), once chosen."""
+        return self._probe
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(  # type: ignore[attr-defined]
+            layers=self.layers, every_n_epochs=self.every_n_epochs, every_n_steps=self.every_n_steps
+        )
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.fast_dev_run:
+            self._enabled = False
+            rank_zero_info("filterviz: `fast_dev_run` is on; FilterMonitor takes no snapshots.")
+            return
+        skipped = unsupported_conv_layers(pl_module)
+        if skipped:
+            rank_zero_warn(
+                f"filterviz: skipping {len(skipped)} conv layer(s) that are not nn.Conv2d "
+                f"(1-d, 3-d or transposed): {skipped[:5]}{' ...' if len(skipped) > 5 else ''}. "
+                "Only nn.Conv2d layers are drawn."
+            )
+        watched = self.engine.watch(pl_module)  # an unknown layer name fails here, before any step
+        if not watched:
+            self._enabled = False
+            rank_zero_warn("filterviz: the model has no nn.Conv2d layer, so FilterMonitor has nothing to show.")
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._enabled:
+            return
+        if self._probe is None:
+            self._probe = self._probe_from_data(trainer)
+        model_input(self._probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
+        if trainer.is_global_zero:
+            self.engine.sink = self._make_sink(trainer)
+            self._warn_about_tensorboard_sampling(trainer)
+        self._snapshot(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._enabled and self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
+            self._snapshot(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._enabled or self.every_n_steps is not None:
+            return
+        every = self.every_n_epochs or 1
+        if (trainer.current_epoch + 1) % every == 0:
+            self._snapshot(trainer, pl_module)
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.engine.sink.flush()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "probe": self._probe,
+            "last_snapshot_step": self._last_snapshot_step,
+            "engine": self.engine.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "probe" not in state_dict:
+            rank_zero_warn("filterviz: the checkpoint holds no FilterMonitor state; starting its history afresh.")
+        if state_dict.get("probe") is not None:
+            self._probe = state_dict["probe"]
+        self._last_snapshot_step = state_dict.get("last_snapshot_step")
+        self.engine.load_state_dict(state_dict.get("engine", {}))
+
+    def _snapshot(self, trainer: Any, pl_module: Any) -> None:
+        step = trainer.global_step
+        if step == self._last_snapshot_step or not trainer.is_global_zero:
+            return
+        self._last_snapshot_step = step
+        try:
+            self.engine.snapshot(
+                pl_module,
+                self._probe,
+                step,
+                forward_context=trainer.precision_plugin.forward_context,
+                convert_input=_input_converter(trainer),
+            )
+        except Exception as error:  # monitoring must never end a training run
+            self._enabled = False
+            rank_zero_warn(
+                f"filterviz: the snapshot at step {step} failed and FilterMonitor is now off for this run: "
+                f"{type(error).__name__}: {error}"
+            )
+
+    def _probe_from_data(self, trainer: Any) -> Any:
+        loader = _validation_loader(trainer) if self.probe_split == "val" else None
+        if loader is None:
+            if self.probe_split == "val":
+                rank_zero_info("filterviz: no validation data; the probe batch comes from the training set.")
+            loader = _first_loader(trainer.train_dataloader)
+        if loader is None:
+            raise ValueError("FilterMonitor found no DataLoader to take a probe batch from; pass `probe=`.")
+        batch, count = probe_from_loader(loader, self.probe_size)
+        if count < self.probe_size:
+            rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
+        return batch
+
+    def _make_sink(self, trainer: Any) -> Any:
+        for logger in trainer.loggers:
+            writer = getattr(logger, "experiment", None)
+            if all(hasattr(writer, name) for name in ("add_image", "add_scalar", "add_text")):
+                return TensorBoardSink(writer)
+        directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "filterviz")
+        rank_zero_info(f"filterviz: no TensorBoard logger; writing PNG files and scalars.csv to {directory}")
+        return DirectorySink(directory)
+
+    def _warn_about_tensorboard_sampling(self, trainer: Any) -> None:
+        if not isinstance(self.engine.sink, TensorBoardSink):
+            return
+        planned = _planned_snapshots(trainer, self.every_n_epochs, self.every_n_steps)
+        if planned is None or planned > TENSORBOARD_IMAGE_SAMPLES:
+            count = "an open-ended number of" if planned is None else f"about {planned}"
+            rank_zero_warn(
+                f"filterviz: {count} snapshots are planned, but TensorBoard shows only "
+                f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
+                "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
+            )
+
+
+class _NullSink:
+    """Stands in until the trainer's logger is known, and on ranks other than zero."""
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+        pass
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _validate_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:
+    if every_n_epochs is not None and every_n_steps is not None:
+        raise ValueError(
+            f"Set at most one of `every_n_epochs` ({every_n_epochs}) and `every_n_steps` ({every_n_steps})."
+        )
+    for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{name}` must be None or an integer >= 1, got {value!r}.")
+
+
+def _validation_loader(trainer: Any) -> Optional[DataLoader]:
+    val_loop = trainer.fit_loop.epoch_loop.val_loop
+    # Building the loader here is what the first validation would do anyway; it reads no batch.
+    val_loop.setup_data()
+    return _first_loader(trainer.val_dataloaders)
+
+
+def _first_loader(loaders: Any) -> Optional[DataLoader]:
+    if isinstance(loaders, DataLoader):
+        return loaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        for loader in loaders:
+            found = _first_loader(loader)
+            if found is not None:
+                return found
+    return None
+
+
+def _input_converter(trainer: Any) -> Optional[Callable[[Tensor], Tensor]]:
+    plugin = trainer.precision_plugin
+
+    def convert(tensor: Tensor) -> Tensor:
+        return plugin.convert_input(tensor) if torch.is_floating_point(tensor) else tensor
+
+    return convert
+
+
+def _planned_snapshots(trainer: Any, every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> Optional[int]:
+    if every_n_steps is not None:
+        total_steps = trainer.estimated_stepping_batches
+        return None if total_steps == float("inf") else 1 + int(total_steps) // every_n_steps
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0:
+        return None
+    return 1 + max_epochs // (every_n_epochs or 1)

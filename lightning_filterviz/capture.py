@@ -1,0 +1,167 @@
+"""One probe pass: hooks in, eval and no_grad, per-channel reductions and capped maps out.
+
+Everything the pass returns is a small float32 CPU tensor detached from autograd; every
+hook it adds is removed, and every module's train/eval flag and the RNG state are
+restored, whether the pass succeeds or raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_filterviz.discovery import ActivationTracer, ConvLayer
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+@dataclass
+class LayerCapture:
+    """One conv layer at one snapshot.
+
+    Attributes:
+        name: the conv's qualified module name.
+        out_channels: number of filters in the layer.
+        weight: the first ``max_filters`` filters, ``(F, C_in / groups, kH, kW)``.
+        activation: name of the activation function, or ``None`` when the conv's output
+            reaches no activation (a residual sum, a concatenation, the model output).
+        no_activation_reason: why there is no activation, when there is none.
+        zeroing: whether the activation floors at zero (ReLU family), so "dead" applies.
+        channel_max: per-filter maximum of the activation over the probe, ``(out_channels,)``.
+        channel_mean_abs: per-filter mean absolute activation, ``(out_channels,)``.
+        maps: capped feature maps ``(images, F, H, W)``.
+    """
+
+    name: str
+    out_channels: int
+    weight: Tensor
+    activation: Optional[str] = None
+    no_activation_reason: Optional[str] = None
+    zeroing: bool = False
+    channel_max: Optional[Tensor] = None
+    channel_mean_abs: Optional[Tensor] = None
+    maps: Optional[Tensor] = None
+
+
+@dataclass
+class Snapshot:
+    """Everything captured at one training step, ready for statistics and rendering."""
+
+    step: int
+    layers: dict[str, LayerCapture] = field(default_factory=dict)
+
+
+def capture_snapshot(
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[ConvLayer],
+    step: int,
+    *,
+    forward_fn: Optional[ForwardFn] = None,
+    max_filters: int = 64,
+    max_images: int = 4,
+    max_map_size: int = 48,
+    capture_activations: bool = True,
+    forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
+) -> Snapshot:
+    """Run the probe through ``model`` once and capture the watched conv layers.
+
+    Args:
+        model: the network, run eagerly in eval mode under ``torch.no_grad``.
+        inputs: the model input, already on the model's device.
+        layers: the convs to capture (see :func:`~lightning_filterviz.discovery.select_conv_layers`).
+        step: the training step this snapshot belongs to.
+        forward_fn: how to run the model, ``forward_fn(model, inputs)``; default ``model(inputs)``.
+        max_filters: filters (and activation channels) kept for drawing per layer.
+        max_images: probe images whose feature maps are kept.
+        max_map_size: feature maps larger than this (height or width) are area-downsampled.
+        capture_activations: run the probe forward; with ``False`` only weights are taken.
+        forward_context: a context manager factory around the forward (mixed precision).
+
+    Returns:
+        A :class:`Snapshot` of small detached CPU tensors.
+    """
+    snapshot = Snapshot(step=step)
+    for layer in layers:
+        weight = layer.module.weight.detach()[:max_filters].float().cpu().clone()
+        snapshot.layers[layer.name] = LayerCapture(layer.name, layer.module.out_channels, weight)
+    if not capture_activations or not layers:
+        return snapshot
+
+    tracer = ActivationTracer(lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size))
+    run = forward_fn or _call_model
+    context = forward_context() if forward_context is not None else contextlib.nullcontext()
+    with _side_pass(model), _tracking_hooks(layers, tracer), context, tracer:
+        run(model, inputs)
+    tracer.finish()
+
+    for name, capture in snapshot.layers.items():
+        record = tracer.records.get(name)
+        if record is None:
+            capture.no_activation_reason = tracer.no_activation.get(name, "the conv did not run on the probe")
+            continue
+        capture.activation = record.function
+        capture.zeroing = record.zeroing
+        capture.channel_max = record.channel_max.cpu()
+        capture.channel_mean_abs = record.channel_mean_abs.cpu()
+        capture.maps = record.maps.cpu()
+    return snapshot
+
+
+def _call_model(model: nn.Module, inputs: Any) -> Any:
+    return model(inputs)
+
+
+@contextlib.contextmanager
+def _side_pass(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no autograd and an untouched RNG for the duration; every flag restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    devices = _cuda_devices(model)
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def _tracking_hooks(layers: Sequence[ConvLayer], tracer: ActivationTracer) -> Iterator[None]:
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(layer.module.register_forward_hook(_tracking_hook(layer.name, tracer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _tracking_hook(name: str, tracer: ActivationTracer) -> Callable[[nn.Module, Any, Any], None]:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            tracer.track(name, output)
+
+    return hook
+
+
+def _reduce_maps(activation: Tensor, max_images: int, max_channels: int, max_size: int) -> Tensor:
+    maps = activation[:max_images, :max_channels]
+    if maps.dim() != 4:
+        return maps.detach().float().clone()
+    height, width = maps.shape[-2:]
+    if max(height, width) > max_size:
+        scale = max_size / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        maps = F.interpolate(maps.float(), size=size, mode="area")
+    return maps.detach().float().clone()
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})

@@ -1,0 +1,324 @@
+"""The engine: capture, statistics, rendering and writing, with no Lightning in sight.
+
+:class:`FilterVisualizer` serves plain PyTorch loops and notebooks; the Lightning
+callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, ContextManager, Optional, Sequence, Union
+
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_filterviz.capture import ForwardFn, Snapshot, capture_snapshot
+from lightning_filterviz.discovery import ConvLayer, select_conv_layers
+from lightning_filterviz.probe import BatchKey, model_input, to_device
+from lightning_filterviz.render import (
+    WEIGHT_NORMALIZATIONS,
+    WeightNormalization,
+    activation_grid,
+    dead_filter_table,
+    normalize_filters,
+    to_uint8,
+    weight_grid,
+)
+from lightning_filterviz.sinks import DirectorySink, Sink, TensorBoardSink
+from lightning_filterviz.stats import DeadFilterTracker
+
+TAG_PREFIX = "filterviz"
+# Past this dead fraction a layer is in trouble; say so once.
+DEAD_FRACTION_WARNING = 0.5
+
+
+def weights_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/weights/{layer}"
+
+
+def activations_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/activations/{layer}"
+
+
+def dead_fraction_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/dead_fraction/{layer}"
+
+
+DEAD_FILTERS_TAG = f"{TAG_PREFIX}/dead_filters"
+PROBE_TAG = f"{TAG_PREFIX}/probe"
+
+
+class FilterVisualizer:
+    """Snapshots a model's conv filters and feature maps and logs them, in any training loop.
+
+    Each :meth:`snapshot` runs the probe batch through the model once (eval mode, no
+    autograd, hooks removed afterwards), updates the dead-filter statistics and writes:
+
+    - ``filterviz/weights/<layer>``: the layer's normalized filters (image),
+    - ``filterviz/activations/<layer>``: its activation's feature maps for the probe (image),
+    - ``filterviz/dead_fraction/<layer>``: dead filters / all filters (scalar),
+    - ``filterviz/dead_filters``: a table of layer -> dead indices (text),
+    - ``filterviz/probe``: the probe images themselves, at the first snapshot (image).
+
+    Args:
+        sink: a ``SummaryWriter``, a directory path (PNG files), or any
+            :class:`~lightning_filterviz.sinks.Sink`.
+        layers: module names or fnmatch patterns over ``named_modules()``; ``None`` watches
+            every ``nn.Conv2d``.
+        max_filters: filters drawn per layer (statistics still cover all of them).
+        max_images: probe images whose feature maps are drawn.
+        dead_threshold: a post-activation value ``<=`` this counts as "off".
+        dead_patience: consecutive snapshots a filter must be off to be reported dead.
+        weight_normalization: ``"filter"`` (each filter's min..max), ``"layer"`` (the
+            layer's min..max) or ``"symmetric"`` (a fixed ``+-max|w|`` range taken at the
+            first snapshot, which shows growth in magnitude).
+        log_weights: write the filter images.
+        log_activations: run the probe forward and write feature maps and dead statistics.
+        batch_key: where the model input is in a batch: an index into a tuple/list or a key
+            into a dict. ``None``: the batch itself, or the first element of a tuple/list.
+        forward_fn: how to run the model on the input, ``forward_fn(model, input)``;
+            default ``model(input)``.
+        colormap: matplotlib colormap for the feature maps.
+
+    Raises:
+        ValueError: for an argument outside its allowed values.
+
+    Example::
+
+        from torch.utils.tensorboard import SummaryWriter
+        from lightning_filterviz import FilterVisualizer
+
+        visualizer = FilterVisualizer(SummaryWriter("runs/cnn"))
+        probe = next(iter(val_loader))
+        for step, (images, labels) in enumerate(train_loader):
+            if step % 100 == 0:
+                visualizer.snapshot(model, probe, step)
+            ...  # the usual forward, backward and optimizer step
+        print(visualizer.dead_filters)
+    """
+
+    def __init__(
+        self,
+        sink: Union[Sink, Any, str, os.PathLike],
+        *,
+        layers: Optional[Sequence[str]] = None,
+        max_filters: int = 64,
+        max_images: int = 4,
+        dead_threshold: float = 0.0,
+        dead_patience: int = 2,
+        weight_normalization: WeightNormalization = "filter",
+        log_weights: bool = True,
+        log_activations: bool = True,
+        batch_key: BatchKey = None,
+        forward_fn: Optional[ForwardFn] = None,
+        colormap: str = "viridis",
+    ) -> None:
+        validate_settings(
+            max_filters=max_filters,
+            max_images=max_images,
+            dead_patience=dead_patience,
+            weight_normalization=weight_normalization,
+            colormap=colormap,
+        )
+        self.sink = as_sink(sink)
+        self.layers = list(layers) if layers is not None else None
+        self.max_filters = max_filters
+        self.max_images = max_images
+        self.weight_normalization = weight_normalization
+        self.log_weights = log_weights
+        self.log_activations = log_activations
+        self.batch_key = batch_key
+        self.forward_fn = forward_fn
+        self.colormap = colormap
+        self.tracker = DeadFilterTracker(threshold=dead_threshold, patience=dead_patience)
+        self._watched: Optional[list[ConvLayer]] = None
+        self._watched_model: Optional[int] = None
+        self._symmetric_ranges: dict[str, float] = {}
+        self._warned_dead: set[str] = set()
+        self._probe_logged = False
+        self._described = False
+
+    @property
+    def dead_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices now dead."""
+        return self.tracker.dead_filters
+
+    def watch(self, model: nn.Module) -> list[ConvLayer]:
+        """Resolve which conv layers of ``model`` are watched.
+
+        Raises:
+            ValueError: if a requested layer name or pattern matches no conv layer.
+        """
+        self._watched = select_conv_layers(model, self.layers)
+        self._watched_model = id(model)
+        return self._watched
+
+    def snapshot(
+        self,
+        model: nn.Module,
+        batch: Any,
+        step: int,
+        *,
+        forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
+        convert_input: Optional[Callable[[Tensor], Tensor]] = None,
+        publish: bool = True,
+    ) -> Snapshot:
+        """Capture the watched layers on ``batch`` at training step ``step`` and log them.
+
+        Args:
+            model: the network; its train/eval flags and RNG state are left as they were.
+            batch: the probe batch (the model input is taken out of it with ``batch_key``).
+            step: the step the images and scalars are logged at.
+            forward_context: a context manager factory around the forward (autocast).
+            convert_input: a dtype conversion applied to the probe's tensors.
+            publish: render and write; ``False`` only captures and updates statistics.
+
+        Returns:
+            The captured :class:`~lightning_filterviz.capture.Snapshot`.
+        """
+        layers = self._watched if self._watched_model == id(model) and self._watched is not None else self.watch(model)
+        inputs = to_device(model_input(batch, self.batch_key), _device_of(model), convert_input)
+        snapshot = capture_snapshot(
+            model,
+            inputs,
+            layers,
+            step,
+            forward_fn=self.forward_fn,
+            max_filters=self.max_filters,
+            max_images=self.max_images,
+            capture_activations=self.log_activations,
+            forward_context=forward_context,
+        )
+        self.tracker.update(snapshot)
+        self._describe_once(snapshot)
+        self._warn_on_dying_layers(snapshot)
+        if publish:
+            self.publish(snapshot, probe_images=inputs if not self._probe_logged else None)
+        return snapshot
+
+    def publish(self, snapshot: Snapshot, probe_images: Any = None) -> None:
+        """Render one snapshot and write it to the sink."""
+        step = snapshot.step
+        dead = self.tracker.dead_filters
+        if isinstance(probe_images, Tensor) and _looks_like_images(probe_images):
+            self.sink.add_image(PROBE_TAG, probe_image_grid(probe_images[: self.max_images]), step)
+            self._probe_logged = True
+        for name, layer in snapshot.layers.items():
+            marked = dead.get(name, [])
+            if self.log_weights:
+                image = weight_grid(layer.weight, self.weight_normalization, self._symmetric_range(name, layer.weight), marked)
+                self.sink.add_image(weights_tag(name), image, step)
+            if self.log_activations and layer.maps is not None:
+                self.sink.add_image(activations_tag(name), activation_grid(layer.maps, marked, self.colormap), step)
+            if name in dead:
+                self.sink.add_scalar(dead_fraction_tag(name), self.tracker.dead_fraction(name), step)
+        if dead:
+            out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
+            self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
+        self.sink.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tracker": self.tracker.state_dict(),
+            "symmetric_ranges": dict(self._symmetric_ranges),
+            "warned_dead": sorted(self._warned_dead),
+            "probe_logged": self._probe_logged,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state.get("tracker", {}))
+        self._symmetric_ranges = dict(state.get("symmetric_ranges", {}))
+        self._warned_dead = set(state.get("warned_dead", []))
+        self._probe_logged = bool(state.get("probe_logged", False))
+
+    def _symmetric_range(self, layer: str, weight: Tensor) -> Optional[float]:
+        if self.weight_normalization != "symmetric":
+            return None
+        # Fixed at the first snapshot, so later images show how the weights grew or shrank.
+        if layer not in self._symmetric_ranges:
+            self._symmetric_ranges[layer] = max(float(weight.abs().amax()), 1e-12)
+        return self._symmetric_ranges[layer]
+
+    def _warn_on_dying_layers(self, snapshot: Snapshot) -> None:
+        for name in self.tracker.judged_layers:
+            fraction = self.tracker.dead_fraction(name)
+            if fraction > DEAD_FRACTION_WARNING and name not in self._warned_dead:
+                self._warned_dead.add(name)
+                rank_zero_warn(
+                    f"filterviz: {fraction:.0%} of the filters of `{name}` are dead at step {snapshot.step} "
+                    f"(ReLU output <= {self.tracker.threshold} on the whole probe for {self.tracker.patience} "
+                    "snapshots in a row). A lower learning rate, a different init or a leaky activation may help."
+                )
+
+    def _describe_once(self, snapshot: Snapshot) -> None:
+        if self._described or not self.log_activations:
+            return
+        self._described = True
+        without = {name: layer.no_activation_reason for name, layer in snapshot.layers.items() if layer.activation is None}
+        not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
+        if without:
+            listed = "; ".join(f"{name}: {reason}" for name, reason in without.items())
+            rank_zero_info(f"filterviz: no activation image or dead statistics for these convs ({listed}).")
+        if not_relu:
+            rank_zero_info(
+                f"filterviz: dead filters are not judged for {not_relu}: their activation is not of the ReLU "
+                "family and never stays at exactly zero."
+            )
+
+
+def validate_settings(
+    *,
+    max_filters: int,
+    max_images: int,
+    dead_patience: int,
+    weight_normalization: str,
+    colormap: str,
+) -> None:
+    """Fail fast, naming the argument and what it accepts."""
+    for name, value in (("max_filters", max_filters), ("max_images", max_images), ("dead_patience", dead_patience)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    if weight_normalization not in WEIGHT_NORMALIZATIONS:
+        raise ValueError(
+            f"`weight_normalization` must be one of {WEIGHT_NORMALIZATIONS}, got {weight_normalization!r}."
+        )
+    import matplotlib
+
+    if colormap not in matplotlib.colormaps:
+        raise ValueError(f"`colormap` must be a matplotlib colormap name such as 'viridis', got {colormap!r}.")
+
+
+def as_sink(target: Any) -> Sink:
+    """Accept a sink, a ``SummaryWriter`` (anything with ``add_image``) or a directory path."""
+    if isinstance(target, (str, os.PathLike)):
+        return DirectorySink(target)
+    if isinstance(target, (TensorBoardSink, DirectorySink)):
+        return target
+    if all(hasattr(target, method) for method in ("add_image", "add_scalar", "add_text", "flush")):
+        writer_like = hasattr(target, "add_images") or type(target).__name__ == "SummaryWriter"
+        return TensorBoardSink(target) if writer_like else target
+    raise TypeError(
+        f"Cannot log to a {type(target).__name__}: pass a SummaryWriter, a directory path, "
+        "or an object with add_image, add_scalar, add_text and flush."
+    )
+
+
+def probe_image_grid(images: Tensor) -> Tensor:
+    """The probe's input images, each min-max normalized, side by side."""
+    from torchvision.utils import make_grid
+
+    shown = torch.nan_to_num(images.detach().float().cpu())
+    shown = normalize_filters(shown, "filter")
+    if shown.shape[1] == 1:
+        shown = shown.expand(-1, 3, -1, -1)
+    return to_uint8(make_grid(shown, nrow=len(shown), padding=2, pad_value=1.0))
+
+
+def _looks_like_images(inputs: Tensor) -> bool:
+    return inputs.dim() == 4 and inputs.shape[1] in (1, 3)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

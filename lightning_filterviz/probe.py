@@ -1,0 +1,96 @@
+"""The fixed probe batch: choosing it once, and getting the model input out of it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+BatchKey = Union[int, str, None]
+
+
+def probe_from_loader(loader: DataLoader, size: int) -> tuple[Any, int]:
+    """Collate the first ``size`` samples of a loader's dataset into one batch.
+
+    Samples are taken from ``loader.dataset`` by index and collated with the loader's own
+    ``collate_fn``: the loader is never iterated, so its shuffling and the training run's
+    random state stay untouched.
+
+    Returns:
+        The batch on the CPU and the number of samples in it (fewer than ``size`` when the
+        dataset is smaller).
+
+    Raises:
+        ValueError: if the dataset cannot be indexed (an ``IterableDataset``) or is empty.
+    """
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        raise ValueError(
+            f"Cannot take a probe batch from a {type(dataset).__name__}: it cannot be indexed. "
+            "Pass `probe=` (a tensor or a batch) to FilterMonitor instead."
+        )
+    count = min(size, len(dataset))  # type: ignore[arg-type]
+    if count == 0:
+        raise ValueError("Cannot take a probe batch from an empty dataset. Pass `probe=` instead.")
+    batch = loader.collate_fn([dataset[index] for index in range(count)])
+    return to_cpu(batch), count
+
+
+def model_input(batch: Any, batch_key: BatchKey = None) -> Any:
+    """Get the model input out of a batch.
+
+    Args:
+        batch: a tensor, a tuple/list such as ``(images, labels)``, or a mapping.
+        batch_key: index into a tuple/list, or key into a mapping. ``None`` means the batch
+            itself when it is a tensor and its first element when it is a tuple/list.
+
+    Raises:
+        ValueError: if a mapping is given without ``batch_key``, or the key is missing.
+    """
+    if batch_key is None:
+        if isinstance(batch, Tensor):
+            return batch
+        if isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) > 0:
+            return batch[0]
+        if isinstance(batch, Mapping):
+            raise ValueError(
+                f"The probe batch is a mapping with keys {list(batch)}; set `batch_key` to the key "
+                "that holds the model input, e.g. batch_key='image'."
+            )
+        return batch
+    try:
+        return batch[batch_key]
+    except (KeyError, IndexError, TypeError) as error:
+        available = list(batch) if isinstance(batch, Mapping) else f"{type(batch).__name__} of length {len(batch)}"
+        raise ValueError(f"`batch_key={batch_key!r}` is not in the probe batch ({available}).") from error
+
+
+def batch_size_of(inputs: Any) -> int:
+    """Number of samples in a model input (first dimension of its first tensor)."""
+    tensors: list[Tensor] = []
+    apply_to_collection(inputs, Tensor, tensors.append)
+    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() > 0 else 1
+
+
+def take_first(batch: Any, size: int) -> Any:
+    """The first ``size`` samples of every tensor in a batch."""
+    return apply_to_collection(batch, Tensor, lambda tensor: tensor[:size] if tensor.dim() > 0 else tensor)
+
+
+def to_cpu(batch: Any) -> Any:
+    """A detached CPU copy of every tensor in a batch, so the probe never pins device memory."""
+    return apply_to_collection(batch, Tensor, lambda tensor: tensor.detach().to("cpu", copy=True))
+
+
+def to_device(batch: Any, device: torch.device, convert: Optional[Callable[[Tensor], Tensor]] = None) -> Any:
+    """Move every tensor of a batch to ``device`` and apply an optional dtype conversion."""
+
+    def move(tensor: Tensor) -> Tensor:
+        tensor = tensor.to(device)
+        return convert(tensor) if convert is not None else tensor
+
+    return apply_to_collection(batch, Tensor, move)

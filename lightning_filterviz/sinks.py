@@ -1,0 +1,107 @@
+"""Where rendered snapshots go: a TensorBoard ``SummaryWriter`` or a directory of PNG files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any, Protocol, Union
+
+from torch import Tensor
+
+# zlib level 1 encodes these grids 2-3x faster than PIL's default level 6, at about the same size.
+PNG_COMPRESSION = 1
+
+
+class Sink(Protocol):
+    """What the engine writes to. Images are ``(3, H, W)`` ``uint8`` tensors."""
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None: ...
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None: ...
+
+    def add_text(self, tag: str, text: str, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class TensorBoardSink:
+    """Writes to a TensorBoard ``SummaryWriter`` (``torch.utils.tensorboard`` or tensorboardX).
+
+    Images and text are written as summaries under exactly the given tag (``add_text``
+    would append ``/text_summary``), through the writer's event file writer, as
+    Lightning's own ``TensorBoardLogger`` does for hyperparameters.
+
+    Args:
+        writer: the writer, e.g. ``TensorBoardLogger.experiment`` or ``SummaryWriter(log_dir)``.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        _, height, width = image.shape
+        encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(image))
+        self._add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, global_step=step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        from tensorboard.plugins.text.summary_v2 import text_pb
+
+        self._add_summary(text_pb(tag, text), step)
+
+    def _add_summary(self, summary: Any, step: int) -> None:
+        self.writer._get_file_writer().add_summary(summary, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+class DirectorySink:
+    """Writes PNG files, a CSV of scalars and a Markdown log of text under one directory.
+
+    Layout: ``<root>/<tag>/step_<step>.png`` for images (the tag's ``/`` become folders),
+    ``<root>/scalars.csv`` with columns ``step,tag,value``, and ``<root>/text.md``.
+
+    Args:
+        root: the directory; created when missing.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+        path = self.root / tag / f"step_{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_png(image))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        path = self.root / "scalars.csv"
+        new_file = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new_file:
+                writer.writerow(["step", "tag", "value"])
+            writer.writerow([step, tag, value])
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        with (self.root / "text.md").open("a") as handle:
+            handle.write(f"## {tag} (step {step})\n\n{text}\n\n")
+
+    def flush(self) -> None:
+        """Files are closed after every write; nothing is buffered."""
+
+
+def encode_png(image: Tensor) -> bytes:
+    """PNG bytes of a ``(3, H, W)`` ``uint8`` image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
+    return buffer.getvalue()
