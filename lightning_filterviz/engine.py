@@ -27,26 +27,10 @@ from lightning_filterviz.render import (
 )
 from lightning_filterviz.sinks import DirectorySink, Sink, TensorBoardSink
 from lightning_filterviz.stats import DeadFilterTracker
+from lightning_filterviz.tags import DEAD_FILTERS_TAG, PROBE_TAG, activations_tag, dead_fraction_tag, weights_tag
 
-TAG_PREFIX = "filterviz"
 # Past this dead fraction a layer is in trouble; say so once.
 DEAD_FRACTION_WARNING = 0.5
-
-
-def weights_tag(layer: str) -> str:
-    return f"{TAG_PREFIX}/weights/{layer}"
-
-
-def activations_tag(layer: str) -> str:
-    return f"{TAG_PREFIX}/activations/{layer}"
-
-
-def dead_fraction_tag(layer: str) -> str:
-    return f"{TAG_PREFIX}/dead_fraction/{layer}"
-
-
-DEAD_FILTERS_TAG = f"{TAG_PREFIX}/dead_filters"
-PROBE_TAG = f"{TAG_PREFIX}/probe"
 
 
 class FilterVisualizer:

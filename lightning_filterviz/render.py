@@ -157,6 +157,9 @@ def frame_tiles(tiles: Tensor, marked: Sequence[int] = ()) -> Tensor:
 
 
 def grid_of_tiles(tiles: Tensor, nrow: int) -> Tensor:
+    if len(tiles) == 1:
+        # make_grid returns a lone tile unpadded; keep the layout of every other grid.
+        return F.pad(tiles[0], (GRID_PADDING,) * 4, value=BACKGROUND)
     return make_grid(tiles, nrow=nrow, padding=GRID_PADDING, pad_value=BACKGROUND)
 
 

@@ -10,6 +10,8 @@ from typing import Any, Protocol, Union
 
 from torch import Tensor
 
+from lightning_filterviz.tags import TAG_PREFIX
+
 # zlib level 1 encodes these grids 2-3x faster than PIL's default level 6, at about the same size.
 PNG_COMPRESSION = 1
 
@@ -65,8 +67,9 @@ class TensorBoardSink:
 class DirectorySink:
     """Writes PNG files, a CSV of scalars and a Markdown log of text under one directory.
 
-    Layout: ``<root>/<tag>/step_<step>.png`` for images (the tag's ``/`` become folders),
-    ``<root>/scalars.csv`` with columns ``step,tag,value``, and ``<root>/text.md``.
+    Layout: ``<root>/<tag>/step_<step>.png`` for images, where the tag loses its
+    ``filterviz/`` prefix and its other ``/`` become folders (``<root>/weights/conv1/``);
+    ``<root>/scalars.csv`` with columns ``step,tag,value``; and ``<root>/text.md``.
 
     Args:
         root: the directory; created when missing.
@@ -77,7 +80,7 @@ class DirectorySink:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def add_image(self, tag: str, image: Tensor, step: int) -> None:
-        path = self.root / tag / f"step_{step:08d}.png"
+        path = self.root / tag.removeprefix(f"{TAG_PREFIX}/") / f"step_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_png(image))
 

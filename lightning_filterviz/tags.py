@@ -1,0 +1,17 @@
+"""TensorBoard tags: the names outside code and dashboards rely on."""
+
+TAG_PREFIX = "filterviz"
+DEAD_FILTERS_TAG = f"{TAG_PREFIX}/dead_filters"
+PROBE_TAG = f"{TAG_PREFIX}/probe"
+
+
+def weights_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/weights/{layer}"
+
+
+def activations_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/activations/{layer}"
+
+
+def dead_fraction_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/dead_fraction/{layer}"

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+matplotlib.use("Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+
+
+# ---------------------------------------------------------------- models
+
+
+def conv_bn_relu_stack(inplace: bool = False) -> nn.Sequential:
+    """conv -> BN -> ReLU, conv -> ReLU (no BN), then a linear head."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+
+
+class FunctionalNet(nn.Module):
+    """ReLUs called as functions in forward: no module to hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Classifier(LightningModule):
+    """Wraps a network; optionally with a validation step."""
+
+    def __init__(self, net: Optional[nn.Module] = None, lr: float = 0.05, dict_batches: bool = False) -> None:
+        super().__init__()
+        self.net = net if net is not None else conv_bn_relu_stack()
+        self.lr = lr
+        self.dict_batches = dict_batches
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return (batch["image"], batch["label"]) if self.dict_batches else (batch[0], batch[1])
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, labels = self._unpack(batch)
+        return F.cross_entropy(self(images), labels)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels = self._unpack(batch)
+        self.log("val_loss", F.cross_entropy(self(images), labels))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class NoValidation(Classifier):
+    validation_step = None  # type: ignore[assignment]
+
+
+class DictDataset(Dataset):
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def image_dataset(count: int, seed: int, size: int = 12, dict_items: bool = False) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 3, size, size, generator=generator)
+    labels = torch.randint(0, 3, (count,), generator=generator)
+    return DictDataset(images, labels) if dict_items else TensorDataset(images, labels)
+
+
+class RandomImages(LightningDataModule):
+    """Train and val sets of random 12x12 images that differ, so a probe's origin is checkable."""
+
+    def __init__(self, train: int = 32, val: int = 16, batch_size: int = 8, dict_items: bool = False) -> None:
+        super().__init__()
+        self.train_set = image_dataset(train, seed=1, dict_items=dict_items)
+        self.val_set = image_dataset(val, seed=2, dict_items=dict_items)
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+def trainer_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    kwargs: dict[str, Any] = dict(
+        default_root_dir=str(tmp_path),
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def count_hooks(model: nn.Module) -> int:
+    return sum(
+        len(module._forward_hooks) + len(module._forward_pre_hooks) + len(module._backward_hooks)
+        for module in model.modules()
+    )
+
+
+# ---------------------------------------------------------------- event files
+
+
+@dataclass
+class Events:
+    images: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    scalars: dict[str, dict[int, float]] = field(default_factory=dict)
+    texts: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def read_events(log_dir: str | os.PathLike) -> Events:
+    """Every image (decoded to HxWx3 uint8), scalar and text in the event files under log_dir."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    events = Events()
+    tags = accumulator.Tags()
+    for tag in tags["images"]:
+        events.images[tag] = {
+            event.step: np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+            for event in accumulator.Images(tag)
+        }
+    for tag in tags["scalars"]:
+        events.scalars[tag] = {event.step: event.value for event in accumulator.Scalars(tag)}
+    for tag in tags["tensors"]:
+        events.texts[tag] = {
+            event.step: event.tensor_proto.string_val[0].decode() for event in accumulator.Tensors(tag)
+        }
+    return events
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,150 @@
+"""One probe pass: the activation the model really computes, and nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
+from lightning_filterviz.capture import capture_snapshot
+from lightning_filterviz.discovery import select_conv_layers
+
+
+class ReusedReluNet(nn.Module):
+    """One ReLU module called after two different convs, torchvision-ResNet style."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + self.shortcut(x)
+        return self.relu(out)
+
+
+def capture(model: nn.Module, inputs: Tensor, **kwargs):
+    return capture_snapshot(model, inputs, select_conv_layers(model), step=0, max_images=8, **kwargs)
+
+
+def randomize_bn(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_sequential_activation_is_relu_after_bn(inplace):
+    model = conv_bn_relu_stack(inplace=inplace)
+    randomize_bn(model)
+    inputs = torch.randn(5, 3, 10, 10)
+    snapshot = capture(model, inputs)
+    model.eval()
+    with torch.no_grad():
+        first = F.relu(model[1](model[0](inputs)))
+        second = F.relu(model[3](first))
+    assert snapshot.layers["0"].activation == "relu" and snapshot.layers["0"].zeroing
+    assert torch.allclose(snapshot.layers["0"].maps, first)
+    assert torch.allclose(snapshot.layers["3"].maps, second)
+    assert torch.allclose(snapshot.layers["0"].channel_max, first.amax(dim=(0, 2, 3)))
+    assert torch.allclose(snapshot.layers["3"].channel_mean_abs, second.abs().mean(dim=(0, 2, 3)))
+
+
+def test_functional_relu_in_forward_is_found():
+    model = FunctionalNet()
+    randomize_bn(model)
+    inputs = torch.randn(4, 3, 9, 9)
+    snapshot = capture(model, inputs)
+    model.eval()
+    with torch.no_grad():
+        first = F.relu(model.bn1(model.conv1(inputs)))
+        second = F.relu(model.conv2(first))
+    assert torch.allclose(snapshot.layers["conv1"].maps, first)
+    assert torch.allclose(snapshot.layers["conv2"].maps, second)
+
+
+def test_reused_inplace_relu_maps_to_each_conv_and_residual_convs_have_none():
+    model = ReusedReluNet()
+    randomize_bn(model)
+    inputs = torch.randn(3, 3, 8, 8)
+    snapshot = capture(model, inputs)
+    model.eval()
+    with torch.no_grad():
+        first = F.relu(model.bn1(model.conv1(inputs)))
+    assert torch.allclose(snapshot.layers["conv1"].maps, first)
+    # conv2 -> bn2 meets the residual sum before the shared ReLU: no activation of its own.
+    assert snapshot.layers["conv2"].activation is None
+    assert "add" in snapshot.layers["conv2"].no_activation_reason
+    assert snapshot.layers["shortcut"].activation is None
+
+
+def test_non_relu_activation_is_recorded_but_not_zeroing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.ReLU6())
+    snapshot = capture(model, torch.randn(2, 3, 8, 8))
+    assert (snapshot.layers["0"].activation, snapshot.layers["0"].zeroing) == ("silu", False)
+    assert (snapshot.layers["3"].activation, snapshot.layers["3"].zeroing) == ("hardtanh", True)
+
+
+def test_captured_tensors_are_small_detached_cpu_copies():
+    model = conv_bn_relu_stack()
+    snapshot = capture_snapshot(
+        model, torch.randn(8, 3, 100, 100), select_conv_layers(model), 0, max_filters=4, max_images=2, max_map_size=20
+    )
+    layer = snapshot.layers["0"]
+    assert layer.weight.shape == (4, 3, 3, 3)
+    assert layer.maps.shape == (2, 4, 20, 20)
+    assert layer.channel_max.shape == (6,)  # statistics cover every filter
+    for tensor in (layer.weight, layer.maps, layer.channel_max):
+        assert not tensor.requires_grad and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+
+
+def test_no_hook_left_after_a_snapshot_or_an_exception_inside_one():
+    model = conv_bn_relu_stack(inplace=True)
+    model.register_forward_hook(lambda *args: None)  # the user's own hook must stay
+    before = count_hooks(model)
+    capture(model, torch.randn(2, 3, 8, 8))
+    assert count_hooks(model) == before
+
+    def failing_forward(module: nn.Module, inputs: Tensor) -> Tensor:
+        module[0](inputs)  # the tracking hook fires
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        capture(model, torch.randn(2, 3, 8, 8), forward_fn=failing_forward)
+    assert count_hooks(model) == before
+    # The tracing mode is gone too: a plain op after the failure is not intercepted.
+    assert torch.relu(torch.tensor([-1.0])).item() == 0.0
+    assert not torch.overrides.has_torch_function((torch.tensor(1.0),))
+
+
+def test_modes_and_rng_are_restored():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(4, 4, 3))
+    model.train()
+    model[1].eval()  # a user's frozen BatchNorm stays frozen
+    modes = [module.training for module in model.modules()]
+    running_mean = model[1].running_mean.clone()
+    inputs = torch.randn(2, 3, 8, 8)
+    rng = torch.get_rng_state()
+    capture(model, inputs)
+    assert [module.training for module in model.modules()] == modes
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(model[1].running_mean, running_mean)
+
+
+def test_probe_pass_runs_without_autograd():
+    model = conv_bn_relu_stack()
+    seen: list[bool] = []
+    model[0].register_forward_hook(lambda module, args, output: seen.append(output.requires_grad))
+    capture(model, torch.randn(2, 3, 8, 8))
+    assert seen == [False]

@@ -1,0 +1,44 @@
+"""The callback built by LightningCLI from the YAML files in configs/."""
+
+from __future__ import annotations
+
+
+import pytest
+import yaml
+
+from conftest import REPO, read_events
+from lightning_filterviz import FilterMonitor
+
+
+def test_smoke_config_trains_and_logs_through_lightning_cli(tmp_path, monkeypatch, capsys):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    cli = train.main(["fit", "--config", str(REPO / "configs/smoke.yaml")])
+    monitors = [callback for callback in cli.trainer.callbacks if isinstance(callback, FilterMonitor)]
+    assert len(monitors) == 1
+    assert (monitors[0].every_n_steps, monitors[0].probe_size, monitors[0].engine.max_filters) == (2, 4, 16)
+    events = read_events(cli.trainer.logger.log_dir)
+    assert set(events.images["filterviz/weights/net.0"]) == {0, 2, 4, 6}
+    assert "validation accuracy:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "resnet18.yaml", "cifar10.yaml"])
+def test_every_config_parses_and_builds_its_monitor(name, tmp_path, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    cli = LightningCLI(
+        train.ImageClassifier,
+        train.LightningDataModule,
+        subclass_mode_data=True,
+        run=False,
+        args=["--config", str(REPO / "configs" / name)],
+    )
+    monitor = next(callback for callback in cli.trainer.callbacks if isinstance(callback, FilterMonitor))
+    settings = yaml.safe_load((REPO / "configs" / name).read_text())["trainer"]["callbacks"][0]["init_args"]
+    for key in ("every_n_epochs", "every_n_steps", "probe_size"):
+        if key in settings:
+            assert getattr(monitor, key) == settings[key]

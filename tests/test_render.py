@@ -1,0 +1,137 @@
+"""Pixels: filters and feature maps render to the expected tiles, read back from event files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from conftest import read_events
+from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.render import (
+    DEAD_COLOUR,
+    FRAME_COLOUR,
+    FRAME_PIXELS,
+    activation_grid,
+    tile_origin,
+    weight_grid,
+)
+
+RED = np.array([round(255 * c) for c in DEAD_COLOUR], dtype=np.uint8)
+GREY = np.array([round(255 * c) for c in FRAME_COLOUR], dtype=np.uint8)
+
+
+def known_rgb_filter() -> torch.Tensor:
+    """One 3x3 RGB filter with values 0..26 (channel-major), then shifted and scaled."""
+    values = torch.arange(27, dtype=torch.float32).view(1, 3, 3, 3)
+    return values * 0.01 - 0.1  # per-filter min-max normalization must undo the affine map
+
+
+def tile(image: np.ndarray, index: int, size: int, nrow: int) -> np.ndarray:
+    top, left = tile_origin(index, size, size, nrow)
+    return image[top : top + size, left : left + size]
+
+
+def test_known_filter_renders_to_normalized_tile_in_event_file(tmp_path):
+    conv = nn.Conv2d(3, 1, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(known_rgb_filter())
+    model = nn.Sequential(conv, nn.ReLU())
+    writer = SummaryWriter(str(tmp_path))
+    FilterVisualizer(writer).snapshot(model, torch.randn(2, 3, 8, 8), step=0)
+    writer.close()
+
+    image = read_events(tmp_path).images["filterviz/weights/0"][0]
+    scale = 8  # a 3x3 kernel is upscaled to 24 pixels
+    drawn = tile(image, 0, 3 * scale, nrow=1)
+    expected = np.empty((3, 3, 3), dtype=np.uint8)
+    for channel in range(3):
+        for row in range(3):
+            for column in range(3):
+                expected[row, column, channel] = round((channel * 9 + row * 3 + column) / 26 * 255)
+    assert np.array_equal(drawn, np.kron(expected, np.ones((scale, scale, 1), dtype=np.uint8)))
+    # The frame around a live filter is grey.
+    top, left = tile_origin(0, 24, 24, nrow=1)
+    assert np.array_equal(image[top - FRAME_PIXELS, left], GREY)
+
+
+def test_layer_and_symmetric_normalization_use_a_shared_range():
+    weight = torch.zeros(2, 1, 1, 1)
+    weight[0] = 1.0
+    weight[1] = -3.0
+    layer = weight_grid(weight, "layer").permute(1, 2, 0).numpy()
+    assert tile(layer, 0, 24, nrow=2)[0, 0, 0] == 255  # the layer max
+    assert tile(layer, 1, 24, nrow=2)[0, 0, 0] == 0  # the layer min
+
+    symmetric = weight_grid(weight, "symmetric", symmetric_range=4.0).permute(1, 2, 0).numpy()
+    assert tile(symmetric, 0, 24, nrow=2)[0, 0, 0] == round((1 / 4 + 1) / 2 * 255)
+    assert tile(symmetric, 1, 24, nrow=2)[0, 0, 0] == round((-3 / 4 + 1) / 2 * 255)
+
+
+def test_symmetric_range_is_fixed_at_first_snapshot_so_growth_shows(tmp_path):
+    from PIL import Image
+
+    model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)
+    visualizer = FilterVisualizer(str(tmp_path), weight_normalization="symmetric", log_activations=False)
+    visualizer.snapshot(model, torch.zeros(1, 1, 4, 4), step=0)
+    with torch.no_grad():
+        model[0].weight.fill_(0.25)
+    visualizer.snapshot(model, torch.zeros(1, 1, 4, 4), step=1)
+
+    pixels = [np.asarray(Image.open(tmp_path / "weights/0" / f"step_{step:08d}.png")) for step in (0, 1)]
+    top, left = tile_origin(0, 24, 24, nrow=1)
+    assert pixels[0][top, left, 0] == 255  # 0.5 of a +-0.5 range
+    assert pixels[1][top, left, 0] == round((0.25 / 0.5 + 1) / 2 * 255)  # shrank, and it shows
+
+
+def test_many_input_channels_show_the_strongest_slice_in_grey():
+    weight = torch.zeros(1, 4, 2, 2)
+    weight[0, 2] = torch.tensor([[0.0, 1.0], [2.0, 4.0]])  # the strongest input channel
+    weight[0, 0] = torch.tensor([[0.1, 0.0], [0.0, 0.0]])
+    image = weight_grid(weight).permute(1, 2, 0).numpy()
+    drawn = tile(image, 0, 24, nrow=1)
+    assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
+    assert [drawn[0, 0, 0], drawn[0, 12, 0], drawn[12, 0, 0], drawn[12, 12, 0]] == [0, 64, 128, 255]
+
+
+def test_dead_filters_are_framed_in_red():
+    weight = torch.randn(4, 3, 3, 3)
+    image = weight_grid(weight, marked=[2]).permute(1, 2, 0).numpy()
+    for index in range(4):
+        top, left = tile_origin(index, 24, 24, nrow=2)
+        frame = image[top - FRAME_PIXELS, left]
+        assert np.array_equal(frame, RED if index == 2 else GREY)
+
+    maps = torch.rand(1, 4, 4, 4)
+    maps[0, 1] = 0.0
+    drawn = activation_grid(maps, marked=[1]).permute(1, 2, 0).numpy()
+    top, left = tile_origin(1, 16, 16, nrow=2)
+    assert np.array_equal(drawn[top - FRAME_PIXELS, left], RED)
+    top, left = tile_origin(0, 16, 16, nrow=2)
+    assert np.array_equal(drawn[top - FRAME_PIXELS, left], GREY)
+
+
+def test_feature_maps_are_scaled_over_the_layer_and_colour_mapped():
+    import matplotlib
+
+    maps = torch.zeros(1, 2, 2, 2)
+    maps[0, 0] = 2.0  # the layer maximum
+    maps[0, 1, 0, 0] = 1.0
+    image = activation_grid(maps, colormap="gray").permute(1, 2, 0).numpy()
+    gray = matplotlib.colormaps["gray"]
+    assert np.array_equal(tile(image, 0, 16, nrow=2)[0, 0], [255, 255, 255])
+    half = np.round(np.array(gray(0.5)[:3]) * 255)
+    assert np.abs(tile(image, 1, 16, nrow=2)[0, 0].astype(int) - half).max() <= 1
+    assert np.array_equal(tile(image, 1, 16, nrow=2)[8, 8], [0, 0, 0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_render_without_error(bad):
+    weight = torch.randn(2, 3, 3, 3)
+    weight[0, 0, 0, 0] = bad
+    image = weight_grid(weight)
+    assert image.dtype == torch.uint8 and image.shape[0] == 3
