@@ -24,6 +24,8 @@ from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.sinks import DirectorySink, TensorBoardSink
 
 PROBE_SPLITS = ("val", "train")
+# Strategies whose ranks each hold a shard of the weights.
+SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 # TensorBoard keeps about this many images per tag unless told otherwise.
 TENSORBOARD_IMAGE_SAMPLES = 10
 
@@ -139,6 +141,7 @@ class FilterMonitorLogic:
             batch_key=batch_key,
             forward_fn=forward_fn,
             colormap=colormap,
+            background=True,
         )
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
         self._last_snapshot_step: Optional[int] = None
@@ -167,6 +170,13 @@ class FilterMonitorLogic:
         if trainer.fast_dev_run:
             self._enabled = False
             rank_zero_info("filterviz: `fast_dev_run` is on; FilterMonitor takes no snapshots.")
+            return
+        if _is_sharded(trainer.strategy):
+            self._enabled = False
+            rank_zero_warn(
+                f"filterviz: FilterMonitor does not support the sharded strategy {type(trainer.strategy).__name__} "
+                "yet (a probe pass there needs every rank), so it takes no snapshots in this run."
+            )
             return
         skipped = unsupported_conv_layers(pl_module)
         if skipped:
@@ -207,7 +217,16 @@ class FilterMonitorLogic:
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.engine.sink.flush()
+        self.engine.flush()
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Write what was captured before the run broke off.
+        self.engine.close()
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.engine.close()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -218,9 +237,15 @@ class FilterMonitorLogic:
         }
 
     @override
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if self.state_key not in checkpoint.get("callbacks", {}):
+            rank_zero_warn(
+                "filterviz: the checkpoint holds no state for this FilterMonitor (saved without it, with other "
+                "settings, or by an older version); the probe batch and the dead-filter history start afresh."
+            )
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "probe" not in state_dict:
-            rank_zero_warn("filterviz: the checkpoint holds no FilterMonitor state; starting its history afresh.")
         if state_dict.get("probe") is not None:
             self._probe = state_dict["probe"]
         self._last_snapshot_step = state_dict.get("last_snapshot_step")
@@ -242,8 +267,8 @@ class FilterMonitorLogic:
         except Exception as error:  # monitoring must never end a training run
             self._enabled = False
             rank_zero_warn(
-                f"filterviz: the snapshot at step {step} failed and FilterMonitor is now off for this run: "
-                f"{type(error).__name__}: {error}"
+                f"filterviz: the snapshot at step {step} failed, so FilterMonitor is off for the rest of this run. "
+                f"Cause: {type(error).__name__}: {error}"
             )
 
     def _probe_from_data(self, trainer: Any) -> Any:
@@ -295,6 +320,10 @@ class _NullSink:
 
     def flush(self) -> None:
         pass
+
+
+def _is_sharded(strategy: Any) -> bool:
+    return any(cls.__name__ in SHARDED_STRATEGIES for cls in type(strategy).__mro__)
 
 
 def _validate_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:

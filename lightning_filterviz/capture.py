@@ -50,10 +50,21 @@ class LayerCapture:
 
 @dataclass
 class Snapshot:
-    """Everything captured at one training step, ready for statistics and rendering."""
+    """Everything captured at one training step, ready for statistics and rendering.
+
+    Attributes:
+        step: the training step.
+        layers: conv name -> what was captured of it.
+        probe_images: the probe's input images ``(N, C, H, W)``, when they are to be drawn.
+        dead_filters: conv name -> dead filter indices after this snapshot.
+        symmetric_ranges: conv name -> the fixed half-range of ``"symmetric"`` normalization.
+    """
 
     step: int
     layers: dict[str, LayerCapture] = field(default_factory=dict)
+    probe_images: Optional[Tensor] = None
+    dead_filters: dict[str, list[int]] = field(default_factory=dict)
+    symmetric_ranges: dict[str, float] = field(default_factory=dict)
 
 
 def capture_snapshot(
@@ -123,12 +134,18 @@ def _side_pass(model: nn.Module) -> Iterator[None]:
     modes = [(module, module.training) for module in model.modules()]
     devices = _cuda_devices(model)
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), _eager():
             model.eval()
             yield
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _eager() -> ContextManager[Any]:
+    """Run compiled modules as plain Python, so hooks fire and nothing is (re)compiled."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from lightning_filterviz.render import (
     to_uint8,
     weight_grid,
 )
-from lightning_filterviz.sinks import DirectorySink, Sink, TensorBoardSink
+from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
 from lightning_filterviz.stats import DeadFilterTracker
 from lightning_filterviz.tags import DEAD_FILTERS_TAG, PROBE_TAG, activations_tag, dead_fraction_tag, weights_tag
 
@@ -64,6 +64,13 @@ class FilterVisualizer:
         forward_fn: how to run the model on the input, ``forward_fn(model, input)``;
             default ``model(input)``.
         colormap: matplotlib colormap for the feature maps.
+        background: render and write in a background thread, so that :meth:`snapshot`
+            returns as soon as the probe pass is done. Call :meth:`flush` (or
+            :meth:`close`) before reading the logs. An error there is reported as one
+            warning at the next call, and writing stops; statistics go on.
+        max_pending: snapshots that may wait for the background writer; when that many
+            wait, :meth:`snapshot` blocks until one is written, so nothing is dropped and
+            memory stays bounded however slow the disk.
 
     Raises:
         ValueError: for an argument outside its allowed values.
@@ -97,11 +104,14 @@ class FilterVisualizer:
         batch_key: BatchKey = None,
         forward_fn: Optional[ForwardFn] = None,
         colormap: str = "viridis",
+        background: bool = False,
+        max_pending: int = 2,
     ) -> None:
         validate_settings(
             max_filters=max_filters,
             max_images=max_images,
             dead_patience=dead_patience,
+            max_pending=max_pending,
             weight_normalization=weight_normalization,
             colormap=colormap,
         )
@@ -122,6 +132,8 @@ class FilterVisualizer:
         self._warned_dead: set[str] = set()
         self._probe_logged = False
         self._described = False
+        self._publishing = True
+        self._writer: Optional[BackgroundWriter] = BackgroundWriter(max_pending=max_pending) if background else None
 
     @property
     def dead_filters(self) -> dict[str, list[int]]:
@@ -156,11 +168,17 @@ class FilterVisualizer:
             step: the step the images and scalars are logged at.
             forward_context: a context manager factory around the forward (autocast).
             convert_input: a dtype conversion applied to the probe's tensors.
-            publish: render and write; ``False`` only captures and updates statistics.
+            publish: render and write (in the background writer when ``background=True``);
+                ``False`` only captures and updates the statistics.
 
         Returns:
             The captured :class:`~lightning_filterviz.capture.Snapshot`.
+
+        Raises:
+            ValueError: if a requested layer matches no conv, or the batch has no model input
+                where ``batch_key`` says.
         """
+        self._report_background_failure()
         layers = self._watched if self._watched_model == id(model) and self._watched is not None else self.watch(model)
         inputs = to_device(model_input(batch, self.batch_key), _device_of(model), convert_input)
         snapshot = capture_snapshot(
@@ -174,33 +192,71 @@ class FilterVisualizer:
             capture_activations=self.log_activations,
             forward_context=forward_context,
         )
+        if not self._probe_logged and isinstance(inputs, Tensor) and _looks_like_images(inputs):
+            snapshot.probe_images = inputs[: self.max_images].detach().float().cpu()
+            self._probe_logged = True
         self.tracker.update(snapshot)
+        # Everything publishing needs is fixed now, so that a background writer sees this step's state.
+        snapshot.dead_filters = self.tracker.dead_filters
+        snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
         self._describe_once(snapshot)
         self._warn_on_dying_layers(snapshot)
         if publish:
-            self.publish(snapshot, probe_images=inputs if not self._probe_logged else None)
+            self.publish(snapshot)
         return snapshot
 
-    def publish(self, snapshot: Snapshot, probe_images: Any = None) -> None:
-        """Render one snapshot and write it to the sink."""
+    def publish(self, snapshot: Snapshot) -> None:
+        """Render one snapshot and write it: in the background writer, or here and now."""
+        if not self._publishing:
+            return
+        if self._writer is None:
+            self._render_and_write(snapshot)
+        else:
+            self._writer.submit(lambda: self._render_and_write(snapshot))
+
+    def flush(self) -> None:
+        """Wait until every submitted snapshot is written, then flush the sink."""
+        if self._writer is not None:
+            self._writer.drain()
+            self._report_background_failure()
+        if self._publishing:
+            self.sink.flush()
+
+    def close(self) -> None:
+        """Flush, then stop the background writer (a later snapshot starts it again)."""
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _render_and_write(self, snapshot: Snapshot) -> None:
         step = snapshot.step
-        dead = self.tracker.dead_filters
-        if isinstance(probe_images, Tensor) and _looks_like_images(probe_images):
-            self.sink.add_image(PROBE_TAG, probe_image_grid(probe_images[: self.max_images]), step)
-            self._probe_logged = True
+        dead = snapshot.dead_filters
+        if snapshot.probe_images is not None:
+            self.sink.add_image(PROBE_TAG, probe_image_grid(snapshot.probe_images), step)
         for name, layer in snapshot.layers.items():
             marked = dead.get(name, [])
             if self.log_weights:
-                image = weight_grid(layer.weight, self.weight_normalization, self._symmetric_range(name, layer.weight), marked)
+                symmetric_range = snapshot.symmetric_ranges.get(name)
+                image = weight_grid(layer.weight, self.weight_normalization, symmetric_range, marked)
                 self.sink.add_image(weights_tag(name), image, step)
             if self.log_activations and layer.maps is not None:
                 self.sink.add_image(activations_tag(name), activation_grid(layer.maps, marked, self.colormap), step)
             if name in dead:
-                self.sink.add_scalar(dead_fraction_tag(name), self.tracker.dead_fraction(name), step)
+                self.sink.add_scalar(dead_fraction_tag(name), len(dead[name]) / layer.out_channels, step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
         self.sink.flush()
+
+    def _report_background_failure(self) -> None:
+        failure = self._writer.failure if self._writer is not None else None
+        if failure is None or not self._publishing:
+            return
+        self._publishing = False
+        rank_zero_warn(
+            "filterviz: writing snapshot images failed, so no more images or scalars are written in this run; "
+            f"`dead_filters` is still kept up to date. Cause: {type(failure).__name__}: {failure}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -216,13 +272,14 @@ class FilterVisualizer:
         self._warned_dead = set(state.get("warned_dead", []))
         self._probe_logged = bool(state.get("probe_logged", False))
 
-    def _symmetric_range(self, layer: str, weight: Tensor) -> Optional[float]:
+    def _symmetric_ranges_for(self, snapshot: Snapshot) -> dict[str, float]:
         if self.weight_normalization != "symmetric":
-            return None
-        # Fixed at the first snapshot, so later images show how the weights grew or shrank.
-        if layer not in self._symmetric_ranges:
-            self._symmetric_ranges[layer] = max(float(weight.abs().amax()), 1e-12)
-        return self._symmetric_ranges[layer]
+            return {}
+        for name, layer in snapshot.layers.items():
+            # Fixed at the first snapshot, so later images show how the weights grew or shrank.
+            if name not in self._symmetric_ranges:
+                self._symmetric_ranges[name] = max(float(layer.weight.abs().amax()), 1e-12)
+        return {name: self._symmetric_ranges[name] for name in snapshot.layers}
 
     def _warn_on_dying_layers(self, snapshot: Snapshot) -> None:
         for name in self.tracker.judged_layers:
@@ -254,13 +311,19 @@ class FilterVisualizer:
 def validate_settings(
     *,
     max_filters: int,
+    max_pending: int = 1,
     max_images: int,
     dead_patience: int,
     weight_normalization: str,
     colormap: str,
 ) -> None:
     """Fail fast, naming the argument and what it accepts."""
-    for name, value in (("max_filters", max_filters), ("max_images", max_images), ("dead_patience", dead_patience)):
+    for name, value in (
+        ("max_filters", max_filters),
+        ("max_images", max_images),
+        ("dead_patience", dead_patience),
+        ("max_pending", max_pending),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
     if weight_normalization not in WEIGHT_NORMALIZATIONS:

@@ -27,6 +27,7 @@ GRID_PADDING = 2
 PANEL_PADDING = 6
 FRAME_COLOUR = (0.35, 0.35, 0.35)
 DEAD_COLOUR = (1.0, 0.0, 0.0)
+NON_FINITE_COLOUR = (1.0, 0.0, 1.0)
 BACKGROUND = 1.0
 
 
@@ -55,11 +56,13 @@ def weight_grid(
     Returns:
         A ``(3, H, W)`` ``uint8`` image.
     """
-    shown = displayed_filters(weight.float())
+    weight = weight.float()
+    non_finite = _non_finite_indices(weight)
+    shown = displayed_filters(torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0))
     unit = normalize_filters(shown, normalization, symmetric_range)
     tiles = unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit
     tiles = upscale(tiles, MIN_WEIGHT_TILE_PIXELS)
-    return to_uint8(grid_of_tiles(frame_tiles(tiles, marked), nrow=square_columns(len(tiles))))
+    return to_uint8(grid_of_tiles(frame_tiles(tiles, marked, non_finite), nrow=square_columns(len(tiles))))
 
 
 def activation_grid(maps: Tensor, marked: Sequence[int] = (), colormap: str = "viridis") -> Tensor:
@@ -76,13 +79,15 @@ def activation_grid(maps: Tensor, marked: Sequence[int] = (), colormap: str = "v
     Returns:
         A ``(3, H, W)`` ``uint8`` image.
     """
-    maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    maps = maps.float()
+    non_finite = _non_finite_indices(maps.transpose(0, 1))
+    maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
     images, channels = maps.shape[:2]
     unit = _scale_to_unit(maps, maps.amin(), maps.amax())
     coloured = apply_colormap(unit.reshape(images * channels, *unit.shape[2:]), colormap)
     coloured = upscale(coloured, MIN_MAP_TILE_PIXELS)
     coloured = coloured.reshape(images, channels, *coloured.shape[1:])
-    panels = [grid_of_tiles(frame_tiles(panel, marked), nrow=square_columns(channels)) for panel in coloured]
+    panels = [grid_of_tiles(frame_tiles(panel, marked, non_finite), nrow=square_columns(channels)) for panel in coloured]
     if len(panels) == 1:
         return to_uint8(panels[0])
     return to_uint8(make_grid(panels, nrow=len(panels), padding=PANEL_PADDING, pad_value=BACKGROUND))
@@ -144,16 +149,23 @@ def upscale(tiles: Tensor, min_pixels: int) -> Tensor:
     return F.interpolate(tiles, scale_factor=factor, mode="nearest")
 
 
-def frame_tiles(tiles: Tensor, marked: Sequence[int] = ()) -> Tensor:
-    """Surround each ``(3, h, w)`` tile with a thin frame, red for the ``marked`` indices."""
+def frame_tiles(tiles: Tensor, marked: Sequence[int] = (), non_finite: Sequence[int] = ()) -> Tensor:
+    """Surround each ``(3, h, w)`` tile with a thin frame: red for ``marked`` (dead) tiles,
+    magenta for tiles whose values held NaN or Inf, grey otherwise."""
     count, _, height, width = tiles.shape
     framed = torch.empty(count, 3, height + 2 * FRAME_PIXELS, width + 2 * FRAME_PIXELS)
     framed[:] = torch.tensor(FRAME_COLOUR).view(1, 3, 1, 1)
-    marked = [index for index in marked if 0 <= index < count]
-    if marked:
-        framed[marked] = torch.tensor(DEAD_COLOUR).view(1, 3, 1, 1)
+    for indices, colour in ((marked, DEAD_COLOUR), (non_finite, NON_FINITE_COLOUR)):
+        indices = [index for index in indices if 0 <= index < count]
+        if indices:
+            framed[indices] = torch.tensor(colour).view(1, 3, 1, 1)
     framed[:, :, FRAME_PIXELS : FRAME_PIXELS + height, FRAME_PIXELS : FRAME_PIXELS + width] = tiles
     return framed
+
+
+def _non_finite_indices(values: Tensor) -> list[int]:
+    """Indices along the first dimension whose values hold a NaN or an Inf."""
+    return torch.nonzero(~torch.isfinite(values.flatten(1)).all(dim=1)).flatten().tolist()
 
 
 def grid_of_tiles(tiles: Tensor, nrow: int) -> Tensor:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 from torch import Tensor
 
@@ -108,3 +110,52 @@ def encode_png(image: Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
     return buffer.getvalue()
+
+
+class BackgroundWriter:
+    """Runs rendering and writing jobs, in order, on one daemon thread.
+
+    The queue is bounded: :meth:`submit` blocks while ``max_pending`` jobs wait, so a
+    slow disk slows the caller down instead of letting memory grow, and nothing is
+    dropped. The first exception a job raises is kept in :attr:`failure`; later jobs are
+    then skipped, and the caller decides how to report it.
+
+    Args:
+        max_pending: jobs that may wait at once.
+    """
+
+    def __init__(self, max_pending: int = 2) -> None:
+        self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue(maxsize=max_pending)
+        self._thread: Optional[threading.Thread] = None
+        self.failure: Optional[BaseException] = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="filterviz-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait until every submitted job has run."""
+        if self._thread is not None:
+            self._jobs.join()
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread."""
+        if self._thread is not None and self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self.failure is None:
+                    job()
+            except Exception as error:  # reported by the owner on the training thread
+                self.failure = error
+            finally:
+                self._jobs.task_done()

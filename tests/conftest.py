@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import importlib
+
 import matplotlib
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -20,6 +21,24 @@ matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
+
+# The suite runs once per Lightning package: FILTERVIZ_LIGHTNING=lightning (the default)
+# or FILTERVIZ_LIGHTNING=pytorch_lightning.
+LIGHTNING_PACKAGE = os.environ.get("FILTERVIZ_LIGHTNING", "lightning")
+if LIGHTNING_PACKAGE == "lightning":
+    pl = importlib.import_module("lightning.pytorch")
+    from lightning_filterviz.lightning import FilterMonitor
+elif LIGHTNING_PACKAGE == "pytorch_lightning":
+    pl = importlib.import_module("pytorch_lightning")
+    from lightning_filterviz.pl import FilterMonitor  # type: ignore[assignment]
+else:
+    raise ValueError(f"FILTERVIZ_LIGHTNING must be 'lightning' or 'pytorch_lightning', got {LIGHTNING_PACKAGE!r}")
+LightningModule = pl.LightningModule
+LightningDataModule = pl.LightningDataModule
+
+
+def pytest_report_header() -> str:
+    return f"lightning package under test: {LIGHTNING_PACKAGE} ({pl.__name__} {pl.__version__})"
 
 
 # ---------------------------------------------------------------- models
@@ -121,11 +140,9 @@ class RandomImages(LightningDataModule):
 
 
 def trainer_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     kwargs: dict[str, Any] = dict(
         default_root_dir=str(tmp_path),
-        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
         max_epochs=2,
         accelerator="cpu",
         devices=1,

@@ -8,29 +8,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch import nn
 
 from conftest import (
     Classifier,
+    FilterMonitor,
     NoValidation,
     RandomImages,
-    conv_bn_relu_stack,
     count_hooks,
+    pl,
     read_events,
     trainer_kwargs,
 )
-from lightning_filterviz import FilterMonitor
 from lightning_filterviz.render import FRAME_PIXELS, GRID_PADDING
 
 LAYERS = ["net.0", "net.3"]
 STEPS_PER_EPOCH = 4  # 32 training samples in batches of 8
 
 
-def fit(tmp_path: Path, monitor: FilterMonitor, model=None, data=None, **trainer_overrides) -> Trainer:
-    trainer = Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, **trainer_overrides))
+def fit(tmp_path: Path, monitor: FilterMonitor, model=None, data=None, **trainer_overrides) -> pl.Trainer:
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, **trainer_overrides))
     trainer.fit(model if model is not None else Classifier(), datamodule=data if data is not None else RandomImages())
     return trainer
 
@@ -125,7 +123,7 @@ def test_sanity_check_and_validate_take_no_snapshot(tmp_path, monkeypatch):
         return original(model, batch, step, **kwargs)
 
     monkeypatch.setattr(monitor.engine, "snapshot", spy)
-    trainer = Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, num_sanity_val_steps=2))
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, num_sanity_val_steps=2))
     model, data = Classifier(), RandomImages()
     trainer.fit(model, datamodule=data)
     assert calls == [(0, False), (2, False), (4, False)]
@@ -148,7 +146,7 @@ def test_fast_dev_run_produces_nothing(tmp_path):
 def test_without_tensorboard_logger_png_files_and_scalars_are_written(tmp_path):
     model = Classifier()
     plant_dead_filters(model)
-    trainer = fit(tmp_path, FilterMonitor(every_n_steps=4), model, max_epochs=1, logger=CSVLogger(str(tmp_path)))
+    trainer = fit(tmp_path, FilterMonitor(every_n_steps=4), model, max_epochs=1, logger=pl.loggers.CSVLogger(str(tmp_path)))
     root = Path(trainer.log_dir) / "filterviz"
     for layer in LAYERS:
         for kind in ("weights", "activations"):
