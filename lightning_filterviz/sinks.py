@@ -125,9 +125,17 @@ class BackgroundWriter:
     """
 
     def __init__(self, max_pending: int = 2) -> None:
+        self.max_pending = max_pending
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue(maxsize=max_pending)
         self._thread: Optional[threading.Thread] = None
         self.failure: Optional[BaseException] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Launchers that spawn processes pickle the callback: send the setting, not the thread.
+        return {"max_pending": self.max_pending}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_pending"])  # type: ignore[misc]
 
     def submit(self, job: Callable[[], None]) -> None:
         if self._thread is None or not self._thread.is_alive():

@@ -1,0 +1,45 @@
+"""DDP on CPU with two processes: one set of images, written by rank 0, no hang."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from conftest import Classifier, FilterMonitor, RandomImages, pl, trainer_kwargs
+
+
+def test_ddp_two_processes_write_one_set_of_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monitor = FilterMonitor(every_n_steps=1, probe_size=4)
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, devices=2, strategy="ddp_spawn")
+    trainer = pl.Trainer(callbacks=[monitor], **kwargs)
+    trainer.fit(Classifier(), datamodule=RandomImages())
+
+    log_dirs = list((tmp_path / "tb").iterdir())
+    assert [path.name for path in log_dirs] == ["version_0"]
+    accumulator = EventAccumulator(str(log_dirs[0]), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    steps_per_epoch = 32 // (8 * 2)
+    expected = Counter(range(2 * steps_per_epoch + 1))
+    for tag in ("filterviz/weights/net.0", "filterviz/activations/net.0", "filterviz/weights/net.3"):
+        assert Counter(event.step for event in accumulator.Images(tag)) == expected, tag
+    assert Counter(event.step for event in accumulator.Scalars("filterviz/dead_fraction/net.3")) == expected
+
+
+def test_sync_batchnorm_model_needs_no_collective_for_the_probe_pass(tmp_path):
+    """SyncBatchNorm all-reduces only in training mode; the probe pass runs in eval mode.
+
+    There is no process group here: a collective would raise, so success proves none ran.
+    (DDP with SyncBatchNorm needs GPUs, so this is the CPU check.)
+    """
+    import torch
+    from torch import nn
+
+    from conftest import conv_bn_relu_stack
+    from lightning_filterviz import FilterVisualizer
+
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(conv_bn_relu_stack()).train()
+    assert isinstance(model[1], nn.SyncBatchNorm)
+    snapshot = FilterVisualizer(str(tmp_path)).snapshot(model, torch.randn(2, 3, 8, 8), step=0)
+    assert snapshot.layers["0"].activation == "relu"
+    assert model.training and model[1].training
