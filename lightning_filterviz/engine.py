@@ -21,8 +21,7 @@ from lightning_filterviz.render import (
     WeightNormalization,
     activation_grid,
     dead_filter_table,
-    normalize_filters,
-    to_uint8,
+    probe_image_grid,
     weight_grid,
 )
 from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
@@ -349,17 +348,6 @@ def as_sink(target: Any) -> Sink:
         f"Cannot log to a {type(target).__name__}: pass a SummaryWriter, a directory path, "
         "or an object with add_image, add_scalar, add_text and flush."
     )
-
-
-def probe_image_grid(images: Tensor) -> Tensor:
-    """The probe's input images, each min-max normalized, side by side."""
-    from torchvision.utils import make_grid
-
-    shown = torch.nan_to_num(images.detach().float().cpu())
-    shown = normalize_filters(shown, "filter")
-    if shown.shape[1] == 1:
-        shown = shown.expand(-1, 3, -1, -1)
-    return to_uint8(make_grid(shown, nrow=len(shown), padding=2, pad_value=1.0))
 
 
 def _looks_like_images(inputs: Tensor) -> bool:

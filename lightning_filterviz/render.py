@@ -1,20 +1,23 @@
 """Normalization, tiling and colour maps: captured tensors in, ``uint8`` images out.
 
-Knows no logger. Every image is a ``(3, H, W)`` ``uint8`` tensor. Tiles are laid out by
-:func:`torchvision.utils.make_grid`; each tile gets a one-pixel frame, red for a dead
-filter and grey otherwise, and small kernels are upscaled (nearest) to be visible.
+Knows no logger. Rendering runs on the background writer's thread, so it is written in
+NumPy: a torch op on a second thread starts a second OpenMP team, whose spinning
+threads take CPU from training on a small machine.
+
+Filter grids are ``(H, W, 3)`` ``uint8`` arrays; feature-map grids are
+:class:`IndexedImage` (colormap levels plus a 256-colour palette), which encode to PNG
+files a third the size of RGB ones. Tiles are laid out as :func:`torchvision.utils.make_grid`
+lays them out; each tile gets a one-pixel frame: red for a dead filter, magenta where
+values were NaN or Inf, grey otherwise. Small kernels are upscaled (nearest) to be seen.
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torchvision.utils import make_grid
+import numpy as np
 
 WeightNormalization = Literal["filter", "layer", "symmetric"]
 WEIGHT_NORMALIZATIONS = ("filter", "layer", "symmetric")
@@ -28,15 +31,32 @@ PANEL_PADDING = 6
 FRAME_COLOUR = (0.35, 0.35, 0.35)
 DEAD_COLOUR = (1.0, 0.0, 0.0)
 NON_FINITE_COLOUR = (1.0, 0.0, 1.0)
-BACKGROUND = 1.0
+BACKGROUND_COLOUR = (1.0, 1.0, 1.0)
+# Palette of feature-map images: the colormap's levels first, then frames and background.
+COLORMAP_LEVELS = 252
+FRAME_INDEX, DEAD_INDEX, NON_FINITE_INDEX, BACKGROUND_INDEX = 252, 253, 254, 255
+
+
+class IndexedImage(NamedTuple):
+    """A palette image: ``indices`` ``(H, W)`` ``uint8`` into ``palette`` ``(256, 3)`` ``uint8``."""
+
+    indices: np.ndarray
+    palette: np.ndarray
+
+    def to_rgb(self) -> np.ndarray:
+        """The same image as an ``(H, W, 3)`` ``uint8`` array."""
+        return self.palette[self.indices]
+
+
+Image = Union[np.ndarray, IndexedImage]
 
 
 def weight_grid(
-    weight: Tensor,
+    weight: Any,
     normalization: WeightNormalization = "filter",
     symmetric_range: Optional[float] = None,
     marked: Sequence[int] = (),
-) -> Tensor:
+) -> np.ndarray:
     """Draw a conv layer's filters as one grid image.
 
     Filters with 3 input channels are drawn in RGB. Filters with one input channel are
@@ -45,7 +65,7 @@ def weight_grid(
     channels cancels patterns of opposite sign.
 
     Args:
-        weight: ``(F, C_in, kH, kW)`` filters.
+        weight: ``(F, C_in, kH, kW)`` filters (a CPU tensor or an array).
         normalization: ``"filter"`` maps each filter's own min..max to 0..1; ``"layer"``
             uses the min..max over all drawn filters; ``"symmetric"`` maps
             ``-symmetric_range..symmetric_range`` to 0..1, a fixed range that shows growth
@@ -54,125 +74,136 @@ def weight_grid(
         marked: filter indices to frame in red (dead filters).
 
     Returns:
-        A ``(3, H, W)`` ``uint8`` image.
+        An ``(H, W, 3)`` ``uint8`` image.
     """
-    weight = weight.float()
+    weight = np.asarray(weight, dtype=np.float32)
     non_finite = _non_finite_indices(weight)
-    shown = displayed_filters(torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0))
+    shown = displayed_filters(np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0))
     unit = normalize_filters(shown, normalization, symmetric_range)
-    tiles = unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit
+    tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit).transpose(0, 2, 3, 1)
     tiles = upscale(tiles, MIN_WEIGHT_TILE_PIXELS)
-    return to_uint8(grid_of_tiles(frame_tiles(tiles, marked, non_finite), nrow=square_columns(len(tiles))))
+    colours = {FRAME_INDEX: FRAME_COLOUR, DEAD_INDEX: DEAD_COLOUR, NON_FINITE_INDEX: NON_FINITE_COLOUR}
+    frames = frame_kinds(len(tiles), marked, non_finite)
+    framed = frame_tiles(tiles, frames, {kind: _rgb(colour) for kind, colour in colours.items()})
+    return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
 
 
-def activation_grid(maps: Tensor, marked: Sequence[int] = (), colormap: str = "viridis") -> Tensor:
+def activation_grid(maps: Any, marked: Sequence[int] = (), colormap: str = "viridis") -> IndexedImage:
     """Draw feature maps: one panel per probe image, each a grid of its channels.
 
     Values are normalized over the whole layer (not per channel), so a silent channel
     looks silent next to a busy one.
 
     Args:
-        maps: ``(images, channels, H, W)`` activations.
+        maps: ``(images, channels, H, W)`` activations (a CPU tensor or an array).
         marked: channel indices to frame in red (dead filters).
         colormap: a matplotlib colormap name.
 
     Returns:
-        A ``(3, H, W)`` ``uint8`` image.
+        An :class:`IndexedImage`; ``.to_rgb()`` gives the ``(H, W, 3)`` ``uint8`` pixels.
     """
-    maps = maps.float()
-    non_finite = _non_finite_indices(maps.transpose(0, 1))
-    maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
-    images, channels = maps.shape[:2]
-    unit = _scale_to_unit(maps, maps.amin(), maps.amax())
-    coloured = apply_colormap(unit.reshape(images * channels, *unit.shape[2:]), colormap)
-    coloured = upscale(coloured, MIN_MAP_TILE_PIXELS)
-    coloured = coloured.reshape(images, channels, *coloured.shape[1:])
-    panels = [grid_of_tiles(frame_tiles(panel, marked, non_finite), nrow=square_columns(channels)) for panel in coloured]
-    if len(panels) == 1:
-        return to_uint8(panels[0])
-    return to_uint8(make_grid(panels, nrow=len(panels), padding=PANEL_PADDING, pad_value=BACKGROUND))
+    maps = np.asarray(maps, dtype=np.float32)
+    non_finite = _non_finite_indices(maps.transpose(1, 0, 2, 3))
+    maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    images, channels, height, width = maps.shape
+    unit = _scale_to_unit(maps, maps.min(), maps.max())
+    levels = np.rint(unit * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+    tiles = upscale(levels.reshape(images * channels, height, width, 1), MIN_MAP_TILE_PIXELS)
+    frames = np.tile(frame_kinds(channels, marked, non_finite), images)
+    # In a palette image a frame's colour is its palette index.
+    framed = frame_tiles(tiles, frames, {kind: np.array([kind], dtype=np.uint8) for kind in np.unique(frames)})
+    framed = framed.reshape(images, channels, *framed.shape[1:])
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    panels = np.stack([tile_grid(panel, square_columns(channels), GRID_PADDING, background) for panel in framed])
+    grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
 
 
-def displayed_filters(weight: Tensor) -> Tensor:
+def probe_image_grid(images: Any) -> np.ndarray:
+    """The probe's input images, each min-max normalized, side by side: ``(H, W, 3)`` ``uint8``."""
+    images = np.nan_to_num(np.asarray(images, dtype=np.float32))
+    unit = normalize_filters(images, "filter")
+    tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit[:, :3]).transpose(0, 2, 3, 1)
+    return tile_grid(tiles, len(tiles), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+
+
+def displayed_filters(weight: np.ndarray) -> np.ndarray:
     """The part of each filter that is drawn: all 3 channels for RGB, else one grey slice."""
     if weight.shape[1] in (1, 3):
         return weight
-    strongest = weight.flatten(2).norm(dim=2).argmax(dim=1)
-    return weight[torch.arange(len(weight)), strongest].unsqueeze(1)
+    strongest = np.linalg.norm(weight.reshape(*weight.shape[:2], -1), axis=2).argmax(axis=1)
+    return weight[np.arange(len(weight)), strongest][:, None]
 
 
 def normalize_filters(
-    weight: Tensor, normalization: WeightNormalization = "filter", symmetric_range: Optional[float] = None
-) -> Tensor:
+    weight: np.ndarray, normalization: WeightNormalization = "filter", symmetric_range: Optional[float] = None
+) -> np.ndarray:
     """Map filter values to [0, 1] (see :func:`weight_grid` for the modes)."""
-    weight = torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
+    weight = np.nan_to_num(np.asarray(weight, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if normalization == "filter":
-        low = weight.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
-        high = weight.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+        flat = weight.reshape(len(weight), -1)
+        low = flat.min(axis=1).reshape(-1, 1, 1, 1)
+        high = flat.max(axis=1).reshape(-1, 1, 1, 1)
         return _scale_to_unit(weight, low, high)
     if normalization == "layer":
-        return _scale_to_unit(weight, weight.amin(), weight.amax())
+        return _scale_to_unit(weight, weight.min(), weight.max())
     if normalization == "symmetric":
-        half_range = symmetric_range if symmetric_range is not None else float(weight.abs().amax())
+        half_range = symmetric_range if symmetric_range is not None else float(np.abs(weight).max())
         half_range = max(half_range, 1e-12)
-        return ((weight / half_range + 1.0) / 2.0).clamp(0.0, 1.0)
+        return np.clip((weight / half_range + 1.0) / 2.0, 0.0, 1.0)
     raise ValueError(f"Unknown weight normalization {normalization!r}; use one of {WEIGHT_NORMALIZATIONS}.")
 
 
-def _scale_to_unit(values: Tensor, low: Tensor, high: Tensor) -> Tensor:
-    span = high - low
+def _scale_to_unit(values: np.ndarray, low: Any, high: Any) -> np.ndarray:
+    span = np.asarray(high - low, dtype=np.float32)
     # A constant filter (or layer) has no pattern to show: draw it as 0 rather than divide by 0.
-    safe_span = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (values - low) / safe_span, torch.zeros_like(values))
+    safe_span = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (values - low) / safe_span, 0.0).astype(np.float32)
 
 
-def apply_colormap(unit: Tensor, colormap: str = "viridis") -> Tensor:
-    """Colour ``(N, H, W)`` values in [0, 1] with a matplotlib colormap: ``(N, 3, H, W)``."""
-    lut = _colormap_table(colormap)
-    indices = (unit.clamp(0.0, 1.0) * (len(lut) - 1)).round().long()
-    return lut[indices].permute(0, 3, 1, 2)
-
-
-@lru_cache(maxsize=8)
-def _colormap_table(name: str) -> Tensor:
-    import matplotlib
-
-    colormap = matplotlib.colormaps[name]
-    return torch.tensor(colormap(torch.linspace(0, 1, 256).numpy())[:, :3], dtype=torch.float32)
-
-
-def upscale(tiles: Tensor, min_pixels: int) -> Tensor:
-    """Nearest-neighbour upscaling by a whole factor so the shorter side reaches ``min_pixels``."""
-    factor = math.ceil(min_pixels / min(tiles.shape[-2:]))
+def upscale(tiles: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of ``(N, h, w, C)`` tiles by a whole factor to ``min_pixels``."""
+    factor = math.ceil(min_pixels / min(tiles.shape[1:3]))
     if factor <= 1:
         return tiles
-    return F.interpolate(tiles, scale_factor=factor, mode="nearest")
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def frame_tiles(tiles: Tensor, marked: Sequence[int] = (), non_finite: Sequence[int] = ()) -> Tensor:
-    """Surround each ``(3, h, w)`` tile with a thin frame: red for ``marked`` (dead) tiles,
-    magenta for tiles whose values held NaN or Inf, grey otherwise."""
-    count, _, height, width = tiles.shape
-    framed = torch.empty(count, 3, height + 2 * FRAME_PIXELS, width + 2 * FRAME_PIXELS)
-    framed[:] = torch.tensor(FRAME_COLOUR).view(1, 3, 1, 1)
-    for indices, colour in ((marked, DEAD_COLOUR), (non_finite, NON_FINITE_COLOUR)):
-        indices = [index for index in indices if 0 <= index < count]
-        if indices:
-            framed[indices] = torch.tensor(colour).view(1, 3, 1, 1)
-    framed[:, :, FRAME_PIXELS : FRAME_PIXELS + height, FRAME_PIXELS : FRAME_PIXELS + width] = tiles
+def frame_kinds(count: int, marked: Sequence[int] = (), non_finite: Sequence[int] = ()) -> np.ndarray:
+    """Per tile, which frame it gets: grey, red for ``marked`` (dead), magenta for NaN/Inf."""
+    kinds = np.full(count, FRAME_INDEX, dtype=np.int64)
+    for indices, kind in ((marked, DEAD_INDEX), (non_finite, NON_FINITE_INDEX)):
+        kinds[[index for index in indices if 0 <= index < count]] = kind
+    return kinds
+
+
+def frame_tiles(tiles: np.ndarray, kinds: np.ndarray, colours: dict[int, np.ndarray]) -> np.ndarray:
+    """Surround each ``(h, w, C)`` tile with a thin frame of the colour its kind names."""
+    count, height, width, channels = tiles.shape
+    framed = np.empty((count, height + 2 * FRAME_PIXELS, width + 2 * FRAME_PIXELS, channels), dtype=tiles.dtype)
+    for kind, colour in colours.items():
+        framed[kinds == kind] = colour
+    framed[:, FRAME_PIXELS : FRAME_PIXELS + height, FRAME_PIXELS : FRAME_PIXELS + width] = tiles
     return framed
 
 
-def _non_finite_indices(values: Tensor) -> list[int]:
-    """Indices along the first dimension whose values hold a NaN or an Inf."""
-    return torch.nonzero(~torch.isfinite(values.flatten(1)).all(dim=1)).flatten().tolist()
+def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: np.ndarray) -> np.ndarray:
+    """Lay ``(N, h, w, C)`` tiles out in rows of ``nrow``, with ``make_grid``'s layout.
 
-
-def grid_of_tiles(tiles: Tensor, nrow: int) -> Tensor:
-    if len(tiles) == 1:
-        # make_grid returns a lone tile unpadded; keep the layout of every other grid.
-        return F.pad(tiles[0], (GRID_PADDING,) * 4, value=BACKGROUND)
-    return make_grid(tiles, nrow=nrow, padding=GRID_PADDING, pad_value=BACKGROUND)
+    One reshape instead of ``make_grid``'s copy per tile: a snapshot has hundreds of tiles.
+    """
+    count, height, width, channels = tiles.shape
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    cell_height, cell_width = height + padding, width + padding
+    cells = np.empty((rows * columns, cell_height, cell_width, channels), dtype=tiles.dtype)
+    cells[:] = pad_value
+    cells[:count, padding:, padding:] = tiles
+    grid = cells.reshape(rows, columns, cell_height, cell_width, channels).transpose(0, 2, 1, 3, 4)
+    image = np.empty((rows * cell_height + padding, columns * cell_width + padding, channels), dtype=tiles.dtype)
+    image[:] = pad_value
+    image[: rows * cell_height, : columns * cell_width] = grid.reshape(rows * cell_height, columns * cell_width, channels)
+    return image
 
 
 def square_columns(count: int) -> int:
@@ -181,15 +212,16 @@ def square_columns(count: int) -> int:
 
 
 def tile_origin(index: int, tile_height: int, tile_width: int, nrow: int) -> tuple[int, int]:
-    """Top-left pixel of tile ``index`` inside its frame, in a grid drawn by :func:`grid_of_tiles`."""
+    """Top-left pixel of tile ``index`` inside its frame, in a grid of framed tiles."""
     row, column = divmod(index, nrow)
     top = GRID_PADDING + row * (tile_height + 2 * FRAME_PIXELS + GRID_PADDING) + FRAME_PIXELS
     left = GRID_PADDING + column * (tile_width + 2 * FRAME_PIXELS + GRID_PADDING) + FRAME_PIXELS
     return top, left
 
 
-def to_uint8(image: Tensor) -> Tensor:
-    return (image.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] to 0..255, rounding half to even."""
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def dead_filter_table(dead: dict[str, list[int]], out_channels: dict[str, int]) -> str:
@@ -199,3 +231,26 @@ def dead_filter_table(dead: dict[str, list[int]], out_channels: dict[str, int]) 
         listed = ", ".join(str(index) for index in indices) if indices else "none"
         rows.append(f"| {layer} | {len(indices)} / {out_channels.get(layer, '?')} | {listed} |")
     return "\n".join(rows)
+
+
+def _non_finite_indices(values: np.ndarray) -> list[int]:
+    """Indices along the first axis whose values hold a NaN or an Inf."""
+    return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)).tolist()
+
+
+def _palette(colormap: str) -> np.ndarray:
+    """256 RGB colours: the colormap's levels, then frame, dead, non-finite and background."""
+    specials = [_rgb(colour) for colour in (FRAME_COLOUR, DEAD_COLOUR, NON_FINITE_COLOUR, BACKGROUND_COLOUR)]
+    return np.concatenate([_colormap_levels(colormap, COLORMAP_LEVELS), np.stack(specials)])
+
+
+@lru_cache(maxsize=8)
+def _colormap_levels(name: str, levels: int) -> np.ndarray:
+    import matplotlib
+
+    colours = matplotlib.colormaps[name](np.linspace(0.0, 1.0, levels))[:, :3]
+    return to_uint8(colours)
+
+
+def _rgb(colour: Sequence[float]) -> np.ndarray:
+    return to_uint8(np.asarray(colour, dtype=np.float32))

@@ -10,8 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Union
 
-from torch import Tensor
-
+from lightning_filterviz.render import Image, IndexedImage
 from lightning_filterviz.tags import TAG_PREFIX
 
 # zlib level 1 encodes these grids 2-3x faster than PIL's default level 6, at about the same size.
@@ -19,9 +18,10 @@ PNG_COMPRESSION = 1
 
 
 class Sink(Protocol):
-    """What the engine writes to. Images are ``(3, H, W)`` ``uint8`` tensors."""
+    """What the engine writes to. Images are ``(H, W, 3)`` ``uint8`` arrays or
+    :class:`~lightning_filterviz.render.IndexedImage` (see :func:`encode_png`)."""
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None: ...
+    def add_image(self, tag: str, image: Image, step: int) -> None: ...
 
     def add_scalar(self, tag: str, value: float, step: int) -> None: ...
 
@@ -44,10 +44,10 @@ class TensorBoardSink:
     def __init__(self, writer: Any) -> None:
         self.writer = writer
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+    def add_image(self, tag: str, image: Image, step: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        _, height, width = image.shape
+        height, width = image.indices.shape if isinstance(image, IndexedImage) else image.shape[:2]
         encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(image))
         self._add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
@@ -81,7 +81,7 @@ class DirectorySink:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+    def add_image(self, tag: str, image: Image, step: int) -> None:
         path = self.root / tag.removeprefix(f"{TAG_PREFIX}/") / f"step_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_png(image))
@@ -103,12 +103,17 @@ class DirectorySink:
         """Files are closed after every write; nothing is buffered."""
 
 
-def encode_png(image: Tensor) -> bytes:
-    """PNG bytes of a ``(3, H, W)`` ``uint8`` image."""
-    from PIL import Image
+def encode_png(image: Image) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` ``uint8`` array or of an :class:`IndexedImage` (palette PNG)."""
+    from PIL import Image as PILImage
 
+    if isinstance(image, IndexedImage):
+        picture = PILImage.fromarray(image.indices)
+        picture.putpalette(image.palette.flatten().tolist())  # an "L" image with a palette becomes "P"
+    else:
+        picture = PILImage.fromarray(image)
     buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
+    picture.save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
     return buffer.getvalue()
 
 
@@ -166,4 +171,5 @@ class BackgroundWriter:
             except Exception as error:  # reported by the owner on the training thread
                 self.failure = error
             finally:
+                job = None  # let the snapshot go while waiting for the next one
                 self._jobs.task_done()

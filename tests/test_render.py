@@ -14,6 +14,8 @@ from lightning_filterviz.render import (
     DEAD_COLOUR,
     FRAME_COLOUR,
     FRAME_PIXELS,
+    GRID_PADDING,
+    NON_FINITE_COLOUR,
     activation_grid,
     tile_origin,
     weight_grid,
@@ -21,6 +23,14 @@ from lightning_filterviz.render import (
 
 RED = np.array([round(255 * c) for c in DEAD_COLOUR], dtype=np.uint8)
 GREY = np.array([round(255 * c) for c in FRAME_COLOUR], dtype=np.uint8)
+MAGENTA = np.array([round(255 * c) for c in NON_FINITE_COLOUR], dtype=np.uint8)
+
+
+def grid_shape(tiles: int, tile: int = 24) -> tuple[int, int]:
+    columns = int(np.ceil(np.sqrt(tiles)))
+    rows = int(np.ceil(tiles / columns))
+    cell = tile + 2 * FRAME_PIXELS + GRID_PADDING
+    return GRID_PADDING + rows * cell, GRID_PADDING + columns * cell
 
 
 def known_rgb_filter() -> torch.Tensor:
@@ -61,11 +71,11 @@ def test_layer_and_symmetric_normalization_use_a_shared_range():
     weight = torch.zeros(2, 1, 1, 1)
     weight[0] = 1.0
     weight[1] = -3.0
-    layer = weight_grid(weight, "layer").permute(1, 2, 0).numpy()
+    layer = weight_grid(weight, "layer")
     assert tile(layer, 0, 24, nrow=2)[0, 0, 0] == 255  # the layer max
     assert tile(layer, 1, 24, nrow=2)[0, 0, 0] == 0  # the layer min
 
-    symmetric = weight_grid(weight, "symmetric", symmetric_range=4.0).permute(1, 2, 0).numpy()
+    symmetric = weight_grid(weight, "symmetric", symmetric_range=4.0)
     assert tile(symmetric, 0, 24, nrow=2)[0, 0, 0] == round((1 / 4 + 1) / 2 * 255)
     assert tile(symmetric, 1, 24, nrow=2)[0, 0, 0] == round((-3 / 4 + 1) / 2 * 255)
 
@@ -92,7 +102,7 @@ def test_many_input_channels_show_the_strongest_slice_in_grey():
     weight = torch.zeros(1, 4, 2, 2)
     weight[0, 2] = torch.tensor([[0.0, 1.0], [2.0, 4.0]])  # the strongest input channel
     weight[0, 0] = torch.tensor([[0.1, 0.0], [0.0, 0.0]])
-    image = weight_grid(weight).permute(1, 2, 0).numpy()
+    image = weight_grid(weight)
     drawn = tile(image, 0, 24, nrow=1)
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
     assert [drawn[0, 0, 0], drawn[0, 12, 0], drawn[12, 0, 0], drawn[12, 12, 0]] == [0, 64, 128, 255]
@@ -100,7 +110,7 @@ def test_many_input_channels_show_the_strongest_slice_in_grey():
 
 def test_dead_filters_are_framed_in_red():
     weight = torch.randn(4, 3, 3, 3)
-    image = weight_grid(weight, marked=[2]).permute(1, 2, 0).numpy()
+    image = weight_grid(weight, marked=[2])
     for index in range(4):
         top, left = tile_origin(index, 24, 24, nrow=2)
         frame = image[top - FRAME_PIXELS, left]
@@ -108,7 +118,7 @@ def test_dead_filters_are_framed_in_red():
 
     maps = torch.rand(1, 4, 4, 4)
     maps[0, 1] = 0.0
-    drawn = activation_grid(maps, marked=[1]).permute(1, 2, 0).numpy()
+    drawn = activation_grid(maps, marked=[1]).to_rgb()
     top, left = tile_origin(1, 16, 16, nrow=2)
     assert np.array_equal(drawn[top - FRAME_PIXELS, left], RED)
     top, left = tile_origin(0, 16, 16, nrow=2)
@@ -121,7 +131,7 @@ def test_feature_maps_are_scaled_over_the_layer_and_colour_mapped():
     maps = torch.zeros(1, 2, 2, 2)
     maps[0, 0] = 2.0  # the layer maximum
     maps[0, 1, 0, 0] = 1.0
-    image = activation_grid(maps, colormap="gray").permute(1, 2, 0).numpy()
+    image = activation_grid(maps, colormap="gray").to_rgb()
     gray = matplotlib.colormaps["gray"]
     assert np.array_equal(tile(image, 0, 16, nrow=2)[0, 0], [255, 255, 255])
     half = np.round(np.array(gray(0.5)[:3]) * 255)
@@ -134,4 +144,8 @@ def test_non_finite_weights_render_without_error(bad):
     weight = torch.randn(2, 3, 3, 3)
     weight[0, 0, 0, 0] = bad
     image = weight_grid(weight)
-    assert image.dtype == torch.uint8 and image.shape[0] == 3
+    assert image.dtype == np.uint8 and image.shape == (*grid_shape(2), 3)
+    top, left = tile_origin(0, 24, 24, nrow=2)
+    assert np.array_equal(image[top - FRAME_PIXELS, left], MAGENTA)
+    top, left = tile_origin(1, 24, 24, nrow=2)
+    assert np.array_equal(image[top - FRAME_PIXELS, left], GREY)

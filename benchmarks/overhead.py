@@ -1,0 +1,234 @@
+"""What FilterMonitor costs a training run, measured side by side in one process.
+
+    python benchmarks/overhead.py            # everything (several minutes on 2 CPU cores)
+    python benchmarks/overhead.py --quick    # fewer trials, for a smoke check
+
+Prints:
+  a. training wall time with / without the monitor: defaults on the example, and
+     every_n_steps=10 on the example and on ResNet-18 at 64x64 (trials alternate);
+  b. training-thread time per snapshot / the probe batch's plain eval forward;
+  c. one matplotlib figure per layer drawn on the training thread / our snapshot;
+  d. peak RSS after 200 snapshots minus after 10;
+  e. bytes written to the log dir per snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+
+from cnn_example import ImageClassifier, PhotoPatches  # noqa: E402
+
+from lightning_filterviz import FilterMonitor, FilterVisualizer  # noqa: E402
+from lightning_filterviz.probe import model_input  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer trials and shorter runs")
+    args = parser.parse_args()
+    trials = 2 if args.quick else 5
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+
+    print("\na. training wall time, with monitor / without (median of alternating pairs)")
+    example_epochs = 2 if args.quick else 10
+    report_ratio("example, default settings", example_run(example_epochs, {}), trials)
+    report_ratio("example, every_n_steps=10", example_run(example_epochs, {"every_n_steps": 10}), trials)
+    report_ratio("resnet18 64x64, every_n_steps=10", resnet_run(40 if args.quick else 100), trials)
+
+    model, probe = example_model_and_probe()
+    print("\nb. training-thread time per snapshot / plain eval forward of the probe")
+    stall, forward = snapshot_stall(model, probe, repeats=10 if args.quick else 40)
+    print(f"   snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
+
+    print("\nc. one matplotlib figure per layer on the training thread / our synchronous snapshot")
+    common, ours = matplotlib_versus_ours(model, probe, repeats=3 if args.quick else 5)
+    print(f"   matplotlib {common * 1e3:.0f} ms / ours {ours * 1e3:.1f} ms = {common / ours:.1f}x")
+
+    print("\nd. peak RSS growth over snapshots")
+    growth = rss_growth(model, probe, snapshots=200)
+    print(f"   peak RSS after 200 snapshots - after 10: {growth / 2**20:.1f} MB")
+
+    print("\ne. bytes written per snapshot")
+    print(f"   {bytes_per_snapshot(model, probe) / 1024:.1f} KiB per snapshot (example model, TensorBoard)")
+
+
+def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], trials: int) -> None:
+    run(None)  # warm-up: imports, allocator, data set
+    ratios, with_times, without_times = [], [], []
+    for trial in range(trials):
+        # Alternate which goes first, so drift in machine speed cancels.
+        order = (True, False) if trial % 2 == 0 else (False, True)
+        times = {}
+        for with_monitor in order:
+            times[with_monitor] = run(FilterMonitor(**run.monitor_settings) if with_monitor else None)  # type: ignore[attr-defined]
+        ratios.append(times[True] / times[False])
+        with_times.append(times[True])
+        without_times.append(times[False])
+    print(
+        f"   {label}: {statistics.median(ratios):.3f} "
+        f"(with {statistics.median(with_times):.2f} s, without {statistics.median(without_times):.2f} s, "
+        f"ratios {', '.join(f'{ratio:.3f}' for ratio in ratios)})"
+    )
+
+
+def example_run(epochs: int, monitor_settings: dict) -> Callable[[Optional[FilterMonitor]], float]:
+    data = PhotoPatches()
+    data.setup()
+
+    def run(monitor: Optional[FilterMonitor]) -> float:
+        seed_everything(0, verbose=False)
+        return timed_fit(ImageClassifier(arch="small_cnn"), data, monitor, max_epochs=epochs)
+
+    run.monitor_settings = monitor_settings  # type: ignore[attr-defined]
+    return run
+
+
+def resnet_run(steps: int) -> Callable[[Optional[FilterMonitor]], float]:
+    data = PhotoPatches(patch_size=64, train_patches=200, val_patches=20, batch_size=32)
+    data.setup()
+
+    def run(monitor: Optional[FilterMonitor]) -> float:
+        seed_everything(0, verbose=False)
+        return timed_fit(ImageClassifier(arch="resnet18", lr=1e-3), data, monitor, max_steps=steps)
+
+    run.monitor_settings = {"every_n_steps": 10}  # type: ignore[attr-defined]
+    return run
+
+
+def timed_fit(model: ImageClassifier, data: PhotoPatches, monitor: Optional[FilterMonitor], **limits) -> float:
+    with tempfile.TemporaryDirectory() as log_dir:
+        trainer = Trainer(
+            accelerator="cpu",
+            logger=TensorBoardLogger(log_dir, name="bench"),
+            callbacks=[monitor] if monitor is not None else [],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            **limits,
+        )
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        return time.perf_counter() - start
+
+
+def example_model_and_probe() -> tuple[torch.nn.Module, torch.Tensor]:
+    data = PhotoPatches()
+    data.setup()
+    images = torch.stack([data.val_set[index][0] for index in range(8)])
+    return ImageClassifier(arch="small_cnn"), images
+
+
+def snapshot_stall(model: torch.nn.Module, probe: torch.Tensor, repeats: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as log_dir:
+        writer = SummaryWriter(log_dir)
+        visualizer = FilterVisualizer(writer, background=True)
+        stalls, forwards = [], []
+        for step in range(repeats):
+            visualizer.flush()  # measure the stall itself, not waiting on a full queue
+            start = time.perf_counter()
+            visualizer.snapshot(model, probe, step)
+            stalls.append(time.perf_counter() - start)
+            visualizer.flush()
+            forwards.append(plain_eval_forward(model, probe))
+        visualizer.close()
+        writer.close()
+    return statistics.median(stalls), statistics.median(forwards)
+
+
+def plain_eval_forward(model: torch.nn.Module, probe: torch.Tensor) -> float:
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(model_input(probe))
+    elapsed = time.perf_counter() - start
+    model.train()
+    return elapsed
+
+
+def matplotlib_versus_ours(model: torch.nn.Module, probe: torch.Tensor, repeats: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as log_dir:
+        writer = SummaryWriter(log_dir)
+        visualizer = FilterVisualizer(writer)
+        common, ours = [], []
+        for step in range(repeats):
+            start = time.perf_counter()
+            matplotlib_snapshot(model, writer, step)
+            common.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            visualizer.snapshot(model, probe, step)
+            ours.append(time.perf_counter() - start)
+        writer.close()
+    return statistics.median(common), statistics.median(ours)
+
+
+def matplotlib_snapshot(model: torch.nn.Module, writer: SummaryWriter, step: int) -> None:
+    """What tutorials do: a figure with one subplot per filter, per conv layer, logged as PNG."""
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Conv2d):
+            continue
+        weight = module.weight.detach()[:64]
+        columns = 8
+        rows = (len(weight) + columns - 1) // columns
+        figure, axes = plt.subplots(rows, columns, figsize=(columns, rows))
+        for index, axis in enumerate(axes.flat):
+            axis.axis("off")
+            if index < len(weight):
+                kernel = weight[index, 0]
+                axis.imshow(((kernel - kernel.min()) / (kernel.max() - kernel.min() + 1e-12)).numpy(), cmap="gray")
+        writer.add_figure(f"matplotlib/{name}", figure, step)  # renders, encodes and closes the figure
+
+
+def rss_growth(model: torch.nn.Module, probe: torch.Tensor, snapshots: int) -> int:
+    with tempfile.TemporaryDirectory() as log_dir:
+        writer = SummaryWriter(log_dir)
+        visualizer = FilterVisualizer(writer, background=True)
+        after_ten = 0
+        for step in range(snapshots):
+            visualizer.snapshot(model, probe, step)
+            if step == 9:
+                visualizer.flush()
+                after_ten = peak_rss()
+        visualizer.close()
+        writer.close()
+    return peak_rss() - after_ten
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def bytes_per_snapshot(model: torch.nn.Module, probe: torch.Tensor, snapshots: int = 10) -> float:
+    with tempfile.TemporaryDirectory() as log_dir:
+        writer = SummaryWriter(log_dir)
+        visualizer = FilterVisualizer(writer)
+        for step in range(snapshots):
+            visualizer.snapshot(model, probe, step)
+        writer.close()
+        return sum(path.stat().st_size for path in Path(log_dir).rglob("*") if path.is_file()) / snapshots
+
+
+if __name__ == "__main__":
+    main()

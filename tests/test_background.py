@@ -1,0 +1,103 @@
+"""The background writer: same pixels as the synchronous path, errors reported once, nothing kept."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+import torch
+
+import lightning_filterviz.engine as engine_module
+from conftest import FunctionalNet, conv_bn_relu_stack
+from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.sinks import BackgroundWriter
+
+
+def snapshots(visualizer: FilterVisualizer, model: torch.nn.Module, steps: int = 3) -> None:
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(4, 3, 10, 10, generator=generator)
+    for step in range(steps):
+        visualizer.snapshot(model, probe, step)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+
+
+def test_background_images_equal_synchronous_images(tmp_path):
+    model = FunctionalNet()
+    with torch.no_grad():
+        model.conv2.bias[3] = -1e4
+    reference = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    snapshots(FilterVisualizer(str(tmp_path / "sync"), dead_patience=1), model)
+    model.load_state_dict(reference)
+    background = FilterVisualizer(str(tmp_path / "background"), dead_patience=1, background=True)
+    snapshots(background, model)
+    background.close()
+
+    sync_files = sorted(path.relative_to(tmp_path / "sync") for path in (tmp_path / "sync").rglob("*.png"))
+    background_files = sorted(path.relative_to(tmp_path / "background") for path in (tmp_path / "background").rglob("*.png"))
+    assert sync_files == background_files and len(sync_files) == 3 * 4 + 1
+    for relative in sync_files:
+        assert (tmp_path / "sync" / relative).read_bytes() == (tmp_path / "background" / relative).read_bytes()
+    assert (tmp_path / "sync/scalars.csv").read_text() == (tmp_path / "background/scalars.csv").read_text()
+
+
+def test_an_exception_in_the_worker_is_one_warning_and_statistics_go_on(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("worker broke")
+
+    monkeypatch.setattr(engine_module, "weight_grid", broken)
+    model = conv_bn_relu_stack()
+    with torch.no_grad():
+        model[3].bias[0] = -1e4
+    visualizer = FilterVisualizer(str(tmp_path), background=True)
+    with pytest.warns(UserWarning, match="RuntimeError: worker broke") as record:
+        for step in range(4):
+            visualizer.snapshot(model, torch.randn(2, 3, 8, 8), step)
+        visualizer.close()
+    assert len([w for w in record if "worker broke" in str(w.message)]) == 1
+    assert visualizer.dead_filters["3"] == [0]
+
+
+def test_a_full_queue_blocks_the_caller_instead_of_dropping(tmp_path):
+    release = threading.Event()
+    done = []
+    writer = BackgroundWriter(max_pending=1)
+    writer.submit(lambda: (release.wait(5), done.append(1)))
+    writer.submit(lambda: done.append(2))  # waits in the queue
+    third = threading.Thread(target=lambda: writer.submit(lambda: done.append(3)))
+    third.start()
+    third.join(timeout=0.2)
+    assert third.is_alive()  # blocked: the queue is full
+    release.set()
+    third.join(timeout=5)
+    writer.close()
+    assert done == [1, 2, 3]
+
+
+def test_no_activation_tensor_or_grid_outlives_its_snapshot(tmp_path, monkeypatch):
+    grids: list[weakref.ref] = []
+    for name in ("weight_grid", "activation_grid"):
+        original = getattr(engine_module, name)
+
+        def keeping_a_weak_reference(*args, _original=original, **kwargs):
+            image = _original(*args, **kwargs)
+            grids.append(weakref.ref(getattr(image, "indices", image)))  # the pixels of an IndexedImage
+            return image
+
+        monkeypatch.setattr(engine_module, name, keeping_a_weak_reference)
+
+    model = conv_bn_relu_stack()
+    visualizer = FilterVisualizer(str(tmp_path), background=True)
+    captured: list[weakref.ref] = []
+    for step in range(5):
+        snapshot = visualizer.snapshot(model, torch.randn(4, 3, 16, 16), step)
+        captured += [weakref.ref(layer.maps) for layer in snapshot.layers.values()]
+        captured += [weakref.ref(layer.channel_max) for layer in snapshot.layers.values()]
+        del snapshot
+    visualizer.flush()
+    gc.collect()
+    assert len(grids) == 5 * 4 and len(captured) == 5 * 4
+    assert [ref for ref in grids + captured if ref() is not None] == []
