@@ -89,7 +89,7 @@ class PhotoPatches(LightningDataModule):
     """
 
     def __init__(
-        self, patch_size: int = 32, train_patches: int = 400, val_patches: int = 100, batch_size: int = 64, seed: int = 0
+        self, patch_size: int = 32, train_patches: int = 1000, val_patches: int = 100, batch_size: int = 64, seed: int = 0
     ):
         super().__init__()
         self.patch_size = patch_size

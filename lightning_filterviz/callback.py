@@ -8,6 +8,7 @@ accepts callbacks derived from its own ``Callback`` class.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -65,6 +66,13 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
             cover all of them.
         dead_threshold: a post-activation value ``<=`` this counts as "off".
         dead_patience: consecutive snapshots a filter must be off to be reported dead.
+        dormant_tau: a filter is dormant when its mean ``|activation|`` on the probe,
+            divided by its layer's average, is ``<=`` this (ReDo's score); logged as
+            ``filterviz/dormant_fraction/<layer>`` and kept in ``dormant_filters``.
+        track_training_batches: also watch every training forward pass (per-channel
+            maxima only, no activation kept), so that a filter that fires on some training
+            batch but never on the probe is not called dead. Costs a little on every step;
+            not for compiled models.
         log_weights: log the filter images.
         log_activations: run the probe and log feature maps and dead-filter statistics.
         probe: a probe batch to use instead of one taken from the data: a tensor, or a
@@ -113,9 +121,11 @@ class FilterMonitorLogic:
         probe: Optional[Any] = None,
         batch_key: Optional[Union[int, str]] = None,
         forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None,
-        max_images: int = 4,
+        max_images: int = 2,
         weight_normalization: WeightNormalization = "filter",
         colormap: str = "viridis",
+        dormant_tau: float = 0.025,
+        track_training_batches: bool = False,
     ) -> None:
         super().__init__()
         _validate_cadence(every_n_epochs, every_n_steps)
@@ -141,8 +151,11 @@ class FilterMonitorLogic:
             batch_key=batch_key,
             forward_fn=forward_fn,
             colormap=colormap,
+            dormant_tau=dormant_tau,
             background=True,
         )
+        self.track_training_batches = track_training_batches
+        self._batch_watch = contextlib.ExitStack()
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
         self._last_snapshot_step: Optional[int] = None
         self._enabled = True
@@ -151,6 +164,11 @@ class FilterMonitorLogic:
     def dead_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices now dead."""
         return self.engine.dead_filters
+
+    @property
+    def dormant_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
+        return self.engine.dormant_filters
 
     @property
     def probe(self) -> Optional[Any]:
@@ -203,7 +221,17 @@ class FilterMonitorLogic:
         self._snapshot(trainer, pl_module)
 
     @override
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._enabled and self.track_training_batches and trainer.is_global_zero:
+            self._batch_watch.enter_context(self.engine.training_batch(pl_module))
+
+    @override
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
+        self._batch_watch.close()  # the forward is over; the backward is not watched
+
+    @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batch_watch.close()
         if self._enabled and self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
             self._snapshot(trainer, pl_module)
 
@@ -221,6 +249,7 @@ class FilterMonitorLogic:
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._batch_watch.close()  # no hook may outlive the run
         # Write what was captured before the run broke off.
         self.engine.close()
 

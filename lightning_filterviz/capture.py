@@ -32,6 +32,8 @@ class LayerCapture:
             reaches no activation (a residual sum, a concatenation, the model output).
         no_activation_reason: why there is no activation, when there is none.
         zeroing: whether the activation floors at zero (ReLU family), so "dead" applies.
+        rgb: whether the filters see an RGB image (3 input channels, one group), so they
+            are drawn in colour.
         channel_max: per-filter maximum of the activation over the probe, ``(out_channels,)``.
         channel_mean_abs: per-filter mean absolute activation, ``(out_channels,)``.
         maps: capped feature maps ``(images, F, H, W)``.
@@ -43,6 +45,7 @@ class LayerCapture:
     activation: Optional[str] = None
     no_activation_reason: Optional[str] = None
     zeroing: bool = False
+    rgb: bool = False
     channel_max: Optional[Tensor] = None
     channel_mean_abs: Optional[Tensor] = None
     maps: Optional[Tensor] = None
@@ -57,14 +60,19 @@ class Snapshot:
         layers: conv name -> what was captured of it.
         probe_images: the probe's input images ``(N, C, H, W)``, when they are to be drawn.
         dead_filters: conv name -> dead filter indices after this snapshot.
+        dormant_filters: conv name -> dormant filter indices at this snapshot.
         symmetric_ranges: conv name -> the fixed half-range of ``"symmetric"`` normalization.
+        layer_table: a Markdown table of the watched convs and their activations, when it
+            is to be logged (the first snapshot).
     """
 
     step: int
     layers: dict[str, LayerCapture] = field(default_factory=dict)
     probe_images: Optional[Tensor] = None
     dead_filters: dict[str, list[int]] = field(default_factory=dict)
+    dormant_filters: dict[str, list[int]] = field(default_factory=dict)
     symmetric_ranges: dict[str, float] = field(default_factory=dict)
+    layer_table: Optional[str] = None
 
 
 def capture_snapshot(
@@ -75,7 +83,7 @@ def capture_snapshot(
     *,
     forward_fn: Optional[ForwardFn] = None,
     max_filters: int = 64,
-    max_images: int = 4,
+    max_images: int = 2,
     max_map_size: int = 48,
     capture_activations: bool = True,
     forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
@@ -99,8 +107,10 @@ def capture_snapshot(
     """
     snapshot = Snapshot(step=step)
     for layer in layers:
-        weight = layer.module.weight.detach()[:max_filters].float().cpu().clone()
-        snapshot.layers[layer.name] = LayerCapture(layer.name, layer.module.out_channels, weight)
+        module = layer.module
+        weight = module.weight.detach()[:max_filters].float().cpu().clone()
+        rgb = module.in_channels == 3 and module.groups == 1
+        snapshot.layers[layer.name] = LayerCapture(layer.name, module.out_channels, weight, rgb=rgb)
     if not capture_activations or not layers:
         return snapshot
 
@@ -122,6 +132,24 @@ def capture_snapshot(
         capture.channel_mean_abs = record.channel_mean_abs.cpu()
         capture.maps = record.maps.cpu()
     return snapshot
+
+
+@contextlib.contextmanager
+def track_training_batch(layers: Sequence[ConvLayer]) -> Iterator[dict[str, Tensor]]:
+    """Record each watched conv's per-channel activation maximum during a training forward.
+
+    Yields a dict that, after the block, maps conv name -> ``(out_channels,)`` float32
+    maxima on the model's device (only convs with a ReLU-family activation). Only that
+    reduction is kept: no activation tensor outlives its op, and autograd is untouched.
+    """
+    tracer = ActivationTracer(reduce_maps=None)
+    maxima: dict[str, Tensor] = {}
+    try:
+        with _tracking_hooks(layers, tracer), tracer:
+            yield maxima
+    finally:
+        tracer.finish()
+        maxima.update({name: record.channel_max for name, record in tracer.records.items() if record.zeroing})
 
 
 def _call_model(model: nn.Module, inputs: Any) -> Any:

@@ -132,10 +132,11 @@ class ActivationTracer(TorchFunctionMode):
     overwritten, and tensors that still hold autograd history, are never kept.
 
     Args:
-        reduce_maps: turns an activation ``(N, C, H, W)`` into the small maps to keep.
+        reduce_maps: turns an activation ``(N, C, H, W)`` into the small maps to keep;
+            ``None`` keeps only the per-channel statistics (training-batch tracking).
     """
 
-    def __init__(self, reduce_maps: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, reduce_maps: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         super().__init__()
         self._reduce_maps = reduce_maps
         # id(tensor) -> (layer name, tensor); the tensor is held so its id stays unique.
@@ -173,13 +174,14 @@ class ActivationTracer(TorchFunctionMode):
                 self.no_activation.setdefault(layer, f"output goes to `{name}` before any activation")
 
     def _record(self, layer: str, function: str, zeroing: bool, activation: Tensor) -> None:
-        values = activation.detach().float()
+        values = activation.detach()
         dims = [dim for dim in range(values.dim()) if dim != 1]
-        channel_max = values.amax(dim=dims)
-        channel_mean_abs = values.abs().mean(dim=dims)
+        # Statistics in float32 whatever the autocast dtype; amax is exact in any dtype.
+        channel_max = values.amax(dim=dims).float()
+        channel_mean_abs = values.abs().float().mean(dim=dims) if self._reduce_maps is not None else channel_max
         previous = self.records.get(layer)
         if previous is None:
-            maps = self._reduce_maps(values)
+            maps = self._reduce_maps(values.float()) if self._reduce_maps is not None else values.new_empty(0)
             self.records[layer] = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
             self.no_activation.pop(layer, None)
             return

@@ -6,14 +6,15 @@ callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, ContextManager, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_filterviz.capture import ForwardFn, Snapshot, capture_snapshot
+from lightning_filterviz.capture import ForwardFn, Snapshot, capture_snapshot, track_training_batch
 from lightning_filterviz.discovery import ConvLayer, select_conv_layers
 from lightning_filterviz.probe import BatchKey, model_input, to_device
 from lightning_filterviz.render import (
@@ -25,8 +26,16 @@ from lightning_filterviz.render import (
     weight_grid,
 )
 from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
-from lightning_filterviz.stats import DeadFilterTracker
-from lightning_filterviz.tags import DEAD_FILTERS_TAG, PROBE_TAG, activations_tag, dead_fraction_tag, weights_tag
+from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
+from lightning_filterviz.tags import (
+    DEAD_FILTERS_TAG,
+    LAYERS_TAG,
+    PROBE_TAG,
+    activations_tag,
+    dead_fraction_tag,
+    dormant_fraction_tag,
+    weights_tag,
+)
 
 # Past this dead fraction a layer is in trouble; say so once.
 DEAD_FRACTION_WARNING = 0.5
@@ -41,7 +50,9 @@ class FilterVisualizer:
     - ``filterviz/weights/<layer>``: the layer's normalized filters (image),
     - ``filterviz/activations/<layer>``: its activation's feature maps for the probe (image),
     - ``filterviz/dead_fraction/<layer>``: dead filters / all filters (scalar),
+    - ``filterviz/dormant_fraction/<layer>``: dormant filters / all filters (scalar),
     - ``filterviz/dead_filters``: a table of layer -> dead indices (text),
+    - ``filterviz/layers``: each watched conv and the activation it maps to (text, once),
     - ``filterviz/probe``: the probe images themselves, at the first snapshot (image).
 
     Args:
@@ -53,6 +64,8 @@ class FilterVisualizer:
         max_images: probe images whose feature maps are drawn.
         dead_threshold: a post-activation value ``<=`` this counts as "off".
         dead_patience: consecutive snapshots a filter must be off to be reported dead.
+        dormant_tau: a filter is dormant when its mean ``|activation|`` divided by the
+            layer's average is ``<=`` this (ReDo's score; any activation function).
         weight_normalization: ``"filter"`` (each filter's min..max), ``"layer"`` (the
             layer's min..max) or ``"symmetric"`` (a fixed ``+-max|w|`` range taken at the
             first snapshot, which shows growth in magnitude).
@@ -94,9 +107,10 @@ class FilterVisualizer:
         *,
         layers: Optional[Sequence[str]] = None,
         max_filters: int = 64,
-        max_images: int = 4,
+        max_images: int = 2,
         dead_threshold: float = 0.0,
         dead_patience: int = 2,
+        dormant_tau: float = 0.025,
         weight_normalization: WeightNormalization = "filter",
         log_weights: bool = True,
         log_activations: bool = True,
@@ -113,6 +127,7 @@ class FilterVisualizer:
             max_pending=max_pending,
             weight_normalization=weight_normalization,
             colormap=colormap,
+            dormant_tau=dormant_tau,
         )
         self.sink = as_sink(sink)
         self.layers = list(layers) if layers is not None else None
@@ -125,6 +140,8 @@ class FilterVisualizer:
         self.forward_fn = forward_fn
         self.colormap = colormap
         self.tracker = DeadFilterTracker(threshold=dead_threshold, patience=dead_patience)
+        self.dormant_tau = dormant_tau
+        self._dormant: dict[str, list[int]] = {}
         self._watched: Optional[list[ConvLayer]] = None
         self._watched_model: Optional[int] = None
         self._symmetric_ranges: dict[str, float] = {}
@@ -138,6 +155,11 @@ class FilterVisualizer:
     def dead_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices now dead."""
         return self.tracker.dead_filters
+
+    @property
+    def dormant_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
+        return {name: list(indices) for name, indices in self._dormant.items()}
 
     def watch(self, model: nn.Module) -> list[ConvLayer]:
         """Resolve which conv layers of ``model`` are watched.
@@ -195,14 +217,40 @@ class FilterVisualizer:
             snapshot.probe_images = inputs[: self.max_images].detach().float().cpu()
             self._probe_logged = True
         self.tracker.update(snapshot)
+        self._dormant = {
+            name: dormant_indices(layer.channel_mean_abs, self.dormant_tau)
+            for name, layer in snapshot.layers.items()
+            if layer.channel_mean_abs is not None
+        }
         # Everything publishing needs is fixed now, so that a background writer sees this step's state.
         snapshot.dead_filters = self.tracker.dead_filters
+        snapshot.dormant_filters = self.dormant_filters
         snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
         self._describe_once(snapshot)
         self._warn_on_dying_layers(snapshot)
         if publish:
             self.publish(snapshot)
         return snapshot
+
+    @contextlib.contextmanager
+    def training_batch(self, model: nn.Module) -> Iterator[None]:
+        """Watch one training forward pass, so that a filter firing on it is not called dead.
+
+        Wrap the forward (not the backward) of a training step. Only per-channel maxima
+        are kept (on the model's device); the next :meth:`snapshot` folds them in: a filter
+        is off at a snapshot only if it stayed off on the probe and on every training
+        batch watched since the previous snapshot.
+
+        Example::
+
+            with visualizer.training_batch(model):
+                loss = criterion(model(images), labels)
+            loss.backward()
+        """
+        layers = self._watched if self._watched_model == id(model) and self._watched is not None else self.watch(model)
+        with track_training_batch(layers) as maxima:
+            yield
+        self.tracker.observe_training_batch(maxima)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Render one snapshot and write it: in the background writer, or here and now."""
@@ -232,16 +280,21 @@ class FilterVisualizer:
         dead = snapshot.dead_filters
         if snapshot.probe_images is not None:
             self.sink.add_image(PROBE_TAG, probe_image_grid(snapshot.probe_images), step)
+        if snapshot.layer_table is not None:
+            self.sink.add_text(LAYERS_TAG, snapshot.layer_table, step)
         for name, layer in snapshot.layers.items():
             marked = dead.get(name, [])
             if self.log_weights:
                 symmetric_range = snapshot.symmetric_ranges.get(name)
-                image = weight_grid(layer.weight, self.weight_normalization, symmetric_range, marked)
+                image = weight_grid(layer.weight, self.weight_normalization, symmetric_range, marked, layer.rgb)
                 self.sink.add_image(weights_tag(name), image, step)
             if self.log_activations and layer.maps is not None:
                 self.sink.add_image(activations_tag(name), activation_grid(layer.maps, marked, self.colormap), step)
             if name in dead:
                 self.sink.add_scalar(dead_fraction_tag(name), len(dead[name]) / layer.out_channels, step)
+            if name in snapshot.dormant_filters:
+                dormant = len(snapshot.dormant_filters[name]) / layer.out_channels
+                self.sink.add_scalar(dormant_fraction_tag(name), dormant, step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
@@ -263,6 +316,7 @@ class FilterVisualizer:
             "symmetric_ranges": dict(self._symmetric_ranges),
             "warned_dead": sorted(self._warned_dead),
             "probe_logged": self._probe_logged,
+            "dormant": self.dormant_filters,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -270,6 +324,7 @@ class FilterVisualizer:
         self._symmetric_ranges = dict(state.get("symmetric_ranges", {}))
         self._warned_dead = set(state.get("warned_dead", []))
         self._probe_logged = bool(state.get("probe_logged", False))
+        self._dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
 
     def _symmetric_ranges_for(self, snapshot: Snapshot) -> dict[str, float]:
         if self.weight_normalization != "symmetric":
@@ -295,16 +350,23 @@ class FilterVisualizer:
         if self._described or not self.log_activations:
             return
         self._described = True
-        without = {name: layer.no_activation_reason for name, layer in snapshot.layers.items() if layer.activation is None}
+        snapshot.layer_table = layer_table(snapshot)
+        rank_zero_info("filterviz: watched conv layers and their activations\n" + snapshot.layer_table)
         not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
-        if without:
-            listed = "; ".join(f"{name}: {reason}" for name, reason in without.items())
-            rank_zero_info(f"filterviz: no activation image or dead statistics for these convs ({listed}).")
         if not_relu:
             rank_zero_info(
                 f"filterviz: dead filters are not judged for {not_relu}: their activation is not of the ReLU "
-                "family and never stays at exactly zero."
+                "family and never stays at exactly zero; their dormant fraction is logged."
             )
+
+
+def layer_table(snapshot: Snapshot) -> str:
+    """A Markdown table: each watched conv, the activation it maps to, or why it has none."""
+    rows = ["| conv | filters | activation | dead judged |", "|---|---|---|---|"]
+    for name, layer in snapshot.layers.items():
+        activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
+        rows.append(f"| {name} | {layer.out_channels} | {activation} | {'yes' if layer.zeroing else 'no'} |")
+    return "\n".join(rows)
 
 
 def validate_settings(
@@ -315,8 +377,11 @@ def validate_settings(
     dead_patience: int,
     weight_normalization: str,
     colormap: str,
+    dormant_tau: float = 0.0,
 ) -> None:
     """Fail fast, naming the argument and what it accepts."""
+    if isinstance(dormant_tau, bool) or not isinstance(dormant_tau, (int, float)) or not dormant_tau >= 0:
+        raise ValueError(f"`dormant_tau` must be a number >= 0, got {dormant_tau!r}.")
     for name, value in (
         ("max_filters", max_filters),
         ("max_images", max_images),

@@ -56,13 +56,14 @@ def weight_grid(
     normalization: WeightNormalization = "filter",
     symmetric_range: Optional[float] = None,
     marked: Sequence[int] = (),
-) -> np.ndarray:
+    rgb: Optional[bool] = None,
+) -> Image:
     """Draw a conv layer's filters as one grid image.
 
-    Filters with 3 input channels are drawn in RGB. Filters with one input channel are
-    drawn in grey. For any other number of input channels, each filter shows its
-    strongest input-channel slice (largest L2 norm) in grey, since a mean over input
-    channels cancels patterns of opposite sign.
+    Filters that look at an RGB image are drawn in colour. Filters with one input channel
+    (depthwise convs too) are drawn in grey. For any other number of input channels,
+    each filter shows its strongest input-channel slice (largest L2 norm) in grey, since
+    a mean over input channels cancels patterns of opposite sign.
 
     Args:
         weight: ``(F, C_in, kH, kW)`` filters (a CPU tensor or an array).
@@ -72,19 +73,25 @@ def weight_grid(
             in magnitude from one snapshot to the next.
         symmetric_range: the half-range for ``"symmetric"``; default the largest ``|w|``.
         marked: filter indices to frame in red (dead filters).
+        rgb: whether the 3 input channels are an image's RGB; default: exactly 3 input
+            channels. A grouped conv with 3 channels per group is not RGB.
 
     Returns:
-        An ``(H, W, 3)`` ``uint8`` image.
+        An ``(H, W, 3)`` ``uint8`` image for RGB filters; an :class:`IndexedImage` with a
+        grey palette for the others.
     """
     weight = np.asarray(weight, dtype=np.float32)
     non_finite = _non_finite_indices(weight)
-    shown = displayed_filters(np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0))
+    rgb = weight.shape[1] == 3 if rgb is None else rgb
+    shown = displayed_filters(np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0), rgb)
     unit = normalize_filters(shown, normalization, symmetric_range)
-    tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit).transpose(0, 2, 3, 1)
-    tiles = upscale(tiles, MIN_WEIGHT_TILE_PIXELS)
+    kinds = frame_kinds(len(unit), marked, non_finite)
+    if unit.shape[1] == 1:
+        levels = np.rint(unit[:, 0] * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+        return IndexedImage(_indexed_grid(levels, kinds, MIN_WEIGHT_TILE_PIXELS), _palette("gray"))
+    tiles = upscale(to_uint8(unit).transpose(0, 2, 3, 1), MIN_WEIGHT_TILE_PIXELS)
     colours = {FRAME_INDEX: FRAME_COLOUR, DEAD_INDEX: DEAD_COLOUR, NON_FINITE_INDEX: NON_FINITE_COLOUR}
-    frames = frame_kinds(len(tiles), marked, non_finite)
-    framed = frame_tiles(tiles, frames, {kind: _rgb(colour) for kind, colour in colours.items()})
+    framed = frame_tiles(tiles, kinds, {kind: _rgb(colour) for kind, colour in colours.items()})
     return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
 
 
@@ -105,18 +112,23 @@ def activation_grid(maps: Any, marked: Sequence[int] = (), colormap: str = "viri
     maps = np.asarray(maps, dtype=np.float32)
     non_finite = _non_finite_indices(maps.transpose(1, 0, 2, 3))
     maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
-    images, channels, height, width = maps.shape
+    images, channels = maps.shape[:2]
     unit = _scale_to_unit(maps, maps.min(), maps.max())
     levels = np.rint(unit * (COLORMAP_LEVELS - 1)).astype(np.uint8)
-    tiles = upscale(levels.reshape(images * channels, height, width, 1), MIN_MAP_TILE_PIXELS)
-    frames = np.tile(frame_kinds(channels, marked, non_finite), images)
-    # In a palette image a frame's colour is its palette index.
-    framed = frame_tiles(tiles, frames, {kind: np.array([kind], dtype=np.uint8) for kind in np.unique(frames)})
-    framed = framed.reshape(images, channels, *framed.shape[1:])
+    kinds = frame_kinds(channels, marked, non_finite)
+    panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
-    panels = np.stack([tile_grid(panel, square_columns(channels), GRID_PADDING, background) for panel in framed])
     grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
     return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
+
+
+def _indexed_grid(levels: np.ndarray, kinds: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Grid of ``(N, h, w)`` palette-level tiles with their frames: an ``(H, W)`` index image."""
+    tiles = upscale(levels[..., None], min_pixels)
+    # In a palette image a frame's colour is its palette index.
+    framed = frame_tiles(tiles, kinds, {kind: np.array([kind], dtype=np.uint8) for kind in np.unique(kinds)})
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, background)[..., 0]
 
 
 def probe_image_grid(images: Any) -> np.ndarray:
@@ -127,9 +139,9 @@ def probe_image_grid(images: Any) -> np.ndarray:
     return tile_grid(tiles, len(tiles), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
 
 
-def displayed_filters(weight: np.ndarray) -> np.ndarray:
+def displayed_filters(weight: np.ndarray, rgb: bool) -> np.ndarray:
     """The part of each filter that is drawn: all 3 channels for RGB, else one grey slice."""
-    if weight.shape[1] in (1, 3):
+    if weight.shape[1] == 1 or (rgb and weight.shape[1] == 3):
         return weight
     strongest = np.linalg.norm(weight.reshape(*weight.shape[:2], -1), axis=2).argmax(axis=1)
     return weight[np.arange(len(weight)), strongest][:, None]
@@ -196,14 +208,20 @@ def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: np.ndarray)
     columns = min(nrow, count)
     rows = math.ceil(count / columns)
     cell_height, cell_width = height + padding, width + padding
-    cells = np.empty((rows * columns, cell_height, cell_width, channels), dtype=tiles.dtype)
-    cells[:] = pad_value
+    cells = _filled((rows * columns, cell_height, cell_width, channels), pad_value, tiles.dtype)
     cells[:count, padding:, padding:] = tiles
     grid = cells.reshape(rows, columns, cell_height, cell_width, channels).transpose(0, 2, 1, 3, 4)
-    image = np.empty((rows * cell_height + padding, columns * cell_width + padding, channels), dtype=tiles.dtype)
-    image[:] = pad_value
+    image = _filled((rows * cell_height + padding, columns * cell_width + padding, channels), pad_value, tiles.dtype)
     image[: rows * cell_height, : columns * cell_width] = grid.reshape(rows * cell_height, columns * cell_width, channels)
     return image
+
+
+def _filled(shape: tuple[int, ...], colour: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.all(colour == colour.flat[0]):
+        return np.full(shape, colour.flat[0], dtype=dtype)  # one memset instead of a strided copy
+    array = np.empty(shape, dtype=dtype)
+    array[:] = colour
+    return array
 
 
 def square_columns(count: int) -> int:
@@ -238,10 +256,13 @@ def _non_finite_indices(values: np.ndarray) -> list[int]:
     return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)).tolist()
 
 
+@lru_cache(maxsize=8)
 def _palette(colormap: str) -> np.ndarray:
     """256 RGB colours: the colormap's levels, then frame, dead, non-finite and background."""
     specials = [_rgb(colour) for colour in (FRAME_COLOUR, DEAD_COLOUR, NON_FINITE_COLOUR, BACKGROUND_COLOUR)]
-    return np.concatenate([_colormap_levels(colormap, COLORMAP_LEVELS), np.stack(specials)])
+    palette = np.concatenate([_colormap_levels(colormap, COLORMAP_LEVELS), np.stack(specials)])
+    palette.setflags(write=False)  # shared by every image drawn with this colormap
+    return palette
 
 
 @lru_cache(maxsize=8)

@@ -33,13 +33,26 @@ class DeadFilterTracker:
         self.threshold = threshold
         self.patience = patience
         self._off_streak: dict[str, Tensor] = {}
+        # Filters that fired on some training batch since the last snapshot.
+        self._fired_in_training: dict[str, Tensor] = {}
+
+    def observe_training_batch(self, channel_max: dict[str, Tensor]) -> None:
+        """Note which filters fired on one training batch (per-channel maxima of the activation)."""
+        for name, maxima in channel_max.items():
+            fired = (maxima > self.threshold).cpu()
+            seen = self._fired_in_training.get(name)
+            self._fired_in_training[name] = fired if seen is None or seen.shape != fired.shape else seen | fired
 
     def update(self, snapshot: Snapshot) -> None:
-        """Fold one snapshot into the streaks."""
+        """Fold one snapshot into the streaks (and the training batches seen since the last one)."""
+        fired_in_training, self._fired_in_training = self._fired_in_training, {}
         for name, layer in snapshot.layers.items():
             if not layer.zeroing or layer.channel_max is None:
                 continue
             off = layer.channel_max <= self.threshold
+            fired = fired_in_training.get(name)
+            if fired is not None and fired.shape == off.shape:
+                off = off & ~fired
             streak = self._off_streak.get(name)
             if streak is None or streak.shape != off.shape:
                 streak = torch.zeros(off.shape, dtype=torch.long)
@@ -70,3 +83,20 @@ class DeadFilterTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._off_streak = {name: streak.clone().long() for name, streak in state.get("off_streak", {}).items()}
+
+
+def dormant_scores(channel_mean_abs: Tensor) -> Tensor:
+    """ReDo's score (Sokar et al. 2023): each channel's mean ``|h|`` over the layer's average.
+
+    A layer whose channels are all zero scores 0 everywhere (every filter dormant) rather
+    than dividing by zero.
+    """
+    layer_mean = channel_mean_abs.mean()
+    if layer_mean <= 0:
+        return torch.zeros_like(channel_mean_abs)
+    return channel_mean_abs / layer_mean
+
+
+def dormant_indices(channel_mean_abs: Tensor, tau: float) -> list[int]:
+    """Sorted indices of the filters whose dormant score is ``<= tau``."""
+    return torch.nonzero(dormant_scores(channel_mean_abs) <= tau).flatten().tolist()

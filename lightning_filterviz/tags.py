@@ -3,6 +3,7 @@
 TAG_PREFIX = "filterviz"
 DEAD_FILTERS_TAG = f"{TAG_PREFIX}/dead_filters"
 PROBE_TAG = f"{TAG_PREFIX}/probe"
+LAYERS_TAG = f"{TAG_PREFIX}/layers"
 
 
 def weights_tag(layer: str) -> str:
@@ -15,3 +16,7 @@ def activations_tag(layer: str) -> str:
 
 def dead_fraction_tag(layer: str) -> str:
     return f"{TAG_PREFIX}/dead_fraction/{layer}"
+
+
+def dormant_fraction_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/dormant_fraction/{layer}"

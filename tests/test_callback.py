@@ -97,7 +97,7 @@ def test_first_snapshot_shows_the_random_init(tmp_path):
     step_zero = read_events(trainer.logger.log_dir).images["filterviz/weights/net.0"][0]
     from lightning_filterviz.render import weight_grid
 
-    assert np.array_equal(step_zero, weight_grid(initial))
+    assert np.array_equal(step_zero, weight_grid(initial))  # RGB filters: an (H, W, 3) array
     assert not torch.equal(model.net[0].weight, initial)
 
 

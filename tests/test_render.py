@@ -15,6 +15,7 @@ from lightning_filterviz.render import (
     FRAME_COLOUR,
     FRAME_PIXELS,
     GRID_PADDING,
+    IndexedImage,
     NON_FINITE_COLOUR,
     activation_grid,
     tile_origin,
@@ -37,6 +38,16 @@ def known_rgb_filter() -> torch.Tensor:
     """One 3x3 RGB filter with values 0..26 (channel-major), then shifted and scaled."""
     values = torch.arange(27, dtype=torch.float32).view(1, 3, 3, 3)
     return values * 0.01 - 0.1  # per-filter min-max normalization must undo the affine map
+
+
+def grey(value: float) -> int:
+    """The grey a unit value gets: grey filters use a 252-level palette (4 entries are frames)."""
+    return round(round(value * 251) / 251 * 255)
+
+
+def pixels(image) -> np.ndarray:
+    """``(H, W, 3)`` pixels of a rendered image, RGB or palette."""
+    return image.to_rgb() if isinstance(image, IndexedImage) else image
 
 
 def tile(image: np.ndarray, index: int, size: int, nrow: int) -> np.ndarray:
@@ -71,13 +82,13 @@ def test_layer_and_symmetric_normalization_use_a_shared_range():
     weight = torch.zeros(2, 1, 1, 1)
     weight[0] = 1.0
     weight[1] = -3.0
-    layer = weight_grid(weight, "layer")
+    layer = pixels(weight_grid(weight, "layer"))
     assert tile(layer, 0, 24, nrow=2)[0, 0, 0] == 255  # the layer max
     assert tile(layer, 1, 24, nrow=2)[0, 0, 0] == 0  # the layer min
 
-    symmetric = weight_grid(weight, "symmetric", symmetric_range=4.0)
-    assert tile(symmetric, 0, 24, nrow=2)[0, 0, 0] == round((1 / 4 + 1) / 2 * 255)
-    assert tile(symmetric, 1, 24, nrow=2)[0, 0, 0] == round((-3 / 4 + 1) / 2 * 255)
+    symmetric = pixels(weight_grid(weight, "symmetric", symmetric_range=4.0))
+    assert tile(symmetric, 0, 24, nrow=2)[0, 0, 0] == grey((1 / 4 + 1) / 2)
+    assert tile(symmetric, 1, 24, nrow=2)[0, 0, 0] == grey((-3 / 4 + 1) / 2)
 
 
 def test_symmetric_range_is_fixed_at_first_snapshot_so_growth_shows(tmp_path):
@@ -92,25 +103,25 @@ def test_symmetric_range_is_fixed_at_first_snapshot_so_growth_shows(tmp_path):
         model[0].weight.fill_(0.25)
     visualizer.snapshot(model, torch.zeros(1, 1, 4, 4), step=1)
 
-    pixels = [np.asarray(Image.open(tmp_path / "weights/0" / f"step_{step:08d}.png")) for step in (0, 1)]
+    drawn = [np.asarray(Image.open(tmp_path / "weights/0" / f"step_{step:08d}.png").convert("RGB")) for step in (0, 1)]
     top, left = tile_origin(0, 24, 24, nrow=1)
-    assert pixels[0][top, left, 0] == 255  # 0.5 of a +-0.5 range
-    assert pixels[1][top, left, 0] == round((0.25 / 0.5 + 1) / 2 * 255)  # shrank, and it shows
+    assert drawn[0][top, left, 0] == 255  # 0.5 of a +-0.5 range
+    assert drawn[1][top, left, 0] == grey((0.25 / 0.5 + 1) / 2)  # shrank, and it shows
 
 
 def test_many_input_channels_show_the_strongest_slice_in_grey():
     weight = torch.zeros(1, 4, 2, 2)
     weight[0, 2] = torch.tensor([[0.0, 1.0], [2.0, 4.0]])  # the strongest input channel
     weight[0, 0] = torch.tensor([[0.1, 0.0], [0.0, 0.0]])
-    image = weight_grid(weight)
+    image = pixels(weight_grid(weight))
     drawn = tile(image, 0, 24, nrow=1)
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
-    assert [drawn[0, 0, 0], drawn[0, 12, 0], drawn[12, 0, 0], drawn[12, 12, 0]] == [0, 64, 128, 255]
+    assert [drawn[0, 0, 0], drawn[0, 12, 0], drawn[12, 0, 0], drawn[12, 12, 0]] == [grey(0), grey(0.25), grey(0.5), 255]
 
 
 def test_dead_filters_are_framed_in_red():
     weight = torch.randn(4, 3, 3, 3)
-    image = weight_grid(weight, marked=[2])
+    image = pixels(weight_grid(weight, marked=[2]))
     for index in range(4):
         top, left = tile_origin(index, 24, 24, nrow=2)
         frame = image[top - FRAME_PIXELS, left]

@@ -1,0 +1,134 @@
+"""torchvision's zoo (random weights, no download): every conv drawn, every activation right.
+
+The reference is independent of the monitor: torch.fx traces the model (torchvision's
+feature-extraction tracer), a graph walk maps each conv to its activation node, and
+``create_feature_extractor`` computes that node's output on the same probe.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
+
+from conftest import Classifier, FilterMonitor, pl, read_events, trainer_kwargs
+
+MODELS = {
+    "resnet18": {},
+    "resnet50": {},
+    "vgg11_bn": {},
+    "mobilenet_v2": {},
+    "mobilenet_v3_small": {},
+    "efficientnet_b0": {},
+    "densenet121": {},
+    "squeezenet1_1": {},
+    "shufflenet_v2_x0_5": {},
+    "regnet_x_400mf": {},
+    "convnext_tiny": {},
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+IMAGE_SIZE = {"inception_v3": 80}  # its stem needs at least 75 pixels
+
+NORMALIZATION_MODULES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.Dropout, nn.Dropout2d)
+NORMALIZATION_FUNCTIONS = {F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, F.dropout}
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU, nn.Hardtanh, nn.ELU)
+ACTIVATION_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu}
+ACTIVATION_METHODS = {"relu", "relu_"}
+
+
+def activation_nodes(model: nn.Module) -> tuple[dict[str, str], list[str]]:
+    """Conv name -> qualified name of its activation node, by walking the traced graph."""
+    tracer = NodePathTracer()
+    graph = tracer.trace(model)
+    modules = dict(model.named_modules())
+    conv_to_activation: dict[str, str] = {}
+    convs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
+            continue
+        convs.append(node.target)
+        current = node
+        while current.users:
+            first_user = min(current.users, key=lambda user: list(graph.nodes).index(user))
+            kind = node_kind(first_user, modules)
+            if kind == "pass":
+                current = first_user
+                continue
+            if kind == "activation":
+                conv_to_activation[node.target] = tracer.node_to_qualname[first_user]
+            break
+    return conv_to_activation, convs
+
+
+def node_kind(node, modules) -> str:
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, NORMALIZATION_MODULES):
+            return "pass"
+        if isinstance(module, ACTIVATION_MODULES):
+            return "activation"
+    if node.op == "call_function":
+        if node.target in NORMALIZATION_FUNCTIONS:
+            return "pass"
+        if node.target in ACTIVATION_FUNCTIONS:
+            return "activation"
+        if node.target is operator.getitem:
+            return "other"
+    if node.op == "call_method" and node.target in ACTIVATION_METHODS:
+        return "activation"
+    return "other"
+
+
+class ZooClassifier(Classifier):
+    def __init__(self, name: str) -> None:
+        super().__init__(torchvision.models.get_model(name, weights=None, num_classes=3, **MODELS[name]), lr=0.01)
+
+
+class SmallImages(pl.LightningDataModule):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(8, 3, size, size, generator=generator)
+        self.labels = torch.randint(0, 3, (8,), generator=generator)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.images, self.labels), batch_size=4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_zoo_model_in_a_trainer(name, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = ZooClassifier(name)
+    monitor = FilterMonitor(every_n_steps=2, probe_size=2, max_filters=8, max_images=1)
+    snapshots = []
+    original = monitor.engine.snapshot
+    monkeypatch.setattr(monitor.engine, "snapshot", lambda *args, **kwargs: snapshots.append(original(*args, **kwargs)))
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=2, max_epochs=1))
+    trainer.fit(model, datamodule=SmallImages(IMAGE_SIZE.get(name, 64)))
+
+    net = model.net.eval()
+    expected_activation, convs = activation_nodes(net)
+    snapshot = snapshots[-1]
+    assert snapshot.step == 2
+    assert list(snapshot.layers) == [f"net.{conv}" for conv in convs]
+    images = read_events(trainer.logger.log_dir).images
+    for conv in convs:
+        assert 2 in images[f"filterviz/weights/net.{conv}"], conv
+    with_activation = {f"net.{conv}" for conv in expected_activation}
+    assert {name for name, layer in snapshot.layers.items() if layer.activation} == with_activation
+    assert {tag.split("/", 2)[2] for tag in images if tag.startswith("filterviz/activations/")} == with_activation
+
+    # The same probe at the same (final) weights, through the feature extractor.
+    extractor = create_feature_extractor(net, return_nodes={node: conv for conv, node in expected_activation.items()})
+    with torch.no_grad():
+        reference = extractor(monitor.probe[0])
+    for conv, activation in reference.items():
+        captured = snapshot.layers[f"net.{conv}"]
+        torch.testing.assert_close(captured.channel_max, activation.amax(dim=(0, 2, 3)), msg=conv)
+        torch.testing.assert_close(captured.channel_mean_abs, activation.abs().mean(dim=(0, 2, 3)), msg=conv)
