@@ -87,26 +87,44 @@ def plant_bias(conv: nn.Conv2d, channel: int) -> None:
     conv.bias.data[channel] = -1e4
 
 
-ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], None], Callable]] = {
-    "sequential": (conv_bn_relu_stack, lambda net: (plant_bn(net[1], 2), plant_bias(net[3], 5)), sequential_reference),
+# name -> (build, plant, reference, planted channels)
+ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], None], Callable, dict]] = {
+    "sequential": (
+        conv_bn_relu_stack,
+        lambda net: (plant_bn(net[1], 2), plant_bias(net[3], 5)),
+        sequential_reference,
+        {"net.0": 2, "net.3": 5},
+    ),
     "sequential-inplace": (
         lambda: conv_bn_relu_stack(inplace=True),
         lambda net: (plant_bn(net[1], 0), plant_bias(net[3], 7)),
         sequential_reference,
+        {"net.0": 0, "net.3": 7},
     ),
-    "functional": (FunctionalNet, lambda net: (plant_bn(net.bn1, 4), plant_bias(net.conv2, 1)), functional_reference),
-    "reused-relu": (ReusedReluNet, lambda net: (plant_bn(net.bn1, 3), plant_bias(net.conv2, 6)), reused_reference),
+    "functional": (
+        FunctionalNet,
+        lambda net: (plant_bn(net.bn1, 4), plant_bias(net.conv2, 1)),
+        functional_reference,
+        {"net.conv1": 4, "net.conv2": 1},
+    ),
+    "reused-relu": (
+        ReusedReluNet,
+        lambda net: (plant_bn(net.bn1, 3), plant_bias(net.conv2, 6)),
+        reused_reference,
+        {"net.conv1": 3, "net.conv2": 6},
+    ),
     "inception-style": (
         InceptionStyleNet,
         lambda net: (plant_bn(net.stem.bn, 1), plant_bn(net.branch3.bn, 2)),
         inception_reference,
+        {"net.stem.conv": 1, "net.branch3.conv": 2},
     ),
 }
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 def test_planted_dead_channels_are_reported_exactly(architecture, tmp_path):
-    build, plant, reference = ARCHITECTURES[architecture]
+    build, plant, reference, planted = ARCHITECTURES[architecture]
     net = build()
     with torch.no_grad():
         plant(net)
@@ -121,7 +139,7 @@ def test_planted_dead_channels_are_reported_exactly(architecture, tmp_path):
         activations = reference(net, monitor.probe[0])
     expected = {name: torch.nonzero(act.amax(dim=(0, 2, 3)) <= 0).flatten().tolist() for name, act in activations.items()}
     assert monitor.dead_filters == expected
-    assert all(expected.values())  # each planted channel is among them
+    assert all(channel in expected[name] for name, channel in planted.items())
 
     last = read_events(trainer.logger.log_dir)
     for name, indices in expected.items():

@@ -187,7 +187,7 @@ def test_probe_from_training_set_on_request_or_without_validation(tmp_path):
 
 def test_probe_given_as_a_tensor(tmp_path):
     probe = torch.randn(10, 3, 12, 12)
-    monitor = FilterMonitor(probe=probe, probe_size=4, every_n_steps=100)
+    monitor = FilterMonitor(probe=probe, probe_size=4, every_n_steps=100, max_images=4)
     trainer = fit(tmp_path, monitor, max_epochs=1)
     assert torch.equal(monitor.probe, probe[:4])
     probe_image = read_events(trainer.logger.log_dir).images["filterviz/probe"][0]
