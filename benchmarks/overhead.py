@@ -6,6 +6,7 @@
 Prints:
   a. training wall time with / without the monitor: defaults on the example, and
      every_n_steps=10 on the example and on ResNet-18 at 64x64 (trials alternate);
+     and the cost of track_training_batches=True per training step on the example;
   b. training-thread time per snapshot / the probe batch's plain eval forward;
   c. one matplotlib figure per layer drawn on the training thread / our snapshot;
   d. peak RSS after 200 snapshots minus after 10;
@@ -58,6 +59,12 @@ def main() -> None:
     report_ratio("example, default settings", example_run(example_epochs, {}), trials)
     report_ratio("example, every_n_steps=10", example_run(example_epochs, {"every_n_steps": 10}), trials)
     report_ratio("resnet18 64x64, every_n_steps=10", resnet_run(20 if args.quick else 40), trials)
+    print("   per-batch tracking (track_training_batches=True vs False, both every epoch):")
+    report_ratio(
+        "example, training-batch tracking",
+        example_run(example_epochs, {"track_training_batches": True}, baseline={}),
+        trials,
+    )
 
     model, probe = example_model_and_probe()
     print("\nb. training-thread time per snapshot / plain eval forward of the probe")
@@ -77,6 +84,9 @@ def main() -> None:
 
 
 def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], trials: int) -> None:
+    """Median of (A / B) over alternating pairs: A runs ``run.monitor_settings``, B runs
+    ``run.baseline`` (no monitor when that is None)."""
+    settings, baseline = run.monitor_settings, run.baseline  # type: ignore[attr-defined]
     run(None)  # warm-up: imports, allocator, data set
     ratios, with_times, without_times = [], [], []
     for trial in range(trials):
@@ -84,7 +94,8 @@ def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], tr
         order = (True, False) if trial % 2 == 0 else (False, True)
         times = {}
         for with_monitor in order:
-            times[with_monitor] = run(FilterMonitor(**run.monitor_settings) if with_monitor else None)  # type: ignore[attr-defined]
+            chosen = settings if with_monitor else baseline
+            times[with_monitor] = run(FilterMonitor(**chosen) if chosen is not None else None)
         ratios.append(times[True] / times[False])
         with_times.append(times[True])
         without_times.append(times[False])
@@ -95,7 +106,9 @@ def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], tr
     )
 
 
-def example_run(epochs: int, monitor_settings: dict) -> Callable[[Optional[FilterMonitor]], float]:
+def example_run(
+    epochs: int, monitor_settings: dict, baseline: Optional[dict] = None
+) -> Callable[[Optional[FilterMonitor]], float]:
     data = PhotoPatches()
     data.setup()
 
@@ -104,6 +117,7 @@ def example_run(epochs: int, monitor_settings: dict) -> Callable[[Optional[Filte
         return timed_fit(ImageClassifier(arch="small_cnn"), data, monitor, max_epochs=epochs)
 
     run.monitor_settings = monitor_settings  # type: ignore[attr-defined]
+    run.baseline = baseline  # type: ignore[attr-defined]
     return run
 
 
@@ -116,6 +130,7 @@ def resnet_run(steps: int) -> Callable[[Optional[FilterMonitor]], float]:
         return timed_fit(ImageClassifier(arch="resnet18", lr=1e-3), data, monitor, max_steps=steps)
 
     run.monitor_settings = {"every_n_steps": 10}  # type: ignore[attr-defined]
+    run.baseline = None  # type: ignore[attr-defined]
     return run
 
 

@@ -66,13 +66,6 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
             cover all of them.
         dead_threshold: a post-activation value ``<=`` this counts as "off".
         dead_patience: consecutive snapshots a filter must be off to be reported dead.
-        dormant_tau: a filter is dormant when its mean ``|activation|`` on the probe,
-            divided by its layer's average, is ``<=`` this (ReDo's score); logged as
-            ``filterviz/dormant_fraction/<layer>`` and kept in ``dormant_filters``.
-        track_training_batches: also watch every training forward pass (per-channel
-            maxima only, no activation kept), so that a filter that fires on some training
-            batch but never on the probe is not called dead. Costs a little on every step;
-            not for compiled models.
         log_weights: log the filter images.
         log_activations: run the probe and log feature maps and dead-filter statistics.
         probe: a probe batch to use instead of one taken from the data: a tensor, or a
@@ -86,6 +79,18 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
             ``"layer"`` (the layer's min..max) or ``"symmetric"`` (a fixed range set at the
             first snapshot, which shows growth in magnitude).
         colormap: matplotlib colormap for the feature maps.
+        dormant_tau: a filter is dormant when its mean ``|activation|`` on the probe,
+            divided by its layer's average, is ``<=`` this (ReDo's score); logged as
+            ``filterviz/dormant_fraction/<layer>`` and kept in ``dormant_filters``.
+        track_training_batches: also watch every training forward pass (per-channel
+            maxima only, no activation kept), so that a filter that fires on some training
+            batch but never on the probe is not called dead. Costs a little on every step;
+            not for compiled models.
+        filmstrip_layers: layers (names or patterns) that get a filmstrip, one row of
+            filters per snapshot in one image; ``None``: the first conv; ``[]``: none.
+        filmstrip_every: write the filmstrip every this many snapshots, and at the end.
+        save_history: save each snapshot's small arrays as
+            ``<log_dir>/filterviz/history/step_<step>.npz`` (for ``filterviz-report``).
 
     Raises:
         ValueError: at construction, for an argument outside its allowed values; at setup,
@@ -126,6 +131,9 @@ class FilterMonitorLogic:
         colormap: str = "viridis",
         dormant_tau: float = 0.025,
         track_training_batches: bool = False,
+        filmstrip_layers: Optional[list[str]] = None,
+        filmstrip_every: int = 10,
+        save_history: bool = True,
     ) -> None:
         super().__init__()
         _validate_cadence(every_n_epochs, every_n_steps)
@@ -152,8 +160,11 @@ class FilterMonitorLogic:
             forward_fn=forward_fn,
             colormap=colormap,
             dormant_tau=dormant_tau,
+            filmstrip_layers=filmstrip_layers,
+            filmstrip_every=filmstrip_every,
             background=True,
         )
+        self.save_history = save_history
         self.track_training_batches = track_training_batches
         self._batch_watch = contextlib.ExitStack()
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
@@ -217,6 +228,8 @@ class FilterMonitorLogic:
         model_input(self._probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
         if trainer.is_global_zero:
             self.engine.sink = self._make_sink(trainer)
+            if self.save_history:
+                self.engine.history_dir = os.path.join(_log_dir(trainer), "filterviz", "history")
             self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module)
 
@@ -245,7 +258,8 @@ class FilterMonitorLogic:
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.engine.flush()
+        if self._enabled and trainer.is_global_zero:
+            self.engine.finish(trainer.global_step)
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
@@ -318,7 +332,7 @@ class FilterMonitorLogic:
             writer = getattr(logger, "experiment", None)
             if all(hasattr(writer, name) for name in ("add_image", "add_scalar", "add_text")):
                 return TensorBoardSink(writer)
-        directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "filterviz")
+        directory = os.path.join(_log_dir(trainer), "filterviz")
         rank_zero_info(f"filterviz: no TensorBoard logger; writing PNG files and scalars.csv to {directory}")
         return DirectorySink(directory)
 
@@ -349,6 +363,10 @@ class _NullSink:
 
     def flush(self) -> None:
         pass
+
+
+def _log_dir(trainer: Any) -> str:
+    return trainer.log_dir or trainer.default_root_dir
 
 
 def _is_sharded(strategy: Any) -> bool:

@@ -64,6 +64,9 @@ class Snapshot:
         symmetric_ranges: conv name -> the fixed half-range of ``"symmetric"`` normalization.
         layer_table: a Markdown table of the watched convs and their activations, when it
             is to be logged (the first snapshot).
+        drift: conv name -> per-filter cosine distance from the initial filters.
+        weight_norm_ratio: conv name -> per-filter weight norm over the initial one.
+        filmstrips: conv name -> rows of the filmstrip, when it is to be drawn.
     """
 
     step: int
@@ -73,6 +76,9 @@ class Snapshot:
     dormant_filters: dict[str, list[int]] = field(default_factory=dict)
     symmetric_ranges: dict[str, float] = field(default_factory=dict)
     layer_table: Optional[str] = None
+    drift: dict[str, Tensor] = field(default_factory=dict)
+    weight_norm_ratio: dict[str, Tensor] = field(default_factory=dict)
+    filmstrips: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def capture_snapshot(

@@ -22,11 +22,14 @@ from lightning_filterviz.render import (
     WeightNormalization,
     activation_grid,
     dead_filter_table,
+    drift_strip,
+    filmstrip,
     probe_image_grid,
     weight_grid,
 )
 from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
+from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
 from lightning_filterviz.tags import (
     DEAD_FILTERS_TAG,
     LAYERS_TAG,
@@ -34,6 +37,10 @@ from lightning_filterviz.tags import (
     activations_tag,
     dead_fraction_tag,
     dormant_fraction_tag,
+    drift_strip_tag,
+    drift_tag,
+    filmstrip_tag,
+    weight_norm_tag,
     weights_tag,
 )
 
@@ -53,6 +60,13 @@ class FilterVisualizer:
     - ``filterviz/dormant_fraction/<layer>``: dormant filters / all filters (scalar),
     - ``filterviz/dead_filters``: a table of layer -> dead indices (text),
     - ``filterviz/layers``: each watched conv and the activation it maps to (text, once),
+    - ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>``: how far the
+      filters turned from their initial direction (mean cosine distance) and how their
+      norm changed (scalars), with ``filterviz/drift_strip/<layer>`` per filter (image),
+    - ``filterviz/filmstrip/<layer>``: the filters at every snapshot so far, one row per
+      snapshot (image; the first conv by default, every ``filmstrip_every`` snapshots),
+
+    and, with ``history_dir``, each snapshot's arrays as ``<history_dir>/step_<step>.npz``.
     - ``filterviz/probe``: the probe images themselves, at the first snapshot (image).
 
     Args:
@@ -76,6 +90,12 @@ class FilterVisualizer:
         forward_fn: how to run the model on the input, ``forward_fn(model, input)``;
             default ``model(input)``.
         colormap: matplotlib colormap for the feature maps.
+        filmstrip_layers: layers (names or fnmatch patterns) that get a filmstrip; ``None``:
+            the first watched conv; ``[]``: none.
+        filmstrip_every: write the filmstrip every this many snapshots (it grows with
+            the run), and at :meth:`finish`.
+        history_dir: save each snapshot's small arrays (capped filters, statistics, one
+            probe image's feature maps) there as NPZ, readable with ``allow_pickle=False``.
         background: render and write in a background thread, so that :meth:`snapshot`
             returns as soon as the probe pass is done. Call :meth:`flush` (or
             :meth:`close`) before reading the logs. An error there is reported as one
@@ -117,6 +137,9 @@ class FilterVisualizer:
         batch_key: BatchKey = None,
         forward_fn: Optional[ForwardFn] = None,
         colormap: str = "viridis",
+        filmstrip_layers: Optional[Sequence[str]] = None,
+        filmstrip_every: int = 10,
+        history_dir: Optional[Union[str, os.PathLike]] = None,
         background: bool = False,
         max_pending: int = 2,
     ) -> None:
@@ -125,6 +148,7 @@ class FilterVisualizer:
             max_images=max_images,
             dead_patience=dead_patience,
             max_pending=max_pending,
+            filmstrip_every=filmstrip_every,
             weight_normalization=weight_normalization,
             colormap=colormap,
             dormant_tau=dormant_tau,
@@ -142,6 +166,11 @@ class FilterVisualizer:
         self.tracker = DeadFilterTracker(threshold=dead_threshold, patience=dead_patience)
         self.dormant_tau = dormant_tau
         self._dormant: dict[str, list[int]] = {}
+        self.filmstrip_layers = list(filmstrip_layers) if filmstrip_layers is not None else None
+        self.filmstrip_every = filmstrip_every
+        self.history_dir = history_dir
+        self.progress = ProgressTracker()
+        self._snapshot_count = 0
         self._watched: Optional[list[ConvLayer]] = None
         self._watched_model: Optional[int] = None
         self._symmetric_ranges: dict[str, float] = {}
@@ -169,6 +198,7 @@ class FilterVisualizer:
         """
         self._watched = select_conv_layers(model, self.layers)
         self._watched_model = id(model)
+        self.progress.filmstrip_layers = resolve_filmstrip_layers(self.filmstrip_layers, [c.name for c in self._watched])
         return self._watched
 
     def snapshot(
@@ -226,6 +256,10 @@ class FilterVisualizer:
         snapshot.dead_filters = self.tracker.dead_filters
         snapshot.dormant_filters = self.dormant_filters
         snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
+        self.progress.update(snapshot, self.weight_normalization, snapshot.symmetric_ranges)
+        self._snapshot_count += 1
+        if self._snapshot_count % self.filmstrip_every == 0:
+            snapshot.filmstrips = self._filmstrip_rows()
         self._describe_once(snapshot)
         self._warn_on_dying_layers(snapshot)
         if publish:
@@ -261,6 +295,17 @@ class FilterVisualizer:
         else:
             self._writer.submit(lambda: self._render_and_write(snapshot))
 
+    def finish(self, step: int) -> None:
+        """Write the filmstrips as they stand at ``step`` (the end of training), then flush."""
+        rows = self._filmstrip_rows()
+        if rows and self._publishing:
+            ending = Snapshot(step=step, filmstrips=rows)
+            if self._writer is None:
+                self._write_filmstrips(ending)
+            else:
+                self._writer.submit(lambda: self._write_filmstrips(ending))
+        self.flush()
+
     def flush(self) -> None:
         """Wait until every submitted snapshot is written, then flush the sink."""
         if self._writer is not None:
@@ -295,10 +340,26 @@ class FilterVisualizer:
             if name in snapshot.dormant_filters:
                 dormant = len(snapshot.dormant_filters[name]) / layer.out_channels
                 self.sink.add_scalar(dormant_fraction_tag(name), dormant, step)
+            if name in snapshot.drift:
+                self.sink.add_scalar(drift_tag(name), float(snapshot.drift[name].mean()), step)
+                self.sink.add_scalar(weight_norm_tag(name), float(snapshot.weight_norm_ratio[name].mean()), step)
+                strip = drift_strip(snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
+                self.sink.add_image(drift_strip_tag(name), strip, step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
+        self._write_filmstrips(snapshot)
+        if self.history_dir is not None:
+            HistoryWriter(self.history_dir).write(snapshot)
         self.sink.flush()
+
+    def _write_filmstrips(self, snapshot: Snapshot) -> None:
+        for name, rows in snapshot.filmstrips.items():
+            self.sink.add_image(filmstrip_tag(name), filmstrip(rows), snapshot.step)
+
+    def _filmstrip_rows(self) -> dict[str, list[Any]]:
+        rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}
+        return {name: layer_rows for name, layer_rows in rows.items() if layer_rows}
 
     def _report_background_failure(self) -> None:
         failure = self._writer.failure if self._writer is not None else None
@@ -317,6 +378,8 @@ class FilterVisualizer:
             "warned_dead": sorted(self._warned_dead),
             "probe_logged": self._probe_logged,
             "dormant": self.dormant_filters,
+            "progress": self.progress.state_dict(),
+            "snapshot_count": self._snapshot_count,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -325,6 +388,8 @@ class FilterVisualizer:
         self._warned_dead = set(state.get("warned_dead", []))
         self._probe_logged = bool(state.get("probe_logged", False))
         self._dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
+        self.progress.load_state_dict(state.get("progress", {}))
+        self._snapshot_count = int(state.get("snapshot_count", 0))
 
     def _symmetric_ranges_for(self, snapshot: Snapshot) -> dict[str, float]:
         if self.weight_normalization != "symmetric":
@@ -373,6 +438,7 @@ def validate_settings(
     *,
     max_filters: int,
     max_pending: int = 1,
+    filmstrip_every: int = 1,
     max_images: int,
     dead_patience: int,
     weight_normalization: str,
@@ -387,6 +453,7 @@ def validate_settings(
         ("max_images", max_images),
         ("dead_patience", dead_patience),
         ("max_pending", max_pending),
+        ("filmstrip_every", filmstrip_every),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")

@@ -139,6 +139,52 @@ def probe_image_grid(images: Any) -> np.ndarray:
     return tile_grid(tiles, len(tiles), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
 
 
+# Filmstrips stay readable (and cheap to write) however long the run: at most this many rows.
+FILMSTRIP_MAX_ROWS = 64
+FILMSTRIP_TILE_PIXELS = 12
+STRIP_CELL_PIXELS = 12
+
+
+def filmstrip(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """One row per snapshot, each showing that snapshot's filters left to right.
+
+    Args:
+        rows: per snapshot, ``(F, kh, kw, C)`` ``uint8`` normalized filters (C is 1 or 3).
+            Beyond :data:`FILMSTRIP_MAX_ROWS` rows, evenly spaced ones are drawn, always
+            with the first and the last.
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image.
+    """
+    if len(rows) > FILMSTRIP_MAX_ROWS:
+        chosen = np.unique(np.linspace(0, len(rows) - 1, FILMSTRIP_MAX_ROWS).round().astype(int))
+        rows = [rows[index] for index in chosen]
+    white = _rgb(BACKGROUND_COLOUR)
+    drawn = []
+    for row in rows:
+        tiles = upscale(np.repeat(row, 3, axis=3) if row.shape[3] == 1 else row, FILMSTRIP_TILE_PIXELS)
+        drawn.append(tile_grid(tiles, len(tiles), 1, white))
+    width = max(image.shape[1] for image in drawn)
+    padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255) for image in drawn]
+    return np.concatenate(padded, axis=0)
+
+
+def drift_strip(drift: Any, norm_ratio: Any, colormap: str = "viridis") -> IndexedImage:
+    """Two rows of cells, one cell per filter: its drift, and its weight norm beside it.
+
+    The top row maps cosine distance 0..1 from the initial filter (1: turned orthogonal;
+    beyond saturates); the bottom row maps the norm relative to the initial one, 0..2
+    (the middle colour: unchanged).
+    """
+    drift = np.clip(np.asarray(drift, dtype=np.float32), 0.0, 1.0)
+    ratio = np.clip(np.asarray(norm_ratio, dtype=np.float32) / 2.0, 0.0, 1.0)
+    levels = np.rint(np.concatenate([drift, ratio]) * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+    cells = np.broadcast_to(levels[:, None, None, None], (len(levels), STRIP_CELL_PIXELS, STRIP_CELL_PIXELS, 1))
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    grid = tile_grid(np.ascontiguousarray(cells), len(drift), 1, background)
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
+
+
 def displayed_filters(weight: np.ndarray, rgb: bool) -> np.ndarray:
     """The part of each filter that is drawn: all 3 channels for RGB, else one grey slice."""
     if weight.shape[1] == 1 or (rgb and weight.shape[1] == 3):

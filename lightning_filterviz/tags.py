@@ -20,3 +20,19 @@ def dead_fraction_tag(layer: str) -> str:
 
 def dormant_fraction_tag(layer: str) -> str:
     return f"{TAG_PREFIX}/dormant_fraction/{layer}"
+
+
+def drift_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/drift/{layer}"
+
+
+def weight_norm_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/weight_norm_ratio/{layer}"
+
+
+def drift_strip_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/drift_strip/{layer}"
+
+
+def filmstrip_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/filmstrip/{layer}"
