@@ -214,6 +214,12 @@ class FilterMonitorLogic:
                 f"(1-d, 3-d or transposed): {skipped[:5]}{' ...' if len(skipped) > 5 else ''}. "
                 "Only nn.Conv2d layers are drawn."
             )
+        if self.track_training_batches and _has_compiled_module(pl_module):
+            self.track_training_batches = False
+            rank_zero_warn(
+                "filterviz: `track_training_batches` is off for this run: the model has a torch.compile'd module, "
+                "whose compiled training steps a Python-level tracker would slow down or recompile."
+            )
         watched = self.engine.watch(pl_module)  # an unknown layer name fails here, before any step
         if not watched:
             self._enabled = False
@@ -363,6 +369,10 @@ class _NullSink:
 
     def flush(self) -> None:
         pass
+
+
+def _has_compiled_module(model: nn.Module) -> bool:
+    return any(type(module).__name__ == "OptimizedModule" for module in model.modules())
 
 
 def _log_dir(trainer: Any) -> str:

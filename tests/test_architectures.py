@@ -220,3 +220,12 @@ def test_a_filter_that_fires_on_training_data_is_not_dead_with_tracking(track, t
     monitor = FilterMonitor(every_n_steps=2, probe=torch.zeros(4, 3, 12, 12), track_training_batches=track)
     pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, datamodule=BrightTraining())
     assert monitor.dead_filters == {"net.conv": [1] if track else [0, 1]}
+
+
+def test_training_batch_tracking_is_refused_for_compiled_models(tmp_path):
+    model = Classifier()
+    model.net = torch.compile(model.net, backend="eager")
+    monitor = FilterMonitor(every_n_steps=2, track_training_batches=True)
+    with pytest.warns(UserWarning, match="`track_training_batches` is off"):
+        pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, datamodule=RandomImages())
+    assert monitor.dead_filters.keys() == {"net.0", "net.3"}
