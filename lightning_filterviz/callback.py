@@ -89,6 +89,9 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
         filmstrip_layers: layers (names or patterns) that get a filmstrip, one row of
             filters per snapshot in one image; ``None``: the first conv; ``[]``: none.
         filmstrip_every: write the filmstrip every this many snapshots, and at the end.
+        response_layers: layers (names or patterns) whose filters are drawn beside the probe
+            patch where each peaks (``filterviz/responses/<layer>``); ``None``: the first
+            conv; ``[]``: none. Receptive fields are measured once, by gradient.
         save_history: save each snapshot's small arrays as
             ``<log_dir>/filterviz/history/step_<step>.npz`` (for ``filterviz-report``).
 
@@ -133,6 +136,7 @@ class FilterMonitorLogic:
         track_training_batches: bool = False,
         filmstrip_layers: Optional[list[str]] = None,
         filmstrip_every: int = 10,
+        response_layers: Optional[list[str]] = None,
         save_history: bool = True,
     ) -> None:
         super().__init__()
@@ -162,6 +166,7 @@ class FilterMonitorLogic:
             dormant_tau=dormant_tau,
             filmstrip_layers=filmstrip_layers,
             filmstrip_every=filmstrip_every,
+            response_layers=response_layers,
             background=True,
         )
         self.save_history = save_history
@@ -232,10 +237,12 @@ class FilterMonitorLogic:
         if self._probe is None:
             self._probe = self._probe_from_data(trainer)
         model_input(self._probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
+        # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
+        log_dir = _log_dir(trainer)
         if trainer.is_global_zero:
-            self.engine.sink = self._make_sink(trainer)
+            self.engine.sink = self._make_sink(trainer, log_dir)
             if self.save_history:
-                self.engine.history_dir = os.path.join(_log_dir(trainer), "filterviz", "history")
+                self.engine.history_dir = os.path.join(log_dir, "filterviz", "history")
             self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module)
 
@@ -333,12 +340,12 @@ class FilterMonitorLogic:
             rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
         return batch
 
-    def _make_sink(self, trainer: Any) -> Any:
+    def _make_sink(self, trainer: Any, log_dir: str) -> Any:
         for logger in trainer.loggers:
             writer = getattr(logger, "experiment", None)
             if all(hasattr(writer, name) for name in ("add_image", "add_scalar", "add_text")):
                 return TensorBoardSink(writer)
-        directory = os.path.join(_log_dir(trainer), "filterviz")
+        directory = os.path.join(log_dir, "filterviz")
         rank_zero_info(f"filterviz: no TensorBoard logger; writing PNG files and scalars.csv to {directory}")
         return DirectorySink(directory)
 

@@ -37,6 +37,9 @@ class LayerCapture:
         channel_max: per-filter maximum of the activation over the probe, ``(out_channels,)``.
         channel_mean_abs: per-filter mean absolute activation, ``(out_channels,)``.
         maps: capped feature maps ``(images, F, H, W)``.
+        peak_index: per drawn filter, the flat index into ``(N, H, W)`` of its strongest
+            activation on the whole probe.
+        output_hw: the activation's spatial size ``(H, W)`` before any downsampling.
     """
 
     name: str
@@ -49,6 +52,8 @@ class LayerCapture:
     channel_max: Optional[Tensor] = None
     channel_mean_abs: Optional[Tensor] = None
     maps: Optional[Tensor] = None
+    peak_index: Optional[Tensor] = None
+    output_hw: Optional[tuple[int, int]] = None
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Snapshot:
         drift: conv name -> per-filter cosine distance from the initial filters.
         weight_norm_ratio: conv name -> per-filter weight norm over the initial one.
         filmstrips: conv name -> rows of the filmstrip, when it is to be drawn.
+        probe_inputs: the probe images ``(N, C, H, W)`` on the CPU, when peak patches are drawn.
+        receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
     """
 
     step: int
@@ -79,6 +86,8 @@ class Snapshot:
     drift: dict[str, Tensor] = field(default_factory=dict)
     weight_norm_ratio: dict[str, Tensor] = field(default_factory=dict)
     filmstrips: dict[str, list[Any]] = field(default_factory=dict)
+    probe_inputs: Optional[Tensor] = None
+    receptive_fields: dict[str, Any] = field(default_factory=dict)
 
 
 def capture_snapshot(
@@ -137,6 +146,9 @@ def capture_snapshot(
         capture.channel_max = record.channel_max.cpu()
         capture.channel_mean_abs = record.channel_mean_abs.cpu()
         capture.maps = record.maps.cpu()
+        if record.peak_index is not None:
+            capture.peak_index = record.peak_index[:max_filters].cpu()
+            capture.output_hw = record.output_hw
     return snapshot
 
 

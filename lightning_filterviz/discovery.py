@@ -114,6 +114,8 @@ class ActivationRecord:
         channel_max: per-channel maximum over the batch and all positions, float32.
         channel_mean_abs: per-channel mean of absolute values, float32.
         maps: the first ``max_images`` x ``max_channels`` feature maps, float32, detached.
+        peak_index: per channel, the flat index into ``(N, H, W)`` of its maximum.
+        output_hw: the activation's spatial size ``(H, W)``.
     """
 
     function: str
@@ -121,6 +123,8 @@ class ActivationRecord:
     channel_max: Tensor
     channel_mean_abs: Tensor
     maps: Tensor
+    peak_index: Optional[Tensor] = None
+    output_hw: Optional[tuple[int, int]] = None
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -181,8 +185,15 @@ class ActivationTracer(TorchFunctionMode):
         channel_mean_abs = values.abs().float().mean(dim=dims) if self._reduce_maps is not None else channel_max
         previous = self.records.get(layer)
         if previous is None:
-            maps = self._reduce_maps(values.float()) if self._reduce_maps is not None else values.new_empty(0)
-            self.records[layer] = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
+            if self._reduce_maps is None:  # training-batch tracking: the maxima are all it needs
+                self.records[layer] = ActivationRecord(function, zeroing, channel_max, channel_max, values.new_empty(0))
+                return
+            maps = self._reduce_maps(values.float())
+            record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
+            if values.dim() == 4:
+                record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
+                record.output_hw = (values.shape[2], values.shape[3])
+            self.records[layer] = record
             self.no_activation.pop(layer, None)
             return
         # A conv called several times per forward (weight sharing): statistics cover every call.

@@ -11,7 +11,7 @@ import os
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_filterviz.capture import ForwardFn, Snapshot, capture_snapshot, track_training_batch
@@ -30,6 +30,7 @@ from lightning_filterviz.render import (
 from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
+from lightning_filterviz.responses import ReceptiveField, peak_patches, receptive_field, response_grid, through_the_layers
 from lightning_filterviz.tags import (
     DEAD_FILTERS_TAG,
     LAYERS_TAG,
@@ -40,9 +41,16 @@ from lightning_filterviz.tags import (
     drift_strip_tag,
     drift_tag,
     filmstrip_tag,
+    responses_tag,
+    through_the_layers_tag,
     weight_norm_tag,
     weights_tag,
 )
+
+if not hasattr(rank_zero_only, "rank"):
+    # Lightning sets this when it is imported; a plain PyTorch script never does, and the
+    # rank-zero helpers refuse to run without it. Launchers export the rank as RANK.
+    rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
 
 # Past this dead fraction a layer is in trouble; say so once.
 DEAD_FRACTION_WARNING = 0.5
@@ -65,6 +73,10 @@ class FilterVisualizer:
       norm changed (scalars), with ``filterviz/drift_strip/<layer>`` per filter (image),
     - ``filterviz/filmstrip/<layer>``: the filters at every snapshot so far, one row per
       snapshot (image; the first conv by default, every ``filmstrip_every`` snapshots),
+    - ``filterviz/responses/<layer>``: each drawn filter beside the patch of the probe
+      where its activation peaks (its receptive field there; the first conv by default),
+    - ``filterviz/through_the_layers/<i>``: probe image ``i`` seen by every watched layer,
+      a few of its busiest channels each, early to deep (image),
 
     and, with ``history_dir``, each snapshot's arrays as ``<history_dir>/step_<step>.npz``.
     - ``filterviz/probe``: the probe images themselves, at the first snapshot (image).
@@ -94,6 +106,9 @@ class FilterVisualizer:
             the first watched conv; ``[]``: none.
         filmstrip_every: write the filmstrip every this many snapshots (it grows with
             the run), and at :meth:`finish`.
+        response_layers: layers (names or fnmatch patterns) whose filters are drawn beside
+            the probe patch where they peak; ``None``: the first watched conv; ``[]``: none.
+            Their receptive fields are measured once, by gradient, at the first snapshot.
         history_dir: save each snapshot's small arrays (capped filters, statistics, one
             probe image's feature maps) there as NPZ, readable with ``allow_pickle=False``.
         background: render and write in a background thread, so that :meth:`snapshot`
@@ -139,6 +154,7 @@ class FilterVisualizer:
         colormap: str = "viridis",
         filmstrip_layers: Optional[Sequence[str]] = None,
         filmstrip_every: int = 10,
+        response_layers: Optional[Sequence[str]] = None,
         history_dir: Optional[Union[str, os.PathLike]] = None,
         background: bool = False,
         max_pending: int = 2,
@@ -171,6 +187,9 @@ class FilterVisualizer:
         self.history_dir = history_dir
         self.progress = ProgressTracker()
         self._snapshot_count = 0
+        self.response_layers = list(response_layers) if response_layers is not None else None
+        self._response_layers: list[str] = []
+        self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
         self._watched: Optional[list[ConvLayer]] = None
         self._watched_model: Optional[int] = None
         self._symmetric_ranges: dict[str, float] = {}
@@ -198,7 +217,9 @@ class FilterVisualizer:
         """
         self._watched = select_conv_layers(model, self.layers)
         self._watched_model = id(model)
-        self.progress.filmstrip_layers = resolve_filmstrip_layers(self.filmstrip_layers, [c.name for c in self._watched])
+        names = [conv.name for conv in self._watched]
+        self.progress.filmstrip_layers = resolve_filmstrip_layers(self.filmstrip_layers, names)
+        self._response_layers = resolve_filmstrip_layers(self.response_layers, names)
         return self._watched
 
     def snapshot(
@@ -257,6 +278,7 @@ class FilterVisualizer:
         snapshot.dormant_filters = self.dormant_filters
         snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
         self.progress.update(snapshot, self.weight_normalization, snapshot.symmetric_ranges)
+        self._attach_receptive_fields(snapshot, model, inputs, layers)
         self._snapshot_count += 1
         if self._snapshot_count % self.filmstrip_every == 0:
             snapshot.filmstrips = self._filmstrip_rows()
@@ -349,9 +371,41 @@ class FilterVisualizer:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
         self._write_filmstrips(snapshot)
+        self._write_responses(snapshot)
         if self.history_dir is not None:
             HistoryWriter(self.history_dir).write(snapshot)
         self.sink.flush()
+
+    def _attach_receptive_fields(self, snapshot: Snapshot, model: nn.Module, inputs: Any, layers: list) -> None:
+        wanted = [layer for layer in layers if layer.name in self._response_layers]
+        if not wanted or not isinstance(inputs, Tensor) or not _looks_like_images(inputs):
+            return
+        for layer in wanted:
+            if layer.name not in self._receptive_fields:
+                # Measured once: the field is a property of the architecture, not of the step.
+                try:
+                    field = receptive_field(model, inputs, layer.module, forward_fn=self.forward_fn)
+                except ValueError as error:
+                    field = None
+                    rank_zero_info(f"filterviz: no peak patches for `{layer.name}`: {error}")
+                self._receptive_fields[layer.name] = field
+            field = self._receptive_fields[layer.name]
+            if field is not None and snapshot.layers[layer.name].peak_index is not None:
+                snapshot.receptive_fields[layer.name] = field
+        if snapshot.receptive_fields:
+            snapshot.probe_inputs = inputs.detach().float().cpu()
+
+    def _write_responses(self, snapshot: Snapshot) -> None:
+        for name, field in snapshot.receptive_fields.items():
+            layer = snapshot.layers[name]
+            patches = peak_patches(snapshot.probe_inputs, layer.peak_index, layer.output_hw, field)
+            self.sink.add_image(responses_tag(name), response_grid(layer.weight, layer.rgb, patches), snapshot.step)
+        with_maps = {name: layer.maps for name, layer in snapshot.layers.items() if layer.maps is not None}
+        if not with_maps:
+            return
+        for image in range(min(len(maps) for maps in with_maps.values())):
+            view = through_the_layers({name: maps[image] for name, maps in with_maps.items()}, colormap=self.colormap)
+            self.sink.add_image(through_the_layers_tag(image), view, snapshot.step)
 
     def _write_filmstrips(self, snapshot: Snapshot) -> None:
         for name, rows in snapshot.filmstrips.items():

@@ -36,3 +36,11 @@ def drift_strip_tag(layer: str) -> str:
 
 def filmstrip_tag(layer: str) -> str:
     return f"{TAG_PREFIX}/filmstrip/{layer}"
+
+
+def responses_tag(layer: str) -> str:
+    return f"{TAG_PREFIX}/responses/{layer}"
+
+
+def through_the_layers_tag(image: int) -> str:
+    return f"{TAG_PREFIX}/through_the_layers/{image}"

@@ -295,7 +295,15 @@ def test_a_user_with_only_one_lightning_package_is_not_asked_for_the_other(prese
     assert result.stdout.strip() == "ok", result.stderr
 
 
-def test_the_engine_imports_no_lightning_package():
-    code = "import sys, lightning_filterviz; print(sorted({m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')}))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+PLAIN_SCRIPT = """
+import sys, tempfile, torch
+from lightning_filterviz import FilterVisualizer
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+FilterVisualizer(tempfile.mkdtemp()).snapshot(model, torch.randn(2, 3, 8, 8), step=0)
+print(sorted({name for name in sys.modules if name.split(".")[0] in ("lightning", "pytorch_lightning")}))
+"""
+
+
+def test_the_engine_works_in_a_plain_script_and_imports_no_lightning_package():
+    result = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr

@@ -1,0 +1,125 @@
+"""Command line: ``python -m lightning_filterviz report <log_dir> [-o OUTPUT.html]``.
+
+Also installed as the ``filterviz-report`` console script, which takes the report's
+arguments directly: ``filterviz-report <log_dir> [-o OUTPUT.html]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from lightning_filterviz.report import ReportError, build_report
+
+PROGRAM = "filterviz report"
+REPORT_SCRIPT = "filterviz-report"
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "log_dir",
+        help="a trainer log dir (or a parent of several runs, or the filterviz/history dir itself)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUTPUT.html",
+        help="the HTML file to write (default: <log_dir>/filterviz_report.html)",
+    )
+    parser.add_argument(
+        "--filmstrip-layers",
+        nargs="+",
+        metavar="LAYER",
+        help="layer names or fnmatch patterns to draw filmstrips of (default: the first conv layer)",
+    )
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``python -m lightning_filterviz`` parser, with its ``report`` subcommand.
+
+    Args:
+        prog: the program name shown in usage; default ``python -m lightning_filterviz``.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m lightning_filterviz",
+        description="Tools for the files lightning_filterviz writes during training.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run's filter history",
+        description="Write one self-contained HTML page of the filter history saved by FilterMonitor.",
+    )
+    _add_report_arguments(report)
+    return parser
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    """The ``filterviz-report`` parser: the ``report`` subcommand's arguments at top level."""
+    parser = argparse.ArgumentParser(
+        prog=REPORT_SCRIPT,
+        description="Write one self-contained HTML page of the filter history saved by FilterMonitor.",
+    )
+    _add_report_arguments(parser)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> tuple[Optional[argparse.Namespace], int]:
+    """Parse, turning argparse's SystemExit (usage errors, --help) into an exit code to return."""
+    try:
+        return parser.parse_args(argv), 0
+    except SystemExit as exit_:
+        return None, exit_.code if isinstance(exit_.code, int) else 2
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Build the report; print its path, or one error line on stderr.
+
+    Args:
+        args: parsed ``log_dir``, ``output`` and ``filmstrip_layers``.
+
+    Returns:
+        0 on success, 2 for bad input.
+    """
+    try:
+        path = build_report(args.log_dir, args.output, args.filmstrip_layers)
+    except ReportError as error:
+        # One line, no traceback: bad input is the user's to fix, not a bug to debug.
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line.
+
+    Invoked as ``filterviz-report`` (the console script), the arguments are the report's;
+    otherwise the first one is the subcommand (``report``).
+
+    Args:
+        argv: the arguments, without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit code: 0 on success, 2 for a usage error or bad input.
+    """
+    if argv is None and os.path.basename(sys.argv[0]).startswith(REPORT_SCRIPT):
+        args, code = _parse(build_report_parser(), None)
+        return run_report(args) if args is not None else code
+    parser = build_parser()
+    args, code = _parse(parser, argv)
+    if args is None:
+        return code
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    return run_report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
