@@ -122,7 +122,7 @@ def save_through_the_layers(log_dir: Path) -> None:
     last = sorted((log_dir / "filterviz" / "history").glob("step_*.npz"))[-1]
     arrays = load_history(last)
     maps = {name: arrays[f"{name}/maps"].astype(np.float32) for name in arrays["layers"] if f"{name}/maps" in arrays}
-    save(through_the_layers(maps, channels=4, height=64), "through_the_layers.png")
+    save(through_the_layers(maps, channels=4, height=64).to_rgb(), "through_the_layers.png")
 
 
 def save_filmstrip(log_dir: Path) -> None:

@@ -27,11 +27,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lightning_filterviz.capture import _cuda_devices, _eager
 from lightning_filterviz.render import (
     BACKGROUND_COLOUR,
+    BACKGROUND_INDEX,
     COLORMAP_LEVELS,
     FRAME_COLOUR,
     FRAME_INDEX,
     GRID_PADDING,
     PANEL_PADDING,
+    IndexedImage,
     _palette,
     _rgb,
     displayed_filters,
@@ -297,7 +299,7 @@ def pair_columns(count: int) -> int:
 
 def through_the_layers(
     maps: dict[str, ArrayLike], channels: int = 4, height: int = 48, colormap: str = "viridis"
-) -> np.ndarray:
+) -> IndexedImage:
     """One probe image's busiest feature maps, one column per layer, early layers left.
 
     Per layer the ``channels`` channels with the largest mean activation are shown, the
@@ -313,8 +315,8 @@ def through_the_layers(
         colormap: a matplotlib colormap name.
 
     Returns:
-        An ``(H, W, 3)`` ``uint8`` image of ``min(channels, most channels of a layer)``
-        rows and ``len(maps)`` columns of tiles.
+        An :class:`~lightning_filterviz.render.IndexedImage` (``.to_rgb()`` for pixels) of
+        ``min(channels, most channels of a layer)`` rows and ``len(maps)`` columns of tiles.
 
     Raises:
         ValueError: with no layers, ``channels`` or ``height`` below 1, or a map that is
@@ -324,8 +326,6 @@ def through_the_layers(
         raise ValueError("through_the_layers needs at least one layer.")
     if channels < 1 or height < 1:
         raise ValueError(f"channels and height must be positive, got {channels} and {height}.")
-    palette = _palette(colormap)
-    background = _rgb(BACKGROUND_COLOUR)
     columns = []
     for name, layer_maps in maps.items():
         values = _to_numpy(layer_maps).astype(np.float32, copy=False)
@@ -335,11 +335,14 @@ def through_the_layers(
         busiest = np.argsort(-values.mean(axis=(1, 2)), kind="stable")[:channels]
         shown = normalize_filters(values[busiest][None], "layer")[0]
         levels = np.rint(shown * (COLORMAP_LEVELS - 1)).astype(np.uint8)
-        columns.append([_resize_nearest(palette[level], height, height) for level in levels])
+        columns.append([_resize_nearest(level[..., None], height, height) for level in levels])
     rows = max(len(column) for column in columns)
-    blank = np.broadcast_to(background, (height, height, 3))
+    # A palette image: a third of the bytes of RGB, and the colormap is its palette.
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    blank = np.broadcast_to(background, (height, height, 1))
     tiles = [column[row] if row < len(column) else blank for row in range(rows) for column in columns]
-    return tile_grid(np.stack(tiles), len(columns), GRID_PADDING, background)
+    grid = tile_grid(np.stack(tiles), len(columns), GRID_PADDING, background)
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
 
 
 # ---------------------------------------------------------------- helpers

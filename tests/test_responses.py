@@ -280,7 +280,7 @@ def test_through_the_layers_layout_and_channel_choice() -> None:
     early = torch.stack([torch.full((16, 16), value) for value in (0.0, 3.0, 1.0, 2.0)])
     deep = np.ones((1, 4, 4), dtype=np.float32)
     deep[0, :, :2] = 5.0  # left half high
-    image = through_the_layers({"early": early, "deep": deep}, channels=2, height=10)
+    image = through_the_layers({"early": early, "deep": deep}, channels=2, height=10).to_rgb()
 
     cell = 10 + GRID_PADDING
     assert image.dtype == np.uint8 and image.shape == (GRID_PADDING + 2 * cell, GRID_PADDING + 2 * cell, 3)
@@ -300,7 +300,7 @@ def test_through_the_layers_layout_and_channel_choice() -> None:
 
 def test_through_the_layers_shape_with_more_layers() -> None:
     maps = {f"layer{index}": np.random.default_rng(index).random((8, 6, 9)) for index in range(3)}
-    image = through_the_layers(maps, channels=4, height=12, colormap="magma")
+    image = through_the_layers(maps, channels=4, height=12, colormap="magma").to_rgb()
     cell = 12 + GRID_PADDING
     assert image.shape == (GRID_PADDING + 4 * cell, GRID_PADDING + 3 * cell, 3)
     with pytest.raises(ValueError, match="at least one layer"):
