@@ -58,7 +58,7 @@ class ImageClassifier(LightningModule):
 
 
 def small_cnn(num_classes: int) -> nn.Sequential:
-    """Three conv -> BN -> ReLU stages; 5x5 filters in the first layer so their patterns show."""
+    """Four conv -> BN -> ReLU stages; 5x5 filters in the first layer so their patterns show."""
     return nn.Sequential(
         nn.Conv2d(3, 16, kernel_size=5, padding=2),
         nn.BatchNorm2d(16),
@@ -69,6 +69,10 @@ def small_cnn(num_classes: int) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, kernel_size=3, padding=1),
         nn.BatchNorm2d(64),
         nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(1),
@@ -89,7 +93,7 @@ class PhotoPatches(LightningDataModule):
     """
 
     def __init__(
-        self, patch_size: int = 32, train_patches: int = 1000, val_patches: int = 100, batch_size: int = 64, seed: int = 0
+        self, patch_size: int = 64, train_patches: int = 500, val_patches: int = 100, batch_size: int = 64, seed: int = 0
     ):
         super().__init__()
         self.patch_size = patch_size

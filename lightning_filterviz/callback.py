@@ -42,7 +42,14 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
       first activation function after the conv, through normalization layers),
     - ``filterviz/dead_fraction/<layer>``: the fraction of dead filters (ReLU-family
       activations only),
-    - ``filterviz/dead_filters``: a text table of layer -> dead filter indices.
+    - ``filterviz/dead_filters``: a text table of layer -> dead filter indices,
+
+    and the learning-progress views: ``filterviz/dormant_fraction/<layer>``,
+    ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>`` (scalars),
+    ``filterviz/drift_strip/<layer>``, ``filterviz/filmstrip/<layer>``,
+    ``filterviz/responses/<layer>`` and ``filterviz/through_the_layers/<i>`` (images), and
+    ``filterviz/layers`` (text). Each snapshot's small arrays are also saved under
+    ``<log_dir>/filterviz/history`` for ``filterviz-report``.
 
     A filter is dead when its activation is ``<= dead_threshold`` everywhere on the probe
     batch for ``dead_patience`` consecutive snapshots; dead filters are framed in red.
@@ -88,7 +95,8 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
             not for compiled models.
         filmstrip_layers: layers (names or patterns) that get a filmstrip, one row of
             filters per snapshot in one image; ``None``: the first conv; ``[]``: none.
-        filmstrip_every: write the filmstrip every this many snapshots, and at the end.
+        views_every: write the filmstrip, peak-patch and through-the-layers images at the
+            first snapshot and every this many snapshots (the filmstrip also at the end).
         response_layers: layers (names or patterns) whose filters are drawn beside the probe
             patch where each peaks (``filterviz/responses/<layer>``); ``None``: the first
             conv; ``[]``: none. Receptive fields are measured once, by gradient.
@@ -135,7 +143,7 @@ class FilterMonitorLogic:
         dormant_tau: float = 0.025,
         track_training_batches: bool = False,
         filmstrip_layers: Optional[list[str]] = None,
-        filmstrip_every: int = 10,
+        views_every: int = 10,
         response_layers: Optional[list[str]] = None,
         save_history: bool = True,
     ) -> None:
@@ -165,7 +173,7 @@ class FilterMonitorLogic:
             colormap=colormap,
             dormant_tau=dormant_tau,
             filmstrip_layers=filmstrip_layers,
-            filmstrip_every=filmstrip_every,
+            views_every=views_every,
             response_layers=response_layers,
             background=True,
         )

@@ -74,6 +74,7 @@ class Snapshot:
         filmstrips: conv name -> rows of the filmstrip, when it is to be drawn.
         probe_inputs: the probe images ``(N, C, H, W)`` on the CPU, when peak patches are drawn.
         receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
+        draw_views: whether the costlier views (peak patches, through the layers) are drawn.
     """
 
     step: int
@@ -88,6 +89,7 @@ class Snapshot:
     filmstrips: dict[str, list[Any]] = field(default_factory=dict)
     probe_inputs: Optional[Tensor] = None
     receptive_fields: dict[str, Any] = field(default_factory=dict)
+    draw_views: bool = False
 
 
 def capture_snapshot(

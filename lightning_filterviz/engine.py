@@ -27,10 +27,10 @@ from lightning_filterviz.render import (
     probe_image_grid,
     weight_grid,
 )
-from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
-from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
 from lightning_filterviz.responses import ReceptiveField, peak_patches, receptive_field, response_grid, through_the_layers
+from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
+from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 from lightning_filterviz.tags import (
     DEAD_FILTERS_TAG,
     LAYERS_TAG,
@@ -72,14 +72,16 @@ class FilterVisualizer:
       filters turned from their initial direction (mean cosine distance) and how their
       norm changed (scalars), with ``filterviz/drift_strip/<layer>`` per filter (image),
     - ``filterviz/filmstrip/<layer>``: the filters at every snapshot so far, one row per
-      snapshot (image; the first conv by default, every ``filmstrip_every`` snapshots),
+      snapshot (image; the first conv by default),
     - ``filterviz/responses/<layer>``: each drawn filter beside the patch of the probe
       where its activation peaks (its receptive field there; the first conv by default),
     - ``filterviz/through_the_layers/<i>``: probe image ``i`` seen by every watched layer,
       a few of its busiest channels each, early to deep (image),
 
+    (the last three at the first snapshot and every ``views_every`` snapshots),
+    - ``filterviz/probe``: the probe images themselves, at the first snapshot (image),
+
     and, with ``history_dir``, each snapshot's arrays as ``<history_dir>/step_<step>.npz``.
-    - ``filterviz/probe``: the probe images themselves, at the first snapshot (image).
 
     Args:
         sink: a ``SummaryWriter``, a directory path (PNG files), or any
@@ -104,8 +106,9 @@ class FilterVisualizer:
         colormap: matplotlib colormap for the feature maps.
         filmstrip_layers: layers (names or fnmatch patterns) that get a filmstrip; ``None``:
             the first watched conv; ``[]``: none.
-        filmstrip_every: write the filmstrip every this many snapshots (it grows with
-            the run), and at :meth:`finish`.
+        views_every: write the filmstrip, peak-patch and through-the-layers images at the
+            first snapshot and every this many snapshots (the filmstrip also at
+            :meth:`finish`): they cost more than the rest, and the filmstrip grows.
         response_layers: layers (names or fnmatch patterns) whose filters are drawn beside
             the probe patch where they peak; ``None``: the first watched conv; ``[]``: none.
             Their receptive fields are measured once, by gradient, at the first snapshot.
@@ -153,7 +156,7 @@ class FilterVisualizer:
         forward_fn: Optional[ForwardFn] = None,
         colormap: str = "viridis",
         filmstrip_layers: Optional[Sequence[str]] = None,
-        filmstrip_every: int = 10,
+        views_every: int = 10,
         response_layers: Optional[Sequence[str]] = None,
         history_dir: Optional[Union[str, os.PathLike]] = None,
         background: bool = False,
@@ -164,7 +167,7 @@ class FilterVisualizer:
             max_images=max_images,
             dead_patience=dead_patience,
             max_pending=max_pending,
-            filmstrip_every=filmstrip_every,
+            views_every=views_every,
             weight_normalization=weight_normalization,
             colormap=colormap,
             dormant_tau=dormant_tau,
@@ -183,7 +186,7 @@ class FilterVisualizer:
         self.dormant_tau = dormant_tau
         self._dormant: dict[str, list[int]] = {}
         self.filmstrip_layers = list(filmstrip_layers) if filmstrip_layers is not None else None
-        self.filmstrip_every = filmstrip_every
+        self.views_every = views_every
         self.history_dir = history_dir
         self.progress = ProgressTracker()
         self._snapshot_count = 0
@@ -278,10 +281,11 @@ class FilterVisualizer:
         snapshot.dormant_filters = self.dormant_filters
         snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
         self.progress.update(snapshot, self.weight_normalization, snapshot.symmetric_ranges)
-        self._attach_receptive_fields(snapshot, model, inputs, layers)
         self._snapshot_count += 1
-        if self._snapshot_count % self.filmstrip_every == 0:
+        if self._snapshot_count == 1 or self._snapshot_count % self.views_every == 0:
             snapshot.filmstrips = self._filmstrip_rows()
+            snapshot.draw_views = True
+            self._attach_receptive_fields(snapshot, model, inputs, layers)
         self._describe_once(snapshot)
         self._warn_on_dying_layers(snapshot)
         if publish:
@@ -401,7 +405,7 @@ class FilterVisualizer:
             patches = peak_patches(snapshot.probe_inputs, layer.peak_index, layer.output_hw, field)
             self.sink.add_image(responses_tag(name), response_grid(layer.weight, layer.rgb, patches), snapshot.step)
         with_maps = {name: layer.maps for name, layer in snapshot.layers.items() if layer.maps is not None}
-        if not with_maps:
+        if not with_maps or not snapshot.draw_views:
             return
         for image in range(min(len(maps) for maps in with_maps.values())):
             view = through_the_layers({name: maps[image] for name, maps in with_maps.items()}, colormap=self.colormap)
@@ -492,7 +496,7 @@ def validate_settings(
     *,
     max_filters: int,
     max_pending: int = 1,
-    filmstrip_every: int = 1,
+    views_every: int = 1,
     max_images: int,
     dead_patience: int,
     weight_normalization: str,
@@ -507,7 +511,7 @@ def validate_settings(
         ("max_images", max_images),
         ("dead_patience", dead_patience),
         ("max_pending", max_pending),
-        ("filmstrip_every", filmstrip_every),
+        ("views_every", views_every),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")

@@ -38,9 +38,9 @@ def test_background_images_equal_synchronous_images(tmp_path):
 
     sync_files = sorted(path.relative_to(tmp_path / "sync") for path in (tmp_path / "sync").rglob("*.png"))
     background_files = sorted(path.relative_to(tmp_path / "background") for path in (tmp_path / "background").rglob("*.png"))
-    # Per snapshot: weights, activations and drift strips of 2 convs, the first conv's peak
-    # patches, 2 probe images through the layers; plus the probe once.
-    assert sync_files == background_files and len(sync_files) == 3 * (3 * 2 + 1 + 2) + 1
+    # Per snapshot: weights, activations and drift strips of 2 convs; at the first: the
+    # probe, the first conv's peak patches and filmstrip, 2 probe images through the layers.
+    assert sync_files == background_files and len(sync_files) == 3 * 3 * 2 + 1 + 1 + 1 + 2
     for relative in sync_files:
         assert (tmp_path / "sync" / relative).read_bytes() == (tmp_path / "background" / relative).read_bytes()
     assert (tmp_path / "sync/scalars.csv").read_text() == (tmp_path / "background/scalars.csv").read_text()

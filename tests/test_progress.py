@@ -52,14 +52,16 @@ def test_filmstrip_has_one_row_per_snapshot():
 
 
 def test_filmstrip_in_tensorboard_grows_with_the_run(tmp_path):
-    monitor = FilterMonitor(every_n_steps=1, filmstrip_every=2)
+    monitor = FilterMonitor(every_n_steps=1, views_every=2)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
     trainer.fit(Classifier(), datamodule=RandomImages())
     events = read_events(trainer.logger.log_dir)
     strips = events.images["filterviz/filmstrip/net.0"]
-    assert sorted(strips) == [1, 3, 4]  # every second snapshot (steps 0..4), and the end
+    assert sorted(strips) == [0, 1, 3, 4]  # the first, every second snapshot (steps 0..4), and the end
     row_height = FILMSTRIP_TILE_PIXELS + 2  # 3x3 kernels at 12 pixels, with the gaps
-    assert [strips[step].shape[0] // row_height for step in (1, 3, 4)] == [2, 4, 5]
+    assert [strips[step].shape[0] // row_height for step in (0, 1, 3, 4)] == [1, 2, 4, 5]
+    assert sorted(events.images["filterviz/responses/net.0"]) == [0, 1, 3]
+    assert sorted(events.images["filterviz/through_the_layers/0"]) == [0, 1, 3]
     assert "filterviz/filmstrip/net.3" not in events.images  # only the first conv by default
     for step in range(5):
         assert step in events.scalars["filterviz/drift/net.0"]

@@ -160,3 +160,31 @@ def test_non_finite_weights_render_without_error(bad):
     assert np.array_equal(image[top - FRAME_PIXELS, left], MAGENTA)
     top, left = tile_origin(1, 24, 24, nrow=2)
     assert np.array_equal(image[top - FRAME_PIXELS, left], GREY)
+
+
+def test_grouped_and_depthwise_convs_are_drawn_in_grey_not_rgb(tmp_path):
+    from lightning_filterviz import capture_snapshot
+    from lightning_filterviz.discovery import select_conv_layers
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),  # sees the RGB image: colour
+        nn.Conv2d(6, 4, 3, padding=1, groups=2),  # 3 channels per group, but not RGB
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # depthwise
+    )
+    snapshot = capture_snapshot(model, torch.randn(1, 3, 8, 8), select_conv_layers(model), 0)
+    assert [layer.rgb for layer in snapshot.layers.values()] == [True, False, False]
+    assert isinstance(weight_grid(snapshot.layers["0"].weight, rgb=True), np.ndarray)
+    grouped = weight_grid(snapshot.layers["1"].weight, rgb=False)
+    depthwise = weight_grid(snapshot.layers["2"].weight, rgb=False)
+    for image in (grouped, depthwise):
+        rgb = pixels(image)
+        top, left = tile_origin(0, 24, 24, nrow=2)
+        drawn = rgb[top : top + 24, left : left + 24]
+        assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
+    # The grouped filter shows its strongest input slice: compare with it directly.
+    weight = snapshot.layers["1"].weight[0]
+    strongest = weight[weight.flatten(1).norm(dim=1).argmax()]
+    expected = np.array([[grey(float(v)) for v in row] for row in ((strongest - strongest.min()) / (strongest.max() - strongest.min()))])
+    top, left = tile_origin(0, 24, 24, nrow=2)
+    drawn = pixels(grouped)[top : top + 24 : 8, left : left + 24 : 8, 0].astype(int)
+    assert np.abs(drawn - expected).max() <= 1  # float32 vs float64 rounding at a level's edge

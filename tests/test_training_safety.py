@@ -307,3 +307,21 @@ print(sorted({name for name in sys.modules if name.split(".")[0] in ("lightning"
 def test_the_engine_works_in_a_plain_script_and_imports_no_lightning_package():
     result = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_autocast_gives_float32_statistics_and_right_dead_flags(dtype, tmp_path):
+    """The engine under CPU autocast (Lightning refuses 16-mixed on CPU, so drive it directly)."""
+    from lightning_filterviz import FilterVisualizer
+
+    model = conv_bn_relu_stack()
+    with torch.no_grad():
+        model[3].bias[4] = -1e4
+    visualizer = FilterVisualizer(str(tmp_path), dead_patience=1)
+    snapshot = visualizer.snapshot(
+        model, torch.randn(2, 3, 8, 8), 0, forward_context=lambda: torch.autocast("cpu", dtype=dtype)
+    )
+    layer = snapshot.layers["3"]
+    assert layer.channel_max.dtype == torch.float32 and layer.maps.dtype == torch.float32
+    assert torch.isfinite(layer.maps).all() and torch.isfinite(layer.channel_mean_abs).all()
+    assert visualizer.dead_filters["3"] == [4]
