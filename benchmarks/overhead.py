@@ -19,6 +19,7 @@ import argparse
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,40 +48,53 @@ from lightning_filterviz.probe import model_input  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer trials and shorter runs")
+    parser.add_argument("--parts", default="abcde", help="which measurements to run, e.g. 'bd' (default: all)")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        print(rss_growth(*example_model_and_probe(), snapshots=200))
+        return
     # The machine's own noise is several percent per run: many short alternating pairs
     # and their median ratio measure a 1% difference better than a few long runs.
     trials = 3 if args.quick else 9
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
 
-    print("\na. training wall time, with monitor / without (median of alternating pairs)")
-    example_epochs = 1 if args.quick else 2
-    report_ratio("example, default settings", example_run(example_epochs, {}), trials)
-    report_ratio("example, every_n_steps=10", example_run(example_epochs, {"every_n_steps": 10}), trials)
-    report_ratio("resnet18 64x64, every_n_steps=10", resnet_run(20 if args.quick else 40), trials)
-    print("   per-batch tracking (track_training_batches=True vs False, both every epoch):")
-    report_ratio(
-        "example, training-batch tracking",
-        example_run(example_epochs, {"track_training_batches": True}, baseline={}),
-        trials,
-    )
+    if "a" in args.parts:
+        print("\na. training wall time, with monitor / without (median of alternating pairs)")
+        example_epochs = 1 if args.quick else 2
+        report_ratio("example, default settings", example_run(example_epochs, {}), trials)
+        report_ratio("example, every_n_steps=10", example_run(example_epochs, {"every_n_steps": 10}), trials)
+        report_ratio("resnet18 64x64, every_n_steps=10", resnet_run(20 if args.quick else 40), trials)
+        print("   per-batch tracking (track_training_batches=True vs False, both every epoch):")
+        report_ratio(
+            "example, training-batch tracking",
+            example_run(example_epochs, {"track_training_batches": True}, baseline={}),
+            trials,
+        )
 
     model, probe = example_model_and_probe()
-    print("\nb. training-thread time per snapshot / plain eval forward of the probe")
-    stall, forward = snapshot_stall(model, probe, repeats=10 if args.quick else 40)
-    print(f"   snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
+    if "b" in args.parts:
+        print("\nb. training-thread time per snapshot / plain eval forward of the probe")
+        stall, forward = snapshot_stall(model, probe, repeats=10 if args.quick else 40)
+        print(f"   snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
 
-    print("\nc. one matplotlib figure per layer on the training thread / our synchronous snapshot")
-    common, ours = matplotlib_versus_ours(model, probe, repeats=3 if args.quick else 5)
-    print(f"   matplotlib {common * 1e3:.0f} ms / ours {ours * 1e3:.1f} ms = {common / ours:.1f}x")
+    if "c" in args.parts:
+        print("\nc. one matplotlib figure per layer on the training thread / our synchronous snapshot")
+        common, ours = matplotlib_versus_ours(model, probe, repeats=3 if args.quick else 5)
+        print(f"   matplotlib {common * 1e3:.0f} ms / ours {ours * 1e3:.1f} ms = {common / ours:.1f}x")
 
-    print("\nd. peak RSS growth over snapshots")
-    growth = rss_growth(model, probe, snapshots=200)
-    print(f"   peak RSS after 200 snapshots - after 10: {growth / 2**20:.1f} MB")
+    if "d" in args.parts:
+        print("\nd. peak RSS growth over snapshots (in a fresh process: the peak is a high-water mark)")
+        child = subprocess.run(
+            [sys.executable, __file__, "--rss-child"], capture_output=True, text=True, check=True, cwd=REPO
+        )
+        growth = int(child.stdout.strip().splitlines()[-1])
+        print(f"   peak RSS after 200 snapshots - after 10: {growth / 2**20:.1f} MB")
 
-    print("\ne. bytes written per snapshot")
-    print(f"   {bytes_per_snapshot(model, probe) / 1024:.1f} KiB per snapshot (example model, TensorBoard)")
+    if "e" in args.parts:
+        print("\ne. bytes written per snapshot")
+        print(f"   {bytes_per_snapshot(model, probe) / 1024:.1f} KiB per snapshot (example model, TensorBoard)")
 
 
 def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], trials: int) -> None:

@@ -35,8 +35,6 @@ EXPECTED_HISTORY = f"{HISTORY_DIR.as_posix()}/{HISTORY_PATTERN} written by Filte
 # A filmstrip row per snapshot grows the image without bound on long runs; past this many
 # snapshots, rows are taken evenly spaced (first and last always kept).
 MAX_FILMSTRIP_ROWS = 32
-# Gap between filmstrip rows, in pixels, when the rows are stacked here.
-FILMSTRIP_ROW_GAP = 4
 # The filmstrip is shown this many times its pixel size.
 FILMSTRIP_DISPLAY_SCALE = 2
 # Past this many points a line is drawn without markers, which would only blur it.
@@ -325,10 +323,7 @@ def filter_grid(filters: np.ndarray, dead: Sequence[int] = ()) -> render.Image:
 
 
 def filmstrip_image(rows: Sequence[SnapshotRecord], layer: str) -> np.ndarray:
-    """One row per snapshot of ``layer``'s filters, earliest on top.
-
-    Uses :func:`lightning_filterviz.render.filmstrip` where the package has it; otherwise
-    stacks the layer's filter grids vertically.
+    """One row per snapshot of ``layer``'s filters, earliest on top, drawn as in TensorBoard.
 
     Args:
         rows: the snapshots to show, each holding ``layer``.
@@ -337,35 +332,11 @@ def filmstrip_image(rows: Sequence[SnapshotRecord], layer: str) -> np.ndarray:
     Returns:
         An ``(H, W, 3)`` ``uint8`` image.
     """
-    package_filmstrip = getattr(render, "filmstrip", None)
-    if package_filmstrip is not None:
-        tiles = [
-            render.to_uint8(render.normalize_filters(record.filters[layer], "filter")).transpose(0, 2, 3, 1)
-            for record in rows
-        ]
-        return np.asarray(package_filmstrip(tiles))
-    grids = [_as_rgb(filter_grid(record.filters[layer], record.dead.get(layer, ()))) for record in rows]
-    return stack_rows(grids, FILMSTRIP_ROW_GAP)
-
-
-def stack_rows(images: Sequence[np.ndarray], gap: int) -> np.ndarray:
-    """Stack ``(H, W, 3)`` ``uint8`` images top to bottom on white, left-aligned.
-
-    Args:
-        images: at least one image; widths may differ (a layer's filter count can change).
-        gap: white pixels between two images.
-
-    Returns:
-        One ``(H, W, 3)`` ``uint8`` image.
-    """
-    width = max(image.shape[1] for image in images)
-    height = sum(image.shape[0] for image in images) + gap * (len(images) - 1)
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    top = 0
-    for image in images:
-        canvas[top : top + image.shape[0], : image.shape[1]] = image
-        top += image.shape[0] + gap
-    return canvas
+    tiles = [
+        render.to_uint8(render.normalize_filters(record.filters[layer], "filter")).transpose(0, 2, 3, 1)
+        for record in rows
+    ]
+    return render.filmstrip(tiles)
 
 
 def filmstrip_rows(
@@ -386,10 +357,6 @@ def filmstrip_rows(
         return holding
     picks = np.unique(np.linspace(0, len(holding) - 1, limit).round().astype(int))
     return [holding[index] for index in picks]
-
-
-def _as_rgb(image: render.Image) -> np.ndarray:
-    return image.to_rgb() if isinstance(image, render.IndexedImage) else np.asarray(image)
 
 
 def data_uri(png: bytes) -> str:

@@ -21,7 +21,6 @@ from lightning_filterviz import FilterVisualizer, render
 from lightning_filterviz.__main__ import main
 from lightning_filterviz.progress import HistoryWriter, ProgressTracker
 from lightning_filterviz.report import (
-    FILMSTRIP_ROW_GAP,
     REPORT_FILENAME,
     ReportError,
     build_report,
@@ -130,17 +129,13 @@ def test_filmstrip_has_a_row_per_snapshot(report, logs):
     strip = np.asarray(images["filmstrip of 0"].convert("RGB"))
     history = sorted((logs / "photo" / "version_0" / "filterviz" / "history").glob("step_*.npz"))
     assert len(history) == len(STEPS)
-    if hasattr(render, "filmstrip"):
-        # The package's filmstrip of the layer's filters read back from each snapshot's file.
-        rows = []
-        for path in history:
-            with np.load(path) as arrays:
-                rows.append(render.to_uint8(render.normalize_filters(arrays["0/filters"])).transpose(0, 2, 3, 1))
-        np.testing.assert_array_equal(strip, render.filmstrip(rows))
-    else:
-        # Stacked here: the layer's 3x2 grid at each of the 4 snapshots.
-        grid = images["filters of 0"]
-        assert strip.shape[:2] == (len(STEPS) * grid.height + (len(STEPS) - 1) * FILMSTRIP_ROW_GAP, grid.width)
+    # The package's filmstrip of the layer's filters read back from each snapshot's file.
+    rows = []
+    for path in history:
+        with np.load(path) as arrays:
+            rows.append(render.to_uint8(render.normalize_filters(arrays["0/filters"])).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(strip, render.filmstrip(rows))
+    assert strip.shape[0] == len(STEPS) * (render.FILMSTRIP_TILE_PIXELS + 2)
 
 
 def test_chart_series_come_from_the_history(logs):
