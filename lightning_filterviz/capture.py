@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence
+from typing import Any, Callable, Collection, ContextManager, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,7 @@ def capture_snapshot(
     max_map_size: int = 48,
     capture_activations: bool = True,
     forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
+    peak_layers: Collection[str] = (),
 ) -> Snapshot:
     """Run the probe through ``model`` once and capture the watched conv layers.
 
@@ -118,6 +119,7 @@ def capture_snapshot(
         max_map_size: feature maps larger than this (height or width) are area-downsampled.
         capture_activations: run the probe forward; with ``False`` only weights are taken.
         forward_context: a context manager factory around the forward (mixed precision).
+        peak_layers: layers whose channels' strongest positions are recorded (for peak patches).
 
     Returns:
         A :class:`Snapshot` of small detached CPU tensors.
@@ -131,7 +133,9 @@ def capture_snapshot(
     if not capture_activations or not layers:
         return snapshot
 
-    tracer = ActivationTracer(lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size))
+    tracer = ActivationTracer(
+        lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size), peak_layers=peak_layers
+    )
     run = forward_fn or _call_model
     context = forward_context() if forward_context is not None else contextlib.nullcontext()
     with _side_pass(model), _tracking_hooks(layers, tracer), context, tracer:

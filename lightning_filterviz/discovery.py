@@ -138,11 +138,15 @@ class ActivationTracer(TorchFunctionMode):
     Args:
         reduce_maps: turns an activation ``(N, C, H, W)`` into the small maps to keep;
             ``None`` keeps only the per-channel statistics (training-batch tracking).
+        peak_layers: layers for which each channel's strongest position is recorded.
     """
 
-    def __init__(self, reduce_maps: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def __init__(
+        self, reduce_maps: Optional[Callable[[Tensor], Tensor]] = None, peak_layers: Iterable[str] = ()
+    ) -> None:
         super().__init__()
         self._reduce_maps = reduce_maps
+        self._peak_layers = frozenset(peak_layers)
         # id(tensor) -> (layer name, tensor); the tensor is held so its id stays unique.
         self._tracked: dict[int, tuple[str, Tensor]] = {}
         self.records: dict[str, ActivationRecord] = {}
@@ -190,7 +194,7 @@ class ActivationTracer(TorchFunctionMode):
                 return
             maps = self._reduce_maps(values.float())
             record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
-            if values.dim() == 4:
+            if values.dim() == 4 and layer in self._peak_layers:
                 record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
                 record.output_hw = (values.shape[2], values.shape[3])
             self.records[layer] = record

@@ -256,6 +256,7 @@ class FilterVisualizer:
         self._report_background_failure()
         layers = self._watched if self._watched_model == id(model) and self._watched is not None else self.watch(model)
         inputs = to_device(model_input(batch, self.batch_key), _device_of(model), convert_input)
+        draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.views_every == 0
         snapshot = capture_snapshot(
             model,
             inputs,
@@ -266,6 +267,7 @@ class FilterVisualizer:
             max_images=self.max_images,
             capture_activations=self.log_activations,
             forward_context=forward_context,
+            peak_layers=self._response_layers if draw_views else (),
         )
         if not self._probe_logged and isinstance(inputs, Tensor) and _looks_like_images(inputs):
             snapshot.probe_images = inputs[: self.max_images].detach().float().cpu()
@@ -282,7 +284,7 @@ class FilterVisualizer:
         snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
         self.progress.update(snapshot, self.weight_normalization, snapshot.symmetric_ranges)
         self._snapshot_count += 1
-        if self._snapshot_count == 1 or self._snapshot_count % self.views_every == 0:
+        if draw_views:
             snapshot.filmstrips = self._filmstrip_rows()
             snapshot.draw_views = True
             self._attach_receptive_fields(snapshot, model, inputs, layers)
