@@ -19,6 +19,8 @@ BAD_ARGUMENTS = [
     (dict(dead_patience=0), r"`dead_patience` must be an integer >= 1, got 0"),
     (dict(weight_normalization="minmax"), r"`weight_normalization` must be one of \('filter', 'layer', 'symmetric'\)"),
     (dict(colormap="no-such-map"), r"`colormap` must be a matplotlib colormap name"),
+    (dict(dormant_tau=-0.1), r"`dormant_tau` must be a number >= 0, got -0.1"),
+    (dict(views_every=0), r"`views_every` must be an integer >= 1, got 0"),
 ]
 
 
