@@ -391,9 +391,9 @@ class FilterVisualizer:
                 # Measured once: the field is a property of the architecture, not of the step.
                 try:
                     field = receptive_field(model, inputs, layer.module, forward_fn=self.forward_fn)
-                except ValueError as error:
+                except Exception as error:  # an optional view must not take the rest down with it
                     field = None
-                    rank_zero_info(f"filterviz: no peak patches for `{layer.name}`: {error}")
+                    rank_zero_warn(f"filterviz: no peak patches for `{layer.name}`: {type(error).__name__}: {error}")
                 self._receptive_fields[layer.name] = field
             field = self._receptive_fields[layer.name]
             if field is not None and snapshot.layers[layer.name].peak_index is not None:

@@ -325,3 +325,19 @@ def test_half_precision_autocast_gives_float32_statistics_and_right_dead_flags(d
     assert layer.channel_max.dtype == torch.float32 and layer.maps.dtype == torch.float32
     assert torch.isfinite(layer.maps).all() and torch.isfinite(layer.channel_mean_abs).all()
     assert visualizer.dead_filters["3"] == [4]
+
+
+def test_a_failing_receptive_field_measurement_only_skips_the_peak_patches(tmp_path, monkeypatch):
+    import lightning_filterviz.engine as engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no gradient here")
+
+    monkeypatch.setattr(engine, "receptive_field", broken)
+    monitor = FilterMonitor(every_n_steps=2)
+    with pytest.warns(UserWarning, match="no peak patches for `net.0`: RuntimeError: no gradient here"):
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+        trainer.fit(Classifier(), datamodule=RandomImages())
+    images = read_events(trainer.logger.log_dir).images
+    assert "filterviz/responses/net.0" not in images
+    assert set(images["filterviz/weights/net.0"]) == {0, 2, 4}
