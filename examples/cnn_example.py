@@ -30,13 +30,26 @@ class ImageClassifier(LightningModule):
     Args:
         arch: ``"small_cnn"`` or ``"resnet18"`` (random init, no download).
         num_classes: number of classes.
-        lr: Adam's learning rate.
+        lr: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
+        first_layer_init_scale: scales the first conv's random init; a small init lets
+            what the filters learn outweigh the noise they started from, so it shows.
     """
 
-    def __init__(self, arch: Literal["small_cnn", "resnet18"] = "small_cnn", num_classes: int = 8, lr: float = 3e-3):
+    def __init__(
+        self,
+        arch: Literal["small_cnn", "resnet18"] = "small_cnn",
+        num_classes: int = 8,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        first_layer_init_scale: float = 1.0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.net = small_cnn(num_classes) if arch == "small_cnn" else torchvision.models.resnet18(num_classes=num_classes)
+        if arch == "small_cnn" and first_layer_init_scale != 1.0:
+            with torch.no_grad():
+                self.net[0].weight.mul_(first_layer_init_scale)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -54,7 +67,7 @@ class ImageClassifier(LightningModule):
         self.log("val_acc", (logits.argmax(dim=1) == labels).float().mean(), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 def small_cnn(num_classes: int) -> nn.Sequential:
