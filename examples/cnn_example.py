@@ -46,7 +46,10 @@ class ImageClassifier(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.net = small_cnn(num_classes) if arch == "small_cnn" else torchvision.models.resnet18(num_classes=num_classes)
+        if arch == "small_cnn":
+            self.net = small_cnn(num_classes)
+        else:
+            self.net = torchvision.models.resnet18(num_classes=num_classes)
         if arch == "small_cnn" and first_layer_init_scale != 1.0:
             with torch.no_grad():
                 self.net[0].weight.mul_(first_layer_init_scale)
@@ -106,7 +109,12 @@ class PhotoPatches(LightningDataModule):
     """
 
     def __init__(
-        self, patch_size: int = 64, train_patches: int = 500, val_patches: int = 100, batch_size: int = 64, seed: int = 0
+        self,
+        patch_size: int = 64,
+        train_patches: int = 500,
+        val_patches: int = 100,
+        batch_size: int = 64,
+        seed: int = 0,
     ):
         super().__init__()
         self.patch_size = patch_size

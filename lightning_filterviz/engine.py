@@ -28,23 +28,30 @@ from lightning_filterviz.render import (
     weight_grid,
 )
 from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
-from lightning_filterviz.responses import ReceptiveField, peak_patches, receptive_field, response_grid, through_the_layers
+from lightning_filterviz.responses import (
+    ReceptiveField,
+    peak_patches,
+    receptive_field,
+    response_grid,
+    through_the_layers,
+)
 from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 from lightning_filterviz.tags import (
+    ACTIVATIONS,
     DEAD_FILTERS_TAG,
+    DEAD_FRACTION,
+    DORMANT_FRACTION,
+    DRIFT,
+    DRIFT_STRIP,
+    FILMSTRIP,
     LAYERS_TAG,
     PROBE_TAG,
-    activations_tag,
-    dead_fraction_tag,
-    dormant_fraction_tag,
-    drift_strip_tag,
-    drift_tag,
-    filmstrip_tag,
-    responses_tag,
-    through_the_layers_tag,
-    weight_norm_tag,
-    weights_tag,
+    RESPONSES,
+    THROUGH_THE_LAYERS,
+    WEIGHT_NORM_RATIO,
+    WEIGHTS,
+    layer_tag,
 )
 
 if not hasattr(rank_zero_only, "rank"):
@@ -360,19 +367,21 @@ class FilterVisualizer:
             if self.log_weights:
                 symmetric_range = snapshot.symmetric_ranges.get(name)
                 image = weight_grid(layer.weight, self.weight_normalization, symmetric_range, marked, layer.rgb)
-                self.sink.add_image(weights_tag(name), image, step)
+                self.sink.add_image(layer_tag(WEIGHTS, name), image, step)
             if self.log_activations and layer.maps is not None:
-                self.sink.add_image(activations_tag(name), activation_grid(layer.maps, marked, self.colormap), step)
+                maps_image = activation_grid(layer.maps, marked, self.colormap)
+                self.sink.add_image(layer_tag(ACTIVATIONS, name), maps_image, step)
             if name in dead:
-                self.sink.add_scalar(dead_fraction_tag(name), len(dead[name]) / layer.out_channels, step)
+                self.sink.add_scalar(layer_tag(DEAD_FRACTION, name), len(dead[name]) / layer.out_channels, step)
             if name in snapshot.dormant_filters:
                 dormant = len(snapshot.dormant_filters[name]) / layer.out_channels
-                self.sink.add_scalar(dormant_fraction_tag(name), dormant, step)
+                self.sink.add_scalar(layer_tag(DORMANT_FRACTION, name), dormant, step)
             if name in snapshot.drift:
-                self.sink.add_scalar(drift_tag(name), float(snapshot.drift[name].mean()), step)
-                self.sink.add_scalar(weight_norm_tag(name), float(snapshot.weight_norm_ratio[name].mean()), step)
-                strip = drift_strip(snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
-                self.sink.add_image(drift_strip_tag(name), strip, step)
+                drift, norm_ratio = snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy()
+                self.sink.add_scalar(layer_tag(DRIFT, name), float(drift.mean()), step)
+                self.sink.add_scalar(layer_tag(WEIGHT_NORM_RATIO, name), float(norm_ratio.mean()), step)
+                strip = drift_strip(drift, norm_ratio, self.colormap)
+                self.sink.add_image(layer_tag(DRIFT_STRIP, name), strip, step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
@@ -405,17 +414,18 @@ class FilterVisualizer:
         for name, field in snapshot.receptive_fields.items():
             layer = snapshot.layers[name]
             patches = peak_patches(snapshot.probe_inputs, layer.peak_index, layer.output_hw, field)
-            self.sink.add_image(responses_tag(name), response_grid(layer.weight, layer.rgb, patches), snapshot.step)
+            image = response_grid(layer.weight, layer.rgb, patches)
+            self.sink.add_image(layer_tag(RESPONSES, name), image, snapshot.step)
         with_maps = {name: layer.maps for name, layer in snapshot.layers.items() if layer.maps is not None}
         if not with_maps or not snapshot.draw_views:
             return
         for image in range(min(len(maps) for maps in with_maps.values())):
             view = through_the_layers({name: maps[image] for name, maps in with_maps.items()}, colormap=self.colormap)
-            self.sink.add_image(through_the_layers_tag(image), view, snapshot.step)
+            self.sink.add_image(layer_tag(THROUGH_THE_LAYERS, str(image)), view, snapshot.step)
 
     def _write_filmstrips(self, snapshot: Snapshot) -> None:
         for name, rows in snapshot.filmstrips.items():
-            self.sink.add_image(filmstrip_tag(name), filmstrip(rows), snapshot.step)
+            self.sink.add_image(layer_tag(FILMSTRIP, name), filmstrip(rows), snapshot.step)
 
     def _filmstrip_rows(self) -> dict[str, list[Any]]:
         rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}

@@ -153,4 +153,6 @@ def resolve_filmstrip_layers(requested: Optional[Sequence[str]], watched: Sequen
 
     if requested is None:
         return list(watched[:1])
-    return [name for name in watched if any(name == pattern or fnmatch.fnmatchcase(name, pattern) for pattern in requested)]
+    return [
+        name for name in watched if any(name == pattern or fnmatch.fnmatchcase(name, pattern) for pattern in requested)
+    ]

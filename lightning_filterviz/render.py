@@ -258,7 +258,8 @@ def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: np.ndarray)
     cells[:count, padding:, padding:] = tiles
     grid = cells.reshape(rows, columns, cell_height, cell_width, channels).transpose(0, 2, 1, 3, 4)
     image = _filled((rows * cell_height + padding, columns * cell_width + padding, channels), pad_value, tiles.dtype)
-    image[: rows * cell_height, : columns * cell_width] = grid.reshape(rows * cell_height, columns * cell_width, channels)
+    height, width = rows * cell_height, columns * cell_width
+    image[:height, :width] = grid.reshape(height, width, channels)
     return image
 
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(REPO / "examples"))
 LIGHTNING_PACKAGE = os.environ.get("FILTERVIZ_LIGHTNING", "lightning")
 if LIGHTNING_PACKAGE == "lightning":
     pl = importlib.import_module("lightning.pytorch")
-    from lightning_filterviz.lightning import FilterMonitor
+    from lightning_filterviz.lightning import FilterMonitor  # noqa: F401  (the tests import it from here)
 elif LIGHTNING_PACKAGE == "pytorch_lightning":
     pl = importlib.import_module("pytorch_lightning")
-    from lightning_filterviz.pl import FilterMonitor  # type: ignore[assignment]
+    from lightning_filterviz.pl import FilterMonitor  # type: ignore[assignment]  # noqa: F401
 else:
     raise ValueError(f"FILTERVIZ_LIGHTNING must be 'lightning' or 'pytorch_lightning', got {LIGHTNING_PACKAGE!r}")
 LightningModule = pl.LightningModule

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer

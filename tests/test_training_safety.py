@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
-import textwrap
 from collections import Counter
 from pathlib import Path
 
