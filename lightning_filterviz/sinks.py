@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import queue
+import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Union
@@ -43,6 +45,7 @@ class TensorBoardSink:
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
+        self._checked_file_writer: Any = None
 
     def add_image(self, tag: str, image: Image, step: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -52,6 +55,7 @@ class TensorBoardSink:
         self._add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._file_writer()
         self.writer.add_scalar(tag, value, global_step=step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
@@ -60,7 +64,15 @@ class TensorBoardSink:
         self._add_summary(text_pb(tag, text), step)
 
     def _add_summary(self, summary: Any, step: int) -> None:
-        self.writer._get_file_writer().add_summary(summary, step)
+        self._file_writer().add_summary(summary, step)
+
+    def _file_writer(self) -> Any:
+        # The writer opens a new file writer after close(); each one gets the C checksum.
+        file_writer = self.writer._get_file_writer()
+        if file_writer is not self._checked_file_writer:
+            self._checked_file_writer = file_writer
+            use_fast_checksums(file_writer)
+        return file_writer
 
     def flush(self) -> None:
         self.writer.flush()
@@ -101,6 +113,55 @@ class DirectorySink:
 
     def flush(self) -> None:
         """Files are closed after every write; nothing is buffered."""
+
+
+def use_fast_checksums(file_writer: Any) -> bool:
+    """Let a TensorBoard event file writer checksum its records in C.
+
+    Without TensorFlow installed, TensorBoard computes each record's CRC32C in pure
+    Python, about 8 MB/s: some 10 ms for one snapshot's images, all of it holding the
+    GIL that the training loop needs. ``google-crc32c`` computes the same checksum in C,
+    so the file's bytes are unchanged. Only a record writer of TensorBoard's own class is
+    touched; any other writer (tensorboardX, a future TensorBoard) is left as it is.
+
+    Args:
+        file_writer: what ``SummaryWriter._get_file_writer()`` returns.
+
+    Returns:
+        Whether the writer's records are now checksummed in C.
+    """
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    async_writer = getattr(getattr(file_writer, "event_writer", None), "_async_writer", None)
+    record_writer = getattr(async_writer, "_writer", None)
+    if type(record_writer) is not RecordWriter or _c_crc32c() is None:
+        return False
+    record_writer.write = functools.partial(_write_record, record_writer._writer)  # type: ignore[method-assign]
+    return True
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC32C of a TFRecord (the format of TensorBoard event files), computed in C."""
+    crc32c = _c_crc32c()
+    if crc32c is None:
+        raise RuntimeError("google-crc32c has no C implementation here; reinstall it: pip install google-crc32c")
+    crc = crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _write_record(file: Any, data: bytes) -> None:
+    # TFRecord framing: length (u64), its masked CRC (u32), the data, the data's masked CRC (u32).
+    header = struct.pack("<Q", len(data))
+    file.write(header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data)))
+
+
+@functools.lru_cache(maxsize=None)
+def _c_crc32c() -> Optional[Callable[[bytes], int]]:
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return google_crc32c.value if google_crc32c.implementation == "c" else None
 
 
 def encode_png(image: Image) -> bytes:

@@ -1,0 +1,87 @@
+"""TensorBoard writing: the C checksum gives the very bytes TensorBoard's own writer would."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+import numpy as np
+import pytest
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard import SummaryWriter
+
+from conftest import read_events
+from lightning_filterviz.render import IndexedImage
+from lightning_filterviz.sinks import TensorBoardSink, masked_crc32c, use_fast_checksums
+
+
+@pytest.mark.parametrize("size", [0, 1, 8, 12, 1000, 65_537])
+def test_masked_crc32c_equals_tensorboards(size):
+    data = os.urandom(size)
+    assert masked_crc32c(data) == tensorboard_masked_crc32c(data)
+
+
+def test_a_switched_record_writer_writes_the_same_bytes():
+    records = [b"", b"x", os.urandom(5000)]
+    plain_file, fast_file = io.BytesIO(), io.BytesIO()
+    plain, fast = RecordWriter(plain_file), RecordWriter(fast_file)
+
+    class FileWriterStandIn:  # the attribute path of torch's FileWriter to TensorBoard's record writer
+        class event_writer:
+            class _async_writer:
+                _writer = fast
+
+    assert use_fast_checksums(FileWriterStandIn())
+    for record in records:
+        plain.write(record)
+        fast.write(record)
+    assert fast_file.getvalue() == plain_file.getvalue()
+
+
+def test_an_unknown_writer_is_left_alone():
+    class Elsewhere:
+        pass
+
+    assert not use_fast_checksums(Elsewhere())
+
+
+def test_every_record_the_sink_writes_passes_tensorboards_checksum(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer)
+    image = IndexedImage(np.arange(64, dtype=np.uint8).reshape(8, 8), np.zeros((256, 3), dtype=np.uint8))
+    sink.add_image("filterviz/weights/conv", image, 3)
+    sink.add_scalar("filterviz/dead_fraction/conv", 0.25, 3)
+    writer.add_scalar("loss", 1.5, 3)  # the user's own scalar goes through the same, switched, writer
+    sink.add_text("filterviz/dead_filters", "| conv | 1 |", 3)
+    assert writer._get_file_writer().event_writer._async_writer._writer.write.func.__name__ == "_write_record"
+    writer.close()
+
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    data = event_file.read_bytes()
+    position, records = 0, 0
+    while position < len(data):
+        header = data[position : position + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[position + 8 : position + 12])
+        body = data[position + 12 : position + 12 + length]
+        (body_crc,) = struct.unpack("<I", data[position + 12 + length : position + 16 + length])
+        assert header_crc == tensorboard_masked_crc32c(header) and body_crc == tensorboard_masked_crc32c(body)
+        position += 16 + length
+        records += 1
+    assert position == len(data) and records == 5  # file version, image, two scalars, text
+    events = read_events(tmp_path)
+    assert events.images["filterviz/weights/conv"][3].shape == (8, 8, 3)
+    assert events.scalars["loss"] == {3: 1.5} and events.scalars["filterviz/dead_fraction/conv"] == {3: 0.25}
+
+
+def test_a_reopened_writer_gets_the_c_checksum_too(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer)
+    sink.add_scalar("filterviz/drift/conv", 0.5, 0)
+    writer.close()  # a later write opens a new file writer
+    sink.add_scalar("filterviz/drift/conv", 0.6, 1)
+    record_writer = writer._get_file_writer().event_writer._async_writer._writer
+    assert record_writer.write.func.__name__ == "_write_record"
+    writer.close()
