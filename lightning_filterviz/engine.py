@@ -35,7 +35,7 @@ from lightning_filterviz.responses import (
     response_grid,
     through_the_layers,
 )
-from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink
+from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink, write_scalars
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 from lightning_filterviz.tags import (
     ACTIVATIONS,
@@ -371,17 +371,10 @@ class FilterVisualizer:
             if self.log_activations and layer.maps is not None:
                 maps_image = activation_grid(layer.maps, marked, self.colormap)
                 self.sink.add_image(layer_tag(ACTIVATIONS, name), maps_image, step)
-            if name in dead:
-                self.sink.add_scalar(layer_tag(DEAD_FRACTION, name), len(dead[name]) / layer.out_channels, step)
-            if name in snapshot.dormant_filters:
-                dormant = len(snapshot.dormant_filters[name]) / layer.out_channels
-                self.sink.add_scalar(layer_tag(DORMANT_FRACTION, name), dormant, step)
             if name in snapshot.drift:
-                drift, norm_ratio = snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy()
-                self.sink.add_scalar(layer_tag(DRIFT, name), float(drift.mean()), step)
-                self.sink.add_scalar(layer_tag(WEIGHT_NORM_RATIO, name), float(norm_ratio.mean()), step)
-                strip = drift_strip(drift, norm_ratio, self.colormap)
+                strip = drift_strip(snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
                 self.sink.add_image(layer_tag(DRIFT_STRIP, name), strip, step)
+        write_scalars(self.sink, snapshot_scalars(snapshot), step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
@@ -535,6 +528,20 @@ def validate_settings(
 
     if colormap not in matplotlib.colormaps:
         raise ValueError(f"`colormap` must be a matplotlib colormap name such as 'viridis', got {colormap!r}.")
+
+
+def snapshot_scalars(snapshot: Snapshot) -> dict[str, float]:
+    """Every scalar one snapshot logs, by tag (computed in NumPy: this runs on the writer thread)."""
+    scalars: dict[str, float] = {}
+    for name, layer in snapshot.layers.items():
+        if name in snapshot.dead_filters:
+            scalars[layer_tag(DEAD_FRACTION, name)] = len(snapshot.dead_filters[name]) / layer.out_channels
+        if name in snapshot.dormant_filters:
+            scalars[layer_tag(DORMANT_FRACTION, name)] = len(snapshot.dormant_filters[name]) / layer.out_channels
+        if name in snapshot.drift:
+            scalars[layer_tag(DRIFT, name)] = float(snapshot.drift[name].numpy().mean())
+            scalars[layer_tag(WEIGHT_NORM_RATIO, name)] = float(snapshot.weight_norm_ratio[name].numpy().mean())
+    return scalars
 
 
 def as_sink(target: Any) -> Sink:

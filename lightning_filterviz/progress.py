@@ -31,10 +31,21 @@ def filter_drift(weight: Tensor, initial: Tensor) -> Tensor:
 
     A filter that is all zeros now or at the start has no direction; its drift is 1.
     """
-    now, start = weight.flatten(1).double(), initial.flatten(1).double()
-    norms = now.norm(dim=1) * start.norm(dim=1)
-    cosine = torch.where(norms > 0, (now * start).sum(dim=1) / norms.clamp_min(1e-300), torch.zeros_like(norms))
-    return (1.0 - cosine.clamp(-1.0, 1.0)).float()
+    return drift_and_norm_ratio(weight, initial)[0]
+
+
+def drift_and_norm_ratio(weight: Tensor, initial: Tensor) -> tuple[Tensor, Tensor]:
+    """Per filter: :func:`filter_drift`, and its L2 norm over the initial one (1 where that was 0)."""
+    now, start = weight.flatten(1).float(), initial.flatten(1).float()
+    now_norm = torch.linalg.vector_norm(now, dim=1)
+    start_norm = torch.linalg.vector_norm(start, dim=1)
+    # Three passes over the filters in float32 (dividing twice, so no product of norms overflows):
+    # this runs on the training thread at every snapshot.
+    directed = (now_norm > 0) & (start_norm > 0)
+    cosine = torch.linalg.vecdot(now, start) / torch.where(directed, now_norm, 1.0) / torch.where(directed, start_norm, 1.0)
+    drift = 1.0 - torch.where(directed, cosine.clamp(-1.0, 1.0), 0.0)
+    ratio = torch.where(start_norm > 0, now_norm / torch.where(start_norm > 0, start_norm, 1.0), 1.0)
+    return drift, ratio
 
 
 class ProgressTracker:
@@ -60,10 +71,7 @@ class ProgressTracker:
             initial = self._initial.get(name)
             if initial is None or initial.shape != layer.weight.shape:
                 initial = self._initial[name] = layer.weight.clone()
-            snapshot.drift[name] = filter_drift(layer.weight, initial)
-            initial_norm = initial.flatten(1).norm(dim=1)
-            norm = layer.weight.flatten(1).norm(dim=1)
-            snapshot.weight_norm_ratio[name] = torch.where(initial_norm > 0, norm / initial_norm, torch.ones_like(norm))
+            snapshot.drift[name], snapshot.weight_norm_ratio[name] = drift_and_norm_ratio(layer.weight, initial)
             if name in self.filmstrip_layers:
                 shown = displayed_filters(layer.weight.numpy(), layer.rgb)
                 unit = normalize_filters(shown, normalization, symmetric_ranges.get(name))
@@ -92,8 +100,10 @@ def history_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
     Keys: ``format``, ``step``, ``layers`` and, per layer, ``<layer>/filters`` (the drawn
     part of the first ``max_filters`` filters), ``<layer>/drift``, ``<layer>/weight_norm_ratio``,
     ``<layer>/out_channels`` and, where the conv has an activation, ``<layer>/channel_max``,
-    ``<layer>/channel_mean_abs``, ``<layer>/maps`` (first probe image, float16),
-    ``<layer>/dormant`` and (ReLU family) ``<layer>/dead``.
+    ``<layer>/channel_mean_abs``, ``<layer>/dormant``, (ReLU family) ``<layer>/dead`` and,
+    in the snapshots that draw the views (the first and every ``views_every``-th),
+    ``<layer>/maps`` (the first probe image's feature maps, float16): they are most of
+    a file's bytes, and the statistics are what a run's history is read for.
     """
     arrays: dict[str, np.ndarray] = {
         "format": np.array(HISTORY_FORMAT),
@@ -109,7 +119,8 @@ def history_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
         if layer.channel_max is not None and layer.channel_mean_abs is not None and layer.maps is not None:
             arrays[f"{name}/channel_max"] = layer.channel_max.numpy()
             arrays[f"{name}/channel_mean_abs"] = layer.channel_mean_abs.numpy()
-            arrays[f"{name}/maps"] = layer.maps[0].numpy().astype(np.float16)
+            if snapshot.draw_views:
+                arrays[f"{name}/maps"] = layer.maps[0].numpy().astype(np.float16)
         if name in snapshot.dormant_filters:
             arrays[f"{name}/dormant"] = np.array(snapshot.dormant_filters[name], dtype=np.int64)
         if name in snapshot.dead_filters:

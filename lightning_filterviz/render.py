@@ -82,8 +82,10 @@ def weight_grid(
     """
     weight = np.asarray(weight, dtype=np.float32)
     non_finite = _non_finite_indices(weight)
+    if non_finite:  # a copy only when there is something to replace: deep layers hold 100k+ values
+        weight = np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
     rgb = weight.shape[1] == 3 if rgb is None else rgb
-    shown = displayed_filters(np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0), rgb)
+    shown = displayed_filters(weight, rgb)
     unit = normalize_filters(shown, normalization, symmetric_range)
     kinds = frame_kinds(len(unit), marked, non_finite)
     if unit.shape[1] == 1:
@@ -189,7 +191,9 @@ def displayed_filters(weight: np.ndarray, rgb: bool) -> np.ndarray:
     """The part of each filter that is drawn: all 3 channels for RGB, else one grey slice."""
     if weight.shape[1] == 1 or (rgb and weight.shape[1] == 3):
         return weight
-    strongest = np.linalg.norm(weight.reshape(*weight.shape[:2], -1), axis=2).argmax(axis=1)
+    flat = weight.reshape(*weight.shape[:2], -1)
+    # The largest squared norm is the largest norm; einsum sums the squares without a temporary.
+    strongest = np.einsum("fcx,fcx->fc", flat, flat).argmax(axis=1)
     return weight[np.arange(len(weight)), strongest][:, None]
 
 

@@ -10,7 +10,7 @@ import queue
 import struct
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
 from lightning_filterviz.render import Image, IndexedImage
 from lightning_filterviz.tags import TAG_PREFIX
@@ -21,7 +21,11 @@ PNG_COMPRESSION = 1
 
 class Sink(Protocol):
     """What the engine writes to. Images are ``(H, W, 3)`` ``uint8`` arrays or
-    :class:`~lightning_filterviz.render.IndexedImage` (see :func:`encode_png`)."""
+    :class:`~lightning_filterviz.render.IndexedImage` (see :func:`encode_png`).
+
+    A sink may also have ``add_scalars(values: Mapping[str, float], step)``, which then
+    gets all of a snapshot's scalars at once (see :func:`write_scalars`).
+    """
 
     def add_image(self, tag: str, image: Image, step: int) -> None: ...
 
@@ -55,8 +59,15 @@ class TensorBoardSink:
         self._add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self._file_writer()
-        self.writer.add_scalar(tag, value, global_step=step)
+        self.add_scalars({tag: value}, step)
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Write scalars under their own tags, as one event (a summary holds any number of values)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # What SummaryWriter.add_scalar writes per tag, without its per-call tensor conversions.
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
+        self._add_summary(summary, step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         from tensorboard.plugins.text.summary_v2 import text_pb
@@ -99,13 +110,16 @@ class DirectorySink:
         path.write_bytes(encode_png(image))
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.add_scalars({tag: value}, step)
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> None:
         path = self.root / "scalars.csv"
         new_file = not path.exists()
         with path.open("a", newline="") as handle:
             writer = csv.writer(handle)
             if new_file:
                 writer.writerow(["step", "tag", "value"])
-            writer.writerow([step, tag, value])
+            writer.writerows([step, tag, value] for tag, value in values.items())
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         with (self.root / "text.md").open("a") as handle:
@@ -113,6 +127,18 @@ class DirectorySink:
 
     def flush(self) -> None:
         """Files are closed after every write; nothing is buffered."""
+
+
+def write_scalars(sink: Sink, values: Mapping[str, float], step: int) -> None:
+    """Hand ``values`` to ``sink.add_scalars`` at once where it has one, else one by one."""
+    if not values:
+        return
+    add_scalars = getattr(sink, "add_scalars", None)
+    if add_scalars is not None:
+        add_scalars(values, step)
+        return
+    for tag, value in values.items():
+        sink.add_scalar(tag, value, step)
 
 
 def use_fast_checksums(file_writer: Any) -> bool:

@@ -91,7 +91,10 @@ def test_history_npz_files_load_without_pickle_and_round_trip(tmp_path):
         layer = snapshot.layers["net.0"]
         np.testing.assert_array_equal(arrays["net.0/filters"], layer.weight.numpy())
         np.testing.assert_array_equal(arrays["net.0/channel_max"], layer.channel_max.numpy())
-        np.testing.assert_array_equal(arrays["net.0/maps"], layer.maps[0].numpy().astype(np.float16))
+        if snapshot.step == 0:  # views (and the maps with them) at the first snapshot, then every 10th
+            np.testing.assert_array_equal(arrays["net.0/maps"], layer.maps[0].numpy().astype(np.float16))
+        else:
+            assert "net.0/maps" not in arrays and "net.0/channel_max" in arrays
         np.testing.assert_array_equal(arrays["net.0/drift"], snapshot.drift["net.0"].numpy())
         assert arrays["net.3/dead"].tolist() == [2] and int(arrays["net.3/out_channels"]) == 8
 

@@ -8,11 +8,13 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import read_events
+from conftest import conv_bn_relu_stack, read_events
+from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.render import IndexedImage
 from lightning_filterviz.sinks import TensorBoardSink, masked_crc32c, use_fast_checksums
 
@@ -85,3 +87,41 @@ def test_a_reopened_writer_gets_the_c_checksum_too(tmp_path):
     record_writer = writer._get_file_writer().event_writer._async_writer._writer
     assert record_writer.write.func.__name__ == "_write_record"
     writer.close()
+
+
+class ScalarListSink:
+    """A user's own sink with only the four required methods (no add_scalars)."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, dict[int, float]] = {}
+
+    def add_image(self, tag, image, step) -> None:
+        pass
+
+    def add_scalar(self, tag, value, step) -> None:
+        self.scalars.setdefault(tag, {})[step] = value
+
+    def add_text(self, tag, text, step) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_sink_without_add_scalars_gets_the_same_scalars_one_by_one(tmp_path):
+    model = conv_bn_relu_stack()
+    with torch.no_grad():
+        model[0].bias[2] = -1e4  # a dead filter, so dead fractions are logged too
+    probe = torch.randn(4, 3, 10, 10)
+    own = ScalarListSink()
+    writer = SummaryWriter(str(tmp_path))
+    for visualizer in (FilterVisualizer(own, dead_patience=1), FilterVisualizer(writer, dead_patience=1)):
+        for step in range(2):
+            visualizer.snapshot(model, probe, step)
+        visualizer.flush()
+    writer.close()
+    scalars = read_events(tmp_path).scalars
+    assert "filterviz/dead_fraction/0" in own.scalars and "filterviz/drift/0" in own.scalars
+    assert set(own.scalars) == set(scalars)
+    for tag, by_step in own.scalars.items():
+        assert by_step == pytest.approx(scalars[tag])
