@@ -37,7 +37,7 @@ class Sink(Protocol):
 
 
 class TensorBoardSink:
-    """Writes to a TensorBoard ``SummaryWriter`` (``torch.utils.tensorboard`` or tensorboardX).
+    """Writes to a ``torch.utils.tensorboard.SummaryWriter``.
 
     Images and text are written as summaries under exactly the given tag (``add_text``
     would append ``/text_summary``), through the writer's event file writer, as
@@ -148,7 +148,7 @@ def use_fast_checksums(file_writer: Any) -> bool:
     Python, about 8 MB/s: some 10 ms for one snapshot's images, all of it holding the
     GIL that the training loop needs. ``google-crc32c`` computes the same checksum in C,
     so the file's bytes are unchanged. Only a record writer of TensorBoard's own class is
-    touched; any other writer (tensorboardX, a future TensorBoard) is left as it is.
+    touched; a writer of any other kind is left as it is.
 
     Args:
         file_writer: what ``SummaryWriter._get_file_writer()`` returns.
