@@ -129,9 +129,11 @@ def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], tr
         ratios.append(times[True] / times[False])
         with_times.append(times[True])
         without_times.append(times[False])
+    # The middle half of the pairs says how far the median can be trusted on a noisy machine.
+    lower, _, upper = statistics.quantiles(ratios, n=4)
     print(
-        f"   {label}: {statistics.median(ratios):.3f} "
-        f"(with {statistics.median(with_times):.2f} s, without {statistics.median(without_times):.2f} s, "
+        f"   {label}: {statistics.median(ratios):.3f} (middle half {lower:.3f}..{upper:.3f}; "
+        f"with {statistics.median(with_times):.2f} s, without {statistics.median(without_times):.2f} s, "
         f"ratios {', '.join(f'{ratio:.3f}' for ratio in ratios)})"
     )
 
