@@ -372,7 +372,8 @@ class FilterVisualizer:
                 maps_image = activation_grid(layer.maps, marked, self.colormap)
                 self.sink.add_image(layer_tag(ACTIVATIONS, name), maps_image, step)
             if name in snapshot.drift:
-                strip = drift_strip(snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
+                drift, norm_ratio = snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy()
+                strip = drift_strip(drift, norm_ratio, self.colormap)
                 self.sink.add_image(layer_tag(DRIFT_STRIP, name), strip, step)
         write_scalars(self.sink, snapshot_scalars(snapshot), step)
         if dead:

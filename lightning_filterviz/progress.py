@@ -42,7 +42,8 @@ def drift_and_norm_ratio(weight: Tensor, initial: Tensor) -> tuple[Tensor, Tenso
     # Three passes over the filters in float32 (dividing twice, so no product of norms overflows):
     # this runs on the training thread at every snapshot.
     directed = (now_norm > 0) & (start_norm > 0)
-    cosine = torch.linalg.vecdot(now, start) / torch.where(directed, now_norm, 1.0) / torch.where(directed, start_norm, 1.0)
+    dot = torch.linalg.vecdot(now, start)
+    cosine = dot / torch.where(directed, now_norm, 1.0) / torch.where(directed, start_norm, 1.0)
     drift = 1.0 - torch.where(directed, cosine.clamp(-1.0, 1.0), 0.0)
     ratio = torch.where(start_norm > 0, now_norm / torch.where(start_norm > 0, start_norm, 1.0), 1.0)
     return drift, ratio
