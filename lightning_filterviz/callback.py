@@ -95,8 +95,9 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
             not for compiled models.
         filmstrip_layers: layers (names or patterns) that get a filmstrip, one row of
             filters per snapshot in one image; ``None``: the first conv; ``[]``: none.
-        views_every: write the filmstrip, peak-patch and through-the-layers images at the
-            first snapshot and every this many snapshots (the filmstrip also at the end).
+        views_every: write the drift-strip, filmstrip, peak-patch and through-the-layers
+            images at the first snapshot and every this many snapshots (the drift strips
+            and filmstrip also at the end).
         response_layers: layers (names or patterns) whose filters are drawn beside the probe
             patch where each peaks (``filterviz/responses/<layer>``); ``None``: the first
             conv; ``[]``: none. Receptive fields are measured once, by gradient.

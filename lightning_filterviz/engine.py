@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lightning_filterviz.capture import ForwardFn, Snapshot, capture_snapshot, track_training_batch
 from lightning_filterviz.discovery import ConvLayer, select_conv_layers
 from lightning_filterviz.probe import BatchKey, model_input, to_device
+from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
 from lightning_filterviz.render import (
     WEIGHT_NORMALIZATIONS,
     WeightNormalization,
@@ -27,7 +28,6 @@ from lightning_filterviz.render import (
     probe_image_grid,
     weight_grid,
 )
-from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
 from lightning_filterviz.responses import (
     ReceptiveField,
     peak_patches,
@@ -77,7 +77,9 @@ class FilterVisualizer:
     - ``filterviz/layers``: each watched conv and the activation it maps to (text, once),
     - ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>``: how far the
       filters turned from their initial direction (mean cosine distance) and how their
-      norm changed (scalars), with ``filterviz/drift_strip/<layer>`` per filter (image),
+      norm changed (scalars),
+    - ``filterviz/drift_strip/<layer>``: the same per filter (image; with the views below,
+      and for the latest snapshot at :meth:`finish`),
     - ``filterviz/filmstrip/<layer>``: the filters at every snapshot so far, one row per
       snapshot (image; the first conv by default),
     - ``filterviz/responses/<layer>``: each drawn filter beside the patch of the probe
@@ -113,9 +115,10 @@ class FilterVisualizer:
         colormap: matplotlib colormap for the feature maps.
         filmstrip_layers: layers (names or fnmatch patterns) that get a filmstrip; ``None``:
             the first watched conv; ``[]``: none.
-        views_every: write the filmstrip, peak-patch and through-the-layers images at the
-            first snapshot and every this many snapshots (the filmstrip also at
-            :meth:`finish`): they cost more than the rest, and the filmstrip grows.
+        views_every: write the drift-strip, filmstrip, peak-patch and through-the-layers
+            images at the first snapshot and every this many snapshots (the drift strips
+            and filmstrip also at :meth:`finish`): they cost more than the rest, and the
+            filmstrip grows.
         response_layers: layers (names or fnmatch patterns) whose filters are drawn beside
             the probe patch where they peak; ``None``: the first watched conv; ``[]``: none.
             Their receptive fields are measured once, by gradient, at the first snapshot.
@@ -197,6 +200,7 @@ class FilterVisualizer:
         self.history_dir = history_dir
         self.progress = ProgressTracker()
         self._snapshot_count = 0
+        self._undrawn_drift: Optional[Snapshot] = None
         self.response_layers = list(response_layers) if response_layers is not None else None
         self._response_layers: list[str] = []
         self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
@@ -295,6 +299,8 @@ class FilterVisualizer:
             snapshot.filmstrips = self._filmstrip_rows()
             snapshot.draw_views = True
             self._attach_receptive_fields(snapshot, model, inputs, layers)
+        # Kept (drift only, no maps) so that finish() can draw the last snapshot's drift strips.
+        self._undrawn_drift = None if draw_views else _drift_of(snapshot)
         self._describe_once(snapshot)
         self._warn_on_dying_layers(snapshot)
         if publish:
@@ -331,14 +337,15 @@ class FilterVisualizer:
             self._writer.submit(lambda: self._render_and_write(snapshot))
 
     def finish(self, step: int) -> None:
-        """Write the filmstrips as they stand at ``step`` (the end of training), then flush."""
-        rows = self._filmstrip_rows()
-        if rows and self._publishing:
-            ending = Snapshot(step=step, filmstrips=rows)
+        """Write the filmstrips as they stand at ``step`` (the end of training) and the drift
+        strips of the latest snapshot, when it did not draw them; then flush."""
+        ending = Snapshot(step=step, filmstrips=self._filmstrip_rows())
+        latest_drift, self._undrawn_drift = self._undrawn_drift, None
+        if (ending.filmstrips or latest_drift is not None) and self._publishing:
             if self._writer is None:
-                self._write_filmstrips(ending)
+                self._write_ending(ending, latest_drift)
             else:
-                self._writer.submit(lambda: self._write_filmstrips(ending))
+                self._writer.submit(lambda: self._write_ending(ending, latest_drift))
         self.flush()
 
     def flush(self) -> None:
@@ -371,15 +378,13 @@ class FilterVisualizer:
             if self.log_activations and layer.maps is not None:
                 maps_image = activation_grid(layer.maps, marked, self.colormap)
                 self.sink.add_image(layer_tag(ACTIVATIONS, name), maps_image, step)
-            if name in snapshot.drift:
-                drift, norm_ratio = snapshot.drift[name].numpy(), snapshot.weight_norm_ratio[name].numpy()
-                strip = drift_strip(drift, norm_ratio, self.colormap)
-                self.sink.add_image(layer_tag(DRIFT_STRIP, name), strip, step)
         write_scalars(self.sink, snapshot_scalars(snapshot), step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
         self._write_filmstrips(snapshot)
+        if snapshot.draw_views:
+            self._write_drift_strips(snapshot)
         self._write_responses(snapshot)
         if self.history_dir is not None:
             HistoryWriter(self.history_dir).write(snapshot)
@@ -416,6 +421,16 @@ class FilterVisualizer:
         for image in range(min(len(maps) for maps in with_maps.values())):
             view = through_the_layers({name: maps[image] for name, maps in with_maps.items()}, colormap=self.colormap)
             self.sink.add_image(layer_tag(THROUGH_THE_LAYERS, str(image)), view, snapshot.step)
+
+    def _write_drift_strips(self, snapshot: Snapshot) -> None:
+        for name, drift in snapshot.drift.items():
+            strip = drift_strip(drift.numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
+            self.sink.add_image(layer_tag(DRIFT_STRIP, name), strip, snapshot.step)
+
+    def _write_ending(self, ending: Snapshot, latest_drift: Optional[Snapshot]) -> None:
+        self._write_filmstrips(ending)
+        if latest_drift is not None:
+            self._write_drift_strips(latest_drift)
 
     def _write_filmstrips(self, snapshot: Snapshot) -> None:
         for name, rows in snapshot.filmstrips.items():
@@ -558,6 +573,12 @@ def as_sink(target: Any) -> Sink:
         f"Cannot log to a {type(target).__name__}: pass a SummaryWriter, a directory path, "
         "or an object with add_image, add_scalar, add_text and flush."
     )
+
+
+def _drift_of(snapshot: Snapshot) -> Optional[Snapshot]:
+    if not snapshot.drift:
+        return None
+    return Snapshot(step=snapshot.step, drift=dict(snapshot.drift), weight_norm_ratio=dict(snapshot.weight_norm_ratio))
 
 
 def _looks_like_images(inputs: Tensor) -> bool:

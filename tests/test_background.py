@@ -30,17 +30,21 @@ def test_background_images_equal_synchronous_images(tmp_path):
     with torch.no_grad():
         model.conv2.bias[3] = -1e4
     reference = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    snapshots(FilterVisualizer(str(tmp_path / "sync"), dead_patience=1), model)
+    synchronous = FilterVisualizer(str(tmp_path / "sync"), dead_patience=1)
+    snapshots(synchronous, model)
+    synchronous.finish(3)
     model.load_state_dict(reference)
     background = FilterVisualizer(str(tmp_path / "background"), dead_patience=1, background=True)
     snapshots(background, model)
+    background.finish(3)
     background.close()
 
     sync_files = sorted(path.relative_to(tmp_path / "sync") for path in (tmp_path / "sync").rglob("*.png"))
     background_files = sorted(path.relative_to(tmp_path / "background") for path in (tmp_path / "background").rglob("*.png"))
-    # Per snapshot: weights, activations and drift strips of 2 convs; at the first: the
-    # probe, the first conv's peak patches and filmstrip, 2 probe images through the layers.
-    assert sync_files == background_files and len(sync_files) == 3 * 3 * 2 + 1 + 1 + 1 + 2
+    # Per snapshot: weights and activations of 2 convs; at the first: their drift strips,
+    # the probe, the first conv's peak patches and filmstrip, 2 probe images through the
+    # layers; at the end: the filmstrip and the last snapshot's drift strips.
+    assert sync_files == background_files and len(sync_files) == 3 * 2 * 2 + 2 + 1 + 1 + 1 + 2 + 1 + 2
     for relative in sync_files:
         assert (tmp_path / "sync" / relative).read_bytes() == (tmp_path / "background" / relative).read_bytes()
     assert (tmp_path / "sync/scalars.csv").read_text() == (tmp_path / "background/scalars.csv").read_text()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.progress import HISTORY_FORMAT, filter_drift, load_history
-from lightning_filterviz.render import FILMSTRIP_TILE_PIXELS, filmstrip
+from lightning_filterviz.render import FILMSTRIP_TILE_PIXELS, drift_strip, filmstrip
 
 
 def test_drift_of_an_unchanged_filter_is_zero_and_of_a_negated_one_is_two():
@@ -39,6 +40,32 @@ def test_drift_and_norm_through_the_engine(tmp_path):
     assert snapshot.drift["3"].abs().max().item() == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_drift_strips_come_with_the_views_and_for_the_last_snapshot(tmp_path, background):
+    model = conv_bn_relu_stack()
+    visualizer = FilterVisualizer(str(tmp_path), views_every=3, background=background)
+    probe = torch.randn(2, 3, 8, 8)
+    snapshots = []
+    for step in range(4):  # views at the first and the third snapshot
+        with torch.no_grad():
+            model[0].weight.mul_(-1.0 if step == 3 else 1.5)
+        snapshots.append(visualizer.snapshot(model, probe, step * 10))
+    visualizer.finish(35)
+    visualizer.close()
+
+    folder = tmp_path / "drift_strip" / "0"
+    assert sorted(path.name for path in folder.iterdir()) == [f"step_{step:08d}.png" for step in (0, 20, 30)]
+    last = snapshots[-1]
+    expected = drift_strip(last.drift["0"].numpy(), last.weight_norm_ratio["0"].numpy()).to_rgb()
+    drawn = np.asarray(Image.open(folder / "step_00000030.png").convert("RGB"))
+    np.testing.assert_array_equal(drawn, expected)
+    assert last.drift["0"].min().item() == pytest.approx(2.0, abs=1e-5)  # negated: the strip is not trivial
+
+    visualizer.finish(40)  # a second end adds nothing new
+    visualizer.close()
+    assert len(list(folder.iterdir())) == 3
+
+
 def test_filmstrip_has_one_row_per_snapshot():
     rows = [np.full((5, 3, 3, 3), value, dtype=np.uint8) for value in (0, 100, 200)]
     image = filmstrip(rows)
@@ -64,7 +91,8 @@ def test_filmstrip_in_tensorboard_grows_with_the_run(tmp_path):
     assert "filterviz/filmstrip/net.3" not in events.images  # only the first conv by default
     for step in range(5):
         assert step in events.scalars["filterviz/drift/net.0"]
-        assert step in events.images["filterviz/drift_strip/net.0"]
+    # Drift strips come with the views, and the end adds those of the last snapshot (step 4).
+    assert sorted(events.images["filterviz/drift_strip/net.0"]) == [0, 1, 3, 4]
     assert events.scalars["filterviz/drift/net.0"][0] == pytest.approx(0.0, abs=1e-6)
     assert events.scalars["filterviz/drift/net.0"][4] > 0.0
 
