@@ -23,6 +23,7 @@ from lightning_filterviz.render import (
     WeightNormalization,
     activation_grid,
     dead_filter_table,
+    displayed_filters,
     drift_strip,
     filmstrip,
     probe_image_grid,
@@ -369,11 +370,13 @@ class FilterVisualizer:
             self.sink.add_image(PROBE_TAG, probe_image_grid(snapshot.probe_images), step)
         if snapshot.layer_table is not None:
             self.sink.add_text(LAYERS_TAG, snapshot.layer_table, step)
+        # The drawn part of each filter, found once for the grid and the history.
+        drawn = {name: displayed_filters(layer.weight.numpy(), layer.rgb) for name, layer in snapshot.layers.items()}
         for name, layer in snapshot.layers.items():
             marked = dead.get(name, [])
             if self.log_weights:
                 symmetric_range = snapshot.symmetric_ranges.get(name)
-                image = weight_grid(layer.weight, self.weight_normalization, symmetric_range, marked, layer.rgb)
+                image = weight_grid(drawn[name], self.weight_normalization, symmetric_range, marked, layer.rgb)
                 self.sink.add_image(layer_tag(WEIGHTS, name), image, step)
             if self.log_activations and layer.maps is not None:
                 maps_image = activation_grid(layer.maps, marked, self.colormap)
@@ -387,7 +390,7 @@ class FilterVisualizer:
             self._write_drift_strips(snapshot)
         self._write_responses(snapshot)
         if self.history_dir is not None:
-            HistoryWriter(self.history_dir).write(snapshot)
+            HistoryWriter(self.history_dir).write(snapshot, drawn)
         self.sink.flush()
 
     def _attach_receptive_fields(self, snapshot: Snapshot, model: nn.Module, inputs: Any, layers: list) -> None:

@@ -11,9 +11,10 @@ another thread), and everything it keeps across snapshots is capped by ``max_fil
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -95,8 +96,11 @@ class ProgressTracker:
         }
 
 
-def history_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
+def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
     """One snapshot as plain arrays for an NPZ file (no objects, so ``allow_pickle=False`` loads it).
+
+    ``drawn`` may give, per layer, what :func:`displayed_filters` returns for its filters,
+    when it was already computed to draw them.
 
     Keys: ``format``, ``step``, ``layers`` and, per layer, ``<layer>/filters`` (the drawn
     part of the first ``max_filters`` filters), ``<layer>/drift``, ``<layer>/weight_norm_ratio``,
@@ -111,8 +115,10 @@ def history_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
         "step": np.array(snapshot.step, dtype=np.int64),
         "layers": np.array(list(snapshot.layers), dtype=np.str_),
     }
+    drawn = drawn or {}
     for name, layer in snapshot.layers.items():
-        arrays[f"{name}/filters"] = displayed_filters(layer.weight.numpy(), layer.rgb).astype(np.float32)
+        filters = drawn[name] if name in drawn else displayed_filters(layer.weight.numpy(), layer.rgb)
+        arrays[f"{name}/filters"] = np.asarray(filters, dtype=np.float32)
         arrays[f"{name}/out_channels"] = np.array(layer.out_channels, dtype=np.int64)
         if name in snapshot.drift:
             arrays[f"{name}/drift"] = snapshot.drift[name].numpy()
@@ -132,6 +138,9 @@ def history_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
 class HistoryWriter:
     """Saves each snapshot as ``<directory>/step_<step>.npz``.
 
+    A file appears whole or not at all: it is built in memory (one write instead of a seek
+    per array) and renamed into place, so a reader never sees half of one.
+
     Args:
         directory: created when missing.
     """
@@ -139,10 +148,15 @@ class HistoryWriter:
     def __init__(self, directory: Union[str, os.PathLike]) -> None:
         self.directory = Path(directory)
 
-    def write(self, snapshot: Snapshot) -> Path:
+    def write(self, snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+        """Save one snapshot; ``drawn`` as in :func:`history_arrays`."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step_{snapshot.step:08d}.npz"
-        np.savez(path, **history_arrays(snapshot))
+        buffer = io.BytesIO()
+        np.savez(buffer, **history_arrays(snapshot, drawn))
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(buffer.getbuffer())
+        os.replace(partial, path)
         return path
 
 

@@ -66,7 +66,8 @@ def weight_grid(
     a mean over input channels cancels patterns of opposite sign.
 
     Args:
-        weight: ``(F, C_in, kH, kW)`` filters (a CPU tensor or an array).
+        weight: ``(F, C_in, kH, kW)`` filters (a CPU tensor or an array), or what
+            :func:`displayed_filters` returns for them.
         normalization: ``"filter"`` maps each filter's own min..max to 0..1; ``"layer"``
             uses the min..max over all drawn filters; ``"symmetric"`` maps
             ``-symmetric_range..symmetric_range`` to 0..1, a fixed range that shows growth
@@ -81,11 +82,14 @@ def weight_grid(
         grey palette for the others.
     """
     weight = np.asarray(weight, dtype=np.float32)
-    non_finite = _non_finite_indices(weight)
-    if non_finite:  # a copy only when there is something to replace: deep layers hold 100k+ values
-        weight = np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
     rgb = weight.shape[1] == 3 if rgb is None else rgb
+    # The drawn slice of a filter holding NaN or Inf holds one too (see displayed_filters),
+    # so the drawn part alone says which filters are not finite, and the output of
+    # displayed_filters may be passed in instead of the whole weight.
     shown = displayed_filters(weight, rgb)
+    non_finite = _non_finite_indices(shown)
+    if non_finite:  # a copy only when there is something to replace
+        shown = np.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0)
     unit = normalize_filters(shown, normalization, symmetric_range)
     kinds = frame_kinds(len(unit), marked, non_finite)
     if unit.shape[1] == 1:
@@ -188,12 +192,24 @@ def drift_strip(drift: Any, norm_ratio: Any, colormap: str = "viridis") -> Index
 
 
 def displayed_filters(weight: np.ndarray, rgb: bool) -> np.ndarray:
-    """The part of each filter that is drawn: all 3 channels for RGB, else one grey slice."""
+    """The part of each filter that is drawn: all 3 channels for RGB, else one grey slice.
+
+    The grey slice is the input channel with the largest L2 norm; a slice holding NaN or
+    Inf is taken before any finite one, so that the drawn part shows the filter is broken.
+    The result is its own fixed point: ``displayed_filters(displayed_filters(w, rgb), rgb)``
+    is the same array.
+    """
     if weight.shape[1] == 1 or (rgb and weight.shape[1] == 3):
         return weight
     flat = weight.reshape(*weight.shape[:2], -1)
     # The largest squared norm is the largest norm; einsum sums the squares without a temporary.
-    strongest = np.einsum("fcx,fcx->fc", flat, flat).argmax(axis=1)
+    strength = np.einsum("fcx,fcx->fc", flat, flat)
+    broken = _non_finite_indices(flat)
+    if broken:  # rare, so the per-slice check runs on the broken filters only
+        # A finite slice whose squares overflow stays below a non-finite one.
+        np.minimum(strength, np.finfo(strength.dtype).max, out=strength)
+        strength[broken] = np.where(np.isfinite(flat[broken]).all(axis=2), strength[broken], np.inf)
+    strongest = strength.argmax(axis=1)
     return weight[np.arange(len(weight)), strongest][:, None]
 
 

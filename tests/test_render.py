@@ -18,6 +18,7 @@ from lightning_filterviz.render import (
     IndexedImage,
     NON_FINITE_COLOUR,
     activation_grid,
+    displayed_filters,
     tile_origin,
     weight_grid,
 )
@@ -160,6 +161,23 @@ def test_non_finite_weights_render_without_error(bad):
     assert np.array_equal(image[top - FRAME_PIXELS, left], MAGENTA)
     top, left = tile_origin(1, 24, 24, nrow=2)
     assert np.array_equal(image[top - FRAME_PIXELS, left], GREY)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_value_in_a_weak_input_channel_still_marks_the_filter(bad):
+    weight = torch.randn(3, 5, 3, 3)
+    weight[0, 1] = 1e20  # squares overflow to Inf, yet the channel is finite
+    weight[0, 3, 1, 1] = bad  # the broken channel is not the strongest finite one
+    weight[1, 2] *= 10.0
+    shown = displayed_filters(weight.numpy(), rgb=False)
+    assert shown.shape == (3, 1, 3, 3)
+    assert not np.isfinite(shown[0]).all() and np.array_equal(shown[1, 0], weight[1, 2].numpy())
+    assert displayed_filters(shown, rgb=False) is shown  # drawing the drawn part draws the same
+    image = weight_grid(weight)
+    assert np.array_equal(image.to_rgb(), weight_grid(shown, rgb=False).to_rgb())
+    for index, frame in enumerate((MAGENTA, GREY, GREY)):
+        top, left = tile_origin(index, 24, 24, nrow=2)
+        assert np.array_equal(image.to_rgb()[top - FRAME_PIXELS, left], frame)
 
 
 def test_grouped_and_depthwise_convs_are_drawn_in_grey_not_rgb(tmp_path):
