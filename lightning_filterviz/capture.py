@@ -233,4 +233,6 @@ def _reduce_maps(activation: Tensor, max_images: int, max_channels: int, max_siz
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:
+    if not torch.cuda.is_initialized():  # no CUDA tensor can exist yet: skip the walk over parameters
+        return []
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})

@@ -116,16 +116,29 @@ def activation_grid(maps: Any, marked: Sequence[int] = (), colormap: str = "viri
         An :class:`IndexedImage`; ``.to_rgb()`` gives the ``(H, W, 3)`` ``uint8`` pixels.
     """
     maps = np.asarray(maps, dtype=np.float32)
-    non_finite = _non_finite_indices(maps.transpose(1, 0, 2, 3))
-    maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    non_finite = np.flatnonzero(~np.isfinite(maps).all(axis=(0, 2, 3))).tolist()
+    if non_finite:  # a copy only when there is something to replace
+        maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
     images, channels = maps.shape[:2]
-    unit = _scale_to_unit(maps, maps.min(), maps.max())
-    levels = np.rint(unit * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+    levels = _colormap_indices(maps, maps.min(), maps.max())
     kinds = frame_kinds(channels, marked, non_finite)
     panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
     grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
     return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
+
+
+def _colormap_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``low..high`` to colormap levels ``0..COLORMAP_LEVELS - 1`` (all 0 when the range is empty)."""
+    span = float(high) - float(low)
+    if not span > 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    # One temporary, scaled and rounded in place: feature maps are the largest arrays drawn.
+    scaled = np.subtract(values, np.float32(low), dtype=np.float32)
+    scaled *= np.float32((COLORMAP_LEVELS - 1) / span)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, COLORMAP_LEVELS - 1, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def _indexed_grid(levels: np.ndarray, kinds: np.ndarray, min_pixels: int) -> np.ndarray:
