@@ -20,6 +20,7 @@ from lightning_filterviz.probe import BatchKey, model_input, to_device
 from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
 from lightning_filterviz.render import (
     WEIGHT_NORMALIZATIONS,
+    Image,
     WeightNormalization,
     activation_grid,
     dead_filter_table,
@@ -36,7 +37,14 @@ from lightning_filterviz.responses import (
     response_grid,
     through_the_layers,
 )
-from lightning_filterviz.sinks import BackgroundWriter, DirectorySink, Sink, TensorBoardSink, write_scalars
+from lightning_filterviz.sinks import (
+    BackgroundWriter,
+    DirectorySink,
+    Sink,
+    TensorBoardSink,
+    write_images,
+    write_scalars,
+)
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 from lightning_filterviz.tags import (
     ACTIVATIONS,
@@ -366,29 +374,30 @@ class FilterVisualizer:
     def _render_and_write(self, snapshot: Snapshot) -> None:
         step = snapshot.step
         dead = snapshot.dead_filters
-        if snapshot.probe_images is not None:
-            self.sink.add_image(PROBE_TAG, probe_image_grid(snapshot.probe_images), step)
-        if snapshot.layer_table is not None:
-            self.sink.add_text(LAYERS_TAG, snapshot.layer_table, step)
         # The drawn part of each filter, found once for the grid and the history.
         drawn = {name: displayed_filters(layer.weight.numpy(), layer.rgb) for name, layer in snapshot.layers.items()}
+        images: dict[str, Image] = {}
+        if snapshot.probe_images is not None:
+            images[PROBE_TAG] = probe_image_grid(snapshot.probe_images)
         for name, layer in snapshot.layers.items():
             marked = dead.get(name, [])
             if self.log_weights:
                 symmetric_range = snapshot.symmetric_ranges.get(name)
                 image = weight_grid(drawn[name], self.weight_normalization, symmetric_range, marked, layer.rgb)
-                self.sink.add_image(layer_tag(WEIGHTS, name), image, step)
+                images[layer_tag(WEIGHTS, name)] = image
             if self.log_activations and layer.maps is not None:
-                maps_image = activation_grid(layer.maps, marked, self.colormap)
-                self.sink.add_image(layer_tag(ACTIVATIONS, name), maps_image, step)
+                images[layer_tag(ACTIVATIONS, name)] = activation_grid(layer.maps, marked, self.colormap)
+        images.update(self._filmstrip_images(snapshot))
+        if snapshot.draw_views:
+            images.update(self._drift_strip_images(snapshot))
+        images.update(self._response_images(snapshot))
+        write_images(self.sink, images, step)
         write_scalars(self.sink, snapshot_scalars(snapshot), step)
+        if snapshot.layer_table is not None:
+            self.sink.add_text(LAYERS_TAG, snapshot.layer_table, step)
         if dead:
             out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
             self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
-        self._write_filmstrips(snapshot)
-        if snapshot.draw_views:
-            self._write_drift_strips(snapshot)
-        self._write_responses(snapshot)
         if self.history_dir is not None:
             HistoryWriter(self.history_dir).write(snapshot, drawn)
         self.sink.flush()
@@ -412,32 +421,33 @@ class FilterVisualizer:
         if snapshot.receptive_fields:
             snapshot.probe_inputs = inputs.detach().float().cpu()
 
-    def _write_responses(self, snapshot: Snapshot) -> None:
+    def _response_images(self, snapshot: Snapshot) -> dict[str, Image]:
+        images: dict[str, Image] = {}
         for name, field in snapshot.receptive_fields.items():
             layer = snapshot.layers[name]
             patches = peak_patches(snapshot.probe_inputs, layer.peak_index, layer.output_hw, field)
-            image = response_grid(layer.weight, layer.rgb, patches)
-            self.sink.add_image(layer_tag(RESPONSES, name), image, snapshot.step)
+            images[layer_tag(RESPONSES, name)] = response_grid(layer.weight, layer.rgb, patches)
         with_maps = {name: layer.maps for name, layer in snapshot.layers.items() if layer.maps is not None}
         if not with_maps or not snapshot.draw_views:
-            return
+            return images
         for image in range(min(len(maps) for maps in with_maps.values())):
             view = through_the_layers({name: maps[image] for name, maps in with_maps.items()}, colormap=self.colormap)
-            self.sink.add_image(layer_tag(THROUGH_THE_LAYERS, str(image)), view, snapshot.step)
+            images[layer_tag(THROUGH_THE_LAYERS, str(image))] = view
+        return images
 
-    def _write_drift_strips(self, snapshot: Snapshot) -> None:
-        for name, drift in snapshot.drift.items():
-            strip = drift_strip(drift.numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
-            self.sink.add_image(layer_tag(DRIFT_STRIP, name), strip, snapshot.step)
+    def _drift_strip_images(self, snapshot: Snapshot) -> dict[str, Image]:
+        return {
+            layer_tag(DRIFT_STRIP, name): drift_strip(drift.numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
+            for name, drift in snapshot.drift.items()
+        }
+
+    def _filmstrip_images(self, snapshot: Snapshot) -> dict[str, Image]:
+        return {layer_tag(FILMSTRIP, name): filmstrip(rows) for name, rows in snapshot.filmstrips.items()}
 
     def _write_ending(self, ending: Snapshot, latest_drift: Optional[Snapshot]) -> None:
-        self._write_filmstrips(ending)
+        write_images(self.sink, self._filmstrip_images(ending), ending.step)
         if latest_drift is not None:
-            self._write_drift_strips(latest_drift)
-
-    def _write_filmstrips(self, snapshot: Snapshot) -> None:
-        for name, rows in snapshot.filmstrips.items():
-            self.sink.add_image(layer_tag(FILMSTRIP, name), filmstrip(rows), snapshot.step)
+            write_images(self.sink, self._drift_strip_images(latest_drift), latest_drift.step)
 
     def _filmstrip_rows(self) -> dict[str, list[Any]]:
         rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}

@@ -23,8 +23,9 @@ class Sink(Protocol):
     """What the engine writes to. Images are ``(H, W, 3)`` ``uint8`` arrays or
     :class:`~lightning_filterviz.render.IndexedImage` (see :func:`encode_png`).
 
-    A sink may also have ``add_scalars(values: Mapping[str, float], step)``, which then
-    gets all of a snapshot's scalars at once (see :func:`write_scalars`).
+    A sink may also have ``add_scalars(values: Mapping[str, float], step)`` and
+    ``add_image_group(images: Mapping[str, Image], step)``, which then get all of a
+    snapshot's scalars, or images, at once (see :func:`write_scalars` and :func:`write_images`).
     """
 
     def add_image(self, tag: str, image: Image, step: int) -> None: ...
@@ -52,11 +53,15 @@ class TensorBoardSink:
         self._checked_file_writer: Any = None
 
     def add_image(self, tag: str, image: Image, step: int) -> None:
+        self.add_image_group({tag: image}, step)
+
+    def add_image_group(self, images: Mapping[str, Image], step: int) -> None:
+        """Write images under their own tags, as one event: a summary holds any number of
+        values, and each event costs a record, a checksum and a hand-over to the writer thread."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        height, width = image.indices.shape if isinstance(image, IndexedImage) else image.shape[:2]
-        encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(image))
-        self._add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
+        if images:
+            self._add_summary(Summary(value=[_image_value(tag, image) for tag, image in images.items()]), step)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.add_scalars({tag: value}, step)
@@ -87,6 +92,14 @@ class TensorBoardSink:
 
     def flush(self) -> None:
         self.writer.flush()
+
+
+def _image_value(tag: str, image: Image) -> Any:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    height, width = image.indices.shape if isinstance(image, IndexedImage) else image.shape[:2]
+    encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(image))
+    return Summary.Value(tag=tag, image=encoded)
 
 
 class DirectorySink:
@@ -127,6 +140,18 @@ class DirectorySink:
 
     def flush(self) -> None:
         """Files are closed after every write; nothing is buffered."""
+
+
+def write_images(sink: Sink, images: Mapping[str, Image], step: int) -> None:
+    """Hand ``images`` to ``sink.add_image_group`` at once where it has one, else one by one."""
+    if not images:
+        return
+    add_image_group = getattr(sink, "add_image_group", None)
+    if add_image_group is not None:
+        add_image_group(images, step)
+        return
+    for tag, image in images.items():
+        sink.add_image(tag, image, step)
 
 
 def write_scalars(sink: Sink, values: Mapping[str, float], step: int) -> None:
@@ -196,7 +221,7 @@ def encode_png(image: Image) -> bytes:
 
     if isinstance(image, IndexedImage):
         picture = PILImage.fromarray(image.indices)
-        picture.putpalette(image.palette.flatten().tolist())  # an "L" image with a palette becomes "P"
+        picture.putpalette(image.palette.tobytes(), "RGB")  # an "L" image with a palette becomes "P"
     else:
         picture = PILImage.fromarray(image)
     buffer = io.BytesIO()

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 
@@ -89,14 +91,15 @@ def test_a_reopened_writer_gets_the_c_checksum_too(tmp_path):
     writer.close()
 
 
-class ScalarListSink:
-    """A user's own sink with only the four required methods (no add_scalars)."""
+class PlainSink:
+    """A user's own sink with only the four required methods (no add_scalars, no add_image_group)."""
 
     def __init__(self) -> None:
         self.scalars: dict[str, dict[int, float]] = {}
+        self.images: dict[str, dict[int, np.ndarray]] = {}
 
     def add_image(self, tag, image, step) -> None:
-        pass
+        self.images.setdefault(tag, {})[step] = image.to_rgb() if isinstance(image, IndexedImage) else image
 
     def add_scalar(self, tag, value, step) -> None:
         self.scalars.setdefault(tag, {})[step] = value
@@ -108,20 +111,46 @@ class ScalarListSink:
         pass
 
 
-def test_a_sink_without_add_scalars_gets_the_same_scalars_one_by_one(tmp_path):
+def test_a_plain_sink_gets_the_same_scalars_and_images_one_by_one(tmp_path):
     model = conv_bn_relu_stack()
     with torch.no_grad():
         model[0].bias[2] = -1e4  # a dead filter, so dead fractions are logged too
     probe = torch.randn(4, 3, 10, 10)
-    own = ScalarListSink()
+    own = PlainSink()
     writer = SummaryWriter(str(tmp_path))
     for visualizer in (FilterVisualizer(own, dead_patience=1), FilterVisualizer(writer, dead_patience=1)):
         for step in range(2):
             visualizer.snapshot(model, probe, step)
-        visualizer.flush()
+        visualizer.finish(2)
     writer.close()
-    scalars = read_events(tmp_path).scalars
+    events = read_events(tmp_path)
     assert "filterviz/dead_fraction/0" in own.scalars and "filterviz/drift/0" in own.scalars
-    assert set(own.scalars) == set(scalars)
+    assert set(own.scalars) == set(events.scalars)
     for tag, by_step in own.scalars.items():
-        assert by_step == pytest.approx(scalars[tag])
+        assert by_step == pytest.approx(events.scalars[tag])
+    assert "filterviz/weights/0" in own.images and "filterviz/filmstrip/0" in own.images
+    assert set(own.images) == set(events.images)
+    for tag, by_step in own.images.items():
+        assert sorted(by_step) == sorted(events.images[tag])
+        for step, image in by_step.items():
+            np.testing.assert_array_equal(image, events.images[tag][step])
+
+
+def test_a_snapshots_images_go_to_tensorboard_as_one_event(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    visualizer = FilterVisualizer(writer)
+    for step in range(3):
+        visualizer.snapshot(conv_bn_relu_stack(), torch.randn(4, 3, 10, 10), step)
+    writer.close()
+
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    images_per_event = {}
+    for record in RawEventFileLoader(str(event_file)).Load():
+        event = Event.FromString(record)
+        tags = [value.tag for value in event.summary.value if value.HasField("image")]
+        if tags:
+            assert event.step not in images_per_event  # one event per snapshot
+            images_per_event[event.step] = tags
+    assert sorted(images_per_event) == [0, 1, 2]
+    assert {"filterviz/weights/0", "filterviz/activations/3", "filterviz/probe"} <= set(images_per_event[0])
+    assert sorted(images_per_event[1]) == sorted(f"filterviz/{kind}/{layer}" for kind in ("weights", "activations") for layer in "03")
