@@ -436,8 +436,9 @@ class FilterVisualizer:
         return images
 
     def _drift_strip_images(self, snapshot: Snapshot) -> dict[str, Image]:
+        ratios = snapshot.weight_norm_ratio
         return {
-            layer_tag(DRIFT_STRIP, name): drift_strip(drift.numpy(), snapshot.weight_norm_ratio[name].numpy(), self.colormap)
+            layer_tag(DRIFT_STRIP, name): drift_strip(drift.numpy(), ratios[name].numpy(), self.colormap)
             for name, drift in snapshot.drift.items()
         }
 

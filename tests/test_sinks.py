@@ -153,4 +153,5 @@ def test_a_snapshots_images_go_to_tensorboard_as_one_event(tmp_path):
             images_per_event[event.step] = tags
     assert sorted(images_per_event) == [0, 1, 2]
     assert {"filterviz/weights/0", "filterviz/activations/3", "filterviz/probe"} <= set(images_per_event[0])
-    assert sorted(images_per_event[1]) == sorted(f"filterviz/{kind}/{layer}" for kind in ("weights", "activations") for layer in "03")
+    later = [f"filterviz/{kind}/{layer}" for kind in ("weights", "activations") for layer in "03"]
+    assert sorted(images_per_event[1]) == sorted(later)
