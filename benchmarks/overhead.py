@@ -139,14 +139,17 @@ def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], tr
     ``run.baseline`` (no monitor when that is None)."""
     settings, baseline = run.monitor_settings, run.baseline  # type: ignore[attr-defined]
     run(None)  # warm-up: imports, allocator, data set
-    ratios, with_times, without_times = [], [], []
+    ratios, with_times, without_times, clocks = [], [], [], []
     for trial in range(trials):
         # Alternate which goes first, so drift in machine speed cancels.
         order = (True, False) if trial % 2 == 0 else (False, True)
         times = {}
         for with_monitor in order:
             chosen = settings if with_monitor else baseline
-            times[with_monitor] = run(FilterMonitor(**chosen) if chosen is not None else None)
+            monitor = FilterMonitor(**chosen) if chosen is not None else None
+            if with_monitor and baseline is None:
+                clocks.append(MonitorClock(monitor))
+            times[with_monitor] = run(monitor)
         ratios.append(times[True] / times[False])
         with_times.append(times[True])
         without_times.append(times[False])
@@ -157,6 +160,54 @@ def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], tr
         f"with {statistics.median(with_times):.2f} s, without {statistics.median(without_times):.2f} s, "
         f"ratios {', '.join(f'{ratio:.3f}' for ratio in ratios)})"
     )
+    if clocks:
+        # The monitor's own time moves far less with the machine's noise than the wall-time
+        # ratio does; on two cores, the writer's contention with training comes on top.
+        hooks = statistics.median(clock.hooks for clock in clocks)
+        writer = statistics.median(clock.writer for clock in clocks)
+        share = (hooks + writer) / statistics.median(without_times)
+        print(
+            f"     its own time per run: {hooks * 1e3:.0f} ms in its hooks on the training thread (wall) + "
+            f"{writer * 1e3:.0f} ms rendering and writing (CPU) = {share:.1%} of the run without it"
+        )
+
+
+class MonitorClock:
+    """Times one FilterMonitor: wall time inside its Lightning hooks (the training thread
+    waits for those, probe forward included) and CPU time of its background jobs.
+
+    At the end of ``fit`` the hooks wait for the last jobs, so that wait counts twice.
+    """
+
+    HOOKS = (
+        "setup",
+        "on_train_start",
+        "on_train_batch_start",
+        "on_before_backward",
+        "on_train_batch_end",
+        "on_train_epoch_end",
+        "on_fit_end",
+        "teardown",
+    )
+    JOBS = ("_render_and_write", "_write_ending")
+
+    def __init__(self, monitor: FilterMonitor) -> None:
+        self.hooks = 0.0
+        self.writer = 0.0
+        for name in self.HOOKS:
+            setattr(monitor, name, self._timed(getattr(monitor, name), time.perf_counter, "hooks"))
+        for name in self.JOBS:  # the background writer runs these; thread_time is that thread's CPU
+            setattr(monitor.engine, name, self._timed(getattr(monitor.engine, name), time.thread_time, "writer"))
+
+    def _timed(self, method: Callable, clock: Callable[[], float], total: str) -> Callable:
+        def timed(*args, **kwargs):
+            start = clock()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                setattr(self, total, getattr(self, total) + clock() - start)
+
+        return timed
 
 
 def example_run(

@@ -375,7 +375,9 @@ class FilterVisualizer:
         step = snapshot.step
         dead = snapshot.dead_filters
         # The drawn part of each filter, found once for the grid and the history.
-        drawn = {name: displayed_filters(layer.weight.numpy(), layer.rgb) for name, layer in snapshot.layers.items()}
+        needed = self.log_weights or self.history_dir is not None
+        layers = snapshot.layers.items() if needed else ()
+        drawn = {name: displayed_filters(layer.weight.numpy(), layer.rgb) for name, layer in layers}
         images: dict[str, Image] = {}
         if snapshot.probe_images is not None:
             images[PROBE_TAG] = probe_image_grid(snapshot.probe_images)
