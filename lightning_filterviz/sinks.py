@@ -144,26 +144,24 @@ class DirectorySink:
 
 def write_images(sink: Sink, images: Mapping[str, Image], step: int) -> None:
     """Hand ``images`` to ``sink.add_image_group`` at once where it has one, else one by one."""
-    if not images:
-        return
-    add_image_group = getattr(sink, "add_image_group", None)
-    if add_image_group is not None:
-        add_image_group(images, step)
-        return
-    for tag, image in images.items():
-        sink.add_image(tag, image, step)
+    _write_all(sink, "add_image_group", "add_image", images, step)
 
 
 def write_scalars(sink: Sink, values: Mapping[str, float], step: int) -> None:
     """Hand ``values`` to ``sink.add_scalars`` at once where it has one, else one by one."""
-    if not values:
+    _write_all(sink, "add_scalars", "add_scalar", values, step)
+
+
+def _write_all(sink: Sink, grouped: str, single: str, items: Mapping[str, Any], step: int) -> None:
+    if not items:
         return
-    add_scalars = getattr(sink, "add_scalars", None)
-    if add_scalars is not None:
-        add_scalars(values, step)
+    write_group = getattr(sink, grouped, None)
+    if write_group is not None:
+        write_group(items, step)
         return
-    for tag, value in values.items():
-        sink.add_scalar(tag, value, step)
+    write_one = getattr(sink, single)
+    for tag, item in items.items():
+        write_one(tag, item, step)
 
 
 def use_fast_checksums(file_writer: Any) -> bool:
