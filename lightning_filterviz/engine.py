@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
@@ -214,7 +215,8 @@ class FilterVisualizer:
         self._response_layers: list[str] = []
         self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
         self._watched: Optional[list[ConvLayer]] = None
-        self._watched_model: Optional[int] = None
+        # A weak reference, not id(): a freed model's address can be given to the next one.
+        self._watched_model: Optional[weakref.ReferenceType[nn.Module]] = None
         self._symmetric_ranges: dict[str, float] = {}
         self._warned_dead: set[str] = set()
         self._probe_logged = False
@@ -239,11 +241,17 @@ class FilterVisualizer:
             ValueError: if a requested layer name or pattern matches no conv layer.
         """
         self._watched = select_conv_layers(model, self.layers)
-        self._watched_model = id(model)
+        self._watched_model = weakref.ref(model)
         names = [conv.name for conv in self._watched]
         self.progress.filmstrip_layers = resolve_filmstrip_layers(self.filmstrip_layers, names)
         self._response_layers = resolve_filmstrip_layers(self.response_layers, names)
         return self._watched
+
+    def _layers_of(self, model: nn.Module) -> list[ConvLayer]:
+        watched_model = self._watched_model() if self._watched_model is not None else None
+        if watched_model is model and self._watched is not None:
+            return self._watched
+        return self.watch(model)
 
     def snapshot(
         self,
@@ -274,7 +282,7 @@ class FilterVisualizer:
                 where ``batch_key`` says.
         """
         self._report_background_failure()
-        layers = self._watched if self._watched_model == id(model) and self._watched is not None else self.watch(model)
+        layers = self._layers_of(model)
         inputs = to_device(model_input(batch, self.batch_key), _device_of(model), convert_input)
         draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.views_every == 0
         snapshot = capture_snapshot(
@@ -331,7 +339,7 @@ class FilterVisualizer:
                 loss = criterion(model(images), labels)
             loss.backward()
         """
-        layers = self._watched if self._watched_model == id(model) and self._watched is not None else self.watch(model)
+        layers = self._layers_of(model)
         with track_training_batch(layers) as maxima:
             yield
         self.tracker.observe_training_batch(maxima)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import FunctionalNet, count_hooks, read_events
+from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks, read_events
 from lightning_filterviz import FilterVisualizer
 
 
@@ -39,3 +41,25 @@ def test_plain_training_loop_with_summary_writer(tmp_path):
         assert set(events.images[f"filterviz/activations/{layer}"]) == {0, 2, 4}
     assert events.scalars["filterviz/dead_fraction/conv2"][4] == 1 / 8
     assert "| conv2 | 1 / 8 | 5 |" in events.texts["filterviz/dead_filters"][4]
+
+
+def test_a_new_model_at_a_freed_models_address_is_watched_afresh(tmp_path):
+    # CPython gives a freed object's address to the next object of its size, so a new model
+    # often has the id() of the one before it; the engine must still see the new model.
+    visualizer = FilterVisualizer(str(tmp_path))
+    first = conv_bn_relu_stack()
+    visualizer.snapshot(first, torch.randn(2, 3, 8, 8), step=0)
+    freed_address = id(first)
+    del first
+    gc.collect()
+    candidates = []
+    for _ in range(200):  # keep the non-matching candidates alive so their addresses are not retried
+        model = conv_bn_relu_stack()
+        if id(model) == freed_address:
+            break
+        candidates.append(model)
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)
+    snapshot = visualizer.snapshot(model, torch.randn(2, 3, 8, 8), step=1)
+    assert torch.equal(snapshot.layers["0"].weight, model[0].weight.detach())
+    assert snapshot.layers["0"].maps is not None and snapshot.layers["3"].maps is not None
