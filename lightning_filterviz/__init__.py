@@ -4,31 +4,52 @@
 (``lightning.pytorch``) when it is installed, otherwise for ``pytorch_lightning``.
 ``lightning_filterviz.lightning.FilterMonitor`` and ``lightning_filterviz.pl.FilterMonitor``
 name one flavour explicitly. ``FilterVisualizer`` is the engine, for plain PyTorch loops;
-importing it loads no Lightning package.
+importing it loads no Lightning package. Every name is imported on first use, so that
+``build_report`` and ``load_history`` load no torch.
 """
 
-from typing import Any
+from __future__ import annotations
 
-from lightning_filterviz.capture import LayerCapture, Snapshot, capture_snapshot
-from lightning_filterviz.engine import FilterVisualizer
-from lightning_filterviz.sinks import DirectorySink, TensorBoardSink
+import importlib
+from typing import Any
 
 __all__ = [
     "DirectorySink",
     "FilterMonitor",
     "FilterVisualizer",
     "LayerCapture",
+    "NullSink",
     "Snapshot",
     "TensorBoardSink",
+    "build_report",
     "capture_snapshot",
+    "load_history",
 ]
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "DirectorySink": "lightning_filterviz.sinks",
+    "FilterVisualizer": "lightning_filterviz.engine",
+    "LayerCapture": "lightning_filterviz.records",
+    "NullSink": "lightning_filterviz.sinks",
+    "Snapshot": "lightning_filterviz.records",
+    "TensorBoardSink": "lightning_filterviz.sinks",
+    "build_report": "lightning_filterviz.report",
+    "capture_snapshot": "lightning_filterviz.capture",
+    "load_history": "lightning_filterviz.history",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Resolved on first use, so that the engine alone never imports a Lightning package.
     if name == "FilterMonitor":
         return _lightning_flavoured_monitor()
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def _lightning_flavoured_monitor() -> type:

@@ -22,7 +22,8 @@ from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.probe import model_input, probe_from_loader, take_first, to_cpu
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.sinks import DirectorySink, TensorBoardSink
+from lightning_filterviz.history import history_dir_of
+from lightning_filterviz.sinks import DirectorySink, NullSink, TensorBoardSink
 
 PROBE_SPLITS = ("val", "train")
 # Strategies whose ranks each hold a shard of the weights.
@@ -160,7 +161,7 @@ class FilterMonitorLogic:
         self.probe_size = probe_size
         self.probe_split = probe_split
         self.engine = FilterVisualizer(
-            _NullSink(),
+            NullSink(),  # until on_train_start knows the trainer's logger; for good on other ranks
             layers=layers,
             max_filters=max_filters,
             max_images=max_images,
@@ -249,9 +250,8 @@ class FilterMonitorLogic:
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
         log_dir = _log_dir(trainer)
         if trainer.is_global_zero:
-            self.engine.sink = self._make_sink(trainer, log_dir)
-            if self.save_history:
-                self.engine.history_dir = os.path.join(log_dir, "filterviz", "history")
+            history_dir = history_dir_of(log_dir) if self.save_history else None
+            self.engine.attach(self._make_sink(trainer, log_dir), history_dir)
             self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module)
 
@@ -369,22 +369,6 @@ class FilterMonitorLogic:
                 f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
                 "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
             )
-
-
-class _NullSink:
-    """Stands in until the trainer's logger is known, and on ranks other than zero."""
-
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
-        pass
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        pass
-
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 def _has_compiled_module(model: nn.Module) -> bool:

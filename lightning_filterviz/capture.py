@@ -1,98 +1,104 @@
-"""One probe pass: hooks in, eval and no_grad, per-channel reductions and capped maps out.
+"""The probe pass, the one stage that runs on the training thread.
 
-Everything the pass returns is a small float32 CPU tensor detached from autograd; every
-hook it adds is removed, and every module's train/eval flag and the RNG state are
-restored, whether the pass succeeds or raises.
+One eval forward of the probe with hooks in: per-layer reductions (per-channel maximum
+and mean ``|activation|``, capped and area-downsampled feature maps, peak positions) are
+computed on the model's device, packed with the capped weights into one buffer and copied
+to host memory in one non-blocking transfer (:mod:`lightning_filterviz.transfer`).
+Nothing here reads a value of a device tensor on the host, so on a GPU the training
+thread pays the forward and a few kernel launches, never a wait for the GPU.
+
+Every hook the pass adds is removed, and every module's train/eval flag and the RNG
+state are restored, whether the pass succeeds or raises.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, ContextManager, Iterator, Optional, Sequence
+from typing import Any, Callable, Collection, ContextManager, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_filterviz.discovery import ActivationTracer, ConvLayer
+from lightning_filterviz.activations import ActivationRecorder, ActivationTap, ProbePlan
+from lightning_filterviz.discovery import NOT_RUN, ActivationTracer, ConvLayer
+from lightning_filterviz.records import LayerCapture, Snapshot
+from lightning_filterviz.transfer import HostBuffer, TransferPacker
+
+__all__ = [
+    "CapturedProbe",
+    "ForwardFn",
+    "InFlightSnapshot",
+    "capture_snapshot",
+    "side_pass",
+    "start_capture",
+]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 
-
-@dataclass
-class LayerCapture:
-    """One conv layer at one snapshot.
-
-    Attributes:
-        name: the conv's qualified module name.
-        out_channels: number of filters in the layer.
-        weight: the first ``max_filters`` filters, ``(F, C_in / groups, kH, kW)``.
-        activation: name of the activation function, or ``None`` when the conv's output
-            reaches no activation (a residual sum, a concatenation, the model output).
-        no_activation_reason: why there is no activation, when there is none.
-        zeroing: whether the activation floors at zero (ReLU family), so "dead" applies.
-        rgb: whether the filters see an RGB image (3 input channels, one group), so they
-            are drawn in colour.
-        channel_max: per-filter maximum of the activation over the probe, ``(out_channels,)``.
-        channel_mean_abs: per-filter mean absolute activation, ``(out_channels,)``.
-        maps: capped feature maps ``(images, F, H, W)``.
-        peak_index: per drawn filter, the flat index into ``(N, H, W)`` of its strongest
-            activation on the whole probe.
-        output_hw: the activation's spatial size ``(H, W)`` before any downsampling.
-    """
-
-    name: str
-    out_channels: int
-    weight: Tensor
-    activation: Optional[str] = None
-    no_activation_reason: Optional[str] = None
-    zeroing: bool = False
-    rgb: bool = False
-    channel_max: Optional[Tensor] = None
-    channel_mean_abs: Optional[Tensor] = None
-    maps: Optional[Tensor] = None
-    peak_index: Optional[Tensor] = None
-    output_hw: Optional[tuple[int, int]] = None
+# Feature maps larger than this (height or width) are area-downsampled for drawing.
+MAX_MAP_SIZE = 48
 
 
-@dataclass
-class Snapshot:
-    """Everything captured at one training step, ready for statistics and rendering.
+class InFlightSnapshot:
+    """A snapshot whose tensors are on their way to host memory.
 
     Attributes:
-        step: the training step.
-        layers: conv name -> what was captured of it.
-        probe_images: the probe's input images ``(N, C, H, W)``, when they are to be drawn.
-        dead_filters: conv name -> dead filter indices after this snapshot.
-        dormant_filters: conv name -> dormant filter indices at this snapshot.
-        symmetric_ranges: conv name -> the fixed half-range of ``"symmetric"`` normalization.
-        layer_table: a Markdown table of the watched convs and their activations, when it
-            is to be logged (the first snapshot).
-        drift: conv name -> per-filter cosine distance from the initial filters.
-        weight_norm_ratio: conv name -> per-filter weight norm over the initial one.
-        filmstrips: conv name -> rows of the filmstrip, when it is to be drawn.
-        probe_inputs: the probe images ``(N, C, H, W)`` on the CPU, when peak patches are drawn.
-        receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
-        draw_views: whether the costlier views (peak patches, through the layers) are drawn.
+        snapshot: the :class:`~lightning_filterviz.records.Snapshot`; its tensors are CPU
+            views that hold their values once :meth:`wait` has returned.
     """
 
-    step: int
-    layers: dict[str, LayerCapture] = field(default_factory=dict)
-    probe_images: Optional[Tensor] = None
-    dead_filters: dict[str, list[int]] = field(default_factory=dict)
-    dormant_filters: dict[str, list[int]] = field(default_factory=dict)
-    symmetric_ranges: dict[str, float] = field(default_factory=dict)
-    layer_table: Optional[str] = None
-    drift: dict[str, Tensor] = field(default_factory=dict)
-    weight_norm_ratio: dict[str, Tensor] = field(default_factory=dict)
-    filmstrips: dict[str, list[Any]] = field(default_factory=dict)
-    probe_inputs: Optional[Tensor] = None
-    receptive_fields: dict[str, Any] = field(default_factory=dict)
-    draw_views: bool = False
+    def __init__(self, snapshot: Snapshot, host: HostBuffer) -> None:
+        self.snapshot = snapshot
+        self._host = host
+
+    def wait(self) -> Snapshot:
+        """Block until the copy to host memory has completed; return the snapshot."""
+        self._host.wait()
+        return self.snapshot
 
 
-def capture_snapshot(
+class CapturedProbe:
+    """What one probe pass found, before it is shipped to host memory.
+
+    More tensors (the probe images, say) may be added with :meth:`add` until :meth:`ship`.
+
+    Attributes:
+        snapshot: the snapshot's metadata (layer names, activations, shapes); its tensor
+            fields are set by :meth:`ship`.
+        plan: how the activations were observed, for the next pass (``None``: trace anew).
+    """
+
+    def __init__(self, snapshot: Snapshot, packer: TransferPacker, plan: Optional[ProbePlan]) -> None:
+        self.snapshot = snapshot
+        self.plan = plan
+        self._packer = packer
+
+    def add(self, owner: Any, field: str, tensor: Tensor) -> None:
+        """Ship ``tensor`` with the rest; it lands as ``owner.<field>``."""
+        self._packer.add(owner, field, tensor)
+
+    def ship(self) -> InFlightSnapshot:
+        """Start the one copy to host memory and return at once."""
+        host = self._packer.ship()
+        for owner, field, tensor in host.views():
+            setattr(owner, field, tensor)
+        return InFlightSnapshot(self.snapshot, host)
+
+
+def capture_snapshot(model: nn.Module, inputs: Any, layers: Sequence[ConvLayer], step: int, **options: Any) -> Snapshot:
+    """Run the probe through ``model`` once and return the captured layers, on the CPU.
+
+    The synchronous form of :func:`start_capture` (which takes the same arguments): it
+    waits for the copy to host memory.
+
+    Returns:
+        A :class:`~lightning_filterviz.records.Snapshot` of small detached float32 CPU tensors.
+    """
+    return start_capture(model, inputs, layers, step, **options).ship().wait()
+
+
+def start_capture(
     model: nn.Module,
     inputs: Any,
     layers: Sequence[ConvLayer],
@@ -101,12 +107,14 @@ def capture_snapshot(
     forward_fn: Optional[ForwardFn] = None,
     max_filters: int = 64,
     max_images: int = 2,
-    max_map_size: int = 48,
+    max_map_size: int = MAX_MAP_SIZE,
     capture_activations: bool = True,
     forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
     peak_layers: Collection[str] = (),
-) -> Snapshot:
-    """Run the probe through ``model`` once and capture the watched conv layers.
+    training_maxima: Optional[Mapping[str, Tensor]] = None,
+    plan: Optional[ProbePlan] = None,
+) -> CapturedProbe:
+    """Run the probe through ``model`` once and capture the watched conv layers on their device.
 
     Args:
         model: the network, run eagerly in eval mode under ``torch.no_grad``.
@@ -120,60 +128,112 @@ def capture_snapshot(
         capture_activations: run the probe forward; with ``False`` only weights are taken.
         forward_context: a context manager factory around the forward (mixed precision).
         peak_layers: layers whose channels' strongest positions are recorded (for peak patches).
+        training_maxima: per conv, the per-channel maxima of the training batches watched
+            since the previous snapshot, shipped along as ``training_max``.
+        plan: how the activations were found last time (:attr:`CapturedProbe.plan`);
+            ``None``: trace every conv and make a plan (with hooks on every module).
 
     Returns:
-        A :class:`Snapshot` of small detached CPU tensors.
+        A :class:`CapturedProbe`; call its ``ship()`` to start the copy to host memory.
     """
     snapshot = Snapshot(step=step)
-    for layer in layers:
-        module = layer.module
-        weight = module.weight.detach()[:max_filters].float().cpu().clone()
-        rgb = module.in_channels == 3 and module.groups == 1
-        snapshot.layers[layer.name] = LayerCapture(layer.name, module.out_channels, weight, rgb=rgb)
-    if not capture_activations or not layers:
-        return snapshot
+    packer = TransferPacker()
+    with side_pass(model):
+        # Read inside the eval, no-grad pass: a parametrized weight is computed the way the
+        # model's eval forward computes it, with no power-iteration step or buffer update.
+        for layer in layers:
+            module = layer.module
+            rgb = module.in_channels == 3 and module.groups == 1
+            capture = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
+            snapshot.layers[layer.name] = capture
+            packer.add(capture, "weight", module.weight[:max_filters])
+        if capture_activations and layers:
+            recorder = ActivationRecorder(
+                lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size),
+                peak_layers=peak_layers,
+            )
+            context = forward_context() if forward_context is not None else contextlib.nullcontext()
+            with _observation(model, layers, plan, recorder) as observed, context:
+                (forward_fn or _call_model)(model, inputs)
+            plan = observed.finish()
+            _collect_activations(snapshot, recorder, observed.no_activation, packer, max_filters)
+    for name, maxima in (training_maxima or {}).items():
+        if name in snapshot.layers:
+            packer.add(snapshot.layers[name], "training_max", maxima)
+    return CapturedProbe(snapshot, packer, plan)
 
-    tracer = ActivationTracer(
-        lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size), peak_layers=peak_layers
-    )
-    run = forward_fn or _call_model
-    context = forward_context() if forward_context is not None else contextlib.nullcontext()
-    with _side_pass(model), _tracking_hooks(layers, tracer), context, tracer:
-        run(model, inputs)
-    tracer.finish()
 
-    for name, capture in snapshot.layers.items():
-        record = tracer.records.get(name)
-        if record is None:
-            capture.no_activation_reason = tracer.no_activation.get(name, "the conv did not run on the probe")
-            continue
-        capture.activation = record.function
-        capture.zeroing = record.zeroing
-        capture.channel_max = record.channel_max.cpu()
-        capture.channel_mean_abs = record.channel_mean_abs.cpu()
-        capture.maps = record.maps.cpu()
-        if record.peak_index is not None:
-            capture.peak_index = record.peak_index[:max_filters].cpu()
-            capture.output_hw = record.output_hw
-    return snapshot
+class _Observation:
+    """How one probe forward observes the activations: per the plan, or by tracing everything."""
+
+    def __init__(self, layers: Sequence[ConvLayer], plan: Optional[ProbePlan], recorder: ActivationRecorder) -> None:
+        self.layers = layers
+        self.plan = plan
+        self.recorder = recorder
+        names = {layer.name for layer in layers}
+        traced = names if plan is None else names & set(plan.traced)
+        self.tracer = ActivationTracer(recorder) if traced else None
+        self.traced = [layer for layer in layers if layer.name in traced]
+        self.tapped = {name: tap for name, tap in (plan.taps if plan is not None else {}).items() if name in names}
+        self.no_activation: dict[str, str] = {}
+
+    def finish(self) -> Optional[ProbePlan]:
+        """The plan for the next pass: a new one after tracing everything; ``None`` when a
+        planned conv did not show up (the model changed), so that the next pass traces anew."""
+        if self.tracer is not None:
+            self.tracer.finish()
+            self.no_activation.update(self.tracer.no_activation)
+        if self.plan is None:
+            assert self.tracer is not None
+            return self.tracer.plan([layer.name for layer in self.layers])
+        self.no_activation.update(self.plan.no_activation)
+        missing = [name for name in self.tapped if name not in self.recorder.records]
+        return None if missing else self.plan
 
 
 @contextlib.contextmanager
-def track_training_batch(layers: Sequence[ConvLayer]) -> Iterator[dict[str, Tensor]]:
-    """Record each watched conv's per-channel activation maximum during a training forward.
-
-    Yields a dict that, after the block, maps conv name -> ``(out_channels,)`` float32
-    maxima on the model's device (only convs with a ReLU-family activation). Only that
-    reduction is kept: no activation tensor outlives its op, and autograd is untouched.
-    """
-    tracer = ActivationTracer(reduce_maps=None)
-    maxima: dict[str, Tensor] = {}
+def _observation(
+    model: nn.Module, layers: Sequence[ConvLayer], plan: Optional[ProbePlan], recorder: ActivationRecorder
+) -> Iterator[_Observation]:
+    observation = _Observation(layers, plan, recorder)
+    handles = []
     try:
-        with _tracking_hooks(layers, tracer), tracer:
-            yield maxima
+        for name, tap in observation.tapped.items():
+            handles.append(tap.module.register_forward_hook(_tap_hook(name, tap, recorder)))
+        tracer = observation.tracer
+        if tracer is not None:
+            for layer in observation.traced:
+                handles.append(layer.module.register_forward_hook(_conv_output_hook(layer.name, tracer)))
+            if plan is None:  # tell the tracer what every module returns, to find the taps
+                for module in model.modules():
+                    handles.append(module.register_forward_hook(_module_output_hook(tracer)))
+        with tracer if tracer is not None else contextlib.nullcontext():
+            yield observation
     finally:
-        tracer.finish()
-        maxima.update({name: record.channel_max for name, record in tracer.records.items() if record.zeroing})
+        for handle in handles:
+            handle.remove()
+
+
+def _collect_activations(
+    snapshot: Snapshot,
+    recorder: ActivationRecorder,
+    no_activation: Mapping[str, str],
+    packer: TransferPacker,
+    max_filters: int,
+) -> None:
+    for name, capture in snapshot.layers.items():
+        record = recorder.records.get(name)
+        if record is None:
+            capture.no_activation_reason = no_activation.get(name, NOT_RUN)
+            continue
+        capture.activation = record.function
+        capture.zeroing = record.zeroing
+        packer.add(capture, "channel_max", record.channel_max)
+        packer.add(capture, "channel_mean_abs", record.channel_mean_abs)
+        packer.add(capture, "maps", record.maps)
+        if record.peak_index is not None:
+            packer.add(capture, "peak_index", record.peak_index[:max_filters])
+            capture.output_hw = record.output_hw
 
 
 def _call_model(model: nn.Module, inputs: Any) -> Any:
@@ -181,12 +241,16 @@ def _call_model(model: nn.Module, inputs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _side_pass(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no autograd and an untouched RNG for the duration; every flag restored after."""
+def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
+    """Eval mode, an untouched RNG and (unless ``grad``) no autograd for the duration.
+
+    Compiled modules run as plain Python, so hooks fire and nothing is (re)compiled. Every
+    module's train/eval flag is restored afterwards, so a user's frozen BatchNorm stays frozen.
+    """
     modes = [(module, module.training) for module in model.modules()]
-    devices = _cuda_devices(model)
+    autograd = torch.enable_grad() if grad else torch.no_grad()
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), _eager():
+        with torch.random.fork_rng(devices=_cuda_devices(model)), autograd, _eager():
             model.eval()
             yield
     finally:
@@ -195,27 +259,30 @@ def _side_pass(model: nn.Module) -> Iterator[None]:
 
 
 def _eager() -> ContextManager[Any]:
-    """Run compiled modules as plain Python, so hooks fire and nothing is (re)compiled."""
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _tracking_hooks(layers: Sequence[ConvLayer], tracer: ActivationTracer) -> Iterator[None]:
-    handles = []
-    try:
-        for layer in layers:
-            handles.append(layer.module.register_forward_hook(_tracking_hook(layer.name, tracer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _tracking_hook(name: str, tracer: ActivationTracer) -> Callable[[nn.Module, Any, Any], None]:
+def _conv_output_hook(name: str, tracer: ActivationTracer) -> Callable[[nn.Module, Any, Any], None]:
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, Tensor):
-            tracer.track(name, output)
+            tracer.track(name, output, tap=module)
+
+    return hook
+
+
+def _module_output_hook(tracer: ActivationTracer) -> Callable[[nn.Module, Any, Any], None]:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        tracer.note_module_output(module, output)
+
+    return hook
+
+
+def _tap_hook(name: str, tap: ActivationTap, recorder: ActivationRecorder) -> Callable[[nn.Module, Any, Any], None]:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            # Reduced here, before an in-place activation can change the tap's output.
+            recorder.record(name, tap.function, True, tap.activation(output.detach()), nonnegative=tap.floor >= 0)
 
     return hook
 

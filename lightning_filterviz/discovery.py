@@ -12,13 +12,19 @@ tensor through the torch functions that consume it, whichever way they are calle
 from __future__ import annotations
 
 import difflib
-import fnmatch
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from lightning_filterviz.activations import ActivationRecord, ActivationRecorder, ActivationTap, ProbePlan
+from lightning_filterviz.layer_names import matches
+
+# Why a watched conv has no activation when it never ran.
+NOT_RUN = "the conv did not run on the probe"
 
 # ``torch.compile`` wraps a module in an ``OptimizedModule`` whose child is ``_orig_mod``.
 COMPILED_PREFIX = "_orig_mod."
@@ -76,7 +82,7 @@ def select_conv_layers(model: nn.Module, layers: Optional[Sequence[str]] = None)
     chosen: set[str] = set()
     for requested in layers:
         requested = _display_name(requested)
-        matched = [name for name in modules if name == requested or fnmatch.fnmatchcase(name, requested)]
+        matched = [name for name in modules if matches(name, requested)]
         matched_convs = [name for name in matched if name in convs]
         if not matched_convs:
             raise ValueError(_unknown_layer_message(requested, matched, list(convs)))
@@ -105,26 +111,10 @@ def _unknown_layer_message(requested: str, matched: list[str], conv_names: list[
 
 
 @dataclass
-class ActivationRecord:
-    """What a conv's activation looked like during one probe pass.
-
-    Attributes:
-        function: name of the activation function (``"relu"``, ``"silu"``, ...).
-        zeroing: whether the activation floors at zero (ReLU family), so that "dead" applies.
-        channel_max: per-channel maximum over the batch and all positions, float32.
-        channel_mean_abs: per-channel mean of absolute values, float32.
-        maps: the first ``max_images`` x ``max_channels`` feature maps, float32, detached.
-        peak_index: per channel, the flat index into ``(N, H, W)`` of its maximum.
-        output_hw: the activation's spatial size ``(H, W)``.
-    """
-
-    function: str
-    zeroing: bool
-    channel_max: Tensor
-    channel_mean_abs: Tensor
-    maps: Tensor
-    peak_index: Optional[Tensor] = None
-    output_hw: Optional[tuple[int, int]] = None
+class _Tracked:
+    layer: str
+    tensor: Tensor  # held so that its id() stays unique while tracked
+    tap: Optional[nn.Module] = None
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -135,25 +125,39 @@ class ActivationTracer(TorchFunctionMode):
     Reductions happen inside the interception, so in-place activations that later get
     overwritten, and tensors that still hold autograd history, are never kept.
 
+    To find each conv's :class:`ActivationTap` as well, call :meth:`note_module_output`
+    from a forward hook on every module of the model, then read :meth:`taps`.
+
     Args:
-        reduce_maps: turns an activation ``(N, C, H, W)`` into the small maps to keep;
-            ``None`` keeps only the per-channel statistics (training-batch tracking).
-        peak_layers: layers for which each channel's strongest position is recorded.
+        recorder: where the activations found are reduced and kept; by default one that
+            keeps only the per-channel maxima (training-batch tracking).
     """
 
-    def __init__(
-        self, reduce_maps: Optional[Callable[[Tensor], Tensor]] = None, peak_layers: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, recorder: Optional[ActivationRecorder] = None) -> None:
         super().__init__()
-        self._reduce_maps = reduce_maps
-        self._peak_layers = frozenset(peak_layers)
-        # id(tensor) -> (layer name, tensor); the tensor is held so its id stays unique.
-        self._tracked: dict[int, tuple[str, Tensor]] = {}
-        self.records: dict[str, ActivationRecord] = {}
+        self.recorder = recorder if recorder is not None else ActivationRecorder()
+        self._tracked: dict[int, _Tracked] = {}
         self.no_activation: dict[str, str] = {}
+        # For taps: per layer, the module in front of its activation at each call, and its bounds.
+        self._taps_seen: dict[str, list[Optional[nn.Module]]] = {}
+        self._bounds: dict[str, Optional[tuple[str, float, float]]] = {}
+        self._module_calls: dict[int, int] = {}
 
-    def track(self, layer: str, output: Tensor) -> None:
-        self._tracked[id(output)] = (layer, output)
+    @property
+    def records(self) -> dict[str, ActivationRecord]:
+        """Conv name -> its activation, for the convs whose activation was found."""
+        return self.recorder.records
+
+    def track(self, layer: str, output: Tensor, tap: Optional[nn.Module] = None) -> None:
+        self._tracked[id(output)] = _Tracked(layer, output, tap)
+
+    def note_module_output(self, module: nn.Module, output: Any) -> None:
+        """Note that ``module`` returned ``output``: the innermost module returning a tracked
+        tensor is where a hook can see that tensor."""
+        self._module_calls[id(module)] = self._module_calls.get(id(module), 0) + 1
+        entry = self._tracked.get(id(output)) if isinstance(output, Tensor) else None
+        if entry is not None and entry.tap is None:
+            entry.tap = module
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
@@ -162,47 +166,71 @@ class ActivationTracer(TorchFunctionMode):
             return result  # metadata queries (size, dim, shape) consume nothing
         consumed = [self._tracked.pop(id(leaf)) for leaf in _tensor_leaves(args, kwargs) if id(leaf) in self._tracked]
         if consumed:
-            self._follow(_function_name(func), args, kwargs, result, [layer for layer, _ in consumed])
+            self._follow(_function_name(func), args, kwargs, result, consumed)
         return result
 
     def finish(self) -> None:
         """Mark convs whose output was never consumed by a torch function."""
-        for layer, _ in self._tracked.values():
-            self.no_activation.setdefault(layer, "output is not consumed inside the model")
+        for entry in self._tracked.values():
+            self.no_activation.setdefault(entry.layer, "output is not consumed inside the model")
         self._tracked.clear()
 
-    def _follow(self, name: str, args: tuple, kwargs: dict, result: Tensor, layers: list[str]) -> None:
+    def plan(self, layers: Sequence[str]) -> ProbePlan:
+        """What this forward found, as a plan for the next ones (see :class:`ProbePlan`).
+
+        Only complete after a forward in which :meth:`note_module_output` saw every module.
+        """
+        taps = self.taps()
+        plan = ProbePlan(taps=taps)
+        for name in layers:
+            if name in taps:
+                continue
+            if name in self.records:
+                plan.traced.append(name)
+            else:
+                plan.no_activation[name] = self.no_activation.get(name, NOT_RUN)
+        return plan
+
+    def taps(self) -> dict[str, ActivationTap]:
+        """Per conv with a ReLU-family activation, the module a hook can watch instead of tracing.
+
+        A conv has a tap when, at every call, one and the same module returned exactly the
+        tensor its activation consumed, that module ran only for this conv, and the
+        activation is the identity between two bounds. Only meaningful after a forward in
+        which :meth:`note_module_output` saw every module.
+        """
+        taps: dict[str, ActivationTap] = {}
+        claimed: dict[int, int] = {}
+        for layer, seen in self._taps_seen.items():
+            bounds = self._bounds.get(layer)
+            modules = {id(module) for module in seen}
+            if bounds is None or None in seen or len(modules) != 1:
+                continue
+            module = seen[0]
+            assert module is not None
+            if self._module_calls.get(id(module), 0) != len(seen):
+                continue  # the module also runs for something else: its hook would see that too
+            taps[layer] = ActivationTap(module, *bounds)
+            claimed[id(module)] = claimed.get(id(module), 0) + 1
+        return {layer: tap for layer, tap in taps.items() if claimed[id(tap.module)] == 1}
+
+    def _follow(self, name: str, args: tuple, kwargs: dict, result: Tensor, consumed: list[_Tracked]) -> None:
         zeroing = _is_zeroing(name, args, kwargs)
-        for layer in layers:
+        for entry in consumed:
+            layer = entry.layer
             if name in _PASS_THROUGH:
                 self.track(layer, result)
             elif zeroing is not None:
-                self._record(layer, name.rstrip("_"), zeroing, result)
+                function = name.rstrip("_")
+                bounds = _identity_bounds(name, args, kwargs) if zeroing else None
+                self.recorder.record(layer, function, zeroing, result, nonnegative=bounds is not None and bounds[0] >= 0)
+                self.no_activation.pop(layer, None)
+                if bounds is not None:
+                    self._taps_seen.setdefault(layer, []).append(entry.tap)
+                    tap_kind = (function, *bounds)
+                    self._bounds[layer] = tap_kind if self._bounds.get(layer, tap_kind) == tap_kind else None
             elif layer not in self.records:
                 self.no_activation.setdefault(layer, f"output goes to `{name}` before any activation")
-
-    def _record(self, layer: str, function: str, zeroing: bool, activation: Tensor) -> None:
-        values = activation.detach()
-        dims = [dim for dim in range(values.dim()) if dim != 1]
-        # Statistics in float32 whatever the autocast dtype; amax is exact in any dtype.
-        channel_max = values.amax(dim=dims).float()
-        channel_mean_abs = values.abs().float().mean(dim=dims) if self._reduce_maps is not None else channel_max
-        previous = self.records.get(layer)
-        if previous is None:
-            if self._reduce_maps is None:  # training-batch tracking: the maxima are all it needs
-                self.records[layer] = ActivationRecord(function, zeroing, channel_max, channel_max, values.new_empty(0))
-                return
-            maps = self._reduce_maps(values.float())
-            record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
-            if values.dim() == 4 and layer in self._peak_layers:
-                record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
-                record.output_hw = (values.shape[2], values.shape[3])
-            self.records[layer] = record
-            self.no_activation.pop(layer, None)
-            return
-        # A conv called several times per forward (weight sharing): statistics cover every call.
-        previous.channel_max = torch.maximum(previous.channel_max, channel_max)
-        previous.channel_mean_abs = (previous.channel_mean_abs + channel_mean_abs) / 2
 
 
 def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:
@@ -215,6 +243,19 @@ def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:
     if name in _OTHER_ACTIVATIONS:
         return False
     return None
+
+
+def _identity_bounds(name: str, args: tuple, kwargs: dict) -> Optional[tuple[float, float]]:
+    """``(floor, ceiling)`` of a ReLU-family activation that is the identity in between; else ``None``."""
+    if name in ("relu", "relu_"):
+        return (0.0, math.inf)
+    if name == "relu6":
+        return (0.0, 6.0)
+    if name in _HARDTANH:
+        min_val = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        max_val = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        return (float(min_val), float(max_val))
+    return None  # threshold(x, t, value) replaces rather than clips: only the tracer can tell
 
 
 def _function_name(func: Any) -> str:

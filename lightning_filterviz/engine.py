@@ -1,13 +1,22 @@
-"""The engine: capture, statistics, rendering and writing, with no Lightning in sight.
+"""The engine: one snapshot through its stages, with no Lightning in sight.
 
 :class:`FilterVisualizer` serves plain PyTorch loops and notebooks; the Lightning
 callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
+
+A snapshot flows one way::
+
+    training thread                     | writer thread (background=True)
+    capture: probe pass, reductions on  | run_state: dead, dormant, drift, filmstrip rows
+      the device, one transfer to host  | views: the snapshot's images and scalars
+      (capture.py, transfer.py)  ---->  | publishing: sink and history file
 """
 
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
+import threading
 import weakref
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
@@ -15,62 +24,26 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_filterviz.capture import ForwardFn, Snapshot, capture_snapshot, track_training_batch
+from lightning_filterviz.capture import CapturedProbe, ForwardFn, InFlightSnapshot, start_capture
+from lightning_filterviz.activations import ProbePlan
 from lightning_filterviz.discovery import ConvLayer, select_conv_layers
 from lightning_filterviz.probe import BatchKey, model_input, to_device
-from lightning_filterviz.progress import HistoryWriter, ProgressTracker, resolve_filmstrip_layers
-from lightning_filterviz.render import (
-    WEIGHT_NORMALIZATIONS,
-    Image,
-    WeightNormalization,
-    activation_grid,
-    dead_filter_table,
-    displayed_filters,
-    drift_strip,
-    filmstrip,
-    probe_image_grid,
-    weight_grid,
-)
-from lightning_filterviz.responses import (
-    ReceptiveField,
-    peak_patches,
-    receptive_field,
-    response_grid,
-    through_the_layers,
-)
-from lightning_filterviz.sinks import (
-    BackgroundWriter,
-    DirectorySink,
-    Sink,
-    TensorBoardSink,
-    write_images,
-    write_scalars,
-)
-from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
-from lightning_filterviz.tags import (
-    ACTIVATIONS,
-    DEAD_FILTERS_TAG,
-    DEAD_FRACTION,
-    DORMANT_FRACTION,
-    DRIFT,
-    DRIFT_STRIP,
-    FILMSTRIP,
-    LAYERS_TAG,
-    PROBE_TAG,
-    RESPONSES,
-    THROUGH_THE_LAYERS,
-    WEIGHT_NORM_RATIO,
-    WEIGHTS,
-    layer_tag,
-)
+from lightning_filterviz.layer_names import resolve_layer_patterns
+from lightning_filterviz.publishing import Publisher
+from lightning_filterviz.records import ReceptiveField, Snapshot
+from lightning_filterviz.render import WeightNormalization
+from lightning_filterviz.responses import receptive_field
+from lightning_filterviz.run_state import RunState
+from lightning_filterviz.settings import VisualizerSettings
+from lightning_filterviz.sinks import BackgroundWriter, Sink, as_sink
+from lightning_filterviz.tracking import track_training_batch
+
+__all__ = ["FilterVisualizer"]
 
 if not hasattr(rank_zero_only, "rank"):
     # Lightning sets this when it is imported; a plain PyTorch script never does, and the
     # rank-zero helpers refuse to run without it. Launchers export the rank as RANK.
     rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-
-# Past this dead fraction a layer is in trouble; say so once.
-DEAD_FRACTION_WARNING = 0.5
 
 
 class FilterVisualizer:
@@ -101,6 +74,12 @@ class FilterVisualizer:
     - ``filterviz/probe``: the probe images themselves, at the first snapshot (image),
 
     and, with ``history_dir``, each snapshot's arrays as ``<history_dir>/step_<step>.npz``.
+
+    On the training thread a snapshot costs the probe's forward plus a few kernel launches
+    and one non-blocking copy to host memory; with ``background=True`` everything else
+    (statistics, drift, drawing, writing) runs on the writer thread. :attr:`dead_filters`
+    and :attr:`dormant_filters` always reflect every snapshot taken so far: reading them
+    waits for the statistics of snapshots still with the writer (not for their images).
 
     Args:
         sink: a ``SummaryWriter``, a directory path (PNG files), or any
@@ -134,9 +113,9 @@ class FilterVisualizer:
             Their receptive fields are measured once, by gradient, at the first snapshot.
         history_dir: save each snapshot's small arrays (capped filters, statistics, one
             probe image's feature maps) there as NPZ, readable with ``allow_pickle=False``.
-        background: render and write in a background thread, so that :meth:`snapshot`
-            returns as soon as the probe pass is done. Call :meth:`flush` (or
-            :meth:`close`) before reading the logs. An error there is reported as one
+        background: judge, render and write in a background thread, so that
+            :meth:`snapshot` returns as soon as the probe pass is done. Call :meth:`flush`
+            (or :meth:`close`) before reading the logs. An error there is reported as one
             warning at the next call, and writing stops; statistics go on.
         max_pending: snapshots that may wait for the background writer; when that many
             wait, :meth:`snapshot` blocks until one is written, so nothing is dropped and
@@ -144,6 +123,7 @@ class FilterVisualizer:
 
     Raises:
         ValueError: for an argument outside its allowed values.
+        TypeError: for an argument of the wrong type, or a ``sink`` it cannot write to.
 
     Example::
 
@@ -182,57 +162,87 @@ class FilterVisualizer:
         background: bool = False,
         max_pending: int = 2,
     ) -> None:
-        validate_settings(
+        self.settings = VisualizerSettings(
+            layers=layers,  # type: ignore[arg-type]  # validated into a tuple
             max_filters=max_filters,
             max_images=max_images,
+            dead_threshold=dead_threshold,
             dead_patience=dead_patience,
-            max_pending=max_pending,
-            views_every=views_every,
-            weight_normalization=weight_normalization,
-            colormap=colormap,
             dormant_tau=dormant_tau,
+            weight_normalization=weight_normalization,
+            log_weights=log_weights,
+            log_activations=log_activations,
+            batch_key=batch_key,
+            forward_fn=forward_fn,
+            colormap=colormap,
+            filmstrip_layers=filmstrip_layers,  # type: ignore[arg-type]
+            views_every=views_every,
+            response_layers=response_layers,  # type: ignore[arg-type]
+            max_pending=max_pending,
         )
-        self.sink = as_sink(sink)
-        self.layers = list(layers) if layers is not None else None
-        self.max_filters = max_filters
-        self.max_images = max_images
-        self.weight_normalization = weight_normalization
-        self.log_weights = log_weights
-        self.log_activations = log_activations
-        self.batch_key = batch_key
-        self.forward_fn = forward_fn
-        self.colormap = colormap
-        self.tracker = DeadFilterTracker(threshold=dead_threshold, patience=dead_patience)
-        self.dormant_tau = dormant_tau
-        self._dormant: dict[str, list[int]] = {}
-        self.filmstrip_layers = list(filmstrip_layers) if filmstrip_layers is not None else None
-        self.views_every = views_every
-        self.history_dir = history_dir
-        self.progress = ProgressTracker()
+        self._publisher = Publisher(as_sink(sink), history_dir)
+        self.state = RunState(self.settings)
+        self._writer: Optional[BackgroundWriter] = BackgroundWriter(max_pending=max_pending) if background else None
+        self._statistics = _StatisticsGate()
         self._snapshot_count = 0
-        self._undrawn_drift: Optional[Snapshot] = None
-        self.response_layers = list(response_layers) if response_layers is not None else None
-        self._response_layers: list[str] = []
-        self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
+        self._probe_logged = False
+        self._publishing = True
+        self._reset_watch()
+
+    def _reset_watch(self) -> None:
         self._watched: Optional[list[ConvLayer]] = None
         # A weak reference, not id(): a freed model's address can be given to the next one.
         self._watched_model: Optional[weakref.ReferenceType[nn.Module]] = None
-        self._symmetric_ranges: dict[str, float] = {}
-        self._warned_dead: set[str] = set()
-        self._probe_logged = False
-        self._described = False
-        self._publishing = True
-        self._writer: Optional[BackgroundWriter] = BackgroundWriter(max_pending=max_pending) if background else None
+        # How each conv's activation is observed, learned by the first probe pass of this model.
+        self._plan: Optional[ProbePlan] = None
+        self._training_maxima: dict[str, Tensor] = {}
+        self._response_layers: list[str] = []
+        self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
+        self._pinned_probe: Optional[tuple[Any, Any]] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Launchers that spawn processes pickle the callback: weak references, locks and
+        # device tensors stay behind; the spawned process watches its own model afresh.
+        state = self.__dict__.copy()
+        for key in ("_watched", "_watched_model", "_plan", "_training_maxima", "_pinned_probe", "_statistics"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._statistics = _StatisticsGate()
+        self._reset_watch()
+
+    @property
+    def sink(self) -> Sink:
+        """Where images, scalars and text go (see :meth:`attach`)."""
+        return self._publisher.sink
+
+    @property
+    def batch_key(self) -> BatchKey:
+        """Where the model input is in a batch (see the ``batch_key`` argument)."""
+        return self.settings.batch_key
 
     @property
     def dead_filters(self) -> dict[str, list[int]]:
-        """Conv module name -> sorted output-channel indices now dead."""
-        return self.tracker.dead_filters
+        """Conv module name -> sorted output-channel indices now dead, after every snapshot taken."""
+        self._statistics.wait(self._writer)
+        return self.state.tracker.dead_filters
 
     @property
     def dormant_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
-        return {name: list(indices) for name, indices in self._dormant.items()}
+        self._statistics.wait(self._writer)
+        return {name: list(indices) for name, indices in self.state.dormant.items()}
+
+    def attach(self, sink: Union[Sink, Any, str, os.PathLike], history_dir: Optional[Union[str, os.PathLike]] = None) -> None:
+        """Write from now on to ``sink`` (and save history files in ``history_dir``, if given).
+
+        Waits for snapshots still being written to the previous destination.
+        """
+        if self._writer is not None:
+            self._writer.drain()
+        self._publisher = Publisher(as_sink(sink), history_dir)
 
     def watch(self, model: nn.Module) -> list[ConvLayer]:
         """Resolve which conv layers of ``model`` are watched.
@@ -240,18 +250,13 @@ class FilterVisualizer:
         Raises:
             ValueError: if a requested layer name or pattern matches no conv layer.
         """
-        self._watched = select_conv_layers(model, self.layers)
+        self._reset_watch()
+        self._watched = select_conv_layers(model, self.settings.layers)
         self._watched_model = weakref.ref(model)
         names = [conv.name for conv in self._watched]
-        self.progress.filmstrip_layers = resolve_filmstrip_layers(self.filmstrip_layers, names)
-        self._response_layers = resolve_filmstrip_layers(self.response_layers, names)
+        self.state.progress.filmstrip_layers = resolve_layer_patterns(self.settings.filmstrip_layers, names)
+        self._response_layers = resolve_layer_patterns(self.settings.response_layers, names)
         return self._watched
-
-    def _layers_of(self, model: nn.Module) -> list[ConvLayer]:
-        watched_model = self._watched_model() if self._watched_model is not None else None
-        if watched_model is model and self._watched is not None:
-            return self._watched
-        return self.watch(model)
 
     def snapshot(
         self,
@@ -275,53 +280,34 @@ class FilterVisualizer:
                 ``False`` only captures and updates the statistics.
 
         Returns:
-            The captured :class:`~lightning_filterviz.capture.Snapshot`.
+            The :class:`~lightning_filterviz.records.Snapshot`. With ``background=True``
+            its statistics and progress fields are filled in on the writer thread (and, on
+            a GPU, its tensors once the copy to host memory completes): read it after
+            :meth:`flush`.
 
         Raises:
             ValueError: if a requested layer matches no conv, or the batch has no model input
                 where ``batch_key`` says.
+            TypeError: if ``step`` is not an integer.
         """
+        step = _as_step(step)
         self._report_background_failure()
+        self._emit_messages()
         layers = self._layers_of(model)
-        inputs = to_device(model_input(batch, self.batch_key), _device_of(model), convert_input)
-        draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.views_every == 0
-        snapshot = capture_snapshot(
-            model,
-            inputs,
-            layers,
-            step,
-            forward_fn=self.forward_fn,
-            max_filters=self.max_filters,
-            max_images=self.max_images,
-            capture_activations=self.log_activations,
-            forward_context=forward_context,
-            peak_layers=self._response_layers if draw_views else (),
-        )
-        if not self._probe_logged and isinstance(inputs, Tensor) and _looks_like_images(inputs):
-            snapshot.probe_images = inputs[: self.max_images].detach().float().cpu()
+        inputs = self._probe_inputs(model, batch, convert_input)
+        draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.settings.views_every == 0
+        captured = self._capture(model, inputs, layers, step, forward_context, draw_views)
+        snapshot = captured.snapshot
+        snapshot.draw_views = draw_views
+        if not self._probe_logged and _looks_like_images(inputs):
+            captured.add(snapshot, "probe_images", inputs[: self.settings.max_images])
             self._probe_logged = True
-        self.tracker.update(snapshot)
-        self._dormant = {
-            name: dormant_indices(layer.channel_mean_abs, self.dormant_tau)
-            for name, layer in snapshot.layers.items()
-            if layer.channel_mean_abs is not None
-        }
-        # Everything publishing needs is fixed now, so that a background writer sees this step's state.
-        snapshot.dead_filters = self.tracker.dead_filters
-        snapshot.dormant_filters = self.dormant_filters
-        snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
-        self.progress.update(snapshot, self.weight_normalization, snapshot.symmetric_ranges)
-        self._snapshot_count += 1
         if draw_views:
-            snapshot.filmstrips = self._filmstrip_rows()
-            snapshot.draw_views = True
-            self._attach_receptive_fields(snapshot, model, inputs, layers)
-        # Kept (drift only, no maps) so that finish() can draw the last snapshot's drift strips.
-        self._undrawn_drift = None if draw_views else _drift_of(snapshot)
-        self._describe_once(snapshot)
-        self._warn_on_dying_layers(snapshot)
-        if publish:
-            self.publish(snapshot)
+            self._attach_receptive_fields(captured, model, inputs, layers)
+        in_flight = captured.ship()
+        self._snapshot_count += 1
+        self._statistics.submitted()
+        self._run_on_writer(lambda: self._judge_and_publish(in_flight, publish))
         return snapshot
 
     @contextlib.contextmanager
@@ -329,9 +315,12 @@ class FilterVisualizer:
         """Watch one training forward pass, so that a filter firing on it is not called dead.
 
         Wrap the forward (not the backward) of a training step. Only per-channel maxima
-        are kept (on the model's device); the next :meth:`snapshot` folds them in: a filter
-        is off at a snapshot only if it stayed off on the probe and on every training
-        batch watched since the previous snapshot.
+        are kept, on the model's device, with no host synchronization; the next
+        :meth:`snapshot` ships them with the rest: a filter is off at a snapshot only if it
+        stayed off on the probe and on every training batch watched since the previous one.
+        After the first snapshot, a conv whose activation input comes out of a module (the
+        conv, or its normalization) is watched by a plain hook there; before it, and for
+        the other convs, by the tracer.
 
         Example::
 
@@ -340,29 +329,15 @@ class FilterVisualizer:
             loss.backward()
         """
         layers = self._layers_of(model)
-        with track_training_batch(layers) as maxima:
+        taps = self._plan.taps if self._plan is not None else None
+        with track_training_batch(layers, taps, self.settings.dead_threshold, self._training_maxima):
             yield
-        self.tracker.observe_training_batch(maxima)
-
-    def publish(self, snapshot: Snapshot) -> None:
-        """Render one snapshot and write it: in the background writer, or here and now."""
-        if not self._publishing:
-            return
-        if self._writer is None:
-            self._render_and_write(snapshot)
-        else:
-            self._writer.submit(lambda: self._render_and_write(snapshot))
 
     def finish(self, step: int) -> None:
         """Write the filmstrips as they stand at ``step`` (the end of training) and the drift
         strips of the latest snapshot, when it did not draw them; then flush."""
-        ending = Snapshot(step=step, filmstrips=self._filmstrip_rows())
-        latest_drift, self._undrawn_drift = self._undrawn_drift, None
-        if (ending.filmstrips or latest_drift is not None) and self._publishing:
-            if self._writer is None:
-                self._write_ending(ending, latest_drift)
-            else:
-                self._writer.submit(lambda: self._write_ending(ending, latest_drift))
+        step = _as_step(step)
+        self._run_on_writer(lambda: self._publish_ending(step))
         self.flush()
 
     def flush(self) -> None:
@@ -370,8 +345,9 @@ class FilterVisualizer:
         if self._writer is not None:
             self._writer.drain()
             self._report_background_failure()
+        self._emit_messages()
         if self._publishing:
-            self.sink.flush()
+            self._publisher.flush()
 
     def close(self) -> None:
         """Flush, then stop the background writer (a later snapshot starts it again)."""
@@ -379,90 +355,88 @@ class FilterVisualizer:
         if self._writer is not None:
             self._writer.close()
 
-    def _render_and_write(self, snapshot: Snapshot) -> None:
-        step = snapshot.step
-        dead = snapshot.dead_filters
-        # The drawn part of each filter, found once for the grid and the history.
-        needed = self.log_weights or self.history_dir is not None
-        layers = snapshot.layers.items() if needed else ()
-        drawn = {name: displayed_filters(layer.weight.numpy(), layer.rgb) for name, layer in layers}
-        images: dict[str, Image] = {}
-        if snapshot.probe_images is not None:
-            images[PROBE_TAG] = probe_image_grid(snapshot.probe_images)
-        for name, layer in snapshot.layers.items():
-            marked = dead.get(name, [])
-            if self.log_weights:
-                symmetric_range = snapshot.symmetric_ranges.get(name)
-                image = weight_grid(drawn[name], self.weight_normalization, symmetric_range, marked, layer.rgb)
-                images[layer_tag(WEIGHTS, name)] = image
-            if self.log_activations and layer.maps is not None:
-                images[layer_tag(ACTIVATIONS, name)] = activation_grid(layer.maps, marked, self.colormap)
-        images.update(self._filmstrip_images(snapshot))
-        if snapshot.draw_views:
-            images.update(self._drift_strip_images(snapshot))
-        images.update(self._response_images(snapshot))
-        write_images(self.sink, images, step)
-        write_scalars(self.sink, snapshot_scalars(snapshot), step)
-        if snapshot.layer_table is not None:
-            self.sink.add_text(LAYERS_TAG, snapshot.layer_table, step)
-        if dead:
-            out_channels = {name: layer.out_channels for name, layer in snapshot.layers.items()}
-            self.sink.add_text(DEAD_FILTERS_TAG, dead_filter_table(dead, out_channels), step)
-        if self.history_dir is not None:
-            HistoryWriter(self.history_dir).write(snapshot, drawn)
-        self.sink.flush()
+    def state_dict(self) -> dict[str, Any]:
+        self._statistics.wait(self._writer)
+        return {**self.state.state_dict(), "probe_logged": self._probe_logged, "snapshot_count": self._snapshot_count}
 
-    def _attach_receptive_fields(self, snapshot: Snapshot, model: nn.Module, inputs: Any, layers: list) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._statistics.wait(self._writer)
+        self.state.load_state_dict(state)
+        self._probe_logged = bool(state.get("probe_logged", False))
+        self._snapshot_count = int(state.get("snapshot_count", 0))
+
+    # ------------------------------------------------------------ training thread
+
+    def _layers_of(self, model: nn.Module) -> list[ConvLayer]:
+        watched_model = self._watched_model() if self._watched_model is not None else None
+        if watched_model is model and self._watched is not None:
+            return self._watched
+        return self.watch(model)
+
+    def _probe_inputs(self, model: nn.Module, batch: Any, convert_input: Optional[Callable[[Tensor], Tensor]]) -> Any:
+        inputs = model_input(batch, self.settings.batch_key)
+        device = _device_of(model)
+        if device.type == "cuda":
+            # Pinned once per probe, so that each snapshot's copy to the GPU is asynchronous.
+            if self._pinned_probe is None or self._pinned_probe[0] is not inputs:
+                self._pinned_probe = (inputs, _pinned(inputs))
+            inputs = self._pinned_probe[1]
+        return to_device(inputs, device, convert_input)
+
+    def _capture(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        layers: list[ConvLayer],
+        step: int,
+        forward_context: Optional[Callable[[], ContextManager[Any]]],
+        draw_views: bool,
+    ) -> CapturedProbe:
+        maxima, self._training_maxima = self._training_maxima, {}
+        captured = start_capture(
+            model,
+            inputs,
+            layers,
+            step,
+            forward_fn=self.settings.forward_fn,
+            max_filters=self.settings.max_filters,
+            max_images=self.settings.max_images,
+            capture_activations=self.settings.log_activations,
+            forward_context=forward_context,
+            peak_layers=self._response_layers if draw_views else (),
+            training_maxima=maxima,
+            plan=self._plan,
+        )
+        if self.settings.log_activations:
+            self._plan = captured.plan
+        return captured
+
+    def _attach_receptive_fields(self, captured: CapturedProbe, model: nn.Module, inputs: Any, layers: list) -> None:
+        snapshot = captured.snapshot
         wanted = [layer for layer in layers if layer.name in self._response_layers]
-        if not wanted or not isinstance(inputs, Tensor) or not _looks_like_images(inputs):
+        if not wanted or not _looks_like_images(inputs):
             return
         for layer in wanted:
             if layer.name not in self._receptive_fields:
                 # Measured once: the field is a property of the architecture, not of the step.
                 try:
-                    field = receptive_field(model, inputs, layer.module, forward_fn=self.forward_fn)
+                    field = receptive_field(model, inputs, layer.module, forward_fn=self.settings.forward_fn)
                 except Exception as error:  # an optional view must not take the rest down with it
                     field = None
                     rank_zero_warn(f"filterviz: no peak patches for `{layer.name}`: {type(error).__name__}: {error}")
                 self._receptive_fields[layer.name] = field
             field = self._receptive_fields[layer.name]
-            if field is not None and snapshot.layers[layer.name].peak_index is not None:
+            if field is not None and snapshot.layers[layer.name].output_hw is not None:
                 snapshot.receptive_fields[layer.name] = field
         if snapshot.receptive_fields:
-            snapshot.probe_inputs = inputs.detach().float().cpu()
+            captured.add(snapshot, "probe_inputs", inputs)
 
-    def _response_images(self, snapshot: Snapshot) -> dict[str, Image]:
-        images: dict[str, Image] = {}
-        for name, field in snapshot.receptive_fields.items():
-            layer = snapshot.layers[name]
-            patches = peak_patches(snapshot.probe_inputs, layer.peak_index, layer.output_hw, field)
-            images[layer_tag(RESPONSES, name)] = response_grid(layer.weight, layer.rgb, patches)
-        with_maps = {name: layer.maps for name, layer in snapshot.layers.items() if layer.maps is not None}
-        if not with_maps or not snapshot.draw_views:
-            return images
-        for image in range(min(len(maps) for maps in with_maps.values())):
-            view = through_the_layers({name: maps[image] for name, maps in with_maps.items()}, colormap=self.colormap)
-            images[layer_tag(THROUGH_THE_LAYERS, str(image))] = view
-        return images
-
-    def _drift_strip_images(self, snapshot: Snapshot) -> dict[str, Image]:
-        ratios = snapshot.weight_norm_ratio
-        return {
-            layer_tag(DRIFT_STRIP, name): drift_strip(drift.numpy(), ratios[name].numpy(), self.colormap)
-            for name, drift in snapshot.drift.items()
-        }
-
-    def _filmstrip_images(self, snapshot: Snapshot) -> dict[str, Image]:
-        return {layer_tag(FILMSTRIP, name): filmstrip(rows) for name, rows in snapshot.filmstrips.items()}
-
-    def _write_ending(self, ending: Snapshot, latest_drift: Optional[Snapshot]) -> None:
-        write_images(self.sink, self._filmstrip_images(ending), ending.step)
-        if latest_drift is not None:
-            write_images(self.sink, self._drift_strip_images(latest_drift), latest_drift.step)
-
-    def _filmstrip_rows(self) -> dict[str, list[Any]]:
-        rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}
-        return {name: layer_rows for name, layer_rows in rows.items() if layer_rows}
+    def _run_on_writer(self, job: Callable[[], None]) -> None:
+        if self._writer is None:
+            job()
+            self._emit_messages()
+        else:
+            self._writer.submit(job)
 
     def _report_background_failure(self) -> None:
         failure = self._writer.failure if self._writer is not None else None
@@ -474,139 +448,71 @@ class FilterVisualizer:
             f"`dead_filters` is still kept up to date. Cause: {type(failure).__name__}: {failure}"
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "tracker": self.tracker.state_dict(),
-            "symmetric_ranges": dict(self._symmetric_ranges),
-            "warned_dead": sorted(self._warned_dead),
-            "probe_logged": self._probe_logged,
-            "dormant": self.dormant_filters,
-            "progress": self.progress.state_dict(),
-            "snapshot_count": self._snapshot_count,
-        }
+    def _emit_messages(self) -> None:
+        for kind, text in self.state.take_messages():
+            (rank_zero_warn if kind == "warn" else rank_zero_info)(text)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tracker.load_state_dict(state.get("tracker", {}))
-        self._symmetric_ranges = dict(state.get("symmetric_ranges", {}))
-        self._warned_dead = set(state.get("warned_dead", []))
-        self._probe_logged = bool(state.get("probe_logged", False))
-        self._dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
-        self.progress.load_state_dict(state.get("progress", {}))
-        self._snapshot_count = int(state.get("snapshot_count", 0))
+    # ------------------------------------------------------------ writer thread
 
-    def _symmetric_ranges_for(self, snapshot: Snapshot) -> dict[str, float]:
-        if self.weight_normalization != "symmetric":
-            return {}
-        for name, layer in snapshot.layers.items():
-            # Fixed at the first snapshot, so later images show how the weights grew or shrank.
-            if name not in self._symmetric_ranges:
-                self._symmetric_ranges[name] = max(float(layer.weight.abs().amax()), 1e-12)
-        return {name: self._symmetric_ranges[name] for name in snapshot.layers}
+    def _judge_and_publish(self, in_flight: InFlightSnapshot, publish: bool) -> None:
+        try:
+            snapshot = in_flight.wait()
+            self.state.update(snapshot)
+        finally:
+            self._statistics.done()
+        if publish and self._may_write():
+            self._publisher.publish(snapshot, self.settings)
 
-    def _warn_on_dying_layers(self, snapshot: Snapshot) -> None:
-        for name in self.tracker.judged_layers:
-            fraction = self.tracker.dead_fraction(name)
-            if fraction > DEAD_FRACTION_WARNING and name not in self._warned_dead:
-                self._warned_dead.add(name)
-                rank_zero_warn(
-                    f"filterviz: {fraction:.0%} of the filters of `{name}` are dead at step {snapshot.step} "
-                    f"(ReLU output <= {self.tracker.threshold} on the whole probe for {self.tracker.patience} "
-                    "snapshots in a row). A lower learning rate, a different init or a leaky activation may help."
-                )
+    def _publish_ending(self, step: int) -> None:
+        ending = Snapshot(step=step, filmstrips=self.state.filmstrip_rows())
+        latest_drift, self.state.undrawn_drift = self.state.undrawn_drift, None
+        if (ending.filmstrips or latest_drift is not None) and self._may_write():
+            self._publisher.publish_ending(ending, latest_drift, self.settings.colormap)
 
-    def _describe_once(self, snapshot: Snapshot) -> None:
-        if self._described or not self.log_activations:
+    def _may_write(self) -> bool:
+        return self._publishing and (self._writer is None or self._writer.failure is None)
+
+
+class _StatisticsGate:
+    """Counts the snapshots handed to the writer and those it has judged, so that readers of
+    the statistics can wait for exactly those (not for their images)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._submitted = 0
+        self._judged = 0
+
+    def submitted(self) -> None:
+        with self._condition:
+            self._submitted += 1
+
+    def done(self) -> None:
+        with self._condition:
+            self._judged += 1
+            self._condition.notify_all()
+
+    def wait(self, writer: Optional[BackgroundWriter]) -> None:
+        if writer is None or writer.on_writer_thread():
             return
-        self._described = True
-        snapshot.layer_table = layer_table(snapshot)
-        rank_zero_info("filterviz: watched conv layers and their activations\n" + snapshot.layer_table)
-        not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
-        if not_relu:
-            rank_zero_info(
-                f"filterviz: dead filters are not judged for {not_relu}: their activation is not of the ReLU "
-                "family and never stays at exactly zero; their dormant fraction is logged."
-            )
+        with self._condition:
+            self._condition.wait_for(lambda: self._judged >= self._submitted)
 
 
-def layer_table(snapshot: Snapshot) -> str:
-    """A Markdown table: each watched conv, the activation it maps to, or why it has none."""
-    rows = ["| conv | filters | activation | dead judged |", "|---|---|---|---|"]
-    for name, layer in snapshot.layers.items():
-        activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
-        rows.append(f"| {name} | {layer.out_channels} | {activation} | {'yes' if layer.zeroing else 'no'} |")
-    return "\n".join(rows)
+def _as_step(step: Any) -> int:
+    try:
+        return operator.index(step)  # int, NumPy and 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"`step` must be an integer (the training step), got {step!r}.") from None
 
 
-def validate_settings(
-    *,
-    max_filters: int,
-    max_pending: int = 1,
-    views_every: int = 1,
-    max_images: int,
-    dead_patience: int,
-    weight_normalization: str,
-    colormap: str,
-    dormant_tau: float = 0.0,
-) -> None:
-    """Fail fast, naming the argument and what it accepts."""
-    if isinstance(dormant_tau, bool) or not isinstance(dormant_tau, (int, float)) or not dormant_tau >= 0:
-        raise ValueError(f"`dormant_tau` must be a number >= 0, got {dormant_tau!r}.")
-    for name, value in (
-        ("max_filters", max_filters),
-        ("max_images", max_images),
-        ("dead_patience", dead_patience),
-        ("max_pending", max_pending),
-        ("views_every", views_every),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    if weight_normalization not in WEIGHT_NORMALIZATIONS:
-        raise ValueError(
-            f"`weight_normalization` must be one of {WEIGHT_NORMALIZATIONS}, got {weight_normalization!r}."
-        )
-    import matplotlib
-
-    if colormap not in matplotlib.colormaps:
-        raise ValueError(f"`colormap` must be a matplotlib colormap name such as 'viridis', got {colormap!r}.")
+def _looks_like_images(inputs: Any) -> bool:
+    return isinstance(inputs, Tensor) and inputs.dim() == 4 and inputs.shape[1] in (1, 3)
 
 
-def snapshot_scalars(snapshot: Snapshot) -> dict[str, float]:
-    """Every scalar one snapshot logs, by tag (computed in NumPy: this runs on the writer thread)."""
-    scalars: dict[str, float] = {}
-    for name, layer in snapshot.layers.items():
-        if name in snapshot.dead_filters:
-            scalars[layer_tag(DEAD_FRACTION, name)] = len(snapshot.dead_filters[name]) / layer.out_channels
-        if name in snapshot.dormant_filters:
-            scalars[layer_tag(DORMANT_FRACTION, name)] = len(snapshot.dormant_filters[name]) / layer.out_channels
-        if name in snapshot.drift:
-            scalars[layer_tag(DRIFT, name)] = float(snapshot.drift[name].numpy().mean())
-            scalars[layer_tag(WEIGHT_NORM_RATIO, name)] = float(snapshot.weight_norm_ratio[name].numpy().mean())
-    return scalars
+def _pinned(inputs: Any) -> Any:
+    from lightning_utilities.core.apply_func import apply_to_collection
 
-
-def as_sink(target: Any) -> Sink:
-    """Accept a sink, a ``SummaryWriter`` (anything with ``add_image``) or a directory path."""
-    if isinstance(target, (str, os.PathLike)):
-        return DirectorySink(target)
-    if isinstance(target, (TensorBoardSink, DirectorySink)):
-        return target
-    if all(hasattr(target, method) for method in ("add_image", "add_scalar", "add_text", "flush")):
-        writer_like = hasattr(target, "add_images") or type(target).__name__ == "SummaryWriter"
-        return TensorBoardSink(target) if writer_like else target
-    raise TypeError(
-        f"Cannot log to a {type(target).__name__}: pass a SummaryWriter, a directory path, "
-        "or an object with add_image, add_scalar, add_text and flush."
-    )
-
-
-def _drift_of(snapshot: Snapshot) -> Optional[Snapshot]:
-    if not snapshot.drift:
-        return None
-    return Snapshot(step=snapshot.step, drift=dict(snapshot.drift), weight_norm_ratio=dict(snapshot.weight_norm_ratio))
-
-
-def _looks_like_images(inputs: Tensor) -> bool:
-    return inputs.dim() == 4 and inputs.shape[1] in (1, 3)
+    return apply_to_collection(inputs, Tensor, lambda tensor: tensor.pin_memory() if tensor.device.type == "cpu" else tensor)
 
 
 def _device_of(model: nn.Module) -> torch.device:

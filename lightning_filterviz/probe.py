@@ -69,13 +69,6 @@ def model_input(batch: Any, batch_key: BatchKey = None) -> Any:
         raise ValueError(f"`batch_key={batch_key!r}` is not in the probe batch ({available}).") from error
 
 
-def batch_size_of(inputs: Any) -> int:
-    """Number of samples in a model input (first dimension of its first tensor)."""
-    tensors: list[Tensor] = []
-    apply_to_collection(inputs, Tensor, tensors.append)
-    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() > 0 else 1
-
-
 def take_first(batch: Any, size: int) -> Any:
     """The first ``size`` samples of every tensor in a batch."""
     return apply_to_collection(batch, Tensor, lambda tensor: tensor[:size] if tensor.dim() > 0 else tensor)
@@ -90,7 +83,8 @@ def to_device(batch: Any, device: torch.device, convert: Optional[Callable[[Tens
     """Move every tensor of a batch to ``device`` and apply an optional dtype conversion."""
 
     def move(tensor: Tensor) -> Tensor:
-        tensor = tensor.to(device)
+        # Asynchronous from pinned memory; a plain copy otherwise.
+        tensor = tensor.to(device, non_blocking=device.type == "cuda" and tensor.is_pinned())
         return convert(tensor) if convert is not None else tensor
 
     return apply_to_collection(batch, Tensor, move)

@@ -26,11 +26,11 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from lightning_filterviz import render
-from lightning_filterviz.progress import HISTORY_FORMAT, HISTORY_PATTERN, load_history, resolve_filmstrip_layers
+from lightning_filterviz.history import HISTORY_DIR, HISTORY_FORMAT, HISTORY_PATTERN, load_history
+from lightning_filterviz.layer_names import resolve_layer_patterns
 from lightning_filterviz.sinks import encode_png
 
 REPORT_FILENAME = "filterviz_report.html"
-HISTORY_DIR = Path("filterviz", "history")
 EXPECTED_HISTORY = f"{HISTORY_DIR.as_posix()}/{HISTORY_PATTERN} written by FilterMonitor"
 # A filmstrip row per snapshot grows the image without bound on long runs; past this many
 # snapshots, rows are taken evenly spaced (first and last always kept).
@@ -498,7 +498,7 @@ def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None) -> st
 
 
 def _filmstrip_sections(run: Run, patterns: Optional[Sequence[str]]) -> list[str]:
-    layers = resolve_filmstrip_layers(patterns, run.layers)
+    layers = resolve_layer_patterns(patterns, run.layers)
     if not layers:
         wanted = ", ".join(patterns or ())
         return [_figure_html("Filmstrip", None, f"No layer of this run matches {wanted}.", "filmstrip")]

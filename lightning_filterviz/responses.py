@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_filterviz.capture import _cuda_devices, _eager
+from lightning_filterviz.capture import ForwardFn, side_pass
+from lightning_filterviz.records import ReceptiveField
 from lightning_filterviz.render import (
     BACKGROUND_COLOUR,
     BACKGROUND_INDEX,
@@ -44,7 +44,6 @@ from lightning_filterviz.render import (
     to_uint8,
 )
 
-ForwardFn = Callable[[nn.Module, Any], Any]
 ArrayLike = Union[Tensor, np.ndarray]
 
 # The value (in 0..1) of patch pixels that fall outside the probe image.
@@ -58,40 +57,6 @@ _GATING_BACKWARDS = (
     _aten.hardsigmoid_backward,
     _aten.hardswish_backward,
 )
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """The input pixels one output position of a conv sees, per axis ``(y, x)``.
-
-    Output position ``(y, x)`` sees input rows ``offset[0] + y * stride[0]`` up to (not
-    including) that plus ``size[0]``, and likewise for columns.
-
-    Attributes:
-        size: height and width of the field in input pixels.
-        stride: input pixels between the fields of neighbouring output positions.
-        offset: top-left input pixel of output position ``(0, 0)``'s field; negative
-            where the field starts in the padding.
-    """
-
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    offset: tuple[int, int]
-
-    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
-        """The field of output position ``(y, x)`` in input pixels.
-
-        Args:
-            y: output row.
-            x: output column.
-
-        Returns:
-            ``(top, left, bottom, right)``, bottom and right exclusive. The box may extend
-            past the image (into the padding); callers clip it.
-        """
-        top = self.offset[0] + y * self.stride[0]
-        left = self.offset[1] + x * self.stride[1]
-        return top, left, top + self.size[0], left + self.size[1]
 
 
 def receptive_field(
@@ -147,7 +112,7 @@ def receptive_field(
             picked["centre"] = (cy, cx)
             picked["sums"] = [output[0, :, cy + step, cx + step].sum() for step in (-1, 0, 1)]
 
-    with _gradient_pass(model), torch.inference_mode(False):
+    with side_pass(model, grad=True), torch.inference_mode(False):
         x = inputs[:1].detach().clone().requires_grad_(True)
         handle = conv.register_forward_hook(hook)
         try:
@@ -366,19 +331,6 @@ def _resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next((name for name, candidate in model.named_modules() if candidate is module), type(module).__name__)
-
-
-@contextlib.contextmanager
-def _gradient_pass(model: nn.Module) -> Iterator[None]:
-    """Eval mode and an untouched RNG for the duration; every module's flag restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        with torch.random.fork_rng(devices=_cuda_devices(model)), _eager():
-            model.eval()
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class _ArchitecturalBackward(TorchDispatchMode):

@@ -15,6 +15,20 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Union
 from lightning_filterviz.render import Image, IndexedImage
 from lightning_filterviz.tags import TAG_PREFIX
 
+__all__ = [
+    "BackgroundWriter",
+    "DirectorySink",
+    "NullSink",
+    "Sink",
+    "TensorBoardSink",
+    "as_sink",
+    "encode_png",
+    "masked_crc32c",
+    "use_fast_checksums",
+    "write_images",
+    "write_scalars",
+]
+
 # zlib level 1 encodes these grids 2-3x faster than PIL's default level 6, at about the same size.
 PNG_COMPRESSION = 1
 
@@ -100,6 +114,41 @@ def _image_value(tag: str, image: Image) -> Any:
     height, width = image.indices.shape if isinstance(image, IndexedImage) else image.shape[:2]
     encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(image))
     return Summary.Value(tag=tag, image=encoded)
+
+
+class NullSink:
+    """Writes nothing: a stand-in until the real destination is known, and on ranks other than zero."""
+
+    def add_image(self, tag: str, image: Image, step: int) -> None:
+        pass
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def as_sink(target: Any) -> Sink:
+    """A sink for ``target``: a sink, a ``SummaryWriter`` (anything with ``add_image``) or a directory path.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if isinstance(target, (str, os.PathLike)):
+        return DirectorySink(target)
+    if isinstance(target, (TensorBoardSink, DirectorySink, NullSink)):
+        return target
+    if all(hasattr(target, method) for method in ("add_image", "add_scalar", "add_text", "flush")):
+        writer_like = hasattr(target, "add_images") or type(target).__name__ == "SummaryWriter"
+        return TensorBoardSink(target) if writer_like else target
+    raise TypeError(
+        f"Cannot log to a {type(target).__name__}: pass a SummaryWriter, a directory path, "
+        "or an object with add_image, add_scalar, add_text and flush."
+    )
 
 
 class DirectorySink:
@@ -232,8 +281,9 @@ class BackgroundWriter:
 
     The queue is bounded: :meth:`submit` blocks while ``max_pending`` jobs wait, so a
     slow disk slows the caller down instead of letting memory grow, and nothing is
-    dropped. The first exception a job raises is kept in :attr:`failure`; later jobs are
-    then skipped, and the caller decides how to report it.
+    dropped. The first exception a job raises is kept in :attr:`failure`; later jobs still
+    run (they may check :attr:`failure` to skip what failed), and the caller decides how to
+    report it.
 
     Args:
         max_pending: jobs that may wait at once.
@@ -251,6 +301,10 @@ class BackgroundWriter:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["max_pending"])  # type: ignore[misc]
+
+    def on_writer_thread(self) -> bool:
+        """Whether the caller is this writer's own thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def submit(self, job: Callable[[], None]) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -276,10 +330,10 @@ class BackgroundWriter:
             try:
                 if job is None:
                     return
-                if self.failure is None:
-                    job()
+                job()
             except Exception as error:  # reported by the owner on the training thread
-                self.failure = error
+                if self.failure is None:
+                    self.failure = error
             finally:
                 job = None  # let the snapshot go while waiting for the next one
                 self._jobs.task_done()

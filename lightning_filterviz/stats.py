@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_filterviz.capture import Snapshot
+from lightning_filterviz.records import Snapshot
+
+__all__ = ["DeadFilterTracker", "dormant_indices", "dormant_scores"]
 
 
 class DeadFilterTracker:
@@ -33,26 +35,19 @@ class DeadFilterTracker:
         self.threshold = threshold
         self.patience = patience
         self._off_streak: dict[str, Tensor] = {}
-        # Filters that fired on some training batch since the last snapshot.
-        self._fired_in_training: dict[str, Tensor] = {}
-
-    def observe_training_batch(self, channel_max: dict[str, Tensor]) -> None:
-        """Note which filters fired on one training batch (per-channel maxima of the activation)."""
-        for name, maxima in channel_max.items():
-            fired = (maxima > self.threshold).cpu()
-            seen = self._fired_in_training.get(name)
-            self._fired_in_training[name] = fired if seen is None or seen.shape != fired.shape else seen | fired
 
     def update(self, snapshot: Snapshot) -> None:
-        """Fold one snapshot into the streaks (and the training batches seen since the last one)."""
-        fired_in_training, self._fired_in_training = self._fired_in_training, {}
+        """Fold one snapshot into the streaks.
+
+        A filter is off when its activation stayed ``<= threshold`` on the probe and, where
+        training batches were watched (``training_max``), on every one of them.
+        """
         for name, layer in snapshot.layers.items():
             if not layer.zeroing or layer.channel_max is None:
                 continue
             off = layer.channel_max <= self.threshold
-            fired = fired_in_training.get(name)
-            if fired is not None and fired.shape == off.shape:
-                off = off & ~fired
+            if layer.training_max is not None and layer.training_max.shape == off.shape:
+                off = off & ~(layer.training_max > self.threshold)
             streak = self._off_streak.get(name)
             if streak is None or streak.shape != off.shape:
                 streak = torch.zeros(off.shape, dtype=torch.long)

@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-import lightning_filterviz.engine as engine_module
+import lightning_filterviz.views as views_module
 from conftest import FunctionalNet, conv_bn_relu_stack
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.sinks import BackgroundWriter
@@ -54,7 +54,7 @@ def test_an_exception_in_the_worker_is_one_warning_and_statistics_go_on(tmp_path
     def broken(*args, **kwargs):
         raise RuntimeError("worker broke")
 
-    monkeypatch.setattr(engine_module, "weight_grid", broken)
+    monkeypatch.setattr(views_module, "weight_grid", broken)
     model = conv_bn_relu_stack()
     with torch.no_grad():
         model[3].bias[0] = -1e4
@@ -86,14 +86,14 @@ def test_a_full_queue_blocks_the_caller_instead_of_dropping(tmp_path):
 def test_no_activation_tensor_or_grid_outlives_its_snapshot(tmp_path, monkeypatch):
     grids: list[weakref.ref] = []
     for name in ("weight_grid", "activation_grid"):
-        original = getattr(engine_module, name)
+        original = getattr(views_module, name)
 
         def keeping_a_weak_reference(*args, _original=original, **kwargs):
             image = _original(*args, **kwargs)
             grids.append(weakref.ref(getattr(image, "indices", image)))  # the pixels of an IndexedImage
             return image
 
-        monkeypatch.setattr(engine_module, name, keeping_a_weak_reference)
+        monkeypatch.setattr(views_module, name, keeping_a_weak_reference)
 
     model = conv_bn_relu_stack()
     visualizer = FilterVisualizer(str(tmp_path), background=True)

@@ -17,7 +17,7 @@ def test_smoke_config_trains_and_logs_through_lightning_cli(tmp_path, monkeypatc
     cli = train.main(["fit", "--config", str(REPO / "configs/smoke.yaml")])
     monitors = [callback for callback in cli.trainer.callbacks if isinstance(callback, FilterMonitor)]
     assert len(monitors) == 1
-    assert (monitors[0].every_n_steps, monitors[0].probe_size, monitors[0].engine.max_filters) == (2, 4, 16)
+    assert (monitors[0].every_n_steps, monitors[0].probe_size, monitors[0].engine.settings.max_filters) == (2, 4, 16)
     events = read_events(cli.trainer.logger.log_dir)
     assert set(events.images["filterviz/weights/net.0"]) == {0, 2, 4, 6}
     assert "validation accuracy:" in capsys.readouterr().out

@@ -9,7 +9,8 @@ from PIL import Image
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.progress import HISTORY_FORMAT, filter_drift, load_history
+from lightning_filterviz.history import HISTORY_FORMAT, load_history
+from lightning_filterviz.progress import filter_drift
 from lightning_filterviz.render import FILMSTRIP_TILE_PIXELS, drift_strip, filmstrip
 
 
@@ -143,7 +144,7 @@ def test_progress_state_survives_a_checkpoint(tmp_path):
     pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path, max_epochs=2)).fit(
         Classifier(), datamodule=RandomImages(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
     )
-    assert len(resumed.engine.progress.filmstrip_rows("net.0")) == 3 + 2  # steps 0, 2, 4, then 6, 8
+    assert len(resumed.engine.state.progress.filmstrip_rows("net.0")) == 3 + 2  # steps 0, 2, 4, then 6, 8
     torch.testing.assert_close(
-        resumed.engine.progress.state_dict()["initial"]["net.0"], first.engine.progress.state_dict()["initial"]["net.0"]
+        resumed.engine.state.progress.state_dict()["initial"]["net.0"], first.engine.state.progress.state_dict()["initial"]["net.0"]
     )

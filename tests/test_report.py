@@ -19,7 +19,8 @@ from conftest import Classifier, FilterMonitor, RandomImages, pl, trainer_kwargs
 
 from lightning_filterviz import FilterVisualizer, render
 from lightning_filterviz.__main__ import main
-from lightning_filterviz.progress import HistoryWriter, ProgressTracker
+from lightning_filterviz.history import HistoryWriter
+from lightning_filterviz.progress import ProgressTracker
 from lightning_filterviz.report import (
     REPORT_FILENAME,
     ReportError,

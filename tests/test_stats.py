@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_filterviz.capture import LayerCapture, Snapshot
+from lightning_filterviz.records import LayerCapture, Snapshot
 from lightning_filterviz.stats import DeadFilterTracker
 
 

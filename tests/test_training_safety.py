@@ -189,12 +189,12 @@ def test_channels_last_model_works(tmp_path):
 
 
 def test_a_failing_renderer_warns_once_and_training_finishes(tmp_path, monkeypatch):
-    import lightning_filterviz.engine as engine
+    import lightning_filterviz.views as views
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")
 
-    monkeypatch.setattr(engine, "activation_grid", broken)
+    monkeypatch.setattr(views, "activation_grid", broken)
     model = Classifier()
     with torch.no_grad():
         model.net[3].bias[1] = -1e4

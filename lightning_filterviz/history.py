@@ -1,0 +1,116 @@
+"""The history on disk: one NPZ file of small arrays per snapshot, and where a run keeps them.
+
+This module owns the file format and the path, for the writer and for the report alike.
+It needs NumPy only, so that reading a run's history loads no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Optional, Union
+
+import numpy as np
+
+from lightning_filterviz.render import displayed_filters
+
+if TYPE_CHECKING:
+    from lightning_filterviz.records import Snapshot
+
+__all__ = [
+    "HISTORY_DIR",
+    "HISTORY_FORMAT",
+    "HISTORY_PATTERN",
+    "HistoryWriter",
+    "history_arrays",
+    "history_dir_of",
+    "load_history",
+]
+
+HISTORY_FORMAT = "lightning_filterviz.history/1"
+HISTORY_PATTERN = "step_*.npz"
+# Where a run's history lies, relative to its log directory.
+HISTORY_DIR = Path("filterviz", "history")
+
+
+def history_dir_of(log_dir: Union[str, os.PathLike]) -> Path:
+    """The history directory of a run logged to ``log_dir``."""
+    return Path(log_dir) / HISTORY_DIR
+
+
+def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+    """One snapshot as plain arrays for an NPZ file (no objects, so ``allow_pickle=False`` loads it).
+
+    ``drawn`` may give, per layer, what :func:`displayed_filters` returns for its filters,
+    when it was already computed to draw them.
+
+    Keys: ``format``, ``step``, ``layers`` and, per layer, ``<layer>/filters`` (the drawn
+    part of the first ``max_filters`` filters), ``<layer>/drift``, ``<layer>/weight_norm_ratio``,
+    ``<layer>/out_channels`` and, where the conv has an activation, ``<layer>/channel_max``,
+    ``<layer>/channel_mean_abs``, ``<layer>/dormant``, (ReLU family) ``<layer>/dead`` and,
+    in the snapshots that draw the views (the first and every ``views_every``-th),
+    ``<layer>/maps`` (the first probe image's feature maps, float16): they are most of
+    a file's bytes, and the statistics are what a run's history is read for.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(HISTORY_FORMAT),
+        "step": np.array(snapshot.step, dtype=np.int64),
+        "layers": np.array(list(snapshot.layers), dtype=np.str_),
+    }
+    drawn = drawn or {}
+    for name, layer in snapshot.layers.items():
+        filters = drawn[name] if name in drawn else displayed_filters(layer.weight.numpy(), layer.rgb)
+        arrays[f"{name}/filters"] = np.asarray(filters, dtype=np.float32)
+        arrays[f"{name}/out_channels"] = np.array(layer.out_channels, dtype=np.int64)
+        if name in snapshot.drift:
+            arrays[f"{name}/drift"] = snapshot.drift[name].numpy()
+            arrays[f"{name}/weight_norm_ratio"] = snapshot.weight_norm_ratio[name].numpy()
+        if layer.channel_max is not None and layer.channel_mean_abs is not None and layer.maps is not None:
+            arrays[f"{name}/channel_max"] = layer.channel_max.numpy()
+            arrays[f"{name}/channel_mean_abs"] = layer.channel_mean_abs.numpy()
+            if snapshot.draw_views:
+                arrays[f"{name}/maps"] = layer.maps[0].numpy().astype(np.float16)
+        if name in snapshot.dormant_filters:
+            arrays[f"{name}/dormant"] = np.array(snapshot.dormant_filters[name], dtype=np.int64)
+        if name in snapshot.dead_filters:
+            arrays[f"{name}/dead"] = np.array(snapshot.dead_filters[name], dtype=np.int64)
+    return arrays
+
+
+class HistoryWriter:
+    """Saves each snapshot as ``<directory>/step_<step>.npz``.
+
+    A file appears whole or not at all: it is built in memory (one write instead of a seek
+    per array) and renamed into place, so a reader never sees half of one.
+
+    Args:
+        directory: created when missing.
+    """
+
+    def __init__(self, directory: Union[str, os.PathLike]) -> None:
+        self.directory = Path(directory)
+
+    def write(self, snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+        """Save one snapshot; ``drawn`` as in :func:`history_arrays`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step_{snapshot.step:08d}.npz"
+        buffer = io.BytesIO()
+        np.savez(buffer, **history_arrays(snapshot, drawn))
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(buffer.getbuffer())
+        os.replace(partial, path)
+        return path
+
+
+def load_history(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
+    """Read one history file back (``allow_pickle=False``).
+
+    Raises:
+        ValueError: if the file is not a lightning_filterviz history file.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    if str(arrays.get("format", "")) != HISTORY_FORMAT:
+        raise ValueError(f"{path} is not a lightning_filterviz history file (no format {HISTORY_FORMAT!r}).")
+    return arrays

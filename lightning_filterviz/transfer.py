@@ -1,0 +1,168 @@
+"""One copy per snapshot from the accelerator to host memory.
+
+Each ``.cpu()`` of a CUDA tensor waits for all the GPU work queued before it; one per layer
+and statistic costs a snapshot tens of milliseconds. Instead, every tensor a snapshot
+needs is packed on its device into one float32 buffer (integer tensors reinterpreted bit
+for bit, not converted), copied once with ``non_blocking=True`` into pinned host memory,
+and followed by a CUDA event. The training thread goes on at once; whoever reads the
+values (the writer thread) waits on the event first.
+
+On the CPU the packed buffer is the host buffer: no copy beyond the packing, which also
+detaches the values from the live weights that the optimizer goes on changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["HostBuffer", "TransferPacker"]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    owner: Any
+    field: str
+    offset: int
+    length: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    # The order the tensor's dimensions were packed in (its memory order), when not the logical one.
+    packed_order: Optional[tuple[int, ...]] = None
+
+
+class HostBuffer:
+    """Host copies of the packed tensors, readable once :meth:`wait` has returned.
+
+    Args:
+        buffers: per device, the host buffer its tensors were copied into.
+        slots: where each tensor lies in its device's buffer.
+        events: the CUDA events recorded after the copies (empty on the CPU).
+    """
+
+    def __init__(self, buffers: dict[torch.device, Tensor], slots: dict[torch.device, list[_Slot]], events: list[Any]):
+        self._buffers = buffers
+        self._slots = slots
+        self._events = events
+
+    def views(self) -> list[tuple[Any, str, Tensor]]:
+        """``(owner, field, tensor)`` for every packed tensor, as CPU views into the host buffers.
+
+        The views exist at once; their values are there after :meth:`wait`.
+        """
+        unpacked = []
+        for device, slots in self._slots.items():
+            unpacked += [(slot.owner, slot.field, _slot_view(self._buffers[device], slot)) for slot in slots]
+        return unpacked
+
+    def wait(self) -> None:
+        """Block until every copy into host memory has completed (at once on the CPU)."""
+        for event in self._events:
+            event.synchronize()
+
+
+class TransferPacker:
+    """Collects tensors on their devices, then ships them to the host in one copy per device.
+
+    Example::
+
+        packer = TransferPacker()
+        packer.add(layer, "channel_max", channel_max)   # any device, any float or int64 dtype
+        host = packer.ship()                            # returns without waiting
+        host.wait()
+        for owner, field, tensor in host.views():
+            setattr(owner, field, tensor)
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[torch.device, list[tuple[Any, str, Tensor]]] = {}
+
+    def add(self, owner: Any, field: str, tensor: Tensor) -> None:
+        """Pack ``tensor`` (detached); it comes back as ``(owner, field, view)``.
+
+        Floating-point tensors come back as float32; int64 tensors as int64.
+
+        Raises:
+            TypeError: for a tensor of another dtype.
+        """
+        _packed_dtype(tensor)
+        self._pending.setdefault(tensor.device, []).append((owner, field, tensor.detach()))
+
+    def ship(self) -> HostBuffer:
+        """Pack each device's tensors into one buffer and start its copy to host memory."""
+        buffers: dict[torch.device, Tensor] = {}
+        slots: dict[torch.device, list[_Slot]] = {}
+        events = []
+        for device, entries in self._pending.items():
+            device_slots, offset = [], 0
+            for owner, field, tensor in entries:
+                dtype = _packed_dtype(tensor)
+                if dtype == torch.int64 and offset % 2:  # an int64 view must start on an 8-byte boundary
+                    offset += 1
+                length = tensor.numel() * (2 if dtype == torch.int64 else 1)
+                order = _memory_order(tensor)
+                device_slots.append(_Slot(owner, field, offset, length, tuple(tensor.shape), dtype, order))
+                offset += length
+            packed = torch.empty(offset, dtype=torch.float32, device=device)
+            for slot, (_, _, tensor) in zip(device_slots, entries):
+                # One copy per tensor straight into its slot, in the tensor's own memory order (a
+                # channels_last weight is copied as it lies, not transposed); being a copy, later
+                # in-place updates of the weights do not leak in.
+                source = tensor if slot.packed_order is None else tensor.permute(slot.packed_order)
+                _packed_view(packed, slot).copy_(source)
+            buffers[device], event = _to_host(packed)
+            slots[device] = device_slots
+            if event is not None:
+                events.append(event)
+        self._pending = {}
+        return HostBuffer(buffers, slots, events)
+
+
+def _packed_dtype(tensor: Tensor) -> torch.dtype:
+    if tensor.dtype == torch.int64:
+        return torch.int64  # reinterpreted, not converted: an index above 2**24 stays exact
+    if not torch.is_floating_point(tensor):
+        raise TypeError(f"Cannot pack a {tensor.dtype} tensor; pack floating-point or int64 tensors.")
+    return torch.float32
+
+
+def _memory_order(tensor: Tensor) -> Optional[tuple[int, ...]]:
+    """The dimension order in which ``tensor`` lies in memory, when it is channels_last."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    return None
+
+
+def _packed_view(buffer: Tensor, slot: _Slot) -> Tensor:
+    """The slot as packed: the tensor's dimensions in packing order."""
+    flat = buffer[slot.offset : slot.offset + slot.length]
+    if slot.dtype != torch.float32:
+        flat = flat.view(slot.dtype)
+    if slot.packed_order is None:
+        return flat.view(slot.shape)
+    return flat.view([slot.shape[dim] for dim in slot.packed_order])
+
+
+def _slot_view(buffer: Tensor, slot: _Slot) -> Tensor:
+    """The slot with the tensor's logical shape (a strided view when packed in memory order)."""
+    packed = _packed_view(buffer, slot)
+    if slot.packed_order is None:
+        return packed
+    return packed.permute([slot.packed_order.index(dim) for dim in range(len(slot.packed_order))])
+
+
+def _to_host(packed: Tensor) -> tuple[Tensor, Optional[Any]]:
+    if packed.device.type == "cpu":
+        return packed, None
+    if packed.device.type == "cuda":
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        # ``packed`` is freed on return, but the caching allocator hands its memory out again
+        # only to work queued after the copy on this stream, so the copy reads it intact.
+        return host, event
+    return packed.to("cpu"), None  # other accelerators: a plain, synchronous copy
