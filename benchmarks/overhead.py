@@ -1,22 +1,32 @@
 """What FilterMonitor costs a training run, measured side by side in one process.
 
-    python benchmarks/overhead.py            # everything (about half an hour on 2 CPU cores)
-    python benchmarks/overhead.py --quick    # fewer trials, for a smoke check
+    python benchmarks/overhead.py                  # everything on the CPU (about half an hour on 2 cores)
+    python benchmarks/overhead.py --quick          # fewer trials, for a smoke check
+    python benchmarks/overhead.py --device cuda    # the GPU measurements (a few minutes on one GPU)
 
 Prints:
   a. training wall time with / without the monitor: defaults on the example (trained
      for its configured epochs), and every_n_steps=10 on the example and on ResNet-18
      at 64x64 (trials alternate);
      and the cost of track_training_batches=True per training step on the example;
-  b. training-thread time per snapshot / the probe batch's plain eval forward;
+  b. training-thread time per snapshot / the probe batch's plain eval forward, for the
+     example and for ResNet-18 at 64x64 in channels_last, and the first snapshot's
+     one-time work (finding each conv's activation, measuring receptive fields);
   c. one matplotlib figure per layer drawn on the training thread / our snapshot;
   d. peak RSS after 200 snapshots minus after 10;
   e. bytes written to the log dir per snapshot.
+
+With --device cuda (ResNet-18 in channels_last, precision "16-mixed", 128x128 inputs,
+batches of 128 already on the GPU, probe 8):
+  g. wall time with / without at every_n_steps=10 and 100, and track_training_batches on / off;
+  h. training-thread time per snapshot / the probe's eval forward, the first snapshot's
+     one-time work, and host synchronizations per snapshot and per tracked training forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
@@ -52,10 +62,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer trials and shorter runs")
     parser.add_argument("--parts", default="abcde", help="which measurements to run, e.g. 'bd' (default: all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default: cpu)")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         print(rss_growth(*example_model_and_probe(), snapshots=200))
+        return
+    if args.device == "cuda":
+        quiet_logs()
+        cuda_report(quick=args.quick)
         return
     # The machine's own noise is several percent per run: many short alternating pairs
     # and their median ratio measure a 1% difference better than a few long runs.
@@ -90,8 +105,17 @@ def main() -> None:
     model, probe = example_model_and_probe()
     if "b" in args.parts:
         print("\nb. training-thread time per snapshot / plain eval forward of the probe")
-        stall, forward = snapshot_stall(model, probe, repeats=10 if args.quick else 40)
-        print(f"   snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
+        repeats = 10 if args.quick else 40
+        stall, forward, first = snapshot_stall(model, probe, repeats=repeats)
+        print(f"   example: snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
+        print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
+        resnet, resnet_probe = resnet18_channels_last(64, torch.device("cpu"))
+        stall, forward, first = snapshot_stall(resnet, resnet_probe, repeats=repeats)
+        print(
+            f"   resnet18 64x64 channels_last, probe 8: snapshot {stall * 1e3:.2f} ms / "
+            f"forward {forward * 1e3:.2f} ms = {stall / forward:.2f}"
+        )
+        print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
 
     if "c" in args.parts:
         print("\nc. one matplotlib figure per layer on the training thread / our synchronous snapshot")
@@ -189,7 +213,7 @@ class MonitorClock:
         "on_fit_end",
         "teardown",
     )
-    JOBS = ("_render_and_write", "_write_ending")
+    JOBS = ("_judge_and_publish", "_publish_ending")
 
     def __init__(self, monitor: FilterMonitor) -> None:
         self.hooks = 0.0
@@ -262,31 +286,61 @@ def example_model_and_probe() -> tuple[torch.nn.Module, torch.Tensor]:
     return ImageClassifier(arch="small_cnn"), images
 
 
-def snapshot_stall(model: torch.nn.Module, probe: torch.Tensor, repeats: int) -> tuple[float, float]:
+def snapshot_stall(
+    model: torch.nn.Module,
+    probe: torch.Tensor,
+    repeats: int,
+    forward_context: Optional[Callable] = None,
+) -> tuple[float, float, float]:
+    """Median training-thread time of a snapshot (the writer idle, so its work does not
+    count), median plain eval forward of the probe, and the first snapshot's time.
+
+    On a GPU the snapshot is timed as the training thread sees it (its GPU work is queued,
+    not waited for); the forward includes its GPU time (a synchronize after it).
+    """
+    context = forward_context or contextlib.nullcontext
     with tempfile.TemporaryDirectory() as log_dir:
         writer = SummaryWriter(log_dir)
         visualizer = FilterVisualizer(writer, background=True)
         stalls, forwards = [], []
-        for step in range(repeats):
+        for step in range(repeats + 1):
             visualizer.flush()  # measure the stall itself, not waiting on a full queue
+            synchronize(probe.device)
             start = time.perf_counter()
-            visualizer.snapshot(model, probe, step)
+            visualizer.snapshot(model, probe, step, forward_context=forward_context)
             stalls.append(time.perf_counter() - start)
             visualizer.flush()
-            forwards.append(plain_eval_forward(model, probe))
+            forwards.append(plain_eval_forward(model, probe, context))
         visualizer.close()
         writer.close()
-    return statistics.median(stalls), statistics.median(forwards)
+    return statistics.median(stalls[1:]), statistics.median(forwards[1:]), stalls[0]
 
 
-def plain_eval_forward(model: torch.nn.Module, probe: torch.Tensor) -> float:
+def plain_eval_forward(model: torch.nn.Module, probe: torch.Tensor, context: Callable = contextlib.nullcontext) -> float:
     model.eval()
+    synchronize(probe.device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), context():
         model(model_input(probe))
+    synchronize(probe.device)
     elapsed = time.perf_counter() - start
     model.train()
     return elapsed
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resnet18_channels_last(size: int, device: torch.device, batch: int = 8) -> tuple[torch.nn.Module, torch.Tensor]:
+    """torchvision's ResNet-18 (8 classes) and a probe of ``batch`` images, both channels_last."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=8).to(device, memory_format=torch.channels_last)
+    probe = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    return model, probe
 
 
 def matplotlib_versus_ours(model: torch.nn.Module, probe: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -353,6 +407,135 @@ def bytes_per_snapshot(model: torch.nn.Module, probe: torch.Tensor, snapshots: i
         events = sum(path.stat().st_size for path in Path(log_dir).glob("events.out.tfevents.*"))
         arrays = sum(path.stat().st_size for path in history.glob("*.npz"))
         return events / snapshots, arrays / snapshots
+
+
+# ---------------------------------------------------------------- on a GPU
+
+CUDA_IMAGE_SIZE = 128
+CUDA_BATCH_SIZE = 128
+
+
+def cuda_report(quick: bool) -> None:
+    """Parts g and h on the first CUDA device (see the module docstring)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a CUDA device, and torch sees none here.")
+    import lightning
+    import torchvision
+
+    device = torch.device("cuda")
+    print(
+        f"{torch.cuda.get_device_name(device)}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"torchvision {torchvision.__version__}, lightning {lightning.__version__}"
+    )
+    torch.backends.cudnn.benchmark = True
+    trials, steps = (1, 60) if quick else (3, 200)
+    data = resident_batches(device, batches=16)
+    _, probe = resnet18_channels_last(CUDA_IMAGE_SIZE, device)
+    probe = probe.cpu()  # as FilterMonitor keeps it; the engine pins it and copies it asynchronously
+
+    print(f"\ng. training wall time, with monitor / without (ResNet-18, 16-mixed, {steps} steps, median of pairs)")
+    for label, settings, baseline in (
+        ("every_n_steps=10", {"every_n_steps": 10}, None),
+        ("every_n_steps=100", {"every_n_steps": 100}, None),
+        (
+            "track_training_batches=True / False (both every_n_steps=100)",
+            {"every_n_steps": 100, "track_training_batches": True},
+            {"every_n_steps": 100},
+        ),
+    ):
+        run = cuda_run(data, steps)
+        run.monitor_settings = {**settings, "probe": probe}  # type: ignore[attr-defined]
+        run.baseline = {**baseline, "probe": probe} if baseline is not None else None  # type: ignore[attr-defined]
+        report_ratio(label, run, trials)
+
+    print("\nh. one snapshot on the training thread (FilterVisualizer(background=True), probe 8, fp16 autocast)")
+    model, probe = resnet18_channels_last(CUDA_IMAGE_SIZE, device)
+    stall, forward, first = snapshot_stall(model, probe, repeats=10 if quick else 30, forward_context=_fp16_autocast)
+    print(f"   snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
+    print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
+    per_snapshot, per_tracked_forward = count_host_syncs(model, probe)
+    print(f"   host synchronizations: {per_snapshot} per snapshot, {per_tracked_forward} per tracked training forward")
+
+
+def _fp16_autocast() -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def resident_batches(device: torch.device, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches already on the GPU, so that the run measures training, not loading."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    shape = (CUDA_BATCH_SIZE, 3, CUDA_IMAGE_SIZE, CUDA_IMAGE_SIZE)
+    return [
+        (
+            torch.randn(shape, device=device, generator=generator).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, 8, (CUDA_BATCH_SIZE,), device=device, generator=generator),
+        )
+        for _ in range(batches)
+    ]
+
+
+def cuda_run(data: list, steps: int) -> Callable[[Optional[FilterMonitor]], float]:
+    from torch.utils.data import DataLoader
+
+    def run(monitor: Optional[FilterMonitor]) -> float:
+        seed_everything(0, verbose=False)
+        model = ImageClassifier(arch="resnet18", lr=1e-3).to(memory_format=torch.channels_last)
+        with tempfile.TemporaryDirectory() as log_dir:
+            trainer = Trainer(
+                accelerator="gpu",
+                devices=1,
+                precision="16-mixed",
+                max_steps=steps,
+                logger=TensorBoardLogger(log_dir, name="bench"),
+                callbacks=[monitor] if monitor is not None else [],
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+            )
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=None))
+            torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+    return run
+
+
+def count_host_syncs(model: torch.nn.Module, probe: torch.Tensor) -> tuple[int, int]:
+    """Host synchronizations on the training thread: in one snapshot after the first, and in
+    one training forward watched by ``training_batch`` (counted by torch's sync debug mode)."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        visualizer = FilterVisualizer(log_dir, background=True)
+        for step in range(2):  # the first snapshot's one-time work is not what is counted
+            visualizer.snapshot(model, probe, step, forward_context=_fp16_autocast)
+        visualizer.flush()
+        batch = torch.randn(CUDA_BATCH_SIZE, *probe.shape[1:], device=probe.device)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        model.train()
+        with visualizer.training_batch(model), _fp16_autocast():
+            model(batch)
+        per_snapshot = len(_syncs(lambda: visualizer.snapshot(model, probe, 2, forward_context=_fp16_autocast)))
+
+        def tracked_forward() -> None:
+            with visualizer.training_batch(model), _fp16_autocast():
+                model(batch)
+
+        per_forward = len(_syncs(tracked_forward))
+        visualizer.close()
+    return per_snapshot, per_forward
+
+
+def _syncs(work: Callable[[], None]) -> list:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [warning for warning in caught if "synchroniz" in str(warning.message)]
 
 
 if __name__ == "__main__":

@@ -408,6 +408,8 @@ class FilterVisualizer:
             plan=self._plan,
         )
         if self.settings.log_activations:
+            if captured.plan is not None and captured.plan is not self._plan:
+                _note_how_layers_are_watched(captured.snapshot, captured.plan, model)
             self._plan = captured.plan
         return captured
 
@@ -496,6 +498,16 @@ class _StatisticsGate:
             return
         with self._condition:
             self._condition.wait_for(lambda: self._judged >= self._submitted)
+
+
+def _note_how_layers_are_watched(snapshot: Snapshot, plan: ProbePlan, model: nn.Module) -> None:
+    """For the layer table: where training batches are watched for each conv with a ReLU-family activation."""
+    names = {module: name for name, module in model.named_modules()}
+    for layer, capture in snapshot.layers.items():
+        if not capture.zeroing:
+            continue
+        tap = plan.taps.get(layer)
+        capture.watched_by = f"hook on `{names.get(tap.module, type(tap.module).__name__)}`" if tap else "tracer"
 
 
 def _as_step(step: Any) -> int:

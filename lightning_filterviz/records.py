@@ -40,6 +40,8 @@ class LayerCapture:
         output_hw: the activation's spatial size ``(H, W)`` before any downsampling.
         training_max: per-filter maximum over the training batches watched since the
             previous snapshot (``track_training_batches``), ``(out_channels,)``.
+        watched_by: how training batches are watched for this conv's dead filters (a hook
+            on a named module, or the tracer); set at the snapshot that found it.
     """
 
     name: str
@@ -55,6 +57,7 @@ class LayerCapture:
     peak_index: Optional[Tensor] = None
     output_hw: Optional[tuple[int, int]] = None
     training_max: Optional[Tensor] = None
+    watched_by: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -131,11 +131,17 @@ class RunState:
 
 
 def layer_table(snapshot: Snapshot) -> str:
-    """A Markdown table: each watched conv, the activation it maps to, or why it has none."""
-    rows = ["| conv | filters | activation | dead judged |", "|---|---|---|---|"]
+    """A Markdown table: each watched conv, the activation it maps to (or why it has none), and
+    how ``track_training_batches`` watches it: a hook on the module in front of its ReLU, or
+    the tracer (which costs more per step)."""
+    rows = [
+        "| conv | filters | activation | dead judged | training batches watched by |",
+        "|---|---|---|---|---|",
+    ]
     for name, layer in snapshot.layers.items():
         activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
-        rows.append(f"| {name} | {layer.out_channels} | {activation} | {'yes' if layer.zeroing else 'no'} |")
+        judged = "yes" if layer.zeroing else "no"
+        rows.append(f"| {name} | {layer.out_channels} | {activation} | {judged} | {layer.watched_by or '-'} |")
     return "\n".join(rows)
 
 

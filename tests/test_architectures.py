@@ -190,7 +190,7 @@ def test_non_relu_activations_get_dormant_but_not_dead(tmp_path):
     assert "filterviz/dead_fraction/net.0" not in events.scalars
     assert events.scalars["filterviz/dormant_fraction/net.0"][0] >= 1 / 6
     table = events.texts["filterviz/layers"][0]
-    assert "| net.0 | 6 | silu | no |" in table and "| net.2 | 4 | relu | yes |" in table
+    assert "| net.0 | 6 | silu | no | - |" in table and "| net.2 | 4 | relu | yes | hook on `net.2` |" in table
 
 
 class GatedConv(nn.Module):

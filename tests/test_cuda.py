@@ -1,0 +1,104 @@
+"""On a GPU: a snapshot and a tracked training forward leave the training thread without
+waiting for the GPU, and give what the same snapshot gives on the CPU.
+
+These need a CUDA device; without one they are skipped (and say so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
+from lightning_filterviz import FilterVisualizer
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: checks host synchronizations and GPU results"
+)
+
+
+@contextlib.contextmanager
+def no_host_synchronization() -> Iterator[None]:
+    """Any operation that makes the host wait for the GPU raises inside this block."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def fp16_autocast() -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def resnet18_channels_last() -> tuple[nn.Module, torch.Tensor]:
+    model = torchvision.models.resnet18(num_classes=8).cuda().to(memory_format=torch.channels_last)
+    probe = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    return model, probe
+
+
+def test_snapshots_after_the_first_make_no_host_synchronization(tmp_path):
+    model, probe = resnet18_channels_last()
+    visualizer = FilterVisualizer(str(tmp_path), background=True, views_every=2)
+    # The first snapshot finds each conv's activation and measures receptive fields (one-time work).
+    visualizer.snapshot(model, probe, 0, forward_context=fp16_autocast)
+    visualizer.flush()
+    with no_host_synchronization():
+        visualizer.snapshot(model, probe, 1, forward_context=fp16_autocast)  # draws the views too
+        visualizer.snapshot(model, probe, 2, forward_context=fp16_autocast)
+    visualizer.close()
+    assert visualizer.dead_filters.keys() >= {"conv1", "layer1.0.conv1"}
+    assert (tmp_path / "activations" / "conv1" / "step_00000002.png").is_file()
+    assert (tmp_path / "responses" / "conv1" / "step_00000001.png").is_file()
+
+
+def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
+    model, probe = resnet18_channels_last()
+    visualizer = FilterVisualizer(str(tmp_path), background=True)
+    visualizer.snapshot(model, probe, 0)
+    visualizer.flush()
+    batch = torch.randn(16, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    model.train()
+    with no_host_synchronization():
+        for _ in range(2):
+            with visualizer.training_batch(model), fp16_autocast():
+                model(batch)
+    visualizer.snapshot(model, probe, 1)
+    visualizer.close()
+    assert visualizer.dead_filters.keys() >= {"conv1", "layer4.1.conv1"}
+
+
+def test_a_gpu_snapshot_equals_the_cpu_snapshot(tmp_path):
+    model = conv_bn_relu_stack()
+    with torch.no_grad():
+        model[3].bias[2] = -1e4  # dead
+    probe = torch.randn(4, 3, 10, 10)
+    on_cpu = FilterVisualizer(str(tmp_path / "cpu"), dead_patience=1)
+    cpu_snapshot = on_cpu.snapshot(model, probe, 0)
+    model.cuda()
+    on_gpu = FilterVisualizer(str(tmp_path / "gpu"), dead_patience=1, background=True)
+    gpu_snapshot = on_gpu.snapshot(model, probe, 0)
+    on_gpu.close()
+    assert on_gpu.dead_filters == on_cpu.dead_filters == {"0": [], "3": [2]}
+    for name, expected in cpu_snapshot.layers.items():
+        captured = gpu_snapshot.layers[name]
+        for field in ("weight", "channel_max", "channel_mean_abs", "maps"):
+            torch.testing.assert_close(getattr(captured, field), getattr(expected, field), rtol=1e-4, atol=1e-5)
+        assert captured.weight.device.type == "cpu"
+
+
+def test_a_trainer_on_the_gpu_logs_every_snapshot(tmp_path):
+    monitor = FilterMonitor(every_n_steps=2, track_training_batches=True)
+    trainer = pl.Trainer(
+        callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, accelerator="gpu", precision="16-mixed")
+    )
+    trainer.fit(Classifier(), datamodule=RandomImages())
+    events = read_events(trainer.logger.log_dir)
+    assert set(events.images["filterviz/activations/net.0"]) == {0, 2, 4}
+    assert monitor.dead_filters.keys() == {"net.0", "net.3"}
