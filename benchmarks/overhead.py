@@ -264,19 +264,23 @@ def resnet_run(steps: int) -> Callable[[Optional[FilterMonitor]], float]:
 
 def timed_fit(model: ImageClassifier, data: PhotoPatches, monitor: Optional[FilterMonitor], **limits) -> float:
     with tempfile.TemporaryDirectory() as log_dir:
-        trainer = Trainer(
-            accelerator="cpu",
-            logger=TensorBoardLogger(log_dir, name="bench"),
-            callbacks=[monitor] if monitor is not None else [],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            **limits,
-        )
+        trainer = bench_trainer(log_dir, monitor, accelerator="cpu", **limits)
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         return time.perf_counter() - start
+
+
+def bench_trainer(log_dir: str, monitor: Optional[FilterMonitor], **settings) -> Trainer:
+    """A Trainer that does nothing but train (and log to TensorBoard), with or without the monitor."""
+    return Trainer(
+        logger=TensorBoardLogger(log_dir, name="bench"),
+        callbacks=[monitor] if monitor is not None else [],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **settings,
+    )
 
 
 def example_model_and_probe() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -481,18 +485,8 @@ def cuda_run(data: list, steps: int) -> Callable[[Optional[FilterMonitor]], floa
         seed_everything(0, verbose=False)
         model = ImageClassifier(arch="resnet18", lr=1e-3).to(memory_format=torch.channels_last)
         with tempfile.TemporaryDirectory() as log_dir:
-            trainer = Trainer(
-                accelerator="gpu",
-                devices=1,
-                precision="16-mixed",
-                max_steps=steps,
-                logger=TensorBoardLogger(log_dir, name="bench"),
-                callbacks=[monitor] if monitor is not None else [],
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
+            trainer = bench_trainer(
+                log_dir, monitor, accelerator="gpu", devices=1, precision="16-mixed", max_steps=steps, limit_val_batches=0
             )
             torch.cuda.synchronize()
             start = time.perf_counter()
