@@ -432,7 +432,7 @@ def cuda_report(quick: bool) -> None:
         f"torchvision {torchvision.__version__}, lightning {lightning.__version__}"
     )
     torch.backends.cudnn.benchmark = True
-    trials, steps = (1, 60) if quick else (3, 200)
+    trials, steps = (2, 60) if quick else (3, 200)
     data = resident_batches(device, batches=16)
     _, probe = resnet18_channels_last(CUDA_IMAGE_SIZE, device)
     probe = probe.cpu()  # as FilterMonitor keeps it; the engine pins it and copies it asynchronously

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -121,7 +121,15 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
 """
 
 
-class FilterMonitorLogic:
+if TYPE_CHECKING:
+    # The type checker holds every ``@override`` below against Lightning's real Callback; at
+    # run time the logic stays free of either package (each flavour adds its own Callback).
+    from lightning.pytorch.callbacks import Callback as _CallbackBase
+else:
+    _CallbackBase = object
+
+
+class FilterMonitorLogic(_CallbackBase):
     """Everything the callback does, independent of which Lightning package runs it."""
 
     def __init__(
@@ -203,7 +211,7 @@ class FilterMonitorLogic:
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(  # type: ignore[attr-defined]
+        return self._generate_state_key(
             layers=self.layers, every_n_epochs=self.every_n_epochs, every_n_steps=self.every_n_steps
         )
 

@@ -43,7 +43,7 @@ __all__ = ["FilterVisualizer"]
 if not hasattr(rank_zero_only, "rank"):
     # Lightning sets this when it is imported; a plain PyTorch script never does, and the
     # rank-zero helpers refuse to run without it. Launchers export the rank as RANK.
-    rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))  # type: ignore[attr-defined]
 
 
 class FilterVisualizer:

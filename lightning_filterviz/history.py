@@ -96,7 +96,7 @@ class HistoryWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step_{snapshot.step:08d}.npz"
         buffer = io.BytesIO()
-        np.savez(buffer, **history_arrays(snapshot, drawn))
+        np.savez(buffer, **history_arrays(snapshot, drawn))  # type: ignore[arg-type]  # keys are array names
         partial = path.with_name(f".{path.name}.partial")
         partial.write_bytes(buffer.getbuffer())
         os.replace(partial, path)

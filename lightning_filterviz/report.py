@@ -308,7 +308,7 @@ def layer_colours(layers: Sequence[str]) -> dict[str, Any]:
     return {name: palette(index % palette.N) for index, name in enumerate(layers)}
 
 
-def filter_grid(filters: np.ndarray, dead: Sequence[int] = ()) -> render.Image:
+def filter_grid(filters: np.ndarray, dead: Union[Sequence[int], np.ndarray] = ()) -> render.Image:
     """The package's filter grid of one layer, dead filters framed in red.
 
     Args:

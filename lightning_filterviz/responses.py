@@ -420,7 +420,8 @@ def _axis_field(
             f"Neighbouring outputs of conv {name!r} do not see inputs a whole number of pixels apart along "
             f"its {label} (an upsampling before it?), so its receptive field is not a regular grid."
         )
-    start, end = starts[middle], ends[middle]
+    start: Optional[int] = starts[middle]
+    end: Optional[int] = ends[middle]
     if start == 0:  # perhaps clipped: one step further in, the box is shifted by one stride
         start = starts[after] - stride if stride is not None and starts[after] > 0 else None
     if end == extent:

@@ -232,9 +232,9 @@ def use_fast_checksums(file_writer: Any) -> bool:
 
     async_writer = getattr(getattr(file_writer, "event_writer", None), "_async_writer", None)
     record_writer = getattr(async_writer, "_writer", None)
-    if type(record_writer) is not RecordWriter or _c_crc32c() is None:
+    if record_writer is None or type(record_writer) is not RecordWriter or _c_crc32c() is None:
         return False
-    record_writer.write = functools.partial(_write_record, record_writer._writer)  # type: ignore[method-assign]
+    record_writer.write = functools.partial(_write_record, record_writer._writer)
     return True
 
 
