@@ -136,8 +136,11 @@ class ProbePlan:
         traced: convs with an activation that only the tracer can follow (a non-ReLU
             activation, a functional normalization in between, a module shared with others).
         no_activation: convs without an activation, and why.
+        through: per conv, the elementwise arithmetic followed between it and its activation
+            (``("mul", "add")`` for a FrozenBatchNorm2d), where there was any.
     """
 
     taps: dict[str, ActivationTap] = field(default_factory=dict)
     traced: list[str] = field(default_factory=list)
     no_activation: dict[str, str] = field(default_factory=dict)
+    through: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
-from lightning_filterviz.probe import model_input, probe_from_loader, take_first, to_cpu
+from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
+from lightning_filterviz.rng import untouched_random_state
 from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.history import history_dir_of
 from lightning_filterviz.sinks import DirectorySink, NullSink, TensorBoardSink
@@ -191,6 +193,8 @@ class FilterMonitorLogic(_CallbackBase):
         self.track_training_batches = track_training_batches
         self._batch_watch = contextlib.ExitStack()
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
+        self._pinned_probe: Optional[Any] = None
+        self._waiting_for_weights = False
         self._last_snapshot_step: Optional[int] = None
         self._enabled = True
 
@@ -254,14 +258,17 @@ class FilterMonitorLogic(_CallbackBase):
             return
         if self._probe is None:
             self._probe = self._probe_from_data(trainer)
-        model_input(self._probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
         log_dir = _log_dir(trainer)
-        if trainer.is_global_zero:
-            history_dir = history_dir_of(log_dir) if self.save_history else None
-            self.engine.attach(self._make_sink(trainer, log_dir), history_dir)
-            self._warn_about_tensorboard_sampling(trainer)
-        self._snapshot(trainer, pl_module)
+        if not trainer.is_global_zero:
+            model_input(self._probe, self.engine.batch_key)  # the same check as on rank 0, before any step
+            return
+        probe = self._probe_on_device(trainer)
+        model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
+        history_dir = history_dir_of(log_dir) if self.save_history else None
+        self.engine.attach(self._make_sink(trainer, log_dir), history_dir)
+        self._warn_about_tensorboard_sampling(trainer)
+        self._snapshot(trainer, pl_module, probe)
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -271,6 +278,8 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
         self._batch_watch.close()  # the forward is over; the backward is not watched
+        if self._enabled and self._waiting_for_weights:
+            self._snapshot(trainer, pl_module)  # the forward has just given lazy modules their weights
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -321,18 +330,28 @@ class FilterMonitorLogic(_CallbackBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("probe") is not None:
             self._probe = state_dict["probe"]
+            self._pinned_probe = None
         self._last_snapshot_step = state_dict.get("last_snapshot_step")
         self.engine.load_state_dict(state_dict.get("engine", {}))
 
-    def _snapshot(self, trainer: Any, pl_module: Any) -> None:
+    def _snapshot(self, trainer: Any, pl_module: Any, probe: Optional[Any] = None) -> None:
         step = trainer.global_step
         if step == self._last_snapshot_step or not trainer.is_global_zero:
             return
+        if _has_lazy_weights(pl_module):
+            if not self._waiting_for_weights:
+                rank_zero_info(
+                    "filterviz: the model has lazy modules whose weights do not exist yet; the first snapshot "
+                    "is taken right after the first training forward, before the first optimizer step."
+                )
+            self._waiting_for_weights = True
+            return
+        self._waiting_for_weights = False
         self._last_snapshot_step = step
         try:
             self.engine.snapshot(
                 pl_module,
-                self._probe,
+                probe if probe is not None else self._probe_on_device(trainer),
                 step,
                 forward_context=trainer.precision_plugin.forward_context,
                 convert_input=_input_converter(trainer),
@@ -343,6 +362,19 @@ class FilterMonitorLogic(_CallbackBase):
                 f"filterviz: the snapshot at step {step} failed, so FilterMonitor is off for the rest of this run. "
                 f"Cause: {type(error).__name__}: {error}"
             )
+
+    def _probe_on_device(self, trainer: Any) -> Any:
+        """The probe as the model sees a training batch: through the LightningModule's
+        ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
+        (where users normalize, cast or augment), with every random generator left as it was."""
+        probe = self._probe
+        if trainer.strategy.root_device.type == "cuda":
+            # Pinned once, so that each snapshot's copy to the GPU is asynchronous.
+            if self._pinned_probe is None:
+                self._pinned_probe = pin_memory(probe)
+            probe = self._pinned_probe
+        with untouched_random_state(_cuda_devices_in_use()):
+            return trainer.strategy.batch_to_device(probe)
 
     def _probe_from_data(self, trainer: Any) -> Any:
         loader = _validation_loader(trainer) if self.probe_split == "val" else None
@@ -377,6 +409,14 @@ class FilterMonitorLogic(_CallbackBase):
                 f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
                 "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
             )
+
+
+def _has_lazy_weights(model: nn.Module) -> bool:
+    return any(is_lazy(parameter) for parameter in model.parameters())
+
+
+def _cuda_devices_in_use() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _has_compiled_module(model: nn.Module) -> bool:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from lightning_filterviz.activations import ActivationRecorder, ActivationTap, ProbePlan
 from lightning_filterviz.discovery import NOT_RUN, ActivationTracer, ConvLayer
 from lightning_filterviz.records import LayerCapture, Snapshot
+from lightning_filterviz.rng import untouched_random_state
 from lightning_filterviz.transfer import HostBuffer, TransferPacker
 
 __all__ = [
@@ -157,6 +158,8 @@ def start_capture(
                 (forward_fn or _call_model)(model, inputs)
             plan = observed.finish()
             _collect_activations(snapshot, recorder, observed.no_activation, packer, max_filters)
+            for name, ops in (plan.through if plan is not None else {}).items():
+                snapshot.layers[name].through = ops
     for name, maxima in (training_maxima or {}).items():
         if name in snapshot.layers:
             packer.add(snapshot.layers[name], "training_max", maxima)
@@ -242,7 +245,7 @@ def _call_model(model: nn.Module, inputs: Any) -> Any:
 
 @contextlib.contextmanager
 def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
-    """Eval mode, an untouched RNG and (unless ``grad``) no autograd for the duration.
+    """Eval mode, untouched random generators and (unless ``grad``) no autograd for the duration.
 
     Compiled modules run as plain Python, so hooks fire and nothing is (re)compiled. Every
     module's train/eval flag is restored afterwards, so a user's frozen BatchNorm stays frozen.
@@ -250,7 +253,7 @@ def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
     modes = [(module, module.training) for module in model.modules()]
     autograd = torch.enable_grad() if grad else torch.no_grad()
     try:
-        with torch.random.fork_rng(devices=_cuda_devices(model)), autograd, _eager():
+        with untouched_random_state(_cuda_devices(model)), autograd, _eager():
             model.eval()
             yield
     finally:

@@ -36,6 +36,12 @@ _NORMALIZATIONS = frozenset(
 _PASS_THROUGH = _NORMALIZATIONS | frozenset(
     {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "contiguous"}
 )
+# Elementwise arithmetic that, by a number or a per-channel constant, keeps a conv's output
+# "the same signal" (an affine map per channel: FrozenBatchNorm2d's ``x * scale + bias``).
+_AFFINE = frozenset(
+    {"mul", "mul_", "__rmul__", "add", "add_", "__radd__", "sub", "sub_", "__rsub__", "rsub", "neg", "neg_"}
+)
+_DIVISIONS = frozenset({"div", "div_", "true_divide", "true_divide_"})  # affine only with the output on top
 # Activations whose "off" state is an exact floor at zero: only these can make a filter dead.
 _ZEROING_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
 # ``nn.ReLU6`` calls ``hardtanh(x, 0, 6)``: zeroing only when its lower bound is 0 or more.
@@ -115,6 +121,7 @@ class _Tracked:
     layer: str
     tensor: Tensor  # held so that its id() stays unique while tracked
     tap: Optional[nn.Module] = None
+    through: tuple[str, ...] = ()  # the arithmetic followed on the way (not normalization layers)
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -138,6 +145,8 @@ class ActivationTracer(TorchFunctionMode):
         self.recorder = recorder if recorder is not None else ActivationRecorder()
         self._tracked: dict[int, _Tracked] = {}
         self.no_activation: dict[str, str] = {}
+        # Per conv, the arithmetic followed between it and its activation (for the layer table).
+        self.through: dict[str, tuple[str, ...]] = {}
         # For taps: per layer, the module in front of its activation at each call, and its bounds.
         self._taps_seen: dict[str, list[Optional[nn.Module]]] = {}
         self._bounds: dict[str, Optional[tuple[str, float, float]]] = {}
@@ -148,8 +157,8 @@ class ActivationTracer(TorchFunctionMode):
         """Conv name -> its activation, for the convs whose activation was found."""
         return self.recorder.records
 
-    def track(self, layer: str, output: Tensor, tap: Optional[nn.Module] = None) -> None:
-        self._tracked[id(output)] = _Tracked(layer, output, tap)
+    def track(self, layer: str, output: Tensor, tap: Optional[nn.Module] = None, through: tuple[str, ...] = ()) -> None:
+        self._tracked[id(output)] = _Tracked(layer, output, tap, through)
 
     def note_module_output(self, module: nn.Module, output: Any) -> None:
         """Note that ``module`` returned ``output``: the innermost module returning a tracked
@@ -181,7 +190,7 @@ class ActivationTracer(TorchFunctionMode):
         Only complete after a forward in which :meth:`note_module_output` saw every module.
         """
         taps = self.taps()
-        plan = ProbePlan(taps=taps)
+        plan = ProbePlan(taps=taps, through={layer: ops for layer, ops in self.through.items() if ops})
         for name in layers:
             if name in taps:
                 continue
@@ -219,8 +228,11 @@ class ActivationTracer(TorchFunctionMode):
         for entry in consumed:
             layer = entry.layer
             if name in _PASS_THROUGH:
-                self.track(layer, result)
+                self.track(layer, result, through=entry.through)
+            elif _is_channel_affine(name, args, entry.tensor):
+                self.track(layer, result, through=entry.through + (name.strip("_").removeprefix("r"),))
             elif zeroing is not None:
+                self.through[layer] = entry.through
                 function = name.rstrip("_")
                 bounds = _identity_bounds(name, args, kwargs) if zeroing else None
                 self.recorder.record(layer, function, zeroing, result, nonnegative=bounds is not None and bounds[0] >= 0)
@@ -243,6 +255,28 @@ def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:
     if name in _OTHER_ACTIVATIONS:
         return False
     return None
+
+
+def _is_channel_affine(name: str, args: tuple, tracked: Tensor) -> bool:
+    """Whether ``name(*args)`` maps ``tracked`` affinely, by a number or a per-channel constant."""
+    if name in ("neg", "neg_"):
+        return True
+    if name not in _AFFINE and name not in _DIVISIONS or len(args) < 2:
+        return False
+    if name in _DIVISIONS and args[0] is not tracked:
+        return False
+    other = args[1] if args[0] is tracked else args[0]
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        return True
+    return isinstance(other, Tensor) and _per_channel(other, tracked)
+
+
+def _per_channel(constant: Tensor, tracked: Tensor) -> bool:
+    """Whether ``constant`` broadcasts over ``tracked`` (N, C, ...) with one value per channel at most."""
+    if tracked.dim() < 2 or constant.dim() > tracked.dim():
+        return False
+    shape = (1,) * (tracked.dim() - constant.dim()) + tuple(constant.shape)
+    return shape[1] in (1, tracked.shape[1]) and all(size == 1 for axis, size in enumerate(shape) if axis != 1)
 
 
 def _identity_bounds(name: str, args: tuple, kwargs: dict) -> Optional[tuple[float, float]]:

@@ -21,13 +21,16 @@ import weakref
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 
 from lightning_filterviz.capture import CapturedProbe, ForwardFn, InFlightSnapshot, start_capture
 from lightning_filterviz.activations import ProbePlan
 from lightning_filterviz.discovery import ConvLayer, select_conv_layers
-from lightning_filterviz.probe import BatchKey, model_input, to_device
+from lightning_filterviz.probe import BatchKey, model_input, pin_memory, to_device
 from lightning_filterviz.layer_names import resolve_layer_patterns
 from lightning_filterviz.publishing import Publisher
 from lightning_filterviz.records import ReceptiveField, Snapshot
@@ -294,7 +297,13 @@ class FilterVisualizer:
         self._report_background_failure()
         self._emit_messages()
         layers = self._layers_of(model)
-        inputs = self._probe_inputs(model, batch, convert_input)
+        lazy = [layer.name for layer in layers if is_lazy(_stored_weight(layer.module))]
+        if lazy:
+            raise ValueError(
+                f"The conv layers {lazy[:3]} have no weights yet (lazy modules): run one forward pass "
+                "before the first snapshot, so that their shapes are known."
+            )
+        inputs = self._probe_inputs(model, layers, batch, convert_input)
         draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.settings.views_every == 0
         captured = self._capture(model, inputs, layers, step, forward_context, draw_views)
         snapshot = captured.snapshot
@@ -373,15 +382,22 @@ class FilterVisualizer:
             return self._watched
         return self.watch(model)
 
-    def _probe_inputs(self, model: nn.Module, batch: Any, convert_input: Optional[Callable[[Tensor], Tensor]]) -> Any:
+    def _probe_inputs(
+        self, model: nn.Module, layers: list[ConvLayer], batch: Any, convert_input: Optional[Callable[[Tensor], Tensor]]
+    ) -> Any:
         inputs = model_input(batch, self.settings.batch_key)
         device = _device_of(model)
         if device.type == "cuda":
             # Pinned once per probe, so that each snapshot's copy to the GPU is asynchronous.
             if self._pinned_probe is None or self._pinned_probe[0] is not inputs:
-                self._pinned_probe = (inputs, _pinned(inputs))
+                self._pinned_probe = (inputs, pin_memory(inputs))
             inputs = self._pinned_probe[1]
-        return to_device(inputs, device, convert_input)
+        inputs = to_device(inputs, device, convert_input)
+        # Follow the convs' dtype (a model cast to float64, say) where the conversion did not.
+        dtype = _stored_weight(layers[0].module).dtype if layers else None
+        if dtype is not None and dtype.is_floating_point:
+            inputs = apply_to_collection(inputs, Tensor, lambda tensor: _as_floating(tensor, dtype))
+        return inputs
 
     def _capture(
         self,
@@ -521,10 +537,18 @@ def _looks_like_images(inputs: Any) -> bool:
     return isinstance(inputs, Tensor) and inputs.dim() == 4 and inputs.shape[1] in (1, 3)
 
 
-def _pinned(inputs: Any) -> Any:
-    from lightning_utilities.core.apply_func import apply_to_collection
+def _stored_weight(module: nn.Module) -> Tensor:
+    """The conv's weight as stored, without computing a parametrized one (which, in train
+    mode, can run a power iteration or draw random numbers)."""
+    if parametrize.is_parametrized(module, "weight"):
+        stored = module.parametrizations["weight"]  # type: ignore[index]
+        # One stored tensor, or several (weight norm keeps ``original0`` and ``original1``).
+        return getattr(stored, "original") if hasattr(stored, "original") else getattr(stored, "original0")
+    return module.weight  # type: ignore[return-value]
 
-    return apply_to_collection(inputs, Tensor, lambda tensor: tensor.pin_memory() if tensor.device.type == "cpu" else tensor)
+
+def _as_floating(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -10,6 +10,10 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_filterviz.rng import untouched_random_state
+
+__all__ = ["BatchKey", "model_input", "pin_memory", "probe_from_loader", "take_first", "to_cpu", "to_device"]
+
 BatchKey = Union[int, str, None]
 
 
@@ -17,8 +21,11 @@ def probe_from_loader(loader: DataLoader, size: int) -> tuple[Any, int]:
     """Collate the first ``size`` samples of a loader's dataset into one batch.
 
     Samples are taken from ``loader.dataset`` by index and collated with the loader's own
-    ``collate_fn``: the loader is never iterated, so its shuffling and the training run's
-    random state stay untouched.
+    ``collate_fn``: the loader is never iterated, so its shuffling is untouched. A dataset's
+    random transforms draw from torch's, Python's and NumPy's global generators; all three
+    are restored afterwards, so the training run draws what it would have drawn. A loader
+    with ``batch_size=None`` yields the dataset's items as they are (ready-made batches):
+    the probe is then the first ``size`` samples of the first item.
 
     Returns:
         The batch on the CPU and the number of samples in it (fewer than ``size`` when the
@@ -33,11 +40,16 @@ def probe_from_loader(loader: DataLoader, size: int) -> tuple[Any, int]:
             f"Cannot take a probe batch from a {type(dataset).__name__}: it cannot be indexed. "
             "Pass `probe=` (a tensor or a batch) to FilterMonitor instead."
         )
-    count = min(size, len(dataset))  # type: ignore[arg-type]
-    if count == 0:
+    if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("Cannot take a probe batch from an empty dataset. Pass `probe=` instead.")
-    batch = loader.collate_fn([dataset[index] for index in range(count)])
-    return to_cpu(batch), count
+    with untouched_random_state(_initialized_cuda_devices()):
+        if loader.batch_size is None:  # each item is a whole batch already
+            batch = take_first(loader.collate_fn(dataset[0]), size)
+        else:
+            count = min(size, len(dataset))  # type: ignore[arg-type]
+            batch = loader.collate_fn([dataset[index] for index in range(count)])
+    batch = to_cpu(batch)
+    return batch, _samples_in(batch)
 
 
 def model_input(batch: Any, batch_key: BatchKey = None) -> Any:
@@ -67,6 +79,21 @@ def model_input(batch: Any, batch_key: BatchKey = None) -> Any:
     except (KeyError, IndexError, TypeError) as error:
         available = list(batch) if isinstance(batch, Mapping) else f"{type(batch).__name__} of length {len(batch)}"
         raise ValueError(f"`batch_key={batch_key!r}` is not in the probe batch ({available}).") from error
+
+
+def _samples_in(batch: Any) -> int:
+    tensors: list[Tensor] = []
+    apply_to_collection(batch, Tensor, tensors.append)
+    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() > 0 else 1
+
+
+def _initialized_cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+
+
+def pin_memory(batch: Any) -> Any:
+    """Every CPU tensor of a batch in pinned (page-locked) memory, so copies to a GPU run asynchronously."""
+    return apply_to_collection(batch, Tensor, lambda tensor: tensor.pin_memory() if tensor.device.type == "cpu" else tensor)
 
 
 def take_first(batch: Any, size: int) -> Any:

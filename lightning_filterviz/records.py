@@ -42,6 +42,8 @@ class LayerCapture:
             previous snapshot (``track_training_batches``), ``(out_channels,)``.
         watched_by: how training batches are watched for this conv's dead filters (a hook
             on a named module, or the tracer); set at the snapshot that found it.
+        through: the elementwise arithmetic between the conv and its activation that was
+            followed as normalization (``("mul", "add")`` for a FrozenBatchNorm2d).
     """
 
     name: str
@@ -58,6 +60,7 @@ class LayerCapture:
     output_hw: Optional[tuple[int, int]] = None
     training_max: Optional[Tensor] = None
     watched_by: Optional[str] = None
+    through: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

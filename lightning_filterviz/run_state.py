@@ -140,6 +140,8 @@ def layer_table(snapshot: Snapshot) -> str:
     ]
     for name, layer in snapshot.layers.items():
         activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
+        if layer.activation and layer.through:
+            activation += f" (through {', '.join(layer.through)})"
         judged = "yes" if layer.zeroing else "no"
         rows.append(f"| {name} | {layer.out_channels} | {activation} | {judged} | {layer.watched_by or '-'} |")
     return "\n".join(rows)
