@@ -9,6 +9,7 @@ accepts callbacks derived from its own ``Callback`` class.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
@@ -25,6 +26,7 @@ from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader
 from lightning_filterviz.rng import untouched_random_state
 from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.history import history_dir_of
+from lightning_filterviz.settings import check_bool, check_positive_int
 from lightning_filterviz.sinks import DirectorySink, NullSink, TensorBoardSink
 
 PROBE_SPLITS = ("val", "train")
@@ -161,8 +163,9 @@ class FilterMonitorLogic(_CallbackBase):
     ) -> None:
         super().__init__()
         _validate_cadence(every_n_epochs, every_n_steps)
-        if not isinstance(probe_size, int) or isinstance(probe_size, bool) or probe_size < 1:
-            raise ValueError(f"`probe_size` must be an integer >= 1, got {probe_size!r}.")
+        check_positive_int("probe_size", probe_size)
+        check_bool("track_training_batches", track_training_batches)
+        check_bool("save_history", save_history)
         if probe_split not in PROBE_SPLITS:
             raise ValueError(f"`probe_split` must be one of {PROBE_SPLITS}, got {probe_split!r}.")
         self.layers = layers
@@ -476,5 +479,10 @@ def _planned_snapshots(trainer: Any, every_n_epochs: Optional[int], every_n_step
         return None if total_steps == float("inf") else 1 + int(total_steps) // every_n_steps
     max_epochs = trainer.max_epochs
     if max_epochs is None or max_epochs < 0:
-        return None
+        # Bounded by max_steps alone: the epochs that many optimizer steps take.
+        total_steps, batches = trainer.estimated_stepping_batches, trainer.num_training_batches
+        if total_steps == float("inf") or not batches or batches == float("inf"):
+            return None
+        steps_per_epoch = max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+        max_epochs = math.ceil(int(total_steps) / steps_per_epoch)
     return 1 + max_epochs // (every_n_epochs or 1)

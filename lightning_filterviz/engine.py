@@ -31,13 +31,13 @@ from lightning_filterviz.capture import CapturedProbe, ForwardFn, InFlightSnapsh
 from lightning_filterviz.activations import ProbePlan
 from lightning_filterviz.discovery import ConvLayer, select_conv_layers
 from lightning_filterviz.probe import BatchKey, model_input, pin_memory, to_device
-from lightning_filterviz.layer_names import resolve_layer_patterns
+from lightning_filterviz.layer_names import resolve_layer_patterns, unmatched_patterns
 from lightning_filterviz.publishing import Publisher
 from lightning_filterviz.records import ReceptiveField, Snapshot
 from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.responses import receptive_field
 from lightning_filterviz.run_state import RunState
-from lightning_filterviz.settings import VisualizerSettings
+from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import BackgroundWriter, Sink, as_sink
 from lightning_filterviz.tracking import track_training_batch
 
@@ -183,6 +183,9 @@ class FilterVisualizer:
             response_layers=response_layers,  # type: ignore[arg-type]
             max_pending=max_pending,
         )
+        check_bool("background", background)
+        if history_dir is not None and not isinstance(history_dir, (str, os.PathLike)):
+            raise TypeError(f"`history_dir` must be None or a directory path, got {history_dir!r}.")
         self._publisher = Publisher(as_sink(sink), history_dir)
         self.state = RunState(self.settings)
         self._writer: Optional[BackgroundWriter] = BackgroundWriter(max_pending=max_pending) if background else None
@@ -251,13 +254,22 @@ class FilterVisualizer:
         """Resolve which conv layers of ``model`` are watched.
 
         Raises:
-            ValueError: if a requested layer name or pattern matches no conv layer.
+            ValueError: if a name or pattern in ``layers`` matches no conv layer, or one in
+                ``filmstrip_layers`` or ``response_layers`` none of the watched ones.
         """
         self._reset_watch()
         self._watched = select_conv_layers(model, self.settings.layers)
         self._watched_model = weakref.ref(model)
         names = [conv.name for conv in self._watched]
-        self.state.progress.filmstrip_layers = resolve_layer_patterns(self.settings.filmstrip_layers, names)
+        for argument in ("filmstrip_layers", "response_layers"):
+            unmatched = unmatched_patterns(getattr(self.settings, argument), names)
+            if unmatched:
+                raise ValueError(
+                    f"`{argument}` entry {unmatched[0]!r} matches none of the watched conv layers "
+                    f"{names[:5]}{' ...' if len(names) > 5 else ''}; use their names or fnmatch patterns, or [] for none."
+                )
+        filmstrips = resolve_layer_patterns(self.settings.filmstrip_layers, names) if self.settings.log_weights else []
+        self.state.progress.filmstrip_layers = filmstrips
         self._response_layers = resolve_layer_patterns(self.settings.response_layers, names)
         return self._watched
 
@@ -484,7 +496,7 @@ class FilterVisualizer:
     def _publish_ending(self, step: int) -> None:
         ending = Snapshot(step=step, filmstrips=self.state.filmstrip_rows())
         latest_drift, self.state.undrawn_drift = self.state.undrawn_drift, None
-        if (ending.filmstrips or latest_drift is not None) and self._may_write():
+        if self.settings.log_weights and (ending.filmstrips or latest_drift is not None) and self._may_write():
             self._publisher.publish_ending(ending, latest_drift, self.settings.colormap)
 
     def _may_write(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Optional, Sequence
 
-__all__ = ["matches", "resolve_layer_patterns"]
+__all__ = ["matches", "resolve_layer_patterns", "unmatched_patterns"]
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -22,3 +22,8 @@ def resolve_layer_patterns(requested: Optional[Sequence[str]], watched: Sequence
     if requested is None:
         return list(watched[:1])
     return [name for name in watched if any(matches(name, pattern) for pattern in requested)]
+
+
+def unmatched_patterns(requested: Optional[Sequence[str]], watched: Sequence[str]) -> list[str]:
+    """The patterns in ``requested`` that choose none of the ``watched`` layers."""
+    return [pattern for pattern in requested or () if not any(matches(name, pattern) for name in watched)]

@@ -59,7 +59,7 @@ class RunState:
         snapshot.dormant_filters = {name: list(indices) for name, indices in self.dormant.items()}
         snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
         self.progress.update(snapshot, self.settings.weight_normalization, snapshot.symmetric_ranges)
-        if snapshot.draw_views:
+        if snapshot.draw_views and self.settings.log_weights:
             snapshot.filmstrips = self.filmstrip_rows()
         # Kept (drift only, no maps) so that the end of the run can draw the last snapshot's drift strips.
         self.undrawn_drift = None if snapshot.draw_views else _drift_of(snapshot)

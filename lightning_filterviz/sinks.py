@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import functools
 import io
@@ -9,6 +10,7 @@ import os
 import queue
 import struct
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
@@ -293,6 +295,7 @@ class BackgroundWriter:
         self.max_pending = max_pending
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue(maxsize=max_pending)
         self._thread: Optional[threading.Thread] = None
+        self._finishes_at_exit = False
         self.failure: Optional[BaseException] = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -310,6 +313,10 @@ class BackgroundWriter:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="filterviz-writer", daemon=True)
             self._thread.start()
+            if not self._finishes_at_exit:
+                # A script that never calls close() still gets every snapshot it submitted written.
+                atexit.register(_finish_at_exit, weakref.ref(self))
+                self._finishes_at_exit = True
         self._jobs.put(job)
 
     def drain(self) -> None:
@@ -337,3 +344,9 @@ class BackgroundWriter:
             finally:
                 job = None  # let the snapshot go while waiting for the next one
                 self._jobs.task_done()
+
+
+def _finish_at_exit(writer_ref: "weakref.ReferenceType[BackgroundWriter]") -> None:
+    writer = writer_ref()
+    if writer is not None:
+        writer.close()

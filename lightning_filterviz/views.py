@@ -81,7 +81,7 @@ def snapshot_scalars(snapshot: Snapshot) -> dict[str, float]:
 
 
 def probe_view(snapshot: Snapshot, settings: VisualizerSettings, drawn: DrawnFilters) -> dict[str, Image]:
-    if snapshot.probe_images is None:
+    if snapshot.probe_images is None or not settings.log_activations:
         return {}
     return {PROBE_TAG: probe_image_grid(snapshot.probe_images)}
 
@@ -107,7 +107,7 @@ def filmstrip_images(snapshot: Snapshot) -> dict[str, Image]:
 
 
 def filmstrip_view(snapshot: Snapshot, settings: VisualizerSettings, drawn: DrawnFilters) -> dict[str, Image]:
-    return filmstrip_images(snapshot)
+    return filmstrip_images(snapshot) if settings.log_weights else {}
 
 
 def drift_strip_images(snapshot: Snapshot, colormap: str) -> dict[str, Image]:
@@ -120,7 +120,7 @@ def drift_strip_images(snapshot: Snapshot, colormap: str) -> dict[str, Image]:
 
 
 def drift_strip_view(snapshot: Snapshot, settings: VisualizerSettings, drawn: DrawnFilters) -> dict[str, Image]:
-    return drift_strip_images(snapshot, settings.colormap) if snapshot.draw_views else {}
+    return drift_strip_images(snapshot, settings.colormap) if snapshot.draw_views and settings.log_weights else {}
 
 
 def responses_view(snapshot: Snapshot, settings: VisualizerSettings, drawn: DrawnFilters) -> dict[str, Image]:

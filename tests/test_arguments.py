@@ -1,35 +1,111 @@
-"""Bad constructor arguments fail fast with a message naming the argument and what it accepts."""
+"""Bad constructor arguments fail fast with a message naming the argument and what it accepts;
+every argument of FilterMonitor and FilterVisualizer has a case here and a row in README."""
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+
 import pytest
+import torch
 
-from lightning_filterviz import FilterMonitor, FilterVisualizer
+from conftest import REPO, Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, trainer_kwargs
+from lightning_filterviz import FilterVisualizer
 
-BAD_ARGUMENTS = [
-    (dict(every_n_epochs=0), r"`every_n_epochs` must be None or an integer >= 1, got 0"),
-    (dict(every_n_epochs=-2), r"`every_n_epochs` must be None or an integer >= 1"),
-    (dict(every_n_steps=0), r"`every_n_steps` must be None or an integer >= 1"),
-    (dict(every_n_steps=1.5), r"`every_n_steps` must be None or an integer >= 1"),
-    (dict(every_n_epochs=1, every_n_steps=10), r"at most one of `every_n_epochs` \(1\) and `every_n_steps` \(10\)"),
-    (dict(probe_size=0), r"`probe_size` must be an integer >= 1, got 0"),
-    (dict(probe_split="test"), r"`probe_split` must be one of \('val', 'train'\), got 'test'"),
-    (dict(max_filters=0), r"`max_filters` must be an integer >= 1, got 0"),
-    (dict(max_images=0), r"`max_images` must be an integer >= 1, got 0"),
-    (dict(dead_patience=0), r"`dead_patience` must be an integer >= 1, got 0"),
-    (dict(weight_normalization="minmax"), r"`weight_normalization` must be one of \('filter', 'layer', 'symmetric'\)"),
-    (dict(colormap="no-such-map"), r"`colormap` must be a matplotlib colormap name"),
-    (dict(dormant_tau=-0.1), r"`dormant_tau` must be a number >= 0, got -0.1"),
-    (dict(views_every=0), r"`views_every` must be an integer >= 1, got 0"),
+# Shared by FilterMonitor and FilterVisualizer: (arguments, exception, message).
+SHARED = [
+    (dict(layers="net.0"), TypeError, r"`layers` must be a list of module names or patterns, got the string 'net.0'"),
+    (dict(layers=[0]), TypeError, r"`layers` must hold module names or patterns \(strings\), got 0"),
+    (dict(max_filters=0), ValueError, r"`max_filters` must be an integer >= 1, got 0"),
+    (dict(max_images=0), ValueError, r"`max_images` must be an integer >= 1, got 0"),
+    (dict(dead_threshold="0"), ValueError, r"`dead_threshold` must be a finite number, got '0'"),
+    (dict(dead_threshold=math.nan), ValueError, r"`dead_threshold` must be a finite number, got nan"),
+    (dict(dead_patience=0), ValueError, r"`dead_patience` must be an integer >= 1, got 0"),
+    (dict(dormant_tau=-0.1), ValueError, r"`dormant_tau` must be a number >= 0, got -0.1"),
+    (dict(weight_normalization="minmax"), ValueError, r"`weight_normalization` must be one of \('filter', 'layer', 'symmetric'\)"),
+    (dict(log_weights="no"), TypeError, r"`log_weights` must be True or False, got 'no'"),
+    (dict(log_activations=1), TypeError, r"`log_activations` must be True or False, got 1"),
+    (dict(batch_key=1.5), TypeError, r"`batch_key` must be None, an int index or a str key, got 1.5"),
+    (dict(forward_fn="model"), TypeError, r"`forward_fn` must be callable as forward_fn\(module, input\), got 'model'"),
+    (dict(colormap="no-such-map"), ValueError, r"`colormap` must be a matplotlib colormap name"),
+    (dict(filmstrip_layers="net.0"), TypeError, r"`filmstrip_layers` must be a list of module names or patterns"),
+    (dict(views_every=0), ValueError, r"`views_every` must be an integer >= 1, got 0"),
+    (dict(response_layers="net.0"), TypeError, r"`response_layers` must be a list of module names or patterns"),
 ]
+MONITOR_ONLY = [
+    (dict(every_n_epochs=0), ValueError, r"`every_n_epochs` must be None or an integer >= 1, got 0"),
+    (dict(every_n_epochs=-2), ValueError, r"`every_n_epochs` must be None or an integer >= 1"),
+    (dict(every_n_steps=0), ValueError, r"`every_n_steps` must be None or an integer >= 1"),
+    (dict(every_n_steps=1.5), ValueError, r"`every_n_steps` must be None or an integer >= 1"),
+    (dict(every_n_epochs=1, every_n_steps=10), ValueError, r"at most one of `every_n_epochs` \(1\) and `every_n_steps` \(10\)"),
+    (dict(probe_size=0), ValueError, r"`probe_size` must be an integer >= 1, got 0"),
+    (dict(probe_split="test"), ValueError, r"`probe_split` must be one of \('val', 'train'\), got 'test'"),
+    (dict(track_training_batches="yes"), TypeError, r"`track_training_batches` must be True or False, got 'yes'"),
+    (dict(save_history=None), TypeError, r"`save_history` must be True or False, got None"),
+]
+VISUALIZER_ONLY = [
+    (dict(sink=object()), TypeError, r"pass a SummaryWriter, a directory path"),
+    (dict(background="yes"), TypeError, r"`background` must be True or False, got 'yes'"),
+    (dict(max_pending=0), ValueError, r"`max_pending` must be an integer >= 1, got 0"),
+    (dict(history_dir=3), TypeError, r"`history_dir` must be None or a directory path, got 3"),
+]
+# Arguments that take any value of their kind, so no value is wrong at construction.
+ANY_VALUE = {"probe"}
 
 
-@pytest.mark.parametrize(("kwargs", "message"), BAD_ARGUMENTS, ids=[str(kwargs) for kwargs, _ in BAD_ARGUMENTS])
-def test_bad_argument_raises_value_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def ids(cases: list) -> list[str]:
+    return [str(kwargs) for kwargs, _, _ in cases]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), SHARED + MONITOR_ONLY, ids=ids(SHARED + MONITOR_ONLY))
+def test_bad_monitor_argument_raises(kwargs, error, message):
+    with pytest.raises(error, match=message):
         FilterMonitor(**kwargs)
 
 
-def test_engine_refuses_what_it_cannot_write_to():
-    with pytest.raises(TypeError, match="pass a SummaryWriter, a directory path"):
-        FilterVisualizer(object())
+@pytest.mark.parametrize(("kwargs", "error", "message"), SHARED + VISUALIZER_ONLY, ids=ids(SHARED + VISUALIZER_ONLY))
+def test_bad_visualizer_argument_raises(kwargs, error, message, tmp_path):
+    arguments = {"sink": str(tmp_path), **kwargs}
+    with pytest.raises(error, match=message):
+        FilterVisualizer(**arguments)
+
+
+@pytest.mark.parametrize(("owner", "cases"), [(FilterMonitor, SHARED + MONITOR_ONLY), (FilterVisualizer, SHARED + VISUALIZER_ONLY)])
+def test_every_argument_has_a_bad_value_case(owner, cases):
+    covered = {name for kwargs, _, _ in cases for name in kwargs} | ANY_VALUE
+    arguments = set(inspect.signature(owner.__init__).parameters) - {"self"}
+    assert arguments - covered == set()
+
+
+def test_readme_documents_every_monitor_argument():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Arguments") :]
+    documented = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE))
+    arguments = set(inspect.signature(FilterMonitor.__init__).parameters) - {"self"}
+    assert arguments - documented == set()
+
+
+@pytest.mark.parametrize("argument", ["filmstrip_layers", "response_layers"])
+def test_view_layers_that_match_nothing_fail_at_setup(argument, tmp_path):
+    monitor = FilterMonitor(**{argument: ["net.9*"]})
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    with pytest.raises(ValueError, match=rf"`{argument}` entry 'net.9\*' matches none of the watched conv layers"):
+        trainer.fit(Classifier(), datamodule=RandomImages())
+
+
+def test_a_step_that_is_not_an_integer_is_refused(tmp_path):
+    visualizer = FilterVisualizer(str(tmp_path))
+    with pytest.raises(TypeError, match=r"`step` must be an integer \(the training step\), got 1.5"):
+        visualizer.snapshot(conv_bn_relu_stack(), torch.randn(2, 3, 8, 8), 1.5)
+    visualizer.snapshot(conv_bn_relu_stack(), torch.randn(2, 3, 8, 8), torch.tensor(2))  # an integer tensor is fine
+
+
+def test_with_neither_weights_nor_activations_only_scalars_are_written(tmp_path):
+    visualizer = FilterVisualizer(str(tmp_path), log_weights=False, log_activations=False)
+    model = conv_bn_relu_stack()
+    for step in range(3):
+        visualizer.snapshot(model, torch.randn(2, 3, 8, 8), step)
+    visualizer.finish(3)
+    assert list(tmp_path.rglob("*.png")) == []
+    assert "filterviz/drift/0" in (tmp_path / "scalars.csv").read_text()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 import weakref
 
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 import lightning_filterviz.views as views_module
-from conftest import FunctionalNet, conv_bn_relu_stack
+from conftest import REPO, FunctionalNet, conv_bn_relu_stack
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.sinks import BackgroundWriter
 
@@ -107,3 +109,19 @@ def test_no_activation_tensor_or_grid_outlives_its_snapshot(tmp_path, monkeypatc
     gc.collect()
     assert len(grids) == 5 * 4 and len(captured) == 5 * 4
     assert [ref for ref in grids + captured if ref() is not None] == []
+
+
+def test_snapshots_still_queued_when_a_script_ends_are_written(tmp_path):
+    script = f"""
+import torch
+from torch import nn
+from lightning_filterviz import FilterVisualizer
+model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+visualizer = FilterVisualizer({str(tmp_path)!r}, background=True, max_pending=8)
+for step in range(5):
+    visualizer.snapshot(model, torch.randn(2, 3, 8, 8), step)
+# no flush(), no close(): the interpreter exits with snapshots still queued
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
+    written = sorted(path.name for path in (tmp_path / "weights" / "0").iterdir())
+    assert written == [f"step_{step:08d}.png" for step in range(5)]
