@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 import torch
@@ -82,8 +83,11 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
         log_activations: run the probe and log feature maps and dead-filter statistics.
         probe: a probe batch to use instead of one taken from the data: a tensor, or a
             batch shaped like the training batches (tuple, list or dict).
-        batch_key: where the model input is in a batch: an index into a tuple/list or a
-            key into a dict. ``None``: the batch itself, or the first element of a tuple/list.
+        batch_key: where the model input is in a batch: an index into a tuple/list, a key
+            into a dict, or a function of the batch that returns the input (for a model of
+            several inputs: ``lambda batch: (batch[0], batch[1])`` with
+            ``forward_fn=lambda module, inputs: module(*inputs)``). ``None``: the batch
+            itself, or the first element of a tuple/list.
         forward_fn: how to run the model on the probe input, ``forward_fn(module, input)``,
             when ``module(input)`` is not the way.
         max_images: probe images whose feature maps are drawn.
@@ -149,7 +153,7 @@ class FilterMonitorLogic(_CallbackBase):
         log_weights: bool = True,
         log_activations: bool = True,
         probe: Optional[Any] = None,
-        batch_key: Optional[Union[int, str]] = None,
+        batch_key: Optional[Union[int, str, Callable[[Any], Any]]] = None,
         forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None,
         max_images: int = 2,
         weight_normalization: WeightNormalization = "filter",
@@ -197,7 +201,13 @@ class FilterMonitorLogic(_CallbackBase):
         self._batch_watch = contextlib.ExitStack()
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
         self._pinned_probe: Optional[Any] = None
+        self._probe_given = probe is not None
         self._waiting_for_weights = False
+        self._track_requested = track_training_batches
+        # What the previous fit watched, so that a fit of another model or on other data starts afresh.
+        self._fitted_model: Optional[weakref.ReferenceType[Any]] = None
+        self._data_source: Optional[weakref.ReferenceType[Any]] = None
+        self._log_dir: Optional[str] = None
         self._last_snapshot_step: Optional[int] = None
         self._enabled = True
 
@@ -226,6 +236,9 @@ class FilterMonitorLogic(_CallbackBase):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
+        self._enabled = True  # each fit tries afresh, whatever switched the monitor off before
+        self.track_training_batches = self._track_requested
+        self._begin_fit(pl_module)
         if trainer.fast_dev_run:
             self._enabled = False
             rank_zero_info("filterviz: `fast_dev_run` is on; FilterMonitor takes no snapshots.")
@@ -259,17 +272,20 @@ class FilterMonitorLogic(_CallbackBase):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not self._enabled:
             return
+        self._note_data_source(trainer)
         if self._probe is None:
             self._probe = self._probe_from_data(trainer)
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
         log_dir = _log_dir(trainer)
+        new_log_dir = self._log_dir is not None and log_dir != self._log_dir
+        self._log_dir = log_dir
         if not trainer.is_global_zero:
             model_input(self._probe, self.engine.batch_key)  # the same check as on rank 0, before any step
             return
         probe = self._probe_on_device(trainer)
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
         history_dir = history_dir_of(log_dir) if self.save_history else None
-        self.engine.attach(self._make_sink(trainer, log_dir), history_dir)
+        self.engine.attach(self._make_sink(trainer, log_dir), history_dir, new_run=new_log_dir)
         self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module, probe)
 
@@ -366,6 +382,31 @@ class FilterMonitorLogic(_CallbackBase):
                 f"Cause: {type(error).__name__}: {error}"
             )
 
+    def _begin_fit(self, pl_module: Any) -> None:
+        previous = self._fitted_model() if self._fitted_model is not None else None
+        if self._fitted_model is not None and previous is not pl_module:
+            self._start_afresh()
+        self._fitted_model = weakref.ref(pl_module)
+
+    def _note_data_source(self, trainer: Any) -> None:
+        source = _data_source(trainer)
+        previous = self._data_source() if self._data_source is not None else None
+        if self._data_source is not None and previous is not source:
+            self._start_afresh()  # the same model on other data: a new probe, new statistics
+        try:
+            self._data_source = weakref.ref(source) if source is not None else None
+        except TypeError:  # an object without weak references: a change of data goes unnoticed
+            self._data_source = None
+
+    def _start_afresh(self) -> None:
+        """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
+        self.engine.reset()
+        if not self._probe_given:
+            self._probe = None
+            self._pinned_probe = None
+        self._last_snapshot_step = None
+        self._waiting_for_weights = False
+
     def _probe_on_device(self, trainer: Any) -> Any:
         """The probe as the model sees a training batch: through the LightningModule's
         ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
@@ -412,6 +453,14 @@ class FilterMonitorLogic(_CallbackBase):
                 f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
                 "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
             )
+
+
+def _data_source(trainer: Any) -> Any:
+    """What the fit's data comes from: its datamodule, else its training dataset."""
+    if trainer.datamodule is not None:
+        return trainer.datamodule
+    loader = _first_loader(trainer.train_dataloader)
+    return loader.dataset if loader is not None else None
 
 
 def _has_lazy_weights(model: nn.Module) -> bool:

@@ -100,8 +100,11 @@ class FilterVisualizer:
             first snapshot, which shows growth in magnitude).
         log_weights: write the filter images.
         log_activations: run the probe forward and write feature maps and dead statistics.
-        batch_key: where the model input is in a batch: an index into a tuple/list or a key
-            into a dict. ``None``: the batch itself, or the first element of a tuple/list.
+        batch_key: where the model input is in a batch: an index into a tuple/list, a key
+            into a dict, or a function of the batch that returns the input (for a model of
+            several inputs: ``lambda batch: (batch[0], batch[1])`` with
+            ``forward_fn=lambda model, inputs: model(*inputs)``). ``None``: the batch itself,
+            or the first element of a tuple/list.
         forward_fn: how to run the model on the input, ``forward_fn(model, input)``;
             default ``model(input)``.
         colormap: matplotlib colormap for the feature maps.
@@ -241,14 +244,34 @@ class FilterVisualizer:
         self._statistics.wait(self._writer)
         return {name: list(indices) for name, indices in self.state.dormant.items()}
 
-    def attach(self, sink: Union[Sink, Any, str, os.PathLike], history_dir: Optional[Union[str, os.PathLike]] = None) -> None:
+    def attach(
+        self,
+        sink: Union[Sink, Any, str, os.PathLike],
+        history_dir: Optional[Union[str, os.PathLike]] = None,
+        *,
+        new_run: bool = False,
+    ) -> None:
         """Write from now on to ``sink`` (and save history files in ``history_dir``, if given).
 
-        Waits for snapshots still being written to the previous destination.
+        Waits for snapshots still being written to the previous destination. With
+        ``new_run``, the next snapshot also writes the probe images and the layer table,
+        which a new destination has not seen.
         """
         if self._writer is not None:
             self._writer.drain()
         self._publisher = Publisher(as_sink(sink), history_dir)
+        if new_run:
+            self._probe_logged = False
+            self.state.described = False
+
+    def reset(self) -> None:
+        """Forget the run so far (statistics, drift baselines, filmstrips, the watched model),
+        after writing what is still queued; the settings and the destination stay."""
+        self.flush()
+        self.state = RunState(self.settings)
+        self._snapshot_count = 0
+        self._probe_logged = False
+        self._reset_watch()
 
     def watch(self, model: nn.Module) -> list[ConvLayer]:
         """Resolve which conv layers of ``model`` are watched.
@@ -320,8 +343,9 @@ class FilterVisualizer:
         captured = self._capture(model, inputs, layers, step, forward_context, draw_views)
         snapshot = captured.snapshot
         snapshot.draw_views = draw_views
-        if not self._probe_logged and _looks_like_images(inputs):
-            captured.add(snapshot, "probe_images", inputs[: self.settings.max_images])
+        images = _first_images(inputs)
+        if not self._probe_logged and images is not None:
+            captured.add(snapshot, "probe_images", images[: self.settings.max_images])
             self._probe_logged = True
         if draw_views:
             self._attach_receptive_fields(captured, model, inputs, layers)
@@ -543,6 +567,14 @@ def _as_step(step: Any) -> int:
         return operator.index(step)  # int, NumPy and 0-d integer tensors
     except TypeError:
         raise TypeError(f"`step` must be an integer (the training step), got {step!r}.") from None
+
+
+def _first_images(inputs: Any) -> Optional[Tensor]:
+    """The model input if it is a batch of images, else the first batch of images among several inputs."""
+    if _looks_like_images(inputs):
+        return inputs
+    candidates = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (list, tuple)) else ()
+    return next((candidate for candidate in candidates if _looks_like_images(candidate)), None)
 
 
 def _looks_like_images(inputs: Any) -> bool:

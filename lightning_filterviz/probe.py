@@ -14,7 +14,8 @@ from lightning_filterviz.rng import untouched_random_state
 
 __all__ = ["BatchKey", "model_input", "pin_memory", "probe_from_loader", "take_first", "to_cpu", "to_device"]
 
-BatchKey = Union[int, str, None]
+# An index into a tuple/list, a key into a mapping, or a function of the batch (several inputs).
+BatchKey = Union[int, str, Callable[[Any], Any], None]
 
 
 def probe_from_loader(loader: DataLoader, size: int) -> tuple[Any, int]:
@@ -57,12 +58,17 @@ def model_input(batch: Any, batch_key: BatchKey = None) -> Any:
 
     Args:
         batch: a tensor, a tuple/list such as ``(images, labels)``, or a mapping.
-        batch_key: index into a tuple/list, or key into a mapping. ``None`` means the batch
-            itself when it is a tensor and its first element when it is a tuple/list.
+        batch_key: index into a tuple/list, key into a mapping, or a function that takes the
+            batch and returns the model input (for a model of several inputs, e.g.
+            ``lambda batch: (batch[0], batch[1])`` with a ``forward_fn`` that unpacks them).
+            ``None`` means the batch itself when it is a tensor and its first element when
+            it is a tuple/list.
 
     Raises:
         ValueError: if a mapping is given without ``batch_key``, or the key is missing.
     """
+    if callable(batch_key):
+        return batch_key(batch)
     if batch_key is None:
         if isinstance(batch, Tensor):
             return batch

@@ -13,7 +13,7 @@ from lightning_filterviz.render import WEIGHT_NORMALIZATIONS, WeightNormalizatio
 
 __all__ = ["VisualizerSettings", "check_bool", "check_layer_names", "check_positive_int"]
 
-BatchKey = Union[int, str, None]
+BatchKey = Union[int, str, Callable[[Any], Any], None]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,11 @@ class VisualizerSettings:
             raise ValueError(
                 f"`weight_normalization` must be one of {WEIGHT_NORMALIZATIONS}, got {self.weight_normalization!r}."
             )
-        if self.batch_key is not None and (isinstance(self.batch_key, bool) or not isinstance(self.batch_key, (int, str))):
-            raise TypeError(f"`batch_key` must be None, an int index or a str key, got {self.batch_key!r}.")
+        key = self.batch_key
+        if key is not None and not callable(key) and (isinstance(key, bool) or not isinstance(key, (int, str))):
+            raise TypeError(
+                f"`batch_key` must be None, an int index, a str key or a function of the batch, got {key!r}."
+            )
         if self.forward_fn is not None and not callable(self.forward_fn):
             raise TypeError(f"`forward_fn` must be callable as forward_fn(module, input), got {self.forward_fn!r}.")
         import matplotlib

@@ -243,3 +243,97 @@ def test_loaders_of_ready_made_batches_give_a_probe(tmp_path):
     assert images.shape == (5, 3, 12, 12)
     assert torch.equal(images, ReadyBatches().val_set.tensors[0][:5])
     assert set(read_events(trainer.logger.log_dir).images["filterviz/weights/net.0"]) == {0, 2, 4}
+
+
+class TwoInputNet(nn.Module):
+    """An image and a per-sample side input (a conditioning scalar), as conditional models take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, image: Tensor, side: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(image) + 0.0).mean(dim=(2, 3)) * side[:, None])
+
+
+class TwoInputClassifier(Classifier):
+    def forward(self, image: Tensor, side: Tensor) -> Tensor:
+        return self.net(image, side)
+
+    def training_step(self, batch, batch_idx):
+        image, side, labels = batch
+        return F.cross_entropy(self(image, side), labels)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+class WithSideInput(RandomImages):
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("train_set", "val_set"):
+            images, labels = getattr(self, name).tensors
+            setattr(self, name, TensorDataset(images, torch.rand(len(images)) + 0.5, labels))
+
+
+def test_a_model_of_two_inputs_is_monitored_through_a_batch_key_function(tmp_path):
+    monitor = FilterMonitor(
+        every_n_steps=2,
+        batch_key=lambda batch: (batch[0], batch[1]),
+        forward_fn=lambda module, inputs: module(*inputs),
+    )
+    model = TwoInputClassifier(TwoInputNet(), lr=0.0)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(model, datamodule=WithSideInput())
+    image, side, _ = monitor.probe
+    with torch.no_grad():
+        reference = F.relu(model.net.conv(image)).amax(dim=(0, 2, 3))
+    history = load_history(Path(trainer.logger.log_dir) / "filterviz" / "history" / "step_00000000.npz")
+    np.testing.assert_allclose(history["net.conv/channel_max"], reference.numpy(), rtol=1e-6)
+    events = read_events(trainer.logger.log_dir)
+    assert set(events.images["filterviz/activations/net.conv"]) == {0, 2, 4}
+    assert events.images["filterviz/probe"][0].shape[0] > 12  # the image input is drawn
+
+
+class LargerImages(RandomImages):
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(9)
+        for name in ("train_set", "val_set"):
+            images, labels = getattr(self, name).tensors
+            setattr(self, name, TensorDataset(torch.randn(len(images), 3, 16, 16, generator=generator), labels))
+
+
+def filterviz_warnings(record) -> list[str]:
+    return [str(warning.message) for warning in record if "filterviz" in str(warning.message)]
+
+
+def test_a_monitor_reused_for_another_model_and_data_starts_afresh(tmp_path, recwarn):
+    monitor = FilterMonitor(every_n_steps=2)
+    first = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "first", max_epochs=1))
+    first.fit(Classifier(lr=0.5), datamodule=RandomImages())
+    second = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "second", max_epochs=1))
+    second.fit(Classifier(lr=0.5), datamodule=LargerImages())
+    assert monitor.probe[0].shape[-2:] == (16, 16)  # the new data's probe
+    events = read_events(second.logger.log_dir)
+    assert events.scalars["filterviz/drift/net.0"][0] == pytest.approx(0.0, abs=1e-6)  # from the new model's init
+    assert set(events.images["filterviz/probe"]) == {0} and set(events.texts["filterviz/layers"]) == {0}
+    assert filterviz_warnings(recwarn) == []
+
+
+def test_a_second_fit_of_the_same_model_continues_and_its_new_log_dir_is_introduced(tmp_path, recwarn):
+    model, data = Classifier(lr=0.5), RandomImages()
+    monitor = FilterMonitor(every_n_steps=2)
+    first = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "first", max_epochs=1))
+    first.fit(model, datamodule=data)
+    probe = monitor.probe
+    second = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "second", max_epochs=1))
+    second.fit(model, datamodule=data)
+    assert monitor.probe is probe
+    events = read_events(second.logger.log_dir)
+    drift_at_the_end_of_the_first_fit = read_events(first.logger.log_dir).scalars["filterviz/drift/net.0"][4]
+    assert drift_at_the_end_of_the_first_fit > 0  # so the next line tells continuing from starting afresh
+    assert events.scalars["filterviz/drift/net.0"][0] == pytest.approx(drift_at_the_end_of_the_first_fit)
+    assert set(events.images["filterviz/probe"]) == {0} and set(events.texts["filterviz/layers"]) == {0}
+    assert filterviz_warnings(recwarn) == []
