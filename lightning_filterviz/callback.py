@@ -284,8 +284,9 @@ class FilterMonitorLogic(_CallbackBase):
             return
         probe = self._probe_on_device(trainer)
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
-        history_dir = history_dir_of(log_dir) if self.save_history else None
-        self.engine.attach(self._make_sink(trainer, log_dir), history_dir, new_run=new_log_dir)
+        sink, output_dir = self._make_sink(trainer, log_dir)
+        history_dir = history_dir_of(output_dir) if self.save_history else None
+        self.engine.attach(sink, history_dir, new_run=new_log_dir)
         self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module, probe)
 
@@ -433,14 +434,16 @@ class FilterMonitorLogic(_CallbackBase):
             rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
         return batch
 
-    def _make_sink(self, trainer: Any, log_dir: str) -> Any:
+    def _make_sink(self, trainer: Any, log_dir: str) -> tuple[Any, str]:
+        """Where the images go, and the directory that keeps the run's other outputs (the
+        history) beside them: the TensorBoard logger's own, whichever logger comes first."""
         for logger in trainer.loggers:
             writer = getattr(logger, "experiment", None)
             if all(hasattr(writer, name) for name in ("add_image", "add_scalar", "add_text")):
-                return TensorBoardSink(writer)
+                return TensorBoardSink(writer), getattr(logger, "log_dir", None) or log_dir
         directory = os.path.join(log_dir, "filterviz")
         rank_zero_info(f"filterviz: no TensorBoard logger; writing PNG files and scalars.csv to {directory}")
-        return DirectorySink(directory)
+        return DirectorySink(directory), log_dir
 
     def _warn_about_tensorboard_sampling(self, trainer: Any) -> None:
         if not isinstance(self.engine.sink, TensorBoardSink):

@@ -244,3 +244,15 @@ def test_a_layer_past_half_dead_warns_once(tmp_path):
 def test_many_snapshots_warn_about_tensorboard_sampling(tmp_path):
     with pytest.warns(UserWarning, match="samples_per_plugin images=1000"):
         fit(tmp_path, FilterMonitor(every_n_steps=1), max_epochs=3)
+
+
+def test_with_a_csv_logger_listed_first_the_history_lies_beside_the_tensorboard_images(tmp_path):
+    from lightning_filterviz import build_report
+
+    loggers = [pl.loggers.CSVLogger(str(tmp_path), name="csv"), pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")]
+    trainer = pl.Trainer(callbacks=[FilterMonitor(every_n_steps=2)], **trainer_kwargs(tmp_path, max_epochs=1, logger=loggers))
+    trainer.fit(Classifier(), datamodule=RandomImages())
+    tensorboard_dir = Path(loggers[1].log_dir)
+    assert "filterviz/weights/net.0" in read_events(tensorboard_dir).images
+    assert sorted(path.name for path in (tensorboard_dir / "filterviz" / "history").iterdir())[0] == "step_00000000.npz"
+    assert build_report(tensorboard_dir).is_file()
