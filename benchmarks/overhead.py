@@ -320,7 +320,9 @@ def snapshot_stall(
     return statistics.median(stalls[1:]), statistics.median(forwards[1:]), stalls[0]
 
 
-def plain_eval_forward(model: torch.nn.Module, probe: torch.Tensor, context: Callable = contextlib.nullcontext) -> float:
+def plain_eval_forward(
+    model: torch.nn.Module, probe: torch.Tensor, context: Callable = contextlib.nullcontext
+) -> float:
     model.eval()
     synchronize(probe.device)
     start = time.perf_counter()
@@ -486,7 +488,8 @@ def cuda_run(data: list, steps: int) -> Callable[[Optional[FilterMonitor]], floa
         model = ImageClassifier(arch="resnet18", lr=1e-3).to(memory_format=torch.channels_last)
         with tempfile.TemporaryDirectory() as log_dir:
             trainer = bench_trainer(
-                log_dir, monitor, accelerator="gpu", devices=1, precision="16-mixed", max_steps=steps, limit_val_batches=0
+                log_dir, monitor, accelerator="gpu", devices=1, precision="16-mixed", max_steps=steps,
+                limit_val_batches=0,
             )
             torch.cuda.synchronize()
             start = time.perf_counter()

@@ -26,7 +26,7 @@ from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
 from lightning_filterviz.rng import untouched_random_state
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.history import history_dir_of
+from lightning_filterviz.history import history_dir_of, point_to_history
 from lightning_filterviz.settings import check_bool, check_positive_int
 from lightning_filterviz.sinks import DirectorySink, NullSink, TensorBoardSink
 
@@ -286,6 +286,8 @@ class FilterMonitorLogic(_CallbackBase):
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
         sink, output_dir = self._make_sink(trainer, log_dir)
         history_dir = history_dir_of(output_dir) if self.save_history else None
+        if history_dir is not None:
+            _point_other_loggers_to(trainer, output_dir, history_dir)
         self.engine.attach(sink, history_dir, new_run=new_log_dir)
         self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module, probe)
@@ -456,6 +458,14 @@ class FilterMonitorLogic(_CallbackBase):
                 f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
                 "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
             )
+
+
+def _point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> None:
+    """One run's outputs lie together; the other loggers' directories get a note saying where."""
+    for logger in trainer.loggers:
+        other = getattr(logger, "log_dir", None)
+        if other and os.path.abspath(other) != os.path.abspath(output_dir):
+            point_to_history(other, history_dir)
 
 
 def _data_source(trainer: Any) -> Any:

@@ -235,7 +235,8 @@ class ActivationTracer(TorchFunctionMode):
                 self.through[layer] = entry.through
                 function = name.rstrip("_")
                 bounds = _identity_bounds(name, args, kwargs) if zeroing else None
-                self.recorder.record(layer, function, zeroing, result, nonnegative=bounds is not None and bounds[0] >= 0)
+                nonnegative = bounds is not None and bounds[0] >= 0
+                self.recorder.record(layer, function, zeroing, result, nonnegative=nonnegative)
                 self.no_activation.pop(layer, None)
                 if bounds is not None:
                     self._taps_seen.setdefault(layer, []).append(entry.tap)

@@ -20,6 +20,7 @@ import threading
 import weakref
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -289,7 +290,8 @@ class FilterVisualizer:
             if unmatched:
                 raise ValueError(
                     f"`{argument}` entry {unmatched[0]!r} matches none of the watched conv layers "
-                    f"{names[:5]}{' ...' if len(names) > 5 else ''}; use their names or fnmatch patterns, or [] for none."
+                    f"{names[:5]}{' ...' if len(names) > 5 else ''}; "
+                    "use their names or fnmatch patterns, or [] for none."
                 )
         filmstrips = resolve_layer_patterns(self.settings.filmstrip_layers, names) if self.settings.log_weights else []
         self.state.progress.filmstrip_layers = filmstrips
@@ -510,7 +512,7 @@ class FilterVisualizer:
 
     def _judge_and_publish(self, in_flight: InFlightSnapshot, publish: bool) -> None:
         try:
-            snapshot = in_flight.wait()
+            snapshot = _with_contiguous_weights(in_flight.wait())
             self.state.update(snapshot)
         finally:
             self._statistics.done()
@@ -550,6 +552,15 @@ class _StatisticsGate:
             return
         with self._condition:
             self._condition.wait_for(lambda: self._judged >= self._submitted)
+
+
+def _with_contiguous_weights(snapshot: Snapshot) -> Snapshot:
+    """Lay each layer's weights out in NCHW order once: they arrive in the model's memory order
+    (channels_last, say), and drift, the drawn slices and the history all read them as NCHW."""
+    for layer in snapshot.layers.values():
+        if not layer.weight.is_contiguous():
+            layer.weight = torch.from_numpy(np.ascontiguousarray(layer.weight.numpy()))  # NumPy: no torch thread pool
+    return snapshot
 
 
 def _note_how_layers_are_watched(snapshot: Snapshot, plan: ProbePlan, model: nn.Module) -> None:

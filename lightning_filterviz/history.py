@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HISTORY_DIR",
+    "HISTORY_POINTER",
     "HISTORY_FORMAT",
     "HISTORY_PATTERN",
     "HistoryWriter",
     "history_arrays",
     "history_dir_of",
     "load_history",
+    "point_to_history",
+    "pointed_history_dirs",
 ]
 
 HISTORY_FORMAT = "lightning_filterviz.history/1"
@@ -34,9 +37,28 @@ HISTORY_PATTERN = "step_*.npz"
 HISTORY_DIR = Path("filterviz", "history")
 
 
+# Left in another logger's directory, naming where the run's history went instead.
+HISTORY_POINTER = Path("filterviz", "history_location.txt")
+
+
 def history_dir_of(log_dir: Union[str, os.PathLike]) -> Path:
     """The history directory of a run logged to ``log_dir``."""
     return Path(log_dir) / HISTORY_DIR
+
+
+def point_to_history(log_dir: Union[str, os.PathLike], history_dir: Union[str, os.PathLike]) -> Path:
+    """Leave a note in ``log_dir`` saying where the run's history lies (for ``filterviz-report``)."""
+    pointer = Path(log_dir) / HISTORY_POINTER
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(f"{Path(history_dir).resolve()}\n", encoding="utf-8")
+    return pointer
+
+
+def pointed_history_dirs(root: Union[str, os.PathLike]) -> list[Path]:
+    """The history directories that notes under ``root`` point to (see :func:`point_to_history`)."""
+    notes = [Path(root) / HISTORY_POINTER, *Path(root).rglob(HISTORY_POINTER.as_posix())]
+    targets = {Path(note.read_text(encoding="utf-8").strip()) for note in notes if note.is_file()}
+    return sorted(target for target in targets if target.is_dir())
 
 
 def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:

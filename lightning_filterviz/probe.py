@@ -99,7 +99,9 @@ def _initialized_cuda_devices() -> list[int]:
 
 def pin_memory(batch: Any) -> Any:
     """Every CPU tensor of a batch in pinned (page-locked) memory, so copies to a GPU run asynchronously."""
-    return apply_to_collection(batch, Tensor, lambda tensor: tensor.pin_memory() if tensor.device.type == "cpu" else tensor)
+    return apply_to_collection(
+        batch, Tensor, lambda tensor: tensor.pin_memory() if tensor.device.type == "cpu" else tensor
+    )
 
 
 def take_first(batch: Any, size: int) -> Any:

@@ -35,16 +35,15 @@ def filter_drift(weight: ArrayLike, initial: ArrayLike) -> np.ndarray:
 
 def drift_and_norm_ratio(weight: ArrayLike, initial: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Per filter: :func:`filter_drift`, and its L2 norm over the initial one (1 where that was 0)."""
-    # In float64: an unchanged filter then has a drift of 0 to within 1e-15, not 1e-7, and no
-    # product of two float32 norms can overflow. The filters are capped, so this stays cheap.
-    now = np.asarray(weight, dtype=np.float64).reshape(len(weight), -1)
-    start = np.asarray(initial, dtype=np.float64).reshape(len(initial), -1)
-    now_norm = np.sqrt(np.einsum("fx,fx->f", now, now))
-    start_norm = np.sqrt(np.einsum("fx,fx->f", start, start))
-    directed = (now_norm > 0) & (start_norm > 0) & np.isfinite(now_norm) & np.isfinite(start_norm)
-    dot = np.einsum("fx,fx->f", now, start)
+    # Three float32 passes over the filters, in whatever memory order they lie (no copies).
+    now, start = np.asarray(weight, dtype=np.float32), np.asarray(initial, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        cosine = dot / np.where(directed, now_norm * start_norm, 1.0)
+        now_norm = np.sqrt(_filterwise_dot(now, now))
+        start_norm = np.sqrt(_filterwise_dot(start, start))
+        dot = _filterwise_dot(now, start)
+        directed = (now_norm > 0) & (start_norm > 0) & np.isfinite(now_norm) & np.isfinite(start_norm)
+        # Dividing twice, so that no product of two norms overflows float32.
+        cosine = dot / np.where(directed, now_norm, 1.0) / np.where(directed, start_norm, 1.0)
     drift = 1.0 - np.where(directed, np.clip(cosine, -1.0, 1.0), 0.0)
     ratio = np.where(start_norm > 0, now_norm / np.where(start_norm > 0, start_norm, 1.0), 1.0)
     return drift.astype(np.float32), ratio.astype(np.float32)
@@ -93,7 +92,15 @@ class ProgressTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._initial = {name: _as_array(weight).copy() for name, weight in state.get("initial", {}).items()}
-        self._filmstrips = {name: [_as_array(row) for row in rows] for name, rows in state.get("filmstrips", {}).items()}
+        filmstrips = state.get("filmstrips", {})
+        self._filmstrips = {name: [_as_array(row) for row in rows] for name, rows in filmstrips.items()}
+
+
+def _filterwise_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per filter (first axis), the dot product of ``a`` and ``b``; strided conv weights are read in place."""
+    if a.ndim == 4:
+        return np.einsum("fchw,fchw->f", a, b)
+    return np.einsum("fx,fx->f", a.reshape(len(a), -1), b.reshape(len(b), -1))
 
 
 def _as_array(values: Any) -> np.ndarray:

@@ -88,9 +88,7 @@ def weight_grid(
     # displayed_filters may be passed in instead of the whole weight.
     shown = displayed_filters(weight, rgb)
     non_finite = _non_finite_indices(shown)
-    if non_finite:  # a copy only when there is something to replace
-        shown = np.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0)
-    unit = normalize_filters(shown, normalization, symmetric_range)
+    unit = normalize_filters(shown, normalization, symmetric_range)  # draws NaN and Inf as 0
     kinds = frame_kinds(len(unit), marked, non_finite)
     if unit.shape[1] == 1:
         levels = np.rint(unit[:, 0] * (COLORMAP_LEVELS - 1)).astype(np.uint8)

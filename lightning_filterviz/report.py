@@ -1,13 +1,14 @@
 """An offline HTML report of a training run, built from the history files FilterMonitor saves.
 
 Each snapshot lies in ``<log dir>/filterviz/history/step_<step>.npz`` (see
-:mod:`lightning_filterviz.progress`). The report reads them back and writes one
+:mod:`lightning_filterviz.history`). The report reads them back and writes one
 self-contained HTML page: line charts of the dead and dormant fractions and of filter
 drift over the steps, the final filter grids and a filmstrip of filters across snapshots.
 Images are embedded as base64 PNG data URIs, so the page can be mailed or archived alone.
 
 Filter images come from the package's own renderer (:mod:`lightning_filterviz.render`),
-so they look exactly as they do in TensorBoard.
+each filter normalized on its own (``weight_normalization="filter"``, the default), so
+with other normalizations they can differ from the run's TensorBoard images.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from lightning_filterviz import render
-from lightning_filterviz.history import HISTORY_DIR, HISTORY_FORMAT, HISTORY_PATTERN, load_history
+from lightning_filterviz.history import (
+    HISTORY_DIR,
+    HISTORY_FORMAT,
+    HISTORY_PATTERN,
+    load_history,
+    pointed_history_dirs,
+)
 from lightning_filterviz.layer_names import resolve_layer_patterns
 from lightning_filterviz.sinks import encode_png
 
@@ -107,7 +114,8 @@ def find_history_dirs(log_dir: PathLike) -> list[Path]:
     """The history directories under ``log_dir``, sorted.
 
     ``log_dir`` may be a history directory itself, the ``filterviz`` directory above it, a
-    trainer's log directory or any parent of several of those.
+    trainer's log directory or any parent of several of those; or the directory of another
+    logger of the same run, where a note points to the history.
 
     Args:
         log_dir: an existing directory.
@@ -118,7 +126,7 @@ def find_history_dirs(log_dir: PathLike) -> list[Path]:
     root = Path(log_dir)
     # The direct cases first: rglob("filterviz/history") cannot see them when the input is
     # the history directory or the filterviz directory itself.
-    candidates = [root, root / "history", *root.rglob(HISTORY_DIR.as_posix())]
+    candidates = [root, root / "history", *root.rglob(HISTORY_DIR.as_posix()), *pointed_history_dirs(root)]
     found: dict[Path, Path] = {}
     for candidate in candidates:
         if candidate.is_dir() and any(path.is_file() for path in candidate.glob(HISTORY_PATTERN)):

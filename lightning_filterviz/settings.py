@@ -89,7 +89,9 @@ def check_layer_names(name: str, value: Optional[Sequence[str]]) -> Optional[tup
     if value is None:
         return None
     if isinstance(value, str):
-        raise TypeError(f"`{name}` must be a list of module names or patterns, got the string {value!r}: use [{value!r}].")
+        raise TypeError(
+            f"`{name}` must be a list of module names or patterns, got the string {value!r}: use [{value!r}]."
+        )
     try:
         names = tuple(value)
     except TypeError:

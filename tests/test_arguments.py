@@ -23,10 +23,14 @@ SHARED = [
     (dict(dead_threshold=math.nan), ValueError, r"`dead_threshold` must be a finite number, got nan"),
     (dict(dead_patience=0), ValueError, r"`dead_patience` must be an integer >= 1, got 0"),
     (dict(dormant_tau=-0.1), ValueError, r"`dormant_tau` must be a number >= 0, got -0.1"),
-    (dict(weight_normalization="minmax"), ValueError, r"`weight_normalization` must be one of \('filter', 'layer', 'symmetric'\)"),
+    (
+        dict(weight_normalization="minmax"),
+        ValueError,
+        r"`weight_normalization` must be one of \('filter', 'layer', 'symmetric'\)",
+    ),
     (dict(log_weights="no"), TypeError, r"`log_weights` must be True or False, got 'no'"),
     (dict(log_activations=1), TypeError, r"`log_activations` must be True or False, got 1"),
-    (dict(batch_key=1.5), TypeError, r"`batch_key` must be None, an int index, a str key or a function of the batch, got 1.5"),
+    (dict(batch_key=1.5), TypeError, r"`batch_key` must be None, an int index, a str key or a function of the batch"),
     (dict(forward_fn="model"), TypeError, r"`forward_fn` must be callable as forward_fn\(module, input\), got 'model'"),
     (dict(colormap="no-such-map"), ValueError, r"`colormap` must be a matplotlib colormap name"),
     (dict(filmstrip_layers="net.0"), TypeError, r"`filmstrip_layers` must be a list of module names or patterns"),
@@ -38,7 +42,7 @@ MONITOR_ONLY = [
     (dict(every_n_epochs=-2), ValueError, r"`every_n_epochs` must be None or an integer >= 1"),
     (dict(every_n_steps=0), ValueError, r"`every_n_steps` must be None or an integer >= 1"),
     (dict(every_n_steps=1.5), ValueError, r"`every_n_steps` must be None or an integer >= 1"),
-    (dict(every_n_epochs=1, every_n_steps=10), ValueError, r"at most one of `every_n_epochs` \(1\) and `every_n_steps` \(10\)"),
+    (dict(every_n_epochs=1, every_n_steps=10), ValueError, r"at most one of `every_n_epochs` \(1\) and"),
     (dict(probe_size=0), ValueError, r"`probe_size` must be an integer >= 1, got 0"),
     (dict(probe_split="test"), ValueError, r"`probe_split` must be one of \('val', 'train'\), got 'test'"),
     (dict(track_training_batches="yes"), TypeError, r"`track_training_batches` must be True or False, got 'yes'"),
@@ -71,7 +75,9 @@ def test_bad_visualizer_argument_raises(kwargs, error, message, tmp_path):
         FilterVisualizer(**arguments)
 
 
-@pytest.mark.parametrize(("owner", "cases"), [(FilterMonitor, SHARED + MONITOR_ONLY), (FilterVisualizer, SHARED + VISUALIZER_ONLY)])
+@pytest.mark.parametrize(
+    ("owner", "cases"), [(FilterMonitor, SHARED + MONITOR_ONLY), (FilterVisualizer, SHARED + VISUALIZER_ONLY)]
+)
 def test_every_argument_has_a_bad_value_case(owner, cases):
     covered = {name for kwargs, _, _ in cases for name in kwargs} | ANY_VALUE
     arguments = set(inspect.signature(owner.__init__).parameters) - {"self"}

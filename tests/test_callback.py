@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -246,13 +247,18 @@ def test_many_snapshots_warn_about_tensorboard_sampling(tmp_path):
         fit(tmp_path, FilterMonitor(every_n_steps=1), max_epochs=3)
 
 
-def test_with_a_csv_logger_listed_first_the_history_lies_beside_the_tensorboard_images(tmp_path):
+def test_with_a_csv_logger_first_the_history_lies_beside_the_tensorboard_images_and_both_dirs_find_it(tmp_path):
     from lightning_filterviz import build_report
 
     loggers = [pl.loggers.CSVLogger(str(tmp_path), name="csv"), pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")]
-    trainer = pl.Trainer(callbacks=[FilterMonitor(every_n_steps=2)], **trainer_kwargs(tmp_path, max_epochs=1, logger=loggers))
+    kwargs = trainer_kwargs(tmp_path, max_epochs=1, logger=loggers)
+    trainer = pl.Trainer(callbacks=[FilterMonitor(every_n_steps=2)], **kwargs)
     trainer.fit(Classifier(), datamodule=RandomImages())
     tensorboard_dir = Path(loggers[1].log_dir)
     assert "filterviz/weights/net.0" in read_events(tensorboard_dir).images
     assert sorted(path.name for path in (tensorboard_dir / "filterviz" / "history").iterdir())[0] == "step_00000000.npz"
     assert build_report(tensorboard_dir).is_file()
+    csv_dir = Path(loggers[0].log_dir)  # the report finds the run's history from the other logger's directory too
+    pages = [build_report(path).read_text() for path in (csv_dir, tensorboard_dir)]
+    pictures = [re.findall(r"data:image/png;base64,([^\"]+)", page) for page in pages]
+    assert pictures[0] and pictures[0] == pictures[1]

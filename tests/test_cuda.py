@@ -74,7 +74,8 @@ def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
     assert visualizer.dead_filters.keys() >= {"conv1", "layer4.1.conv1"}
 
 
-def test_a_gpu_snapshot_equals_the_cpu_snapshot(tmp_path):
+def test_a_gpu_snapshot_equals_the_cpu_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 convs, as on the CPU
     model = conv_bn_relu_stack()
     with torch.no_grad():
         model[3].bias[2] = -1e4  # dead

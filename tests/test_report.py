@@ -20,7 +20,6 @@ from conftest import Classifier, FilterMonitor, RandomImages, pl, trainer_kwargs
 from lightning_filterviz import FilterVisualizer, render
 from lightning_filterviz.__main__ import main
 from lightning_filterviz.history import HistoryWriter
-from lightning_filterviz.progress import ProgressTracker
 from lightning_filterviz.report import (
     REPORT_FILENAME,
     ReportError,
@@ -60,15 +59,10 @@ def write_history(log_dir: Path, drop_drift: tuple[str, ...] = ()) -> Path:
     model = small_cnn()
     probe = torch.randn(4, 3, 10, 10)
     visualizer = FilterVisualizer(log_dir / "images", dead_patience=2)
-    tracker = ProgressTracker()
     history = log_dir / "filterviz" / "history"
     writer = HistoryWriter(history)
     for step in STEPS:
         snapshot = visualizer.snapshot(model, probe, step, publish=False)
-        # The engine may not compute drift yet; do it here the way it will, so the files hold it.
-        if not getattr(snapshot, "drift", None):
-            snapshot.drift, snapshot.weight_norm_ratio = {}, {}
-            tracker.update(snapshot, "filter", {})
         for name in drop_drift:
             snapshot.drift.pop(name, None)
             snapshot.weight_norm_ratio.pop(name, None)

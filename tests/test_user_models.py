@@ -196,7 +196,9 @@ def test_arithmetic_with_a_full_size_tensor_is_not_followed():
 
 
 def test_lazy_modules_get_their_first_snapshot_after_the_first_forward(tmp_path):
-    net = nn.Sequential(nn.LazyConv2d(6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    net = nn.Sequential(
+        nn.LazyConv2d(6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)
+    )
     monitor = FilterMonitor(every_n_steps=2)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
     trainer.fit(Classifier(net), datamodule=RandomImages())
