@@ -24,7 +24,7 @@ from typing_extensions import override
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
-from lightning_filterviz.rng import untouched_random_state
+from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
 from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.history import history_dir_of, point_to_history
 from lightning_filterviz.settings import check_bool, check_positive_int
@@ -420,7 +420,7 @@ class FilterMonitorLogic(_CallbackBase):
             if self._pinned_probe is None:
                 self._pinned_probe = pin_memory(probe)
             probe = self._pinned_probe
-        with untouched_random_state(_cuda_devices_in_use()):
+        with untouched_random_state(initialized_cuda_devices()):
             return trainer.strategy.batch_to_device(probe)
 
     def _probe_from_data(self, trainer: Any) -> Any:
@@ -478,10 +478,6 @@ def _data_source(trainer: Any) -> Any:
 
 def _has_lazy_weights(model: nn.Module) -> bool:
     return any(is_lazy(parameter) for parameter in model.parameters())
-
-
-def _cuda_devices_in_use() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _has_compiled_module(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_filterviz.rng import untouched_random_state
+from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
 
 __all__ = ["BatchKey", "model_input", "pin_memory", "probe_from_loader", "take_first", "to_cpu", "to_device"]
 
@@ -43,7 +43,7 @@ def probe_from_loader(loader: DataLoader, size: int) -> tuple[Any, int]:
         )
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("Cannot take a probe batch from an empty dataset. Pass `probe=` instead.")
-    with untouched_random_state(_initialized_cuda_devices()):
+    with untouched_random_state(initialized_cuda_devices()):
         if loader.batch_size is None:  # each item is a whole batch already
             batch = take_first(loader.collate_fn(dataset[0]), size)
         else:
@@ -91,10 +91,6 @@ def _samples_in(batch: Any) -> int:
     tensors: list[Tensor] = []
     apply_to_collection(batch, Tensor, tensors.append)
     return int(tensors[0].shape[0]) if tensors and tensors[0].dim() > 0 else 1
-
-
-def _initialized_cuda_devices() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def pin_memory(batch: Any) -> Any:

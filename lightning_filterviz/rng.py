@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["untouched_random_state"]
+__all__ = ["initialized_cuda_devices", "untouched_random_state"]
 
 
 @contextlib.contextmanager
@@ -30,3 +30,8 @@ def untouched_random_state(cuda_devices: Sequence[int] = ()) -> Iterator[None]:
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+
+
+def initialized_cuda_devices() -> list[int]:
+    """Every CUDA device's index once CUDA is in use; none before (nothing there to restore)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
