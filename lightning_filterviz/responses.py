@@ -114,12 +114,13 @@ def receptive_field(
 
     with side_pass(model, grad=True), torch.inference_mode(False):
         x = inputs[:1].detach().clone().requires_grad_(True)
-        handle = conv.register_forward_hook(hook)
-        try:
-            with torch.enable_grad():
-                run(model, x)
-        finally:
-            handle.remove()
+        with _user_hooks_hidden(model):
+            handle = conv.register_forward_hook(hook)
+            try:
+                with torch.enable_grad():
+                    run(model, x)
+            finally:
+                handle.remove()
         if "shape" not in picked:
             raise ValueError(f"Conv {name!r} did not run on the probe, so its receptive field cannot be measured.")
         if "sums" not in picked:
@@ -327,6 +328,41 @@ def _resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.arange(height) * image.shape[0] // height
     cols = np.arange(width) * image.shape[1] // width
     return image[rows][:, cols]
+
+
+# The per-module hook tables of ``nn.Module`` (those missing in an older torch are skipped).
+_HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+@contextlib.contextmanager
+def _user_hooks_hidden(model: nn.Module) -> Iterator[None]:
+    """The model's own module hooks out of the way for the duration, put back afterwards.
+
+    The receptive field is a property of the architecture; this extra forward and backward
+    must not look like a training or eval step to the user's hooks (counters, loggers,
+    feature caches). Weights that hooks compute (old-style pruning and spectral norm) stay
+    as their module's last forward left them.
+    """
+    saved = []
+    for module in model.modules():
+        for table in _HOOK_TABLES:
+            hooks = getattr(module, table, None)
+            if isinstance(hooks, dict) and hooks:
+                saved.append((module, table, hooks))
+                object.__setattr__(module, table, type(hooks)())
+    try:
+        yield
+    finally:
+        for module, table, hooks in saved:
+            object.__setattr__(module, table, hooks)
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:

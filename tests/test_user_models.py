@@ -339,3 +339,17 @@ def test_a_second_fit_of_the_same_model_continues_and_its_new_log_dir_is_introdu
     assert events.scalars["filterviz/drift/net.0"][0] == pytest.approx(drift_at_the_end_of_the_first_fit)
     assert set(events.images["filterviz/probe"]) == {0} and set(events.texts["filterviz/layers"]) == {0}
     assert filterviz_warnings(recwarn) == []
+
+
+def test_the_users_hooks_fire_once_per_snapshot_as_in_an_eval_forward(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    calls = {"forward": 0, "pre": 0, "backward": 0}
+    model[0].register_forward_hook(lambda *args: calls.__setitem__("forward", calls["forward"] + 1))
+    model[2].register_forward_pre_hook(lambda *args: calls.__setitem__("pre", calls["pre"] + 1))
+    model[0].register_full_backward_hook(lambda *args: calls.__setitem__("backward", calls["backward"] + 1))
+    visualizer = FilterVisualizer(str(tmp_path), response_layers=["0", "2"], views_every=1)
+    for step in range(3):  # every snapshot draws the peak patches; the first measures receptive fields
+        visualizer.snapshot(model, torch.randn(2, 3, 16, 16), step)
+    assert calls == {"forward": 3, "pre": 3, "backward": 0}
+    assert (tmp_path / "responses" / "2" / "step_00000000.png").is_file()  # the fields were measured
+    assert len(model[0]._forward_hooks) == 1 and len(model[0]._backward_hooks) == 1  # and the hooks are back
