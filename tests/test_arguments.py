@@ -115,3 +115,15 @@ def test_with_neither_weights_nor_activations_only_scalars_are_written(tmp_path)
     visualizer.finish(3)
     assert list(tmp_path.rglob("*.png")) == []
     assert "filterviz/drift/0" in (tmp_path / "scalars.csv").read_text()
+
+
+@pytest.mark.parametrize(("max_steps", "warned"), [(12, False), (60, True)])
+def test_snapshots_per_epoch_are_counted_from_max_steps(max_steps, warned, tmp_path, recwarn):
+    monitor = FilterMonitor(every_n_epochs=1)  # 4 batches an epoch: 3 or 15 epochs, 4 or 16 snapshots
+    kwargs = trainer_kwargs(tmp_path, max_epochs=-1, max_steps=max_steps)
+    pl.Trainer(callbacks=[monitor], **kwargs).fit(Classifier(), datamodule=RandomImages())
+    sampling = [str(warning.message) for warning in recwarn if "TensorBoard shows only" in str(warning.message)]
+    if warned:
+        assert len(sampling) == 1 and "about 16 snapshots are planned" in sampling[0]
+    else:
+        assert sampling == []
