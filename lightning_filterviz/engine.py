@@ -326,8 +326,9 @@ class FilterVisualizer:
             :meth:`flush`.
 
         Raises:
-            ValueError: if a requested layer matches no conv, or the batch has no model input
-                where ``batch_key`` says.
+            ValueError: if a requested layer matches no conv, the batch has no model input
+                where ``batch_key`` says, or a watched conv has no weights yet (a lazy module
+                before its first forward).
             TypeError: if ``step`` is not an integer.
         """
         step = _as_step(step)
