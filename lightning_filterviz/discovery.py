@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -189,7 +188,7 @@ class ActivationTracer(TorchFunctionMode):
 
         Only complete after a forward in which :meth:`note_module_output` saw every module.
         """
-        taps = self.taps()
+        taps = self._taps()
         plan = ProbePlan(taps=taps, through={layer: ops for layer, ops in self.through.items() if ops})
         for name in layers:
             if name in taps:
@@ -200,7 +199,7 @@ class ActivationTracer(TorchFunctionMode):
                 plan.no_activation[name] = self.no_activation.get(name, NOT_RUN)
         return plan
 
-    def taps(self) -> dict[str, ActivationTap]:
+    def _taps(self) -> dict[str, ActivationTap]:
         """Per conv with a ReLU-family activation, the module a hook can watch instead of tracing.
 
         A conv has a tap when, at every call, one and the same module returned exactly the

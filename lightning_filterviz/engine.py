@@ -426,7 +426,7 @@ class FilterVisualizer:
     ) -> Any:
         inputs = model_input(batch, self.settings.batch_key)
         device = _device_of(model)
-        if device.type == "cuda":
+        if device.type == "cuda" and _holds_cpu_tensors(inputs):
             # Pinned once per probe, so that each snapshot's copy to the GPU is asynchronous.
             if self._pinned_probe is None or self._pinned_probe[0] is not inputs:
                 self._pinned_probe = (inputs, pin_memory(inputs))
@@ -601,6 +601,12 @@ def _stored_weight(module: nn.Module) -> Tensor:
         # One stored tensor, or several (weight norm keeps ``original0`` and ``original1``).
         return getattr(stored, "original") if hasattr(stored, "original") else getattr(stored, "original0")
     return module.weight  # type: ignore[return-value]
+
+
+def _holds_cpu_tensors(inputs: Any) -> bool:
+    found: list[bool] = []
+    apply_to_collection(inputs, Tensor, lambda tensor: found.append(tensor.device.type == "cpu"))
+    return any(found)
 
 
 def _as_floating(tensor: Tensor, dtype: torch.dtype) -> Tensor:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
+from lightning_filterviz.probe import BatchKey
 from lightning_filterviz.render import WEIGHT_NORMALIZATIONS, WeightNormalization
 
 __all__ = ["VisualizerSettings", "check_bool", "check_layer_names", "check_positive_int"]
 
-BatchKey = Union[int, str, Callable[[Any], Any], None]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_filterviz.discovery import ActivationTap, ActivationTracer, ConvLayer
 
-__all__ = ["track_training_batch", "traced_layers"]
+__all__ = ["track_training_batch"]
 
 
 @contextlib.contextmanager
@@ -63,11 +63,6 @@ def track_training_batch(
         for name, record in tracer.records.items():
             if record.zeroing:
                 _fold(maxima, name, record.channel_max)
-
-
-def traced_layers(layers: Sequence[ConvLayer], taps: Mapping[str, ActivationTap], threshold: float) -> list[str]:
-    """The convs whose training-batch tracking needs the tracer (no tap that decides ``threshold``)."""
-    return [layer.name for layer in layers if layer.name not in taps or not taps[layer.name].decides(threshold)]
 
 
 def _running_maximum(name: str, maxima: dict[str, Tensor]) -> Callable[[nn.Module, Any, Any], None]:
