@@ -28,7 +28,8 @@ from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_s
 from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.history import history_dir_of, point_to_history
 from lightning_filterviz.settings import check_bool, check_positive_int
-from lightning_filterviz.sinks import DirectorySink, NullSink, TensorBoardSink
+from lightning_filterviz.logger_sinks import sinks_for_loggers
+from lightning_filterviz.sinks import NullSink, TensorBoardSink
 
 PROBE_SPLITS = ("val", "train")
 # Strategies whose ranks each hold a shard of the weights.
@@ -284,12 +285,13 @@ class FilterMonitorLogic(_CallbackBase):
             return
         probe = self._probe_on_device(trainer)
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
-        sink, output_dir = self._make_sink(trainer, log_dir)
+        sink, output_dir = sinks_for_loggers(trainer.loggers, log_dir)
         history_dir = history_dir_of(output_dir) if self.save_history else None
         if history_dir is not None:
             _point_other_loggers_to(trainer, output_dir, history_dir)
         self.engine.attach(sink, history_dir, new_run=new_log_dir)
-        self._warn_about_tensorboard_sampling(trainer)
+        if any(isinstance(each, TensorBoardSink) for each in sink.sinks.values()):
+            self._warn_about_tensorboard_sampling(trainer)
         self._snapshot(trainer, pl_module, probe)
 
     @override
@@ -306,8 +308,12 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._batch_watch.close()
-        if self._enabled and self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        if self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
             self._snapshot(trainer, pl_module)
+        else:
+            self.engine.poll()  # what the writer has finished reaches the loggers that want this thread
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -436,20 +442,7 @@ class FilterMonitorLogic(_CallbackBase):
             rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
         return batch
 
-    def _make_sink(self, trainer: Any, log_dir: str) -> tuple[Any, str]:
-        """Where the images go, and the directory that keeps the run's other outputs (the
-        history) beside them: the TensorBoard logger's own, whichever logger comes first."""
-        for logger in trainer.loggers:
-            writer = getattr(logger, "experiment", None)
-            if all(hasattr(writer, name) for name in ("add_image", "add_scalar", "add_text")):
-                return TensorBoardSink(writer), getattr(logger, "log_dir", None) or log_dir
-        directory = os.path.join(log_dir, "filterviz")
-        rank_zero_info(f"filterviz: no TensorBoard logger; writing PNG files and scalars.csv to {directory}")
-        return DirectorySink(directory), log_dir
-
     def _warn_about_tensorboard_sampling(self, trainer: Any) -> None:
-        if not isinstance(self.engine.sink, TensorBoardSink):
-            return
         planned = _planned_snapshots(trainer, self.every_n_epochs, self.every_n_steps)
         if planned is None or planned > TENSORBOARD_IMAGE_SAMPLES:
             count = "an open-ended number of" if planned is None else f"about {planned}"

@@ -39,7 +39,8 @@ from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.responses import receptive_field
 from lightning_filterviz.run_state import RunState
 from lightning_filterviz.settings import VisualizerSettings, check_bool
-from lightning_filterviz.sinks import BackgroundWriter, Sink, as_sink
+from lightning_filterviz.sinks import Sink, as_sink
+from lightning_filterviz.writer_thread import BackgroundWriter
 from lightning_filterviz.tracking import track_training_batch
 
 __all__ = ["FilterVisualizer"]
@@ -333,7 +334,7 @@ class FilterVisualizer:
         """
         step = _as_step(step)
         self._report_background_failure()
-        self._emit_messages()
+        self.poll()
         layers = self._layers_of(model)
         lazy = [layer.name for layer in layers if is_lazy(_stored_weight(layer.module))]
         if lazy:
@@ -393,9 +394,17 @@ class FilterVisualizer:
         if self._writer is not None:
             self._writer.drain()
             self._report_background_failure()
-        self._emit_messages()
         if self._publishing:
             self._publisher.flush()
+        self.poll()
+
+    def poll(self) -> None:
+        """On the training thread: show the messages the writer has queued, and let sinks whose
+        logger must be called from this thread (e.g. ``CSVLogger``'s ``log_metrics``) deliver.
+        Cheap when there is nothing to do; the callback calls it after every training batch."""
+        if self._publishing:
+            self._publisher.on_training_thread()
+        self._emit_messages()
 
     def close(self) -> None:
         """Flush, then stop the background writer (a later snapshot starts it again)."""
@@ -491,7 +500,7 @@ class FilterVisualizer:
     def _run_on_writer(self, job: Callable[[], None]) -> None:
         if self._writer is None:
             job()
-            self._emit_messages()
+            self.poll()
         else:
             self._writer.submit(job)
 
@@ -508,6 +517,8 @@ class FilterVisualizer:
     def _emit_messages(self) -> None:
         for kind, text in self.state.take_messages():
             (rank_zero_warn if kind == "warn" else rank_zero_info)(text)
+        for text in self._publisher.take_messages():
+            rank_zero_warn(text)
 
     # ------------------------------------------------------------ writer thread
 

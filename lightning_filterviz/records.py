@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["LayerCapture", "ReceptiveField", "Snapshot"]
+__all__ = ["LayerCapture", "ReceptiveField", "Snapshot", "Table"]
 
 
 @dataclass
@@ -112,8 +112,8 @@ class Snapshot:
         dead_filters: conv name -> dead filter indices after this snapshot.
         dormant_filters: conv name -> dormant filter indices at this snapshot.
         symmetric_ranges: conv name -> the fixed half-range of ``"symmetric"`` normalization.
-        layer_table: a Markdown table of the watched convs and their activations, when it
-            is to be logged (the first snapshot).
+        layer_table: the watched convs and their activations, when the table is to be
+            logged (the first snapshot).
         drift: conv name -> per-filter cosine distance from the initial filters.
         weight_norm_ratio: conv name -> per-filter weight norm over the initial one.
         filmstrips: conv name -> rows of the filmstrip, when it is to be drawn.
@@ -128,10 +128,33 @@ class Snapshot:
     dead_filters: dict[str, list[int]] = field(default_factory=dict)
     dormant_filters: dict[str, list[int]] = field(default_factory=dict)
     symmetric_ranges: dict[str, float] = field(default_factory=dict)
-    layer_table: Optional[str] = None
+    layer_table: Optional[Table] = None
     drift: dict[str, Tensor] = field(default_factory=dict)
     weight_norm_ratio: dict[str, Tensor] = field(default_factory=dict)
     filmstrips: dict[str, list[Any]] = field(default_factory=dict)
     probe_inputs: Optional[Tensor] = None
     receptive_fields: dict[str, ReceptiveField] = field(default_factory=dict)
     draw_views: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small table of text cells: logged as a table where the logger has them
+    (W&B), as Markdown elsewhere (TensorBoard's text tab, MLflow, the PNG directory).
+
+    Attributes:
+        columns: the column headers.
+        rows: the cells, one tuple per row.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def markdown(self) -> str:
+        lines = [_markdown_row(self.columns), "|" + "---|" * len(self.columns)]
+        lines.extend(_markdown_row(row) for row in self.rows)
+        return "\n".join(lines)
+
+
+def _markdown_row(cells: tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"

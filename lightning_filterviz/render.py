@@ -19,6 +19,8 @@ from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from lightning_filterviz.records import Table
+
 WeightNormalization = Literal["filter", "layer", "symmetric"]
 WEIGHT_NORMALIZATIONS = ("filter", "layer", "symmetric")
 
@@ -320,13 +322,13 @@ def to_uint8(unit: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def dead_filter_table(dead: dict[str, list[int]], out_channels: dict[str, int]) -> str:
-    """A Markdown table of layer -> dead filter indices, for TensorBoard's text tab."""
-    rows = ["| layer | dead | indices |", "|---|---|---|"]
+def dead_filter_table(dead: dict[str, list[int]], out_channels: dict[str, int]) -> Table:
+    """Layer -> dead filter indices, one row per layer."""
+    rows = []
     for layer, indices in dead.items():
         listed = ", ".join(str(index) for index in indices) if indices else "none"
-        rows.append(f"| {layer} | {len(indices)} / {out_channels.get(layer, '?')} | {listed} |")
-    return "\n".join(rows)
+        rows.append((layer, f"{len(indices)} / {out_channels.get(layer, '?')}", listed))
+    return Table(columns=("layer", "dead", "indices"), rows=tuple(rows))
 
 
 def _non_finite_indices(values: np.ndarray) -> list[int]:

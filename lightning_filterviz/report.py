@@ -35,7 +35,7 @@ from lightning_filterviz.history import (
     pointed_history_dirs,
 )
 from lightning_filterviz.layer_names import resolve_layer_patterns
-from lightning_filterviz.sinks import encode_png
+from lightning_filterviz.png import encode_png
 
 REPORT_FILENAME = "filterviz_report.html"
 EXPECTED_HISTORY = f"{HISTORY_DIR.as_posix()}/{HISTORY_PATTERN} written by FilterMonitor"

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lightning_filterviz.progress import ProgressTracker
-from lightning_filterviz.records import Snapshot
+from lightning_filterviz.records import Snapshot, Table
 from lightning_filterviz.settings import VisualizerSettings
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
 
@@ -120,7 +120,7 @@ class RunState:
             return
         self.described = True
         snapshot.layer_table = layer_table(snapshot)
-        self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + snapshot.layer_table))
+        self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + snapshot.layer_table.markdown()))
         not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
         if not_relu:
             self._messages.append((
@@ -130,21 +130,19 @@ class RunState:
             ))
 
 
-def layer_table(snapshot: Snapshot) -> str:
-    """A Markdown table: each watched conv, the activation it maps to (or why it has none), and
-    how ``track_training_batches`` watches it: a hook on the module in front of its ReLU, or
+def layer_table(snapshot: Snapshot) -> Table:
+    """Each watched conv, the activation it maps to (or why it has none), and how
+    ``track_training_batches`` watches it: a hook on the module in front of its ReLU, or
     the tracer (which costs more per step)."""
-    rows = [
-        "| conv | filters | activation | dead judged | training batches watched by |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for name, layer in snapshot.layers.items():
         activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
         if layer.activation and layer.through:
             activation += f" (through {', '.join(layer.through)})"
         judged = "yes" if layer.zeroing else "no"
-        rows.append(f"| {name} | {layer.out_channels} | {activation} | {judged} | {layer.watched_by or '-'} |")
-    return "\n".join(rows)
+        rows.append((name, str(layer.out_channels), activation, judged, layer.watched_by or "-"))
+    columns = ("conv", "filters", "activation", "dead judged", "training batches watched by")
+    return Table(columns=columns, rows=tuple(rows))
 
 
 def _drift_of(snapshot: Snapshot) -> Optional[Snapshot]:

@@ -1,47 +1,50 @@
-"""Where rendered snapshots go: a TensorBoard ``SummaryWriter`` or a directory of PNG files."""
+"""Where rendered snapshots go: a TensorBoard ``SummaryWriter`` or a directory of PNG files.
+
+Sinks for the other loggers Lightning users log to are in :mod:`lightning_filterviz.logger_sinks`;
+:class:`~lightning_filterviz.sink_group.SinkGroup` hands one snapshot to several sinks.
+"""
 
 from __future__ import annotations
 
-import atexit
 import csv
 import functools
-import io
 import os
-import queue
 import struct
-import threading
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
-from lightning_filterviz.render import Image, IndexedImage
+from lightning_filterviz.png import EncodedImage
+from lightning_filterviz.records import Table
+from lightning_filterviz.render import Image
 from lightning_filterviz.tags import TAG_PREFIX
 
 __all__ = [
-    "BackgroundWriter",
     "DirectorySink",
     "NullSink",
     "Sink",
     "TensorBoardSink",
     "as_sink",
-    "encode_png",
     "masked_crc32c",
     "use_fast_checksums",
     "write_images",
     "write_scalars",
+    "write_table",
 ]
-
-# zlib level 1 encodes these grids 2-3x faster than PIL's default level 6, at about the same size.
-PNG_COMPRESSION = 1
 
 
 class Sink(Protocol):
     """What the engine writes to. Images are ``(H, W, 3)`` ``uint8`` arrays or
-    :class:`~lightning_filterviz.render.IndexedImage` (see :func:`encode_png`).
+    :class:`~lightning_filterviz.render.IndexedImage` (see :func:`~lightning_filterviz.png.encode_png`).
 
-    A sink may also have ``add_scalars(values: Mapping[str, float], step)`` and
-    ``add_image_group(images: Mapping[str, Image], step)``, which then get all of a
-    snapshot's scalars, or images, at once (see :func:`write_scalars` and :func:`write_images`).
+    A sink may also have, and then gets a snapshot's items through them:
+
+    - ``add_encoded_images(images: Mapping[str, EncodedImage], step)``: all of a snapshot's
+      images at once, each with its PNG bytes encoded once for every sink;
+    - ``add_image_group(images: Mapping[str, Image], step)``: all of its images at once;
+    - ``add_scalars(values: Mapping[str, float], step)``: all of its scalars at once;
+    - ``add_table(tag, table: Table, step)``: a table as a table (else it gets Markdown text);
+    - ``on_training_thread()``: called by the engine on the training thread (after each
+      training batch under the callback), for a sink whose logger must be called there.
     """
 
     def add_image(self, tag: str, image: Image, step: int) -> None: ...
@@ -58,7 +61,9 @@ class TensorBoardSink:
 
     Images and text are written as summaries under exactly the given tag (``add_text``
     would append ``/text_summary``), through the writer's event file writer, as
-    Lightning's own ``TensorBoardLogger`` does for hyperparameters.
+    Lightning's own ``TensorBoardLogger`` does for hyperparameters. A snapshot's images
+    are one event, and so are its scalars, in the same event file as the logger's own
+    metrics.
 
     Args:
         writer: the writer, e.g. ``TensorBoardLogger.experiment`` or ``SummaryWriter(log_dir)``.
@@ -69,9 +74,12 @@ class TensorBoardSink:
         self._checked_file_writer: Any = None
 
     def add_image(self, tag: str, image: Image, step: int) -> None:
-        self.add_image_group({tag: image}, step)
+        self.add_encoded_images({tag: EncodedImage(image)}, step)
 
     def add_image_group(self, images: Mapping[str, Image], step: int) -> None:
+        self.add_encoded_images({tag: EncodedImage(image) for tag, image in images.items()}, step)
+
+    def add_encoded_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
         """Write images under their own tags, as one event: a summary holds any number of
         values, and each event costs a record, a checksum and a hand-over to the writer thread."""
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -110,11 +118,11 @@ class TensorBoardSink:
         self.writer.flush()
 
 
-def _image_value(tag: str, image: Image) -> Any:
+def _image_value(tag: str, image: EncodedImage) -> Any:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    height, width = image.indices.shape if isinstance(image, IndexedImage) else image.shape[:2]
-    encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(image))
+    height, width = image.size
+    encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=image.png)
     return Summary.Value(tag=tag, image=encoded)
 
 
@@ -144,13 +152,20 @@ def as_sink(target: Any) -> Sink:
         return DirectorySink(target)
     if isinstance(target, (TensorBoardSink, DirectorySink, NullSink)):
         return target
+    if is_summary_writer(target):
+        return TensorBoardSink(target)
     if all(hasattr(target, method) for method in ("add_image", "add_scalar", "add_text", "flush")):
-        writer_like = hasattr(target, "add_images") or type(target).__name__ == "SummaryWriter"
-        return TensorBoardSink(target) if writer_like else target
+        return target
     raise TypeError(
         f"Cannot log to a {type(target).__name__}: pass a SummaryWriter, a directory path, "
         "or an object with add_image, add_scalar, add_text and flush."
     )
+
+
+def is_summary_writer(target: Any) -> bool:
+    """Whether ``target`` is a TensorBoard ``SummaryWriter`` (torch's, tensorboardX's or one like them)."""
+    has_sink_methods = all(hasattr(target, method) for method in ("add_image", "add_scalar", "add_text", "flush"))
+    return has_sink_methods and (hasattr(target, "add_images") or type(target).__name__ == "SummaryWriter")
 
 
 class DirectorySink:
@@ -169,9 +184,13 @@ class DirectorySink:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def add_image(self, tag: str, image: Image, step: int) -> None:
-        path = self.root / tag.removeprefix(f"{TAG_PREFIX}/") / f"step_{step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_png(image))
+        self.add_encoded_images({tag: EncodedImage(image)}, step)
+
+    def add_encoded_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
+        for tag, image in images.items():
+            path = self.root / tag.removeprefix(f"{TAG_PREFIX}/") / f"step_{step:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(image.png)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.add_scalars({tag: value}, step)
@@ -193,26 +212,37 @@ class DirectorySink:
         """Files are closed after every write; nothing is buffered."""
 
 
-def write_images(sink: Sink, images: Mapping[str, Image], step: int) -> None:
-    """Hand ``images`` to ``sink.add_image_group`` at once where it has one, else one by one."""
-    _write_all(sink, "add_image_group", "add_image", images, step)
+def write_images(sink: Sink, images: Mapping[str, EncodedImage], step: int) -> None:
+    """Hand ``images`` to the sink in the widest call it has: ``add_encoded_images``, else
+    ``add_image_group``, else ``add_image`` one by one."""
+    if not images:
+        return
+    if hasattr(sink, "add_encoded_images"):
+        sink.add_encoded_images(images, step)
+    elif hasattr(sink, "add_image_group"):
+        sink.add_image_group({tag: image.pixels for tag, image in images.items()}, step)
+    else:
+        for tag, image in images.items():
+            sink.add_image(tag, image.pixels, step)
 
 
 def write_scalars(sink: Sink, values: Mapping[str, float], step: int) -> None:
     """Hand ``values`` to ``sink.add_scalars`` at once where it has one, else one by one."""
-    _write_all(sink, "add_scalars", "add_scalar", values, step)
+    if not values:
+        return
+    if hasattr(sink, "add_scalars"):
+        sink.add_scalars(values, step)
+    else:
+        for tag, value in values.items():
+            sink.add_scalar(tag, value, step)
 
 
-def _write_all(sink: Sink, grouped: str, single: str, items: Mapping[str, Any], step: int) -> None:
-    if not items:
-        return
-    write_group = getattr(sink, grouped, None)
-    if write_group is not None:
-        write_group(items, step)
-        return
-    write_one = getattr(sink, single)
-    for tag, item in items.items():
-        write_one(tag, item, step)
+def write_table(sink: Sink, tag: str, table: Table, step: int) -> None:
+    """Hand ``table`` to ``sink.add_table`` where it has one, else as Markdown to ``add_text``."""
+    if hasattr(sink, "add_table"):
+        sink.add_table(tag, table, step)
+    else:
+        sink.add_text(tag, table.markdown(), step)
 
 
 def use_fast_checksums(file_writer: Any) -> bool:
@@ -262,91 +292,3 @@ def _c_crc32c() -> Optional[Callable[[bytes], int]]:
     except ImportError:
         return None
     return google_crc32c.value if google_crc32c.implementation == "c" else None
-
-
-def encode_png(image: Image) -> bytes:
-    """PNG bytes of an ``(H, W, 3)`` ``uint8`` array or of an :class:`IndexedImage` (palette PNG)."""
-    from PIL import Image as PILImage
-
-    if isinstance(image, IndexedImage):
-        picture = PILImage.fromarray(image.indices)
-        picture.putpalette(image.palette.tobytes(), "RGB")  # an "L" image with a palette becomes "P"
-    else:
-        picture = PILImage.fromarray(image)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
-    return buffer.getvalue()
-
-
-class BackgroundWriter:
-    """Runs rendering and writing jobs, in order, on one daemon thread.
-
-    The queue is bounded: :meth:`submit` blocks while ``max_pending`` jobs wait, so a
-    slow disk slows the caller down instead of letting memory grow, and nothing is
-    dropped. The first exception a job raises is kept in :attr:`failure`; later jobs still
-    run (they may check :attr:`failure` to skip what failed), and the caller decides how to
-    report it.
-
-    Args:
-        max_pending: jobs that may wait at once.
-    """
-
-    def __init__(self, max_pending: int = 2) -> None:
-        self.max_pending = max_pending
-        self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue(maxsize=max_pending)
-        self._thread: Optional[threading.Thread] = None
-        self._finishes_at_exit = False
-        self.failure: Optional[BaseException] = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Launchers that spawn processes pickle the callback: send the setting, not the thread.
-        return {"max_pending": self.max_pending}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_pending"])  # type: ignore[misc]
-
-    def on_writer_thread(self) -> bool:
-        """Whether the caller is this writer's own thread."""
-        return self._thread is not None and threading.current_thread() is self._thread
-
-    def submit(self, job: Callable[[], None]) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="filterviz-writer", daemon=True)
-            self._thread.start()
-            if not self._finishes_at_exit:
-                # A script that never calls close() still gets every snapshot it submitted written.
-                atexit.register(_finish_at_exit, weakref.ref(self))
-                self._finishes_at_exit = True
-        self._jobs.put(job)
-
-    def drain(self) -> None:
-        """Wait until every submitted job has run."""
-        if self._thread is not None:
-            self._jobs.join()
-
-    def close(self) -> None:
-        """Run what is queued, then stop the thread."""
-        if self._thread is not None and self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
-        self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                if job is None:
-                    return
-                job()
-            except Exception as error:  # reported by the owner on the training thread
-                if self.failure is None:
-                    self.failure = error
-            finally:
-                job = None  # let the snapshot go while waiting for the next one
-                self._jobs.task_done()
-
-
-def _finish_at_exit(writer_ref: "weakref.ReferenceType[BackgroundWriter]") -> None:
-    writer = writer_ref()
-    if writer is not None:
-        writer.close()

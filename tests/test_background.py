@@ -14,7 +14,7 @@ import torch
 import lightning_filterviz.views as views_module
 from conftest import REPO, FunctionalNet, conv_bn_relu_stack
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.sinks import BackgroundWriter
+from lightning_filterviz.writer_thread import BackgroundWriter
 
 
 def snapshots(visualizer: FilterVisualizer, model: torch.nn.Module, steps: int = 3) -> None:

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
@@ -155,3 +156,57 @@ def test_a_snapshots_images_go_to_tensorboard_as_one_event(tmp_path):
     assert {"filterviz/weights/0", "filterviz/activations/3", "filterviz/probe"} <= set(images_per_event[0])
     later = [f"filterviz/{kind}/{layer}" for kind in ("weights", "activations") for layer in "03"]
     assert sorted(images_per_event[1]) == sorted(later)
+
+
+def test_a_sink_group_encodes_each_image_once_and_every_sink_gets_the_same_bytes(tmp_path, monkeypatch):
+    from lightning_filterviz import png
+    from lightning_filterviz.sink_group import SinkGroup
+    from lightning_filterviz.sinks import DirectorySink
+
+    encoded = []
+    original = png.encode_png
+    monkeypatch.setattr(png, "encode_png", lambda image: encoded.append(1) or original(image))
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    group = SinkGroup({"A": DirectorySink(tmp_path / "a"), "B": DirectorySink(tmp_path / "b"), "TB": TensorBoardSink(writer)})
+    visualizer = FilterVisualizer(group)
+    for step in range(2):
+        visualizer.snapshot(conv_bn_relu_stack(), torch.randn(4, 3, 10, 10), step)
+    visualizer.close()
+    writer.close()
+    files = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*.png"))
+    assert len(files) > 4 and len(encoded) == len(files)
+    events = read_events(tmp_path / "tb")
+    for path in files:
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+        tag, step = f"filterviz/{path.parent.as_posix()}", int(path.stem.removeprefix("step_"))
+        picture = np.asarray(PILImage.open(tmp_path / "a" / path).convert("RGB"))
+        np.testing.assert_array_equal(picture, events.images[tag][step])
+
+
+class BrokenAfterFirstSnapshot(PlainSink):
+    def add_image(self, tag, image, step):
+        if step > 0:
+            raise OSError(5, "Input/output error")
+        super().add_image(tag, image, step)
+
+
+def test_a_failing_sink_in_a_group_is_told_once_and_left_out_while_the_others_go_on(tmp_path):
+    from lightning_filterviz.sink_group import SinkGroup
+    from lightning_filterviz.sinks import DirectorySink
+
+    broken = BrokenAfterFirstSnapshot()
+    group = SinkGroup({"the broken sink": broken, "PNG files": DirectorySink(tmp_path)})
+    visualizer = FilterVisualizer(group)
+    with pytest.warns(UserWarning) as record:
+        for step in range(4):
+            visualizer.snapshot(conv_bn_relu_stack(), torch.randn(4, 3, 10, 10), step)
+            visualizer.flush()
+    visualizer.close()
+    told = [str(warning.message) for warning in record if "failed" in str(warning.message)]
+    assert len(told) == 1 and told[0].startswith("filterviz: writing to the broken sink failed")
+    assert "OSError: [Errno 5] Input/output error" in told[0]
+    assert list(group.sinks) == ["PNG files"]
+    assert sorted(broken.images["filterviz/weights/0"]) == [0]
+    assert sorted(path.name for path in (tmp_path / "weights" / "0").iterdir()) == [
+        f"step_{step:08d}.png" for step in range(4)
+    ]

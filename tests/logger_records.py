@@ -1,0 +1,141 @@
+"""Read back what a W&B offline run and an MLflow store hold, with the packages' own formats."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# A W&B run file: a 7-byte header, then LevelDB-log records in 32 KiB blocks.
+WANDB_HEADER = 7
+WANDB_BLOCK = 32768
+RECORD_HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+STEP_KEY = "trainer/global_step"
+
+
+@dataclass
+class LoggedRecords:
+    """What one logger holds: images decoded to (H, W, 3) uint8, scalars and tables, by tag and step."""
+
+    images: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    scalars: dict[str, dict[int, float]] = field(default_factory=dict)
+    tables: dict[str, dict[int, Any]] = field(default_factory=dict)
+
+
+def read_wandb_run(save_dir: Path) -> LoggedRecords:
+    """Every history row of the one offline run under ``save_dir``, keyed by the trainer's step."""
+    (run_dir,) = (save_dir / "wandb").glob("offline-run-*")
+    (run_file,) = run_dir.glob("run-*.wandb")
+    records = LoggedRecords()
+    for row in _wandb_history_rows(run_file):
+        if STEP_KEY not in row:
+            continue
+        step = int(row[STEP_KEY])
+        for key, value in row.items():
+            if isinstance(value, dict) and value.get("_type") == "image-file":
+                records.images.setdefault(key, {})[step] = _rgb(run_dir / "files" / value["path"])
+            elif isinstance(value, dict) and value.get("_type") == "table-file":
+                records.tables.setdefault(key, {})[step] = json.loads((run_dir / "files" / value["path"]).read_text())
+            elif isinstance(value, (int, float)) and key.startswith("filterviz/"):
+                records.scalars.setdefault(key, {})[step] = float(value)
+    return records
+
+
+def _wandb_history_rows(run_file: Path, timeout: float = 30.0) -> list[dict[str, Any]]:
+    # `wandb.finish()` can return while W&B's service process still writes the run file:
+    # read it again until it holds the run's exit record.
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(run_file)
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_file} holds no exit record after {timeout} s")
+        time.sleep(0.05)
+    return [_history_row(record.history.item) for record in records if record.WhichOneof("record_type") == "history"]
+
+
+def _wandb_records(run_file: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    records = []
+    try:
+        chunks = _leveldb_log_records(run_file.read_bytes(), run_file.name)
+    except ValueError:  # caught in the middle of a write
+        return []
+    for data in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        records.append(record)
+    return records
+
+
+def _history_row(items: Any) -> dict[str, Any]:
+    # A logged dict (a wandb.Image's JSON, say) arrives as one item per leaf, under a nested key.
+    row: dict[str, Any] = {}
+    for item in items:
+        *parents, leaf = list(item.nested_key) or [item.key]
+        place = row
+        for parent in parents:
+            place = place.setdefault(parent, {})
+        place[leaf] = json.loads(item.value_json)
+    return row
+
+
+def _leveldb_log_records(data: bytes, run_file_name: str) -> list[bytes]:
+    records, pending, position = [], b"", WANDB_HEADER
+    while position + RECORD_HEADER <= len(data):
+        left_in_block = WANDB_BLOCK - position % WANDB_BLOCK
+        if left_in_block < RECORD_HEADER:  # a block's tail too short for a header is padding
+            position += left_in_block
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[position : position + RECORD_HEADER])
+        chunk = data[position + RECORD_HEADER : position + RECORD_HEADER + length]
+        if kind == 0 and length == 0:  # zero padding at the end of what has been written
+            break
+        if zlib.crc32(bytes([kind]) + chunk) != checksum:
+            raise ValueError(f"W&B run file {run_file_name}: bad checksum at byte {position}")
+        position += RECORD_HEADER + length
+        if kind == FULL:
+            records.append(chunk)
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            records.append(pending + chunk)
+    return records
+
+
+def read_mlflow_run(tracking_uri: str, run_id: str) -> LoggedRecords:
+    """Images from the run's artifact store (as MLflow's image view finds them), metrics from the client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    records = LoggedRecords()
+    for key in client.get_run(run_id).data.metrics:
+        records.scalars[key] = {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
+    artifact_root = Path(client.download_artifacts(run_id, ""))
+    pattern = re.compile(r"^(?P<key>.+?)[%+]step[%+](?P<step>\d+)[%+]timestamp[%+]\d+[%+][0-9a-f-]+\.png$")
+    for path in (artifact_root / "images").glob("*.png"):
+        match = pattern.match(path.name)
+        if match is not None:  # not a "+compressed" thumbnail
+            key = re.sub(r"[~#]", "/", match["key"])
+            records.images.setdefault(key, {})[int(match["step"])] = _rgb(path)
+    for path in (artifact_root / "filterviz").rglob("step_*.md"):
+        tag = path.parent.relative_to(artifact_root).as_posix()
+        records.tables.setdefault(tag, {})[int(path.stem.removeprefix("step_"))] = path.read_text()
+    return records
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
