@@ -14,7 +14,11 @@ Prints:
      one-time work (finding each conv's activation, measuring receptive fields);
   c. one matplotlib figure per layer drawn on the training thread / our snapshot;
   d. peak RSS after 200 snapshots minus after 10;
-  e. bytes written to the log dir per snapshot.
+  e. bytes written to the log dir per snapshot;
+  f. what each logger costs the writer thread per snapshot (and the training thread, where
+     its logger must be called there), on the example and on ResNet-18 at 64x64: TensorBoard,
+     PNG files, W&B (offline), MLflow (SQLite), CSVLogger's metrics, and TensorBoard + W&B +
+     MLflow at once; beside the PNG encoding that all of them share.
 
 With --device cuda (ResNet-18 in channels_last, precision "16-mixed", 128x128 inputs,
 batches of 128 already on the GPU, probe 8):
@@ -37,7 +41,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import matplotlib
 
@@ -55,13 +59,25 @@ sys.path.insert(0, str(REPO / "examples"))
 from cnn_example import ImageClassifier, PhotoPatches  # noqa: E402
 
 from lightning_filterviz import FilterMonitor, FilterVisualizer  # noqa: E402
+from lightning_filterviz.png import EncodedImage  # noqa: E402
 from lightning_filterviz.probe import model_input  # noqa: E402
+from lightning_filterviz.records import Table  # noqa: E402
+from lightning_filterviz.render import Image  # noqa: E402
+from lightning_filterviz.sink_group import SinkGroup  # noqa: E402
+from lightning_filterviz.sinks import (  # noqa: E402
+    DirectorySink,
+    Sink,
+    TensorBoardSink,
+    write_images,
+    write_scalars,
+    write_table,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer trials and shorter runs")
-    parser.add_argument("--parts", default="abcde", help="which measurements to run, e.g. 'bd' (default: all)")
+    parser.add_argument("--parts", default="abcdef", help="which measurements to run, e.g. 'bd' (default: all)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default: cpu)")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,6 +153,9 @@ def main() -> None:
             f"   {(events + arrays) / 1024:.1f} KiB per snapshot (example model): "
             f"{events / 1024:.1f} KiB TensorBoard events, {arrays / 1024:.1f} KiB history arrays"
         )
+
+    if "f" in args.parts:
+        report_sink_costs(model, probe, quick=args.quick)
 
 
 def epochs_label(epochs: int) -> str:
@@ -413,6 +432,204 @@ def bytes_per_snapshot(model: torch.nn.Module, probe: torch.Tensor, snapshots: i
         events = sum(path.stat().st_size for path in Path(log_dir).glob("events.out.tfevents.*"))
         arrays = sum(path.stat().st_size for path in history.glob("*.npz"))
         return events / snapshots, arrays / snapshots
+
+
+# ---------------------------------------------------------------- f. per logger
+
+# One cycle of views_every=10 (the default) after the first snapshot: nine plain snapshots
+# and one that also draws the drift strips, filmstrip, peak patches and through-the-layers.
+SINK_CYCLE = 10
+SINK_STEP_SPAN = 1_000_000  # steps between replays, so that every logger sees steps only grow
+
+
+def report_sink_costs(model: torch.nn.Module, probe: torch.Tensor, quick: bool) -> None:
+    """Part f: per sink, the writer thread's time for one snapshot (PNG encoding apart),
+    and the training thread's where the sink calls its logger there."""
+    repeats = 3 if quick else 7
+    print(
+        f"\nf. writing one snapshot, per logger (FilterVisualizer(background=False) recorded once, replayed into each; "
+        f"mean over snapshots 2-{SINK_CYCLE + 1}, one of which draws the extra views; median of {repeats})"
+    )
+    print(f"   {logger_versions()}; cpu")
+    quiet_sink_loggers()
+    recorded = record_snapshots(model, probe, SINK_CYCLE + 1)[1:]
+    report_model_sink_costs("example", recorded, repeats)
+    resnet, resnet_probe = resnet18_channels_last(64, torch.device("cpu"))
+    recorded = record_snapshots(resnet, resnet_probe, SINK_CYCLE + 1)[1:]
+    report_model_sink_costs("resnet18 64x64 channels_last, probe 8", recorded, 2 if quick else 5)
+
+
+def logger_versions() -> str:
+    import lightning
+    import mlflow
+    import wandb
+
+    return f"torch {torch.__version__}, lightning {lightning.__version__}, wandb {wandb.__version__}, mlflow {mlflow.__version__}"
+
+
+def quiet_sink_loggers() -> None:
+    """W&B offline and silent (set before wandb is imported), and MLflow's start-up lines out of the figures."""
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    for name in ("mlflow", "alembic", "wandb"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class RecordingSink:
+    """Keeps what the engine writes, snapshot by snapshot (a flush ends one), so that it can
+    be replayed into other sinks: the images as pixels, to be encoded afresh for each replay."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[list[tuple]] = [[]]
+
+    def add_encoded_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
+        self.snapshots[-1].append(("images", {tag: image.pixels for tag, image in images.items()}, step))
+
+    def add_image(self, tag: str, image: Image, step: int) -> None:
+        self.snapshots[-1].append(("images", {tag: image}, step))
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> None:
+        self.snapshots[-1].append(("scalars", dict(values), step))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.add_scalars({tag: value}, step)
+
+    def add_table(self, tag: str, table: Table, step: int) -> None:
+        self.snapshots[-1].append(("table", tag, table, step))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self.snapshots[-1].append(("text", tag, text, step))
+
+    def flush(self) -> None:
+        if self.snapshots[-1]:
+            self.snapshots.append([])
+
+
+def record_snapshots(model: torch.nn.Module, probe: torch.Tensor, count: int) -> list[list[tuple]]:
+    """What ``count`` snapshots of ``model`` write, in order, one list of calls per snapshot."""
+    recorder = RecordingSink()
+    visualizer = FilterVisualizer(recorder, background=False)
+    for index in range(count):
+        visualizer.snapshot(model, probe, index * 10)
+    visualizer.close()
+    return [calls for calls in recorder.snapshots if calls]
+
+
+def encode_snapshots(recorded: list[list[tuple]]) -> tuple[float, list[dict[str, bytes]]]:
+    """PNG-encode every recorded image afresh: the seconds it took, and each snapshot's bytes by tag."""
+    start = time.perf_counter()
+    encoded = [
+        {tag: EncodedImage(pixels).png for call in calls if call[0] == "images" for tag, pixels in call[1].items()}
+        for calls in recorded
+    ]
+    return time.perf_counter() - start, encoded
+
+
+def replay(sink: Sink, recorded: list[list[tuple]], pngs: list[dict[str, bytes]], step_offset: int) -> tuple[float, float]:
+    """Write the recorded snapshots to ``sink`` as the Publisher does, the PNG bytes already
+    encoded: seconds on the writer thread (its calls and flush) and on the training thread
+    (``on_training_thread`` after each snapshot)."""
+    writer = training = 0.0
+    for calls, png in zip(recorded, pngs):
+        images = [{tag: preencoded(pixels, png[tag]) for tag, pixels in call[1].items()} for call in calls if call[0] == "images"]
+        start = time.perf_counter()
+        for call in calls:
+            kind, step = call[0], call[-1] + step_offset
+            if kind == "images":
+                write_images(sink, images.pop(0), step)
+            elif kind == "scalars":
+                write_scalars(sink, call[1], step)
+            elif kind == "table":
+                write_table(sink, call[1], call[2], step)
+            else:
+                sink.add_text(call[1], call[2], step)
+        sink.flush()
+        middle = time.perf_counter()
+        deliver = getattr(sink, "on_training_thread", None)
+        if deliver is not None:
+            deliver()
+        writer += middle - start
+        training += time.perf_counter() - middle
+    return writer, training
+
+
+def preencoded(pixels: Image, png: bytes) -> EncodedImage:
+    """A fresh EncodedImage whose PNG bytes are already there, as the first sink to ask leaves them."""
+    image = EncodedImage(pixels)
+    image.__dict__["png"] = png  # where functools.cached_property keeps its value
+    return image
+
+
+@contextlib.contextmanager
+def bench_sinks(root: Path) -> Iterator[dict[str, Sink]]:
+    """The sinks part f compares, each over a fresh logger under ``root``; closed afterwards."""
+    import wandb
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
+
+    from lightning_filterviz.logger_sinks import LoggerMetricsSink, MLflowSink, WandbSink
+
+    os.environ["WANDB_DIR"] = str(root)
+    writer = SummaryWriter(str(root / "tensorboard"))
+    tensorboard = TensorBoardSink(writer)
+    wandb_sink = WandbSink(WandbLogger(save_dir=str(root), offline=True, project="filterviz-bench"))
+    mlflow_sink = MLflowSink(
+        MLFlowLogger(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_location=f"{root}/artifacts")
+    )
+    csv_logger = CSVLogger(str(root / "csv"))
+    try:
+        yield {
+            "TensorBoard": tensorboard,
+            "PNG files + CSV": DirectorySink(root / "png"),
+            "W&B (offline)": wandb_sink,
+            "MLflow (SQLite)": mlflow_sink,
+            "CSVLogger metrics": LoggerMetricsSink(csv_logger),
+            "TensorBoard + W&B + MLflow": SinkGroup(
+                {"TensorBoard": tensorboard, "W&B": wandb_sink, "MLflow": mlflow_sink}
+            ),
+        }
+    finally:
+        writer.close()
+        csv_logger.save()
+        wandb.finish()
+
+
+def sink_costs(
+    recorded: list[list[tuple]], repeats: int
+) -> tuple[list[float], dict[str, tuple[list[float], list[float]]]]:
+    """Seconds per snapshot: PNG encoding, and per sink (writer thread, training thread),
+    one sample per repetition; each repetition encodes afresh and replays into every sink in turn."""
+    encoding: list[float] = []
+    costs: dict[str, tuple[list[float], list[float]]] = {}
+    with tempfile.TemporaryDirectory() as root, bench_sinks(Path(root)) as sinks:
+        for name, sink in sinks.items():  # warm-up: imports, the run's first records, files opened
+            replay(sink, recorded[:1], encode_snapshots(recorded[:1])[1], step_offset=0)
+        offset = SINK_STEP_SPAN
+        for _ in range(repeats):
+            seconds, pngs = encode_snapshots(recorded)
+            encoding.append(seconds / len(recorded))
+            for name, sink in sinks.items():
+                writer, training = replay(sink, recorded, pngs, step_offset=offset)
+                offset += SINK_STEP_SPAN
+                samples = costs.setdefault(name, ([], []))
+                samples[0].append(writer / len(recorded))
+                samples[1].append(training / len(recorded))
+    return encoding, costs
+
+
+def report_model_sink_costs(label: str, recorded: list[list[tuple]], repeats: int) -> None:
+    encoding, costs = sink_costs(recorded, repeats)
+    images = [pixels for calls in recorded for call in calls if call[0] == "images" for pixels in call[1].values()]
+    print(
+        f"   {label}: PNG encoding {statistics.median(encoding) * 1e3:.2f} ms per snapshot "
+        f"({len(images) / len(recorded):.1f} images; done once, shared by every sink)"
+    )
+    tensorboard = statistics.median(costs["TensorBoard"][0])
+    for name, (writer_samples, training_samples) in costs.items():
+        writer, training = statistics.median(writer_samples), statistics.median(training_samples)
+        line = f"     {name + ':':<28} writer thread {writer * 1e3:7.2f} ms = {writer / tensorboard:5.2f}x TensorBoard's"
+        if training > 1e-5:
+            line += f"; training thread {training * 1e3:.2f} ms"
+        print(line)
 
 
 # ---------------------------------------------------------------- on a GPU

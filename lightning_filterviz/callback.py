@@ -60,8 +60,10 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
 
     A filter is dead when its activation is ``<= dead_threshold`` everywhere on the probe
     batch for ``dead_patience`` consecutive snapshots; dead filters are framed in red.
-    Without a TensorBoard logger, PNG files and a CSV of scalars are written under the
-    trainer's log dir instead. Nothing is logged during the sanity check or a
+    Every attached logger gets them: TensorBoard, W&B and MLflow in their own records,
+    the others (CSV, any other) the scalars through ``log_metrics`` and the images as PNG
+    files under the log dir; a logger that fails gets one warning and the others go on.
+    Nothing is logged during the sanity check or a
     ``fast_dev_run``. An error while taking a snapshot during training gives one warning
     and switches the monitor off; it never stops the run.
 

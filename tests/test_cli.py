@@ -42,3 +42,24 @@ def test_every_config_parses_and_builds_its_monitor(name, tmp_path, monkeypatch)
     for key in ("every_n_epochs", "every_n_steps", "probe_size"):
         if key in settings:
             assert getattr(monitor, key) == settings[key]
+
+
+@pytest.mark.parametrize("logger_config", ["wandb.yaml", "mlflow.yaml"])
+def test_the_logger_configs_add_their_logger_beside_tensorboard(logger_config, tmp_path, monkeypatch):
+    import train
+    from logger_records import read_mlflow_run, read_wandb_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    configs = ["--config", str(REPO / "configs/smoke.yaml"), "--config", str(REPO / "configs" / logger_config)]
+    cli = train.main(["fit", *configs])
+    tensorboard, other = cli.trainer.loggers
+    if logger_config == "wandb.yaml":
+        import wandb
+
+        wandb.finish()
+        records = read_wandb_run(tmp_path / "wandb_logs")
+    else:
+        records = read_mlflow_run(other._tracking_uri, other.run_id)
+    expected = read_events(tensorboard.log_dir).images["filterviz/weights/net.0"]
+    assert set(records.images["filterviz/weights/net.0"]) == set(expected) == {0, 2, 4, 6}
