@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import itertools
 import logging
 import os
 import resource
@@ -436,27 +438,49 @@ def bytes_per_snapshot(model: torch.nn.Module, probe: torch.Tensor, snapshots: i
 
 # ---------------------------------------------------------------- f. per logger
 
-# One cycle of views_every=10 (the default) after the first snapshot: nine plain snapshots
-# and one that also draws the drift strips, filmstrip, peak patches and through-the-layers.
+# One cycle of views_every=10 (the default): nine plain snapshots, and one that also draws
+# the drift strips, the filmstrip, the peak patches and the through-the-layers images.
 SINK_CYCLE = 10
-SINK_STEP_SPAN = 1_000_000  # steps between replays, so that every logger sees steps only grow
+SINK_STEP_SPAN = 1000  # steps between replays (the recorded ones stay below), so that each logger sees steps grow
+
+# A snapshot as the engine writes it: ("images", {tag: pixels}, step), ("scalars", {tag: value}, step),
+# ("table", tag, Table, step) or ("text", tag, text, step), in order; and how many of a cycle are like it.
+Calls = list[tuple]
+Cycle = list[tuple[int, Calls]]
 
 
 def report_sink_costs(model: torch.nn.Module, probe: torch.Tensor, quick: bool) -> None:
-    """Part f: per sink, the writer thread's time for one snapshot (PNG encoding apart),
-    and the training thread's where the sink calls its logger there."""
+    """Part f: per logger, the writer thread's time to write one snapshot (its PNG encoding
+    apart, which every logger shares), and the training thread's where the sink calls its logger there."""
     repeats = 3 if quick else 7
     print(
-        f"\nf. writing one snapshot, per logger (FilterVisualizer(background=False) recorded once, replayed into each; "
-        f"mean over snapshots 2-{SINK_CYCLE + 1}, one of which draws the extra views; median of {repeats})"
+        "\nf. writing one snapshot, per logger (FilterVisualizer(background=False)'s writes recorded once, "
+        f"replayed into each sink; ms per snapshot over a views_every={SINK_CYCLE} cycle, median of {repeats})"
     )
-    print(f"   {logger_versions()}; cpu")
     quiet_sink_loggers()
-    recorded = record_snapshots(model, probe, SINK_CYCLE + 1)[1:]
-    report_model_sink_costs("example", recorded, repeats)
-    resnet, resnet_probe = resnet18_channels_last(64, torch.device("cpu"))
-    recorded = record_snapshots(resnet, resnet_probe, SINK_CYCLE + 1)[1:]
-    report_model_sink_costs("resnet18 64x64 channels_last, probe 8", recorded, 2 if quick else 5)
+    print(f"   {logger_versions()}; cpu")
+    models = [("example", model, probe)]
+    if not quick:
+        models.append(("resnet18 64x64 channels_last, probe 8", *resnet18_channels_last(64, torch.device("cpu"))))
+    offsets = (index * SINK_STEP_SPAN for index in itertools.count(1))
+    with tempfile.TemporaryDirectory() as root, bench_sinks(Path(root)) as sinks:
+        for label, network, batch in models:
+            report_model_sink_costs(label, sinks, record_cycle(network, batch), repeats, offsets)
+    print(
+        "   (MLflow's log_image encodes its own PNG and a WebP thumbnail from the pixels; W&B copies the shared "
+        "PNG into its run, and its service process writes it out of this process)"
+    )
+
+
+def quiet_sink_loggers() -> None:
+    """W&B offline and silent (set before wandb is imported); MLflow's and Alembic's start-up lines
+    out of the figures (after mlflow is imported: importing it sets its logger's level)."""
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    import mlflow  # noqa: F401
+
+    for name in ("mlflow", "alembic", "wandb"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def logger_versions() -> str:
@@ -464,23 +488,18 @@ def logger_versions() -> str:
     import mlflow
     import wandb
 
-    return f"torch {torch.__version__}, lightning {lightning.__version__}, wandb {wandb.__version__}, mlflow {mlflow.__version__}"
-
-
-def quiet_sink_loggers() -> None:
-    """W&B offline and silent (set before wandb is imported), and MLflow's start-up lines out of the figures."""
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_SILENT"] = "true"
-    for name in ("mlflow", "alembic", "wandb"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    return (
+        f"torch {torch.__version__}, lightning {lightning.__version__}, "
+        f"wandb {wandb.__version__}, mlflow {mlflow.__version__}"
+    )
 
 
 class RecordingSink:
-    """Keeps what the engine writes, snapshot by snapshot (a flush ends one), so that it can
-    be replayed into other sinks: the images as pixels, to be encoded afresh for each replay."""
+    """Keeps what the engine writes, one list of calls per snapshot (a flush ends one), to be
+    replayed into other sinks; images are kept as pixels, to be encoded afresh for each replay."""
 
     def __init__(self) -> None:
-        self.snapshots: list[list[tuple]] = [[]]
+        self.snapshots: list[Calls] = [[]]
 
     def add_encoded_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
         self.snapshots[-1].append(("images", {tag: image.pixels for tag, image in images.items()}, step))
@@ -505,64 +524,25 @@ class RecordingSink:
             self.snapshots.append([])
 
 
-def record_snapshots(model: torch.nn.Module, probe: torch.Tensor, count: int) -> list[list[tuple]]:
-    """What ``count`` snapshots of ``model`` write, in order, one list of calls per snapshot."""
+def record_cycle(model: torch.nn.Module, probe: torch.Tensor) -> Cycle:
+    """What the engine writes for a plain snapshot (the second of a run) and for one that draws
+    the extra views (the tenth, its filmstrip ten rows tall), each with its share of a cycle.
+    The first snapshot, with its one-time probe images and layer table, is left out."""
     recorder = RecordingSink()
-    visualizer = FilterVisualizer(recorder, background=False)
-    for index in range(count):
-        visualizer.snapshot(model, probe, index * 10)
+    visualizer = FilterVisualizer(recorder, background=False, views_every=SINK_CYCLE)
+    written = (1, SINK_CYCLE - 1)
+    for index in range(SINK_CYCLE):
+        # The others still update the statistics, drift and filmstrip rows, as in a run.
+        visualizer.snapshot(model, probe, index * 10, publish=index in written)
     visualizer.close()
-    return [calls for calls in recorder.snapshots if calls]
-
-
-def encode_snapshots(recorded: list[list[tuple]]) -> tuple[float, list[dict[str, bytes]]]:
-    """PNG-encode every recorded image afresh: the seconds it took, and each snapshot's bytes by tag."""
-    start = time.perf_counter()
-    encoded = [
-        {tag: EncodedImage(pixels).png for call in calls if call[0] == "images" for tag, pixels in call[1].items()}
-        for calls in recorded
-    ]
-    return time.perf_counter() - start, encoded
-
-
-def replay(sink: Sink, recorded: list[list[tuple]], pngs: list[dict[str, bytes]], step_offset: int) -> tuple[float, float]:
-    """Write the recorded snapshots to ``sink`` as the Publisher does, the PNG bytes already
-    encoded: seconds on the writer thread (its calls and flush) and on the training thread
-    (``on_training_thread`` after each snapshot)."""
-    writer = training = 0.0
-    for calls, png in zip(recorded, pngs):
-        images = [{tag: preencoded(pixels, png[tag]) for tag, pixels in call[1].items()} for call in calls if call[0] == "images"]
-        start = time.perf_counter()
-        for call in calls:
-            kind, step = call[0], call[-1] + step_offset
-            if kind == "images":
-                write_images(sink, images.pop(0), step)
-            elif kind == "scalars":
-                write_scalars(sink, call[1], step)
-            elif kind == "table":
-                write_table(sink, call[1], call[2], step)
-            else:
-                sink.add_text(call[1], call[2], step)
-        sink.flush()
-        middle = time.perf_counter()
-        deliver = getattr(sink, "on_training_thread", None)
-        if deliver is not None:
-            deliver()
-        writer += middle - start
-        training += time.perf_counter() - middle
-    return writer, training
-
-
-def preencoded(pixels: Image, png: bytes) -> EncodedImage:
-    """A fresh EncodedImage whose PNG bytes are already there, as the first sink to ask leaves them."""
-    image = EncodedImage(pixels)
-    image.__dict__["png"] = png  # where functools.cached_property keeps its value
-    return image
+    plain, views = [calls for calls in recorder.snapshots if calls]
+    return [(SINK_CYCLE - 1, plain), (1, views)]
 
 
 @contextlib.contextmanager
 def bench_sinks(root: Path) -> Iterator[dict[str, Sink]]:
-    """The sinks part f compares, each over a fresh logger under ``root``; closed afterwards."""
+    """The sinks part f compares, each over a fresh logger under ``root``; the group shares
+    the single sinks' loggers (one W&B run per process)."""
     import wandb
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
@@ -570,12 +550,13 @@ def bench_sinks(root: Path) -> Iterator[dict[str, Sink]]:
 
     os.environ["WANDB_DIR"] = str(root)
     writer = SummaryWriter(str(root / "tensorboard"))
+    csv_logger = CSVLogger(str(root / "csv"))
     tensorboard = TensorBoardSink(writer)
-    wandb_sink = WandbSink(WandbLogger(save_dir=str(root), offline=True, project="filterviz-bench"))
+    with contextlib.redirect_stderr(io.StringIO()):  # wandb: Lightning's `anonymous` argument "has no effect"
+        wandb_sink = WandbSink(WandbLogger(save_dir=str(root), offline=True, project="filterviz-bench"))
     mlflow_sink = MLflowSink(
         MLFlowLogger(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_location=f"{root}/artifacts")
     )
-    csv_logger = CSVLogger(str(root / "csv"))
     try:
         yield {
             "TensorBoard": tensorboard,
@@ -593,43 +574,95 @@ def bench_sinks(root: Path) -> Iterator[dict[str, Sink]]:
         wandb.finish()
 
 
-def sink_costs(
-    recorded: list[list[tuple]], repeats: int
-) -> tuple[list[float], dict[str, tuple[list[float], list[float]]]]:
-    """Seconds per snapshot: PNG encoding, and per sink (writer thread, training thread),
-    one sample per repetition; each repetition encodes afresh and replays into every sink in turn."""
-    encoding: list[float] = []
-    costs: dict[str, tuple[list[float], list[float]]] = {}
-    with tempfile.TemporaryDirectory() as root, bench_sinks(Path(root)) as sinks:
-        for name, sink in sinks.items():  # warm-up: imports, the run's first records, files opened
-            replay(sink, recorded[:1], encode_snapshots(recorded[:1])[1], step_offset=0)
-        offset = SINK_STEP_SPAN
-        for _ in range(repeats):
-            seconds, pngs = encode_snapshots(recorded)
-            encoding.append(seconds / len(recorded))
-            for name, sink in sinks.items():
-                writer, training = replay(sink, recorded, pngs, step_offset=offset)
-                offset += SINK_STEP_SPAN
-                samples = costs.setdefault(name, ([], []))
-                samples[0].append(writer / len(recorded))
-                samples[1].append(training / len(recorded))
-    return encoding, costs
-
-
-def report_model_sink_costs(label: str, recorded: list[list[tuple]], repeats: int) -> None:
-    encoding, costs = sink_costs(recorded, repeats)
-    images = [pixels for calls in recorded for call in calls if call[0] == "images" for pixels in call[1].values()]
+def report_model_sink_costs(
+    label: str, sinks: Mapping[str, Sink], cycle: Cycle, repeats: int, offsets: Iterator[int]
+) -> None:
+    encoding, costs = sink_costs(sinks, cycle, repeats, offsets)
+    images = sum(weight * image_count(calls) for weight, calls in cycle) / sum(weight for weight, _ in cycle)
     print(
         f"   {label}: PNG encoding {statistics.median(encoding) * 1e3:.2f} ms per snapshot "
-        f"({len(images) / len(recorded):.1f} images; done once, shared by every sink)"
+        f"({images:.1f} images; done once, whatever the number of loggers), then per logger:"
     )
     tensorboard = statistics.median(costs["TensorBoard"][0])
     for name, (writer_samples, training_samples) in costs.items():
-        writer, training = statistics.median(writer_samples), statistics.median(training_samples)
-        line = f"     {name + ':':<28} writer thread {writer * 1e3:7.2f} ms = {writer / tensorboard:5.2f}x TensorBoard's"
-        if training > 1e-5:
-            line += f"; training thread {training * 1e3:.2f} ms"
+        writer = statistics.median(writer_samples)
+        line = f"     {name + ':':<28} writer thread {writer * 1e3:7.2f} ms"
+        line += f" = {writer / tensorboard:6.2f}x TensorBoard's"
+        if training_samples:
+            line += f"; training thread {statistics.median(training_samples) * 1e3:.2f} ms"
         print(line)
+
+
+def sink_costs(
+    sinks: Mapping[str, Sink], cycle: Cycle, repeats: int, offsets: Iterator[int]
+) -> tuple[list[float], dict[str, tuple[list[float], list[float]]]]:
+    """Seconds per snapshot, weighted over the cycle, one sample per repetition: the PNG
+    encoding, and per sink its writer thread and (for a sink that has ``on_training_thread``)
+    its training thread. Each repetition encodes afresh, then replays into every sink in turn."""
+    for sink in sinks.values():  # warm-up: the logger's first records, new tags, files opened
+        calls = cycle[0][1]
+        replay(sink, calls, encode(calls)[1], next(offsets))
+    total = sum(weight for weight, _ in cycle)
+    encoding: list[float] = []
+    costs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in sinks}
+    for _ in range(repeats):
+        encoded = [(weight, calls, *encode(calls)) for weight, calls in cycle]
+        encoding.append(sum(weight * seconds for weight, _, seconds, _ in encoded) / total)
+        for name, sink in sinks.items():
+            writer = training = 0.0
+            for weight, calls, _, pngs in encoded:
+                on_writer, on_training = replay(sink, calls, pngs, next(offsets))
+                writer += weight * on_writer / total
+                training += weight * on_training / total
+            costs[name][0].append(writer)
+            if hasattr(sink, "on_training_thread"):
+                costs[name][1].append(training)
+    return encoding, costs
+
+
+def encode(calls: Calls) -> tuple[float, dict[str, bytes]]:
+    """PNG-encode a snapshot's images afresh, as the first sink to want them does: seconds, and the bytes by tag."""
+    start = time.perf_counter()
+    pngs = {tag: EncodedImage(pixels).png for call in calls if call[0] == "images" for tag, pixels in call[1].items()}
+    return time.perf_counter() - start, pngs
+
+
+def replay(sink: Sink, calls: Calls, pngs: Mapping[str, bytes], step_offset: int) -> tuple[float, float]:
+    """Write a recorded snapshot to ``sink`` as the Publisher does, into fresh EncodedImages
+    whose PNG bytes are already there: seconds on the writer thread (the calls and the flush),
+    and on the training thread (``on_training_thread``, which the engine calls there)."""
+    images = [
+        {tag: preencoded(pixels, pngs[tag]) for tag, pixels in call[1].items()} for call in calls if call[0] == "images"
+    ]
+    start = time.perf_counter()
+    for call in calls:
+        kind, step = call[0], call[-1] + step_offset
+        if kind == "images":
+            write_images(sink, images.pop(0), step)
+        elif kind == "scalars":
+            write_scalars(sink, call[1], step)
+        elif kind == "table":
+            write_table(sink, call[1], call[2], step)
+        else:
+            sink.add_text(call[1], call[2], step)
+    sink.flush()
+    written = time.perf_counter()
+    deliver = getattr(sink, "on_training_thread", None)
+    if deliver is not None:
+        deliver()
+    return written - start, time.perf_counter() - written
+
+
+def preencoded(pixels: Image, png: bytes) -> EncodedImage:
+    """A fresh EncodedImage holding its PNG bytes already, as the first sink to ask leaves it
+    for the others (its other cached views, such as ``rgb``, still to be made)."""
+    image = EncodedImage(pixels)
+    image.__dict__["png"] = png  # where functools.cached_property keeps its value
+    return image
+
+
+def image_count(calls: Calls) -> int:
+    return sum(len(call[1]) for call in calls if call[0] == "images")
 
 
 # ---------------------------------------------------------------- on a GPU

@@ -31,36 +31,41 @@ class LoggedRecords:
     tables: dict[str, dict[int, Any]] = field(default_factory=dict)
 
 
-def read_wandb_run(save_dir: Path) -> LoggedRecords:
-    """Every history row of the one offline run under ``save_dir``, keyed by the trainer's step."""
-    (run_dir,) = (save_dir / "wandb").glob("offline-run-*")
-    (run_file,) = run_dir.glob("run-*.wandb")
+def read_wandb_run(run: Any) -> LoggedRecords:
+    """Every history row of a finished offline ``wandb`` run (``WandbLogger.experiment``), keyed by
+    the trainer's step."""
+    run_file = _finished_run_file(Path(run.dir).parent)
     records = LoggedRecords()
-    for row in _wandb_history_rows(run_file):
+    for row in _history_rows(run_file):
         if STEP_KEY not in row:
             continue
         step = int(row[STEP_KEY])
         for key, value in row.items():
             if isinstance(value, dict) and value.get("_type") == "image-file":
-                records.images.setdefault(key, {})[step] = _rgb(run_dir / "files" / value["path"])
+                records.images.setdefault(key, {})[step] = _rgb(run_file.parent / "files" / value["path"])
             elif isinstance(value, dict) and value.get("_type") == "table-file":
-                records.tables.setdefault(key, {})[step] = json.loads((run_dir / "files" / value["path"]).read_text())
+                table = json.loads((run_file.parent / "files" / value["path"]).read_text())
+                records.tables.setdefault(key, {})[step] = table
             elif isinstance(value, (int, float)) and key.startswith("filterviz/"):
                 records.scalars.setdefault(key, {})[step] = float(value)
     return records
 
 
-def _wandb_history_rows(run_file: Path, timeout: float = 30.0) -> list[dict[str, Any]]:
-    # `wandb.finish()` can return while W&B's service process still writes the run file:
-    # read it again until it holds the run's exit record.
+def _finished_run_file(run_dir: Path, timeout: float = 30.0) -> Path:
+    # `run.finish()` can return while W&B's service process still writes the run file:
+    # look again until the file holds the run's exit record.
     deadline = time.monotonic() + timeout
     while True:
-        records = _wandb_records(run_file)
-        if any(record.WhichOneof("record_type") == "exit" for record in records):
-            break
+        run_files = list(run_dir.glob("run-*.wandb"))
+        if run_files and any(record.WhichOneof("record_type") == "exit" for record in _wandb_records(run_files[0])):
+            return run_files[0]
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{run_file} holds no exit record after {timeout} s")
+            raise TimeoutError(f"no finished W&B run in {run_dir} after {timeout} s")
         time.sleep(0.05)
+
+
+def _history_rows(run_file: Path) -> list[dict[str, Any]]:
+    records = _wandb_records(run_file)
     return [_history_row(record.history.item) for record in records if record.WhichOneof("record_type") == "history"]
 
 

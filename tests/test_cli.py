@@ -51,14 +51,20 @@ def test_the_logger_configs_add_their_logger_beside_tensorboard(logger_config, t
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    configs = ["--config", str(REPO / "configs/smoke.yaml"), "--config", str(REPO / "configs" / logger_config)]
+    # W&B's service process, started by an earlier test, resolves relative paths from its own
+    # working directory: the logger config is used as written, with its directories made absolute.
+    config = yaml.safe_load((REPO / "configs" / logger_config).read_text())
+    for logger in config["trainer"]["logger"]:
+        for key in ("save_dir", "artifact_location"):
+            if key in logger["init_args"]:
+                logger["init_args"][key] = str(tmp_path / logger["init_args"][key])
+    (tmp_path / logger_config).write_text(yaml.safe_dump(config))
+    configs = ["--config", str(REPO / "configs/smoke.yaml"), "--config", str(tmp_path / logger_config)]
     cli = train.main(["fit", *configs])
     tensorboard, other = cli.trainer.loggers
     if logger_config == "wandb.yaml":
-        import wandb
-
-        wandb.finish()
-        records = read_wandb_run(tmp_path / "wandb_logs")
+        other.experiment.finish()
+        records = read_wandb_run(other.experiment)
     else:
         records = read_mlflow_run(other._tracking_uri, other.run_id)
     expected = read_events(tensorboard.log_dir).images["filterviz/weights/net.0"]

@@ -21,12 +21,11 @@ CONTRACT_SCALAR_TAGS = {"filterviz/dead_fraction/net.0", "filterviz/dead_fractio
 
 
 @pytest.fixture
-def offline_wandb(monkeypatch, tmp_path):
+def offline_wandb(monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     yield wandb
     wandb.finish()
 
@@ -57,9 +56,10 @@ def assert_holds_every_snapshot(records: LoggedRecords) -> None:
 
 
 def test_wandb_alone_gets_images_scalars_and_tables_at_the_trainers_steps(tmp_path, offline_wandb):
-    fit(tmp_path, [wandb_logger(tmp_path)])
-    offline_wandb.finish()
-    records = read_wandb_run(tmp_path)
+    logger = wandb_logger(tmp_path)
+    fit(tmp_path, [logger])
+    logger.experiment.finish()
+    records = read_wandb_run(logger.experiment)
     assert_holds_every_snapshot(records)
     layers = records.tables["filterviz/layers"][0]
     assert layers["columns"][:3] == ["conv", "filters", "activation"]
@@ -80,9 +80,9 @@ def test_mlflow_alone_gets_images_by_key_and_step_and_scalars_as_metrics(tmp_pat
 def test_tensorboard_wandb_and_mlflow_at_once_hold_the_same_pixels_and_values(tmp_path, offline_wandb):
     loggers = [pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"), wandb_logger(tmp_path), mlflow_logger(tmp_path)]
     fit(tmp_path, loggers)
-    offline_wandb.finish()
+    loggers[1].experiment.finish()
     tensorboard = read_events(loggers[0].log_dir)
-    wandb_records = read_wandb_run(tmp_path)
+    wandb_records = read_wandb_run(loggers[1].experiment)
     mlflow_records = read_mlflow_run(loggers[2]._tracking_uri, loggers[2].run_id)
     image_tags = {tag for tag in tensorboard.images if tag.startswith("filterviz/")}
     assert CONTRACT_IMAGE_TAGS <= image_tags
@@ -118,7 +118,7 @@ def test_a_logger_that_fails_mid_run_gives_one_warning_and_the_others_get_every_
     assert sorted(read_events(loggers[0].log_dir).images["filterviz/weights/net.0"]) == SNAPSHOT_STEPS
     assert_holds_every_snapshot(read_mlflow_run(loggers[2]._tracking_uri, loggers[2].run_id))
     # What W&B got before its run ended (the snapshots the writer had finished by then); not step 4.
-    assert set(read_wandb_run(tmp_path).images.get("filterviz/weights/net.0", {})) <= {0, 2}
+    assert set(read_wandb_run(loggers[1].experiment).images.get("filterviz/weights/net.0", {})) <= {0, 2}
 
 
 def test_csv_logger_gets_the_scalars_in_its_metrics_file_and_the_images_as_png_files(tmp_path):
