@@ -21,6 +21,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_filterviz.dataset_examples import NO_INDEX, ExampleCollector, dataset_index_map
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
@@ -113,6 +114,13 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
         response_layers: layers (names or patterns) whose filters are drawn beside the probe
             patch where each peaks (``filterviz/responses/<layer>``); ``None``: the first
             conv; ``[]``: none. Receptive fields are measured once, by gradient.
+        examples_layers: layers (names or patterns) whose dataset examples are collected at
+            each validation run of ``fit``: per drawn filter, the ``examples_k`` validation
+            images where it fires most, with the receptive-field patch there
+            (``filterviz/examples/<layer>`` and :attr:`dataset_examples`); ``None``: the
+            first conv; ``[]``: none. Only convs whose ReLU-family activation a module's
+            output shows (the layer table says "hook on ...").
+        examples_k: dataset examples kept per filter.
         save_history: save each snapshot's small arrays as
             ``<log_dir>/filterviz/history/step_<step>.npz`` (for ``filterviz-report``).
 
@@ -166,6 +174,8 @@ class FilterMonitorLogic(_CallbackBase):
         filmstrip_layers: Optional[list[str]] = None,
         views_every: int = 10,
         response_layers: Optional[list[str]] = None,
+        examples_layers: Optional[list[str]] = None,
+        examples_k: int = 9,
         save_history: bool = True,
     ) -> None:
         super().__init__()
@@ -197,11 +207,14 @@ class FilterMonitorLogic(_CallbackBase):
             filmstrip_layers=filmstrip_layers,
             views_every=views_every,
             response_layers=response_layers,
+            examples_layers=examples_layers,
+            examples_k=examples_k,
             background=True,
         )
         self.save_history = save_history
         self.track_training_batches = track_training_batches
         self._batch_watch = contextlib.ExitStack()
+        self._examples = _ExamplesPass()
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
         self._pinned_probe: Optional[Any] = None
         self._probe_given = probe is not None
@@ -223,6 +236,20 @@ class FilterMonitorLogic(_CallbackBase):
     def dormant_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
         return self.engine.dormant_filters
+
+    @property
+    def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
+        """Conv name -> per drawn filter, ``[(dataset_index, value), ...]`` of the validation
+        images it fired on most in the latest validation run, strongest first.
+        ``dataset_index`` is the sample's index in the validation dataset, or ``None`` when
+        the loader does not read it in order (shuffled, or an ``IterableDataset``)."""
+        return self.engine.dataset_examples
+
+    @property
+    def dataset_example_positions(self) -> dict[str, list[list[tuple[int, int]]]]:
+        """Like :attr:`dataset_examples`: the input pixel ``(y, x)`` where each example peaks
+        (the centre of the receptive field there)."""
+        return self.engine.dataset_example_positions
 
     @property
     def probe(self) -> Optional[Any]:
@@ -326,6 +353,39 @@ class FilterMonitorLogic(_CallbackBase):
             self._snapshot(trainer, pl_module)
 
     @override
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._enabled or trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        try:
+            collector = self.engine.dataset_examples_pass(pl_module)
+        except Exception as error:  # monitoring must never end a training run
+            self._examples_failed(error)
+            return
+        if collector is not None:
+            self._examples.start(collector, _validation_loader_in_use(trainer), pl_module.device)
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._examples.active and dataloader_idx == 0:
+            self._examples.next_batch(model_input(batch, self.engine.batch_key))
+
+    @override
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        collector = self._examples.stop()
+        if collector is None:
+            return
+        try:
+            self.engine.publish_dataset_examples(collector, pl_module, trainer.global_step)
+        except Exception as error:  # monitoring must never end a training run
+            self._examples_failed(error)
+
+    def _examples_failed(self, error: Exception) -> None:
+        self._examples.stop()
+        rank_zero_warn(f"filterviz: collecting dataset examples failed: {type(error).__name__}: {error}")
+
+    @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self._enabled and trainer.is_global_zero:
             self.engine.finish(trainer.global_step)
@@ -333,6 +393,7 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._batch_watch.close()  # no hook may outlive the run
+        self._examples.stop()
         # Write what was captured before the run broke off.
         self.engine.close()
 
@@ -461,6 +522,57 @@ def _point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> 
         other = getattr(logger, "log_dir", None)
         if other and os.path.abspath(other) != os.path.abspath(output_dir):
             point_to_history(other, history_dir)
+
+
+class _ExamplesPass:
+    """One validation run's collection of dataset examples: the collector's hooks, and the
+    dataset index of each batch's samples."""
+
+    def __init__(self) -> None:
+        self._hooks = contextlib.ExitStack()
+        self._collector: Optional[ExampleCollector] = None
+        self._index_map: Optional[Tensor] = None
+        self._seen = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # launchers that spawn processes pickle the callback between runs
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    @property
+    def active(self) -> bool:
+        return self._collector is not None
+
+    def start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
+        self.stop()
+        index_map = dataset_index_map(loader) if loader is not None else None
+        self._index_map = index_map.to(device) if index_map is not None else None
+        self._seen = 0
+        self._hooks.enter_context(collector.collecting())
+        self._collector = collector
+
+    def next_batch(self, inputs: Any) -> None:
+        assert self._collector is not None
+        if not torch.is_tensor(inputs) or inputs.dim() != 4:
+            return
+        count = inputs.shape[0]
+        if self._index_map is not None and self._seen + count <= len(self._index_map):
+            indices = self._index_map[self._seen : self._seen + count]
+        else:
+            indices = torch.full((count,), NO_INDEX, dtype=torch.long, device=inputs.device)
+        self._seen += count
+        self._collector.next_batch(inputs, indices)
+
+    def stop(self) -> Optional[ExampleCollector]:
+        """Remove every hook; the collector, if a run was being collected."""
+        collector, self._collector = self._collector, None
+        self._hooks.close()
+        return collector
+
+
+def _validation_loader_in_use(trainer: Any) -> Optional[DataLoader]:
+    return _first_loader(trainer.val_dataloaders)
 
 
 def _data_source(trainer: Any) -> Any:

@@ -29,6 +29,7 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 from lightning_filterviz.capture import CapturedProbe, ForwardFn, InFlightSnapshot, start_capture
+from lightning_filterviz.dataset_examples import ExampleCollector, LayerExamples
 from lightning_filterviz.activations import ProbePlan
 from lightning_filterviz.discovery import ConvLayer, select_conv_layers
 from lightning_filterviz.probe import BatchKey, model_input, pin_memory, to_device
@@ -119,6 +120,9 @@ class FilterVisualizer:
         response_layers: layers (names or fnmatch patterns) whose filters are drawn beside
             the probe patch where they peak; ``None``: the first watched conv; ``[]``: none.
             Their receptive fields are measured once, by gradient, at the first snapshot.
+        examples_layers: layers (names or fnmatch patterns) whose dataset examples
+            :meth:`dataset_examples_pass` collects; ``None``: the first watched conv; ``[]``: none.
+        examples_k: dataset examples kept per filter.
         history_dir: save each snapshot's small arrays (capped filters, statistics, one
             probe image's feature maps) there as NPZ, readable with ``allow_pickle=False``.
         background: judge, render and write in a background thread, so that
@@ -166,6 +170,8 @@ class FilterVisualizer:
         filmstrip_layers: Optional[Sequence[str]] = None,
         views_every: int = 10,
         response_layers: Optional[Sequence[str]] = None,
+        examples_layers: Optional[Sequence[str]] = None,
+        examples_k: int = 9,
         history_dir: Optional[Union[str, os.PathLike]] = None,
         background: bool = False,
         max_pending: int = 2,
@@ -186,6 +192,8 @@ class FilterVisualizer:
             filmstrip_layers=filmstrip_layers,  # type: ignore[arg-type]
             views_every=views_every,
             response_layers=response_layers,  # type: ignore[arg-type]
+            examples_layers=examples_layers,  # type: ignore[arg-type]
+            examples_k=examples_k,
             max_pending=max_pending,
         )
         check_bool("background", background)
@@ -198,6 +206,8 @@ class FilterVisualizer:
         self._snapshot_count = 0
         self._probe_logged = False
         self._publishing = True
+        self._dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
+        self._dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
         self._reset_watch()
 
     def _reset_watch(self) -> None:
@@ -208,6 +218,7 @@ class FilterVisualizer:
         self._plan: Optional[ProbePlan] = None
         self._training_maxima: dict[str, Tensor] = {}
         self._response_layers: list[str] = []
+        self._examples_layers: list[str] = []
         self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
         self._pinned_probe: Optional[tuple[Any, Any]] = None
 
@@ -245,6 +256,19 @@ class FilterVisualizer:
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
         self._statistics.wait(self._writer)
         return {name: list(indices) for name, indices in self.state.dormant.items()}
+
+    @property
+    def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
+        """Conv name -> per drawn filter, ``[(dataset_index, value), ...]`` of the examples it
+        fired on most in the latest pass (see :meth:`dataset_examples_pass`), strongest first.
+        ``dataset_index`` is ``None`` where the pass did not know it."""
+        return self._dataset_examples
+
+    @property
+    def dataset_example_positions(self) -> dict[str, list[list[tuple[int, int]]]]:
+        """Like :attr:`dataset_examples`: the input pixel ``(y, x)`` at the centre of each
+        example's receptive field, where the filter peaks."""
+        return self._dataset_example_positions
 
     def attach(
         self,
@@ -286,7 +310,7 @@ class FilterVisualizer:
         self._watched = select_conv_layers(model, self.settings.layers)
         self._watched_model = weakref.ref(model)
         names = [conv.name for conv in self._watched]
-        for argument in ("filmstrip_layers", "response_layers"):
+        for argument in ("filmstrip_layers", "response_layers", "examples_layers"):
             unmatched = unmatched_patterns(getattr(self.settings, argument), names)
             if unmatched:
                 raise ValueError(
@@ -297,6 +321,7 @@ class FilterVisualizer:
         filmstrips = resolve_layer_patterns(self.settings.filmstrip_layers, names) if self.settings.log_weights else []
         self.state.progress.filmstrip_layers = filmstrips
         self._response_layers = resolve_layer_patterns(self.settings.response_layers, names)
+        self._examples_layers = resolve_layer_patterns(self.settings.examples_layers, names)
         return self._watched
 
     def snapshot(
@@ -381,6 +406,50 @@ class FilterVisualizer:
         taps = self._plan.taps if self._plan is not None else None
         with track_training_batch(layers, taps, self.settings.dead_threshold, self._training_maxima):
             yield
+
+    def dataset_examples_pass(self, model: nn.Module) -> Optional[ExampleCollector]:
+        """A collector of dataset examples for one pass over a dataset (a validation run).
+
+        ``None`` when there is nothing to collect: no snapshot of ``model`` yet (the first one
+        finds each conv's activation and measures the receptive fields), or no layer of
+        ``examples_layers`` with a ReLU-family activation that one module's output shows
+        (see the layer table) and a measured receptive field.
+
+        Example::
+
+            collector = visualizer.dataset_examples_pass(model)
+            with collector.collecting(), torch.no_grad():
+                start = 0
+                for images, _ in val_loader:  # in order, so positions are dataset indices
+                    collector.next_batch(images, torch.arange(start, start + len(images)))
+                    model(images)
+                    start += len(images)
+            visualizer.publish_dataset_examples(collector, model, step)
+        """
+        watched = self._watched_model() if self._watched_model is not None else None
+        if self._plan is None or watched is not model:
+            return None
+        layers = {}
+        for name in self._examples_layers:
+            tap, field = self._plan.taps.get(name), self._receptive_fields.get(name)
+            if tap is not None and field is not None:
+                layers[name] = (tap, field)
+        return ExampleCollector(layers, self.settings.max_filters, self.settings.examples_k) if layers else None
+
+    def publish_dataset_examples(self, collector: ExampleCollector, model: nn.Module, step: int) -> None:
+        """Keep what ``collector`` found as :attr:`dataset_examples`, and write its images
+        (``filterviz/examples/<layer>``) and its history file at ``step``. Its tensors cross
+        to the host here, once; call it with the model in eval mode (its weights are read
+        as the eval forward computes them)."""
+        step = _as_step(step)
+        results = {name: found.to_host() for name, found in collector.results().items()}
+        convs = {layer.name: layer.module for layer in self._watched or [] if layer.name in results}
+        weights = {name: conv.weight[: self.settings.max_filters].detach().float().cpu() for name, conv in convs.items()}
+        rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
+        self._dataset_examples = {name: found.as_lists() for name, found in results.items()}
+        self._dataset_example_positions = {name: found.position_lists() for name, found in results.items()}
+        if self._may_write():
+            self._run_on_writer(lambda: self._publisher.publish_examples(step, results, weights, rgb))
 
     def finish(self, step: int) -> None:
         """Write the filmstrips as they stand at ``step`` (the end of training) and the drift
@@ -479,7 +548,7 @@ class FilterVisualizer:
 
     def _attach_receptive_fields(self, captured: CapturedProbe, model: nn.Module, inputs: Any, layers: list) -> None:
         snapshot = captured.snapshot
-        wanted = [layer for layer in layers if layer.name in self._response_layers]
+        wanted = [layer for layer in layers if layer.name in self._response_layers or layer.name in self._examples_layers]
         if not wanted or not _looks_like_images(inputs):
             return
         for layer in wanted:
@@ -492,7 +561,8 @@ class FilterVisualizer:
                     rank_zero_warn(f"filterviz: no peak patches for `{layer.name}`: {type(error).__name__}: {error}")
                 self._receptive_fields[layer.name] = field
             field = self._receptive_fields[layer.name]
-            if field is not None and snapshot.layers[layer.name].output_hw is not None:
+            drawn = layer.name in self._response_layers
+            if drawn and field is not None and snapshot.layers[layer.name].output_hw is not None:
                 snapshot.receptive_fields[layer.name] = field
         if snapshot.receptive_fields:
             captured.add(snapshot, "probe_inputs", inputs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
 
@@ -115,14 +115,41 @@ class HistoryWriter:
 
     def write(self, snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> Path:
         """Save one snapshot; ``drawn`` as in :func:`history_arrays`."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"step_{snapshot.step:08d}.npz"
-        buffer = io.BytesIO()
-        np.savez(buffer, **history_arrays(snapshot, drawn))  # type: ignore[arg-type]  # keys are array names
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(buffer.getbuffer())
-        os.replace(partial, path)
-        return path
+        return _write_whole(self.directory / f"step_{snapshot.step:08d}.npz", history_arrays(snapshot, drawn))
+
+
+def write_examples_history(directory: Union[str, os.PathLike], step: int, examples: Mapping[str, Any]) -> Path:
+    """Save one validation run's dataset examples as ``<directory>/validation_examples_<step>.npz``:
+    ``layers`` (names), and per layer ``<layer>/values`` ``(F, k)`` (``-inf`` where a filter
+    has fewer examples), ``<layer>/indices`` ``(F, k)`` (``-1`` where unknown) and
+    ``<layer>/positions`` ``(F, k, 2)`` input pixels ``(y, x)``.
+
+    Args:
+        directory: created when missing.
+        step: the training step of the validation run.
+        examples: conv name -> :class:`~lightning_filterviz.dataset_examples.LayerExamples` on the host.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(HISTORY_FORMAT),
+        "step": np.array(step, dtype=np.int64),
+        "layers": np.array(list(examples), dtype=np.str_),
+    }
+    for name, found in examples.items():
+        arrays[f"{name}/values"] = found.values.numpy()
+        arrays[f"{name}/indices"] = found.indices.numpy()
+        arrays[f"{name}/positions"] = found.positions.numpy()
+    return _write_whole(Path(directory) / f"validation_examples_{step:08d}.npz", arrays)
+
+
+def _write_whole(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    # A file appears whole or not at all: built in memory and renamed into place.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # keys are array names
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(buffer.getbuffer())
+    os.replace(partial, path)
+    return path
 
 
 def load_history(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:

@@ -10,15 +10,16 @@ import collections
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
-from lightning_filterviz.history import HistoryWriter
+from lightning_filterviz.example_images import examples_grid
+from lightning_filterviz.history import HistoryWriter, write_examples_history
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Snapshot
 from lightning_filterviz.render import Image, dead_filter_table
 from lightning_filterviz.settings import VisualizerSettings
 from lightning_filterviz.sinks import Sink, write_images, write_scalars, write_table
-from lightning_filterviz.tags import DEAD_FILTERS_TAG, LAYERS_TAG
+from lightning_filterviz.tags import DEAD_FILTERS_TAG, EXAMPLES, LAYERS_TAG, layer_tag
 from lightning_filterviz.views import (
     drawn_filters,
     drift_strip_images,
@@ -26,6 +27,9 @@ from lightning_filterviz.views import (
     snapshot_images,
     snapshot_scalars,
 )
+
+if TYPE_CHECKING:
+    from lightning_filterviz.dataset_examples import LayerExamples
 
 __all__ = ["Publisher"]
 
@@ -88,6 +92,22 @@ class Publisher:
             write_images(self.sink, _encoded(drift_strip_images(latest_drift, colormap)), latest_drift.step)
             self.sink.flush()
 
+    def publish_examples(
+        self, step: int, examples: Mapping[str, LayerExamples], weights: Mapping[str, Any], rgb: Mapping[str, bool]
+    ) -> None:
+        """Draw each layer's dataset examples (``filterviz/examples/<layer>``), write them, and
+        save their history file."""
+        with self._writing:
+            images = {}
+            for name, found in examples.items():
+                present = found.values.isfinite().numpy()
+                grid = examples_grid(weights[name].numpy(), rgb[name], found.patches.numpy(), present)
+                images[layer_tag(EXAMPLES, name)] = grid
+            write_images(self.sink, _encoded(images), step)
+            self.sink.flush()
+            if self.history_dir is not None:
+                self._save(lambda directory: write_examples_history(directory, step, examples))
+
     def flush(self) -> None:
         self.sink.flush()
 
@@ -116,9 +136,12 @@ class Publisher:
         return [_failure_message(failures)] if failures else []
 
     def _save_history(self, snapshot: Snapshot, drawn: Mapping[str, Any]) -> None:
+        self._save(lambda directory: HistoryWriter(directory).write(snapshot, drawn))
+
+    def _save(self, write: Callable[[Path], Any]) -> None:
         assert self.history_dir is not None
         try:
-            HistoryWriter(self.history_dir).write(snapshot, drawn)
+            write(self.history_dir)
         except Exception as error:  # the images and scalars still go to the loggers
             self._failures.append((f"the history files in {self.history_dir}", error))
             self.history_dir = None

@@ -42,14 +42,16 @@ class VisualizerSettings:
     filmstrip_layers: Optional[tuple[str, ...]] = None
     views_every: int = 10
     response_layers: Optional[tuple[str, ...]] = None
+    examples_layers: Optional[tuple[str, ...]] = None
+    examples_k: int = 9
     max_pending: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_filters", "max_images", "dead_patience", "views_every", "max_pending"):
+        for name in ("max_filters", "max_images", "dead_patience", "views_every", "examples_k", "max_pending"):
             check_positive_int(name, getattr(self, name))
         for name in ("log_weights", "log_activations"):
             check_bool(name, getattr(self, name))
-        for name in ("layers", "filmstrip_layers", "response_layers"):
+        for name in ("layers", "filmstrip_layers", "response_layers", "examples_layers"):
             object.__setattr__(self, name, check_layer_names(name, getattr(self, name)))
         object.__setattr__(self, "dead_threshold", _finite_number("dead_threshold", self.dead_threshold))
         tau = _finite_number("dormant_tau", self.dormant_tau)

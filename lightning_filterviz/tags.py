@@ -18,6 +18,7 @@ WEIGHT_NORM_RATIO = "weight_norm_ratio"
 DRIFT_STRIP = "drift_strip"
 FILMSTRIP = "filmstrip"
 RESPONSES = "responses"
+EXAMPLES = "examples"
 THROUGH_THE_LAYERS = "through_the_layers"  # keyed by probe image index, not by layer
 
 

@@ -36,6 +36,8 @@ SHARED = [
     (dict(filmstrip_layers="net.0"), TypeError, r"`filmstrip_layers` must be a list of module names or patterns"),
     (dict(views_every=0), ValueError, r"`views_every` must be an integer >= 1, got 0"),
     (dict(response_layers="net.0"), TypeError, r"`response_layers` must be a list of module names or patterns"),
+    (dict(examples_layers="net.0"), TypeError, r"`examples_layers` must be a list of module names or patterns"),
+    (dict(examples_k=0), ValueError, r"`examples_k` must be an integer >= 1, got 0"),
 ]
 MONITOR_ONLY = [
     (dict(every_n_epochs=0), ValueError, r"`every_n_epochs` must be None or an integer >= 1, got 0"),

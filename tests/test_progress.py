@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.history import HISTORY_FORMAT, load_history
+from lightning_filterviz.history import HISTORY_FORMAT, HISTORY_PATTERN, load_history
 from lightning_filterviz.progress import filter_drift
 from lightning_filterviz.render import FILMSTRIP_TILE_PIXELS, drift_strip, filmstrip
 
@@ -110,7 +110,7 @@ def test_history_npz_files_load_without_pickle_and_round_trip(tmp_path):
     monitor.engine.snapshot = lambda *args, **kwargs: snapshots.append(original(*args, **kwargs)) or snapshots[-1]
     trainer.fit(model, datamodule=RandomImages())
 
-    files = sorted((tmp_path / "tb" / "version_0" / "filterviz" / "history").iterdir())
+    files = sorted((tmp_path / "tb" / "version_0" / "filterviz" / "history").glob(HISTORY_PATTERN))
     assert [path.name for path in files] == ["step_00000000.npz", "step_00000002.npz", "step_00000004.npz"]
     for path, snapshot in zip(files, snapshots):
         with np.load(path, allow_pickle=False) as raw:

@@ -233,7 +233,7 @@ def test_a_failing_probe_pass_at_run_time_warns_and_switches_off(tmp_path):
         return module(inputs)
 
     model = Classifier()
-    monitor = FilterMonitor(every_n_steps=1, forward_fn=forward_that_breaks_later, response_layers=[])
+    monitor = FilterMonitor(every_n_steps=1, forward_fn=forward_that_breaks_later, response_layers=[], examples_layers=[])
     with pytest.warns(UserWarning, match="failed, so FilterMonitor is off.*probe pass broke"):
         pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, datamodule=RandomImages())
     assert model.global_step == 4 and len(calls) == 2

@@ -1,0 +1,218 @@
+"""Dataset examples: for each drawn filter, the validation images where it fires most.
+
+During a validation run, a forward hook on each chosen conv's tap (the module whose output
+is its ReLU-family activation's input, see :class:`~lightning_filterviz.activations.ActivationTap`)
+takes, per image and filter, the spatial maximum and where it is; a running top-k per
+filter keeps the strongest images, each at most once (at its strongest position), with the
+receptive-field patch of the input there. All of it stays on the device: no
+synchronization per batch, no activation kept. The results cross to the host once, at the
+end of the run.
+
+The patches are stored at ``patch_pixels`` x ``patch_pixels`` (the field sampled nearest),
+so memory is ``max_filters * k * patch_pixels**2 * channels`` floats per layer whatever the
+layer's depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_filterviz.activations import ActivationTap
+from lightning_filterviz.records import ReceptiveField
+
+__all__ = ["ExampleCollector", "LayerExamples", "dataset_index_map"]
+
+PATCH_PIXELS = 32
+NO_INDEX = -1  # an example whose dataset index is not known (a shuffled loader, an iterable dataset)
+
+
+@dataclass
+class LayerExamples:
+    """The strongest examples of a layer's drawn filters, strongest first.
+
+    Attributes:
+        values: ``(F, k)`` the activation's peak on each example (``-inf`` where a filter
+            has fewer than ``k`` examples).
+        indices: ``(F, k)`` int64 dataset index of each example, ``-1`` where not known.
+        positions: ``(F, k, 2)`` int64 input pixel ``(y, x)`` at the centre of the
+            receptive field of the peak.
+        patches: ``(F, k, C, P, P)`` float32 input pixels of each example's receptive field
+            (NaN where the field lies outside the image).
+    """
+
+    values: Tensor
+    indices: Tensor
+    positions: Tensor
+    patches: Tensor
+
+    def to_host(self) -> "LayerExamples":
+        tensors = (self.values, self.indices, self.positions, self.patches)
+        return LayerExamples(*(tensor.detach().cpu() for tensor in tensors))
+
+    def as_lists(self) -> list[list[tuple[Optional[int], float]]]:
+        """``[[(dataset_index, value), ...] per filter]``, strongest first, only real examples."""
+        examples = []
+        for values, indices in zip(self.values.tolist(), self.indices.tolist()):
+            kept = [(index, value) for value, index in zip(values, indices) if value != float("-inf")]
+            examples.append([(None if index == NO_INDEX else index, value) for index, value in kept])
+        return examples
+
+
+    def position_lists(self) -> list[list[tuple[int, int]]]:
+        """``[[(y, x), ...] per filter]``, in the order of :meth:`as_lists`."""
+        positions = []
+        for values, where in zip(self.values.tolist(), self.positions.tolist()):
+            positions.append([(y, x) for value, (y, x) in zip(values, where) if value != float("-inf")])
+        return positions
+
+
+class ExampleCollector:
+    """Collects the top ``k`` dataset examples of each drawn filter over one validation run.
+
+    Args:
+        layers: conv name -> (the tap that sees its activation, its receptive field).
+        max_filters: filters per layer (the first ones, as drawn elsewhere).
+        k: examples per filter.
+        patch_pixels: side of each stored patch.
+
+    Example::
+
+        collector = ExampleCollector({"conv1": (tap, field)}, max_filters=16, k=9)
+        with collector.collecting():
+            for start, (images, labels) in batches:
+                collector.next_batch(images, torch.arange(start, start + len(images)))
+                model(images)
+        collector.results()["conv1"].as_lists()
+    """
+
+    def __init__(
+        self,
+        layers: dict[str, tuple[ActivationTap, ReceptiveField]],
+        max_filters: int,
+        k: int,
+        patch_pixels: int = PATCH_PIXELS,
+    ) -> None:
+        self.layers = layers
+        self.max_filters = max_filters
+        self.k = k
+        self.patch_pixels = patch_pixels
+        self._best: dict[str, LayerExamples] = {}
+        self._inputs: Optional[Tensor] = None
+        self._indices: Optional[Tensor] = None
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Hook every chosen tap for the duration; every hook is removed on the way out,
+        also on an exception."""
+        self._best = {}
+        with contextlib.ExitStack() as hooks:
+            for name, (tap, field) in self.layers.items():
+                handle = tap.module.register_forward_hook(self._hook(name, tap, field))
+                hooks.callback(handle.remove)
+            try:
+                yield
+            finally:
+                self._inputs = self._indices = None
+
+    def next_batch(self, inputs: Tensor, dataset_indices: Tensor) -> None:
+        """The model input of the batch about to run, and each of its images' dataset index
+        (``-1`` where unknown), both on the model's device."""
+        self._inputs, self._indices = inputs, dataset_indices
+
+    def results(self) -> dict[str, LayerExamples]:
+        """Each layer's examples, on the device where they were collected."""
+        return dict(self._best)
+
+    def _hook(self, name: str, tap: ActivationTap, field: ReceptiveField) -> Any:
+        def merge(module: nn.Module, args: Any, output: Any) -> None:
+            if self._inputs is None or not torch.is_tensor(output) or output.dim() != 4:
+                return  # a forward outside the batches we were told about
+            with torch.no_grad():
+                self._merge(name, tap, field, output)
+
+        return merge
+
+    def _merge(self, name: str, tap: ActivationTap, field: ReceptiveField, output: Tensor) -> None:
+        assert self._inputs is not None and self._indices is not None
+        maps = output[:, : self.max_filters].detach().float()
+        count, filters, height, width = maps.shape
+        peak, where = maps.flatten(2).max(dim=2)  # (N, F): each image once per filter
+        peak = tap.activation(peak)
+        best = self._best.get(name) or self._empty(filters, maps.device)
+        values = torch.cat([best.values, peak.t()], dim=1)  # (F, k + N)
+        kept_values, kept = values.topk(min(self.k, values.shape[1]), dim=1)
+        from_batch = kept >= best.values.shape[1]
+        batch_image = (kept - best.values.shape[1]).clamp(min=0)  # (F, k) into the batch
+        rows = torch.arange(filters, device=maps.device)[:, None]
+        output_position = where.t()[rows, batch_image]  # (F, k) flat index into (H, W)
+        out_y, out_x = output_position // width, output_position % width
+        centre_y, centre_x, patches = self._patches(batch_image, out_y, out_x, field)
+        positions = torch.stack([centre_y, centre_x], dim=-1)
+        self._best[name] = LayerExamples(
+            values=kept_values,
+            indices=torch.where(from_batch, self._indices[batch_image], _take(best.indices, kept)),
+            positions=torch.where(from_batch[..., None], positions, _take(best.positions, kept)),
+            patches=torch.where(from_batch[..., None, None, None], patches, _take(best.patches, kept)),
+        )
+
+    def _patches(
+        self, image: Tensor, out_y: Tensor, out_x: Tensor, field: ReceptiveField
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The receptive field of output ``(out_y, out_x)`` in batch image ``image``, sampled
+        nearest at ``patch_pixels`` per side; and the field's centre in input pixels."""
+        assert self._inputs is not None
+        inputs = self._inputs.float()
+        height, width = inputs.shape[-2:]
+        top = field.offset[0] + out_y * field.stride[0]
+        left = field.offset[1] + out_x * field.stride[1]
+        steps = torch.arange(self.patch_pixels, device=inputs.device)
+        rows = top[..., None] + steps * field.size[0] // self.patch_pixels  # (F, k, P)
+        cols = left[..., None] + steps * field.size[1] // self.patch_pixels
+        inside = ((rows >= 0) & (rows < height))[..., :, None] & ((cols >= 0) & (cols < width))[..., None, :]
+        at_rows, at_cols = rows.clamp(0, height - 1)[..., :, None], cols.clamp(0, width - 1)[..., None, :]
+        pixels = inputs[image[..., None, None], :, at_rows, at_cols]  # (F, k, P, P, C)
+        pixels = torch.where(inside[..., None], pixels, torch.full_like(pixels, float("nan")))
+        return top + field.size[0] // 2, left + field.size[1] // 2, pixels.permute(0, 1, 4, 2, 3)
+
+    def _empty(self, filters: int, device: torch.device) -> LayerExamples:
+        assert self._inputs is not None
+        channels = self._inputs.shape[1]
+        size = self.patch_pixels
+        return LayerExamples(
+            values=torch.empty(filters, 0, device=device),
+            indices=torch.empty(filters, 0, dtype=torch.long, device=device),
+            positions=torch.empty(filters, 0, 2, dtype=torch.long, device=device),
+            patches=torch.empty(filters, 0, channels, size, size, device=device),
+        )
+
+
+def _take(kept_so_far: Tensor, kept: Tensor) -> Tensor:
+    """``kept_so_far[f, kept[f, j]]`` where ``kept`` points into what was kept so far (other
+    entries, which come from the batch, get any row: they are replaced)."""
+    if kept_so_far.shape[1] == 0:
+        return torch.zeros((*kept.shape, *kept_so_far.shape[2:]), dtype=kept_so_far.dtype, device=kept.device)
+    index = kept.clamp(max=kept_so_far.shape[1] - 1)
+    rows = torch.arange(kept.shape[0], device=kept.device)[:, None]
+    return kept_so_far[rows, index]
+
+
+def dataset_index_map(loader: Any) -> Optional[Tensor]:
+    """Dataset index of each sample position of a loader's pass, when the loader reads in a
+    known order: in order (a ``SequentialSampler``), or through a ``DistributedSampler``
+    without shuffling (its indices). ``None`` for a shuffled loader or an iterable dataset.
+    """
+    from torch.utils.data import DistributedSampler, IterableDataset, SequentialSampler
+
+    if isinstance(getattr(loader, "dataset", None), IterableDataset):
+        return None
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, SequentialSampler):
+        return torch.arange(len(loader.dataset))
+    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
+        return torch.tensor(list(iter(sampler)), dtype=torch.long)
+    return None

@@ -1,0 +1,70 @@
+"""Drawing dataset examples: per filter, its tile and then the patches it fires on most.
+
+NumPy only, for the writer thread and the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lightning_filterviz.render import (
+    BACKGROUND_COLOUR,
+    FRAME_COLOUR,
+    FRAME_INDEX,
+    GRID_PADDING,
+    _rgb,
+    displayed_filters,
+    frame_kinds,
+    frame_tiles,
+    normalize_filters,
+    tile_grid,
+    to_uint8,
+)
+
+__all__ = ["examples_grid", "patch_tiles"]
+
+OUTSIDE_GREY = 0.5  # where a receptive field reaches past the image
+
+
+def examples_grid(weight: np.ndarray, rgb: bool, patches: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """One row per filter: the filter (normalized on its own), then its examples' patches,
+    strongest first; a missing example (fewer images than ``k``) is left blank.
+
+    Args:
+        weight: ``(F, C_in, kH, kW)`` filters.
+        rgb: whether the filters see an RGB image (drawn in colour).
+        patches: ``(F, k, C, P, P)`` input pixels of each example's receptive field, NaN
+            outside the image; ``C`` is 1 or 3.
+        found: ``(F, k)`` whether each example exists.
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image.
+    """
+    filters, k, _, size, _ = patches.shape
+    shown = displayed_filters(np.nan_to_num(weight[:filters].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), rgb)
+    filter_tiles = to_uint8(normalize_filters(shown, "filter")).transpose(0, 2, 3, 1)
+    filter_tiles = np.repeat(filter_tiles, 3, axis=-1) if filter_tiles.shape[-1] == 1 else filter_tiles
+    rows = np.arange(size) * filter_tiles.shape[1] // size
+    cols = np.arange(size) * filter_tiles.shape[2] // size
+    filter_tiles = filter_tiles[:, rows][:, :, cols]
+    example_tiles = patch_tiles(patches.reshape(filters * k, *patches.shape[2:]), found.reshape(-1))
+    tiles = np.concatenate([filter_tiles[:, None], example_tiles.reshape(filters, k, size, size, 3)], axis=1)
+    framed = frame_tiles(tiles.reshape(-1, size, size, 3), frame_kinds(filters * (k + 1)), {FRAME_INDEX: _rgb(FRAME_COLOUR)})
+    return tile_grid(framed, k + 1, GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+
+
+def patch_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """``(N, C, P, P)`` float patches to ``(N, P, P, 3)`` ``uint8`` tiles, each min-max
+    normalized over its pixels inside the image; outside grey, missing ones white."""
+    patches = np.asarray(patches, dtype=np.float32)
+    inside = np.isfinite(patches)
+    low = np.where(inside, patches, np.inf).reshape(len(patches), -1).min(axis=1)
+    high = np.where(inside, patches, -np.inf).reshape(len(patches), -1).max(axis=1)
+    span = np.where(high > low, high - low, 1.0)
+    low, high = np.where(np.isfinite(low), low, 0.0), np.where(np.isfinite(high), high, 0.0)
+    unit = (np.where(inside, patches, 0.0) - low[:, None, None, None]) / span[:, None, None, None]
+    unit = np.where(inside, np.where((high > low)[:, None, None, None], unit, 0.0), OUTSIDE_GREY)
+    tiles = to_uint8(unit).transpose(0, 2, 3, 1)
+    tiles = np.repeat(tiles, 3, axis=-1) if tiles.shape[-1] == 1 else tiles
+    tiles[~np.asarray(found, dtype=bool)] = 255
+    return tiles

@@ -1,0 +1,158 @@
+"""Dataset examples: the validation images each filter fires on most, over the whole validation set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import Classifier, FilterMonitor, count_hooks, pl, read_events, trainer_kwargs
+from lightning_filterviz.example_images import examples_grid
+from lightning_filterviz.render import FRAME_PIXELS, GRID_PADDING
+
+PLANTED = {7: (2, 9), 23: (10, 3), 41: (6, 6)}  # dataset index -> top-left of a 4x4 pure red square
+SQUARE = 4
+IMAGES, SIZE, BATCH = 48, 16, 8
+K = 5
+
+
+def planted_detector() -> nn.Sequential:
+    """Filter 0 of the first conv fires on pure red (R - G - B over 3x3, minus 1) and on
+    nothing grey; the other filters are random."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )
+    with torch.no_grad():
+        net[0].weight[0] = torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, 3, 3)
+        net[0].bias[0] = -1.0
+    return net
+
+
+def grey_textures_with_red_squares() -> TensorDataset:
+    generator = torch.Generator().manual_seed(3)
+    images = (torch.rand(IMAGES, 1, SIZE, SIZE, generator=generator) * 0.8).repeat(1, 3, 1, 1)
+    for index, (top, left) in PLANTED.items():
+        images[index, :, top : top + SQUARE, left : left + SQUARE] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    return TensorDataset(images, torch.randint(0, 3, (IMAGES,), generator=generator))
+
+
+class PlantedData(pl.LightningDataModule):
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(grey_textures_with_red_squares(), batch_size=BATCH)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(grey_textures_with_red_squares(), batch_size=BATCH)
+
+
+def fit_planted(tmp_path, monitor, model=None, **overrides):
+    model = model if model is not None else Classifier(planted_detector(), lr=0.0)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, **overrides))
+    trainer.fit(model, datamodule=PlantedData())
+    return model, trainer
+
+
+def test_the_planted_red_square_detector_lists_exactly_the_three_images_first(tmp_path):
+    monitor = FilterMonitor(probe_size=4, examples_k=K)  # the probe is images 0-3: no red square
+    model, trainer = fit_planted(tmp_path, monitor)
+    examples = monitor.dataset_examples["net.0"]
+    assert len(examples) == 4 and all(len(row) == K for row in examples)
+    first_three = examples[0][:3]
+    assert sorted(index for index, _ in first_three) == sorted(PLANTED)
+    assert all(value == pytest.approx(8.0) for _, value in first_three)  # 9 red pixels - 1
+    assert all(value == 0.0 for _, value in examples[0][3:])  # nothing else fires
+    for (index, _), (y, x) in zip(first_three, monitor.dataset_example_positions["net.0"][0]):
+        top, left = PLANTED[index]
+        assert top <= y < top + SQUARE and left <= x < left + SQUARE
+    # The row of filter 0 in the image: its tile, then patches 1-3 all pure red.
+    image = read_events(trainer.logger.log_dir).images["filterviz/examples/net.0"][trainer.global_step]
+    for column in (1, 2, 3):
+        patch = tile(image, row=0, column=column, columns=K + 1)
+        assert (patch == [255, 0, 0]).all(axis=-1).mean() > 0.9
+
+
+def tile(image: np.ndarray, row: int, column: int, columns: int, size: int = 32) -> np.ndarray:
+    step = size + 2 * FRAME_PIXELS + GRID_PADDING
+    top, left = GRID_PADDING + row * step + FRAME_PIXELS, GRID_PADDING + column * step + FRAME_PIXELS
+    assert image.shape[1] == GRID_PADDING + columns * step
+    return image[top : top + size, left : left + size]
+
+
+def test_no_hook_is_left_after_validation_even_when_a_validation_step_raises(tmp_path):
+    counts = []
+
+    class Counting(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            counts.append(count_hooks(pl_module))
+
+    class FailingValidation(Classifier):
+        def validation_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                raise RuntimeError("validation broke")
+            return super().validation_step(batch, batch_idx)
+
+    monitor = FilterMonitor(probe_size=4, examples_k=K)
+    model = Classifier(planted_detector(), lr=0.0)
+    before = count_hooks(model)
+    trainer = pl.Trainer(callbacks=[monitor, Counting()], **trainer_kwargs(tmp_path, max_epochs=2))
+    trainer.fit(model, datamodule=PlantedData())
+    assert counts == [before, before] and count_hooks(model) == before
+    failing = FailingValidation(planted_detector(), lr=0.0)
+    with pytest.raises(RuntimeError, match="validation broke"):
+        pl.Trainer(callbacks=[FilterMonitor(probe_size=4)], **trainer_kwargs(tmp_path, max_epochs=1)).fit(
+            failing, datamodule=PlantedData()
+        )
+    assert count_hooks(failing) == before
+
+
+def test_validation_metrics_are_bitwise_equal_with_and_without_the_monitor(tmp_path):
+    class Recording(pl.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.losses.append(trainer.callback_metrics["val_loss"].clone())
+
+    runs = []
+    for monitored in (False, True):
+        torch.manual_seed(0)
+        recording = Recording()
+        callbacks = [recording] + ([FilterMonitor(probe_size=4, examples_k=K, every_n_steps=2)] if monitored else [])
+        trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path / str(monitored), max_epochs=2))
+        trainer.fit(Classifier(planted_detector(), lr=0.05), datamodule=PlantedData())
+        runs.append(recording.losses)
+    assert len(runs[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_examples_layers_off_collects_nothing(tmp_path):
+    monitor = FilterMonitor(probe_size=4, examples_layers=[])
+    _, trainer = fit_planted(tmp_path, monitor)
+    assert monitor.dataset_examples == {}
+    assert "filterviz/examples/net.0" not in read_events(trainer.logger.log_dir).images
+
+
+def test_a_shuffled_validation_loader_gives_no_dataset_indices_but_the_examples_still_work(tmp_path):
+    class ShuffledData(PlantedData):
+        def val_dataloader(self):
+            return DataLoader(grey_textures_with_red_squares(), batch_size=BATCH, shuffle=True)
+
+    monitor = FilterMonitor(probe_size=4, examples_k=K)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(Classifier(planted_detector(), lr=0.0), datamodule=ShuffledData())
+    first_three = monitor.dataset_examples["net.0"][0][:3]
+    assert [index for index, _ in first_three] == [None, None, None]
+    assert all(value == pytest.approx(8.0) for _, value in first_three)
+
+
+def test_examples_grid_draws_a_filter_then_its_patches_and_leaves_missing_ones_blank():
+    weight = np.random.default_rng(0).normal(size=(2, 3, 3, 3)).astype(np.float32)
+    patches = np.zeros((2, 3, 3, 8, 8), dtype=np.float32)
+    patches[:, :, 0] = 1.0  # red
+    patches[:, :, :, :, :2] = np.nan  # outside the image
+    found = np.array([[True, True, False], [True, False, False]])
+    image = examples_grid(weight, True, patches, found)
+    assert (tile(image, 0, 1, 4, size=8)[:, 2:] == [255, 0, 0]).all()
+    assert (tile(image, 0, 1, 4, size=8)[:, :2] == 128).all()  # grey outside
+    assert (tile(image, 0, 3, 4, size=8) == 255).all()  # no third example: blank
