@@ -21,7 +21,13 @@ from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_filterviz.dataset_examples import NO_INDEX, ExampleCollector, dataset_index_map
+from lightning_filterviz.dataset_examples import (
+    NO_INDEX,
+    ExampleCollector,
+    LayerExamples,
+    dataset_index_map,
+    merge_ranks,
+)
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
@@ -225,6 +231,7 @@ class FilterMonitorLogic(_CallbackBase):
         self._data_source: Optional[weakref.ReferenceType[Any]] = None
         self._log_dir: Optional[str] = None
         self._last_snapshot_step: Optional[int] = None
+        self._ranks_plan_taken = False
         self._enabled = True
 
     @property
@@ -311,6 +318,7 @@ class FilterMonitorLogic(_CallbackBase):
         self._log_dir = log_dir
         if not trainer.is_global_zero:
             model_input(self._probe, self.engine.batch_key)  # the same check as on rank 0, before any step
+            self._snapshot(trainer, pl_module)
             return
         probe = self._probe_on_device(trainer)
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
@@ -354,7 +362,8 @@ class FilterMonitorLogic(_CallbackBase):
 
     @override
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if not self._enabled or trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+        # Every rank collects its shard; rank 0 gathers them at the end.
+        if not self._enabled or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         try:
             collector = self.engine.dataset_examples_pass(pl_module)
@@ -377,7 +386,11 @@ class FilterMonitorLogic(_CallbackBase):
         if collector is None:
             return
         try:
-            self.engine.publish_dataset_examples(collector, pl_module, trainer.global_step)
+            examples = collector.results()
+            if trainer.world_size > 1:
+                examples = _gathered(examples, trainer.strategy, collector.k)  # a collective: every rank
+            if trainer.is_global_zero:
+                self.engine.publish_dataset_examples(examples, pl_module, trainer.global_step)
         except Exception as error:  # monitoring must never end a training run
             self._examples_failed(error)
 
@@ -427,7 +440,11 @@ class FilterMonitorLogic(_CallbackBase):
 
     def _snapshot(self, trainer: Any, pl_module: Any, probe: Optional[Any] = None) -> None:
         step = trainer.global_step
-        if step == self._last_snapshot_step or not trainer.is_global_zero:
+        if step == self._last_snapshot_step:
+            return
+        # Other ranks take one unpublished snapshot, to find the activations and receptive
+        # fields that their share of the dataset examples needs.
+        if not trainer.is_global_zero and (self._ranks_plan_taken or not self._collects_examples(trainer)):
             return
         if _has_lazy_weights(pl_module):
             if not self._waiting_for_weights:
@@ -439,6 +456,7 @@ class FilterMonitorLogic(_CallbackBase):
             return
         self._waiting_for_weights = False
         self._last_snapshot_step = step
+        self._ranks_plan_taken = True
         try:
             self.engine.snapshot(
                 pl_module,
@@ -446,6 +464,7 @@ class FilterMonitorLogic(_CallbackBase):
                 step,
                 forward_context=trainer.precision_plugin.forward_context,
                 convert_input=_input_converter(trainer),
+                publish=trainer.is_global_zero,
             )
         except Exception as error:  # monitoring must never end a training run
             self._enabled = False
@@ -453,6 +472,9 @@ class FilterMonitorLogic(_CallbackBase):
                 f"filterviz: the snapshot at step {step} failed, so FilterMonitor is off for the rest of this run. "
                 f"Cause: {type(error).__name__}: {error}"
             )
+
+    def _collects_examples(self, trainer: Any) -> bool:
+        return trainer.world_size > 1 and self.engine.settings.examples_layers != ()
 
     def _begin_fit(self, pl_module: Any) -> None:
         previous = self._fitted_model() if self._fitted_model is not None else None
@@ -478,6 +500,7 @@ class FilterMonitorLogic(_CallbackBase):
             self._pinned_probe = None
         self._last_snapshot_step = None
         self._waiting_for_weights = False
+        self._ranks_plan_taken = False
 
     def _probe_on_device(self, trainer: Any) -> Any:
         """The probe as the model sees a training batch: through the LightningModule's
@@ -569,6 +592,17 @@ class _ExamplesPass:
         collector, self._collector = self._collector, None
         self._hooks.close()
         return collector
+
+
+def _gathered(examples: dict[str, LayerExamples], strategy: Any, k: int) -> dict[str, LayerExamples]:
+    """Every rank's examples, merged on each rank into the ``k`` strongest per filter."""
+    merged = {}
+    for name in sorted(examples):  # the same order on every rank: one collective after another
+        found = examples[name]
+        tensors = (found.values, found.indices, found.positions, found.patches)
+        gathered = LayerExamples(*(strategy.all_gather(tensor).cpu() for tensor in tensors))
+        merged[name] = merge_ranks(gathered, k)
+    return merged
 
 
 def _validation_loader_in_use(trainer: Any) -> Optional[DataLoader]:

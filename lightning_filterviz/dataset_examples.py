@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lightning_filterviz.activations import ActivationTap
 from lightning_filterviz.records import ReceptiveField
 
-__all__ = ["ExampleCollector", "LayerExamples", "dataset_index_map"]
+__all__ = ["ExampleCollector", "LayerExamples", "dataset_index_map", "merge_ranks"]
 
 PATCH_PIXELS = 32
 NO_INDEX = -1  # an example whose dataset index is not known (a shuffled loader, an iterable dataset)
@@ -145,9 +145,9 @@ class ExampleCollector:
         peak = tap.activation(peak)
         best = self._best.get(name) or self._empty(filters, maps.device)
         values = torch.cat([best.values, peak.t()], dim=1)  # (F, k + N)
-        kept_values, kept = values.topk(min(self.k, values.shape[1]), dim=1)
-        from_batch = kept >= best.values.shape[1]
-        batch_image = (kept - best.values.shape[1]).clamp(min=0)  # (F, k) into the batch
+        kept_values, kept = values.topk(self.k, dim=1)
+        from_batch = kept >= self.k
+        batch_image = (kept - self.k).clamp(min=0)  # (F, k) into the batch
         rows = torch.arange(filters, device=maps.device)[:, None]
         output_position = where.t()[rows, batch_image]  # (F, k) flat index into (H, W)
         out_y, out_x = output_position // width, output_position % width
@@ -180,22 +180,55 @@ class ExampleCollector:
         return top + field.size[0] // 2, left + field.size[1] // 2, pixels.permute(0, 1, 4, 2, 3)
 
     def _empty(self, filters: int, device: torch.device) -> LayerExamples:
+        # Fixed shapes from the start (k slots, empty ones at -inf), so that every rank's
+        # results can be gathered whatever it has seen.
         assert self._inputs is not None
-        channels = self._inputs.shape[1]
-        size = self.patch_pixels
+        channels, size, k = self._inputs.shape[1], self.patch_pixels, self.k
         return LayerExamples(
-            values=torch.empty(filters, 0, device=device),
-            indices=torch.empty(filters, 0, dtype=torch.long, device=device),
-            positions=torch.empty(filters, 0, 2, dtype=torch.long, device=device),
-            patches=torch.empty(filters, 0, channels, size, size, device=device),
+            values=torch.full((filters, k), float("-inf"), device=device),
+            indices=torch.full((filters, k), NO_INDEX, dtype=torch.long, device=device),
+            positions=torch.zeros(filters, k, 2, dtype=torch.long, device=device),
+            patches=torch.full((filters, k, channels, size, size), float("nan"), device=device),
         )
+
+
+def merge_ranks(gathered: LayerExamples, k: int) -> LayerExamples:
+    """One layer's examples from every rank, ``(ranks, F, k, ...)`` on the host, merged into
+    the ``k`` strongest per filter. A sample that two ranks both saw (a ``DistributedSampler``
+    pads the last shard with repeats) is kept once."""
+    ranks, filters = gathered.values.shape[:2]
+
+    def flat(tensor: Tensor) -> Tensor:  # (ranks, F, k, ...) -> (F, ranks * k, ...)
+        return tensor.transpose(0, 1).reshape(filters, ranks * k, *tensor.shape[3:])
+
+    values, indices, positions, patches = (
+        flat(tensor) for tensor in (gathered.values, gathered.indices, gathered.positions, gathered.patches)
+    )
+    order = values.argsort(dim=1, descending=True, stable=True)
+    chosen = torch.stack([_strongest_distinct(order[f].tolist(), indices[f].tolist(), k) for f in range(filters)])
+    rows = torch.arange(filters)[:, None]
+    return LayerExamples(values[rows, chosen], indices[rows, chosen], positions[rows, chosen], patches[rows, chosen])
+
+
+def _strongest_distinct(order: list[int], indices: list[int], k: int) -> Tensor:
+    picked: list[int] = []
+    seen: set[int] = set()
+    for slot in order:
+        index = indices[slot]
+        if index != NO_INDEX and index in seen:
+            continue
+        seen.add(index)
+        picked.append(slot)
+        if len(picked) == k:
+            break
+    # Fewer distinct samples than k: the remaining slots as they come (they hold -inf).
+    remaining = [slot for slot in order if slot not in picked][: k - len(picked)]
+    return torch.tensor(picked + remaining, dtype=torch.long)
 
 
 def _take(kept_so_far: Tensor, kept: Tensor) -> Tensor:
     """``kept_so_far[f, kept[f, j]]`` where ``kept`` points into what was kept so far (other
     entries, which come from the batch, get any row: they are replaced)."""
-    if kept_so_far.shape[1] == 0:
-        return torch.zeros((*kept.shape, *kept_so_far.shape[2:]), dtype=kept_so_far.dtype, device=kept.device)
     index = kept.clamp(max=kept_so_far.shape[1] - 1)
     rows = torch.arange(kept.shape[0], device=kept.device)[:, None]
     return kept_so_far[rows, index]

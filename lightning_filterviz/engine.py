@@ -424,7 +424,7 @@ class FilterVisualizer:
                     collector.next_batch(images, torch.arange(start, start + len(images)))
                     model(images)
                     start += len(images)
-            visualizer.publish_dataset_examples(collector, model, step)
+            visualizer.publish_dataset_examples(collector.results(), model, step)
         """
         watched = self._watched_model() if self._watched_model is not None else None
         if self._plan is None or watched is not model:
@@ -436,13 +436,13 @@ class FilterVisualizer:
                 layers[name] = (tap, field)
         return ExampleCollector(layers, self.settings.max_filters, self.settings.examples_k) if layers else None
 
-    def publish_dataset_examples(self, collector: ExampleCollector, model: nn.Module, step: int) -> None:
-        """Keep what ``collector`` found as :attr:`dataset_examples`, and write its images
-        (``filterviz/examples/<layer>``) and its history file at ``step``. Its tensors cross
-        to the host here, once; call it with the model in eval mode (its weights are read
-        as the eval forward computes them)."""
+    def publish_dataset_examples(self, examples: dict[str, LayerExamples], model: nn.Module, step: int) -> None:
+        """Keep ``examples`` (:meth:`ExampleCollector.results`, or several ranks' merged) as
+        :attr:`dataset_examples`, and write their images (``filterviz/examples/<layer>``) and
+        history file at ``step``. Tensors cross to the host here, once; call it with the model
+        in eval mode (its weights are read as the eval forward computes them)."""
         step = _as_step(step)
-        results = {name: found.to_host() for name, found in collector.results().items()}
+        results = {name: found.to_host() for name, found in examples.items()}
         convs = {layer.name: layer.module for layer in self._watched or [] if layer.name in results}
         weights = {name: conv.weight[: self.settings.max_filters].detach().float().cpu() for name, conv in convs.items()}
         rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}

@@ -156,3 +156,32 @@ def test_examples_grid_draws_a_filter_then_its_patches_and_leaves_missing_ones_b
     assert (tile(image, 0, 1, 4, size=8)[:, 2:] == [255, 0, 0]).all()
     assert (tile(image, 0, 1, 4, size=8)[:, :2] == 128).all()  # grey outside
     assert (tile(image, 0, 3, 4, size=8) == 255).all()  # no third example: blank
+
+
+def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
+    """The three planted images are all odd indices: a DistributedSampler gives them to rank 1."""
+    from lightning_filterviz.history import load_history
+
+    assert all(index % 2 == 1 for index in PLANTED)
+    monitor = FilterMonitor(probe_size=4, examples_k=K)
+    kwargs = trainer_kwargs(tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn")
+    pl.Trainer(callbacks=[monitor], **kwargs).fit(Classifier(planted_detector(), lr=0.0), datamodule=PlantedData())
+    log_dir = tmp_path / "tb" / "version_0"
+    (path,) = (log_dir / "filterviz" / "history").glob("validation_examples_*.npz")
+    with np.load(path, allow_pickle=False) as arrays:
+        indices, values = arrays["net.0/indices"], arrays["net.0/values"]
+    assert sorted(indices[0, :3].tolist()) == sorted(PLANTED) and values[0, :3] == pytest.approx([8.0] * 3)
+    assert len(set(indices[0].tolist())) == K  # each sample once, though the ranks' shards were padded
+    image = read_events(log_dir).images["filterviz/examples/net.0"]
+    (grid,) = image.values()
+    assert (tile(grid, row=0, column=1, columns=K + 1) == [255, 0, 0]).all(axis=-1).mean() > 0.9
+
+
+def test_merging_ranks_keeps_each_sample_once_strongest_first():
+    from lightning_filterviz.dataset_examples import LayerExamples, merge_ranks
+
+    values = torch.tensor([[[5.0, 3.0, 1.0]], [[4.0, 3.0, float("-inf")]]])  # 2 ranks, 1 filter, k=3
+    indices = torch.tensor([[[10, 12, 14]], [[11, 12, -1]]])  # sample 12 seen by both ranks
+    gathered = LayerExamples(values, indices, torch.zeros(2, 1, 3, 2, dtype=torch.long), torch.zeros(2, 1, 3, 1, 2, 2))
+    merged = merge_ranks(gathered, k=3)
+    assert merged.indices.tolist() == [[10, 11, 12]] and merged.values.tolist() == [[5.0, 4.0, 3.0]]
