@@ -62,7 +62,6 @@ class LayerExamples:
             examples.append([(None if index == NO_INDEX else index, value) for index, value in kept])
         return examples
 
-
     def position_lists(self) -> list[list[tuple[int, int]]]:
         """``[[(y, x), ...] per filter]``, in the order of :meth:`as_lists`."""
         positions = []
