@@ -37,7 +37,7 @@ from lightning_filterviz.layer_names import resolve_layer_patterns, unmatched_pa
 from lightning_filterviz.publishing import Publisher
 from lightning_filterviz.records import ReceptiveField, Snapshot
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.responses import receptive_field
+from lightning_filterviz.receptive_fields import receptive_field
 from lightning_filterviz.run_state import RunState
 from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import Sink, as_sink

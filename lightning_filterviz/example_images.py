@@ -12,6 +12,7 @@ from lightning_filterviz.render import (
     FRAME_COLOUR,
     FRAME_INDEX,
     GRID_PADDING,
+    OUTSIDE_GREY,
     _rgb,
     displayed_filters,
     frame_kinds,
@@ -22,8 +23,6 @@ from lightning_filterviz.render import (
 )
 
 __all__ = ["examples_grid", "patch_tiles"]
-
-OUTSIDE_GREY = 0.5  # where a receptive field reaches past the image
 
 
 def examples_grid(weight: np.ndarray, rgb: bool, patches: np.ndarray, found: np.ndarray) -> np.ndarray:

@@ -34,6 +34,8 @@ FRAME_COLOUR = (0.35, 0.35, 0.35)
 DEAD_COLOUR = (1.0, 0.0, 0.0)
 NON_FINITE_COLOUR = (1.0, 0.0, 1.0)
 BACKGROUND_COLOUR = (1.0, 1.0, 1.0)
+# The grey (in 0..1) of patch pixels where a receptive field reaches past the image.
+OUTSIDE_GREY = 0.5
 # Palette of feature-map images: the colormap's levels first, then frames and background.
 COLORMAP_LEVELS = 252
 FRAME_INDEX, DEAD_INDEX, NON_FINITE_INDEX, BACKGROUND_INDEX = 252, 253, 254, 255

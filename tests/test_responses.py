@@ -15,16 +15,16 @@ from lightning_filterviz.render import (
     FRAME_COLOUR,
     FRAME_PIXELS,
     GRID_PADDING,
+    OUTSIDE_GREY,
     PANEL_PADDING,
     _palette,
 )
+from lightning_filterviz.receptive_fields import receptive_field
+from lightning_filterviz.records import ReceptiveField
 from lightning_filterviz.responses import (
-    OUTSIDE_GREY,
-    ReceptiveField,
     pair_columns,
     peak_indices,
     peak_patches,
-    receptive_field,
     response_grid,
     through_the_layers,
 )
