@@ -21,13 +21,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_filterviz.dataset_examples import (
-    NO_INDEX,
-    ExampleCollector,
-    LayerExamples,
-    dataset_index_map,
-    merge_ranks,
-)
+from lightning_filterviz.dataset_examples import ValidationExamples, gathered_examples
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
@@ -220,7 +214,7 @@ class FilterMonitorLogic(_CallbackBase):
         self.save_history = save_history
         self.track_training_batches = track_training_batches
         self._batch_watch = contextlib.ExitStack()
-        self._examples = _ExamplesPass()
+        self._examples = ValidationExamples()
         self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
         self._pinned_probe: Optional[Any] = None
         self._probe_given = probe is not None
@@ -388,7 +382,7 @@ class FilterMonitorLogic(_CallbackBase):
         try:
             examples = collector.results()
             if trainer.world_size > 1:
-                examples = _gathered(examples, trainer.strategy, collector.k)  # a collective: every rank
+                examples = gathered_examples(examples, trainer.strategy, collector.k)  # a collective: every rank
             if trainer.is_global_zero:
                 self.engine.publish_dataset_examples(examples, pl_module, trainer.global_step)
         except Exception as error:  # monitoring must never end a training run
@@ -545,64 +539,6 @@ def _point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> 
         other = getattr(logger, "log_dir", None)
         if other and os.path.abspath(other) != os.path.abspath(output_dir):
             point_to_history(other, history_dir)
-
-
-class _ExamplesPass:
-    """One validation run's collection of dataset examples: the collector's hooks, and the
-    dataset index of each batch's samples."""
-
-    def __init__(self) -> None:
-        self._hooks = contextlib.ExitStack()
-        self._collector: Optional[ExampleCollector] = None
-        self._index_map: Optional[Tensor] = None
-        self._seen = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}  # launchers that spawn processes pickle the callback between runs
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    @property
-    def active(self) -> bool:
-        return self._collector is not None
-
-    def start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
-        self.stop()
-        index_map = dataset_index_map(loader) if loader is not None else None
-        self._index_map = index_map.to(device) if index_map is not None else None
-        self._seen = 0
-        self._hooks.enter_context(collector.collecting())
-        self._collector = collector
-
-    def next_batch(self, inputs: Any) -> None:
-        assert self._collector is not None
-        if not torch.is_tensor(inputs) or inputs.dim() != 4:
-            return
-        count = inputs.shape[0]
-        if self._index_map is not None and self._seen + count <= len(self._index_map):
-            indices = self._index_map[self._seen : self._seen + count]
-        else:
-            indices = torch.full((count,), NO_INDEX, dtype=torch.long, device=inputs.device)
-        self._seen += count
-        self._collector.next_batch(inputs, indices)
-
-    def stop(self) -> Optional[ExampleCollector]:
-        """Remove every hook; the collector, if a run was being collected."""
-        collector, self._collector = self._collector, None
-        self._hooks.close()
-        return collector
-
-
-def _gathered(examples: dict[str, LayerExamples], strategy: Any, k: int) -> dict[str, LayerExamples]:
-    """Every rank's examples, merged on each rank into the ``k`` strongest per filter."""
-    merged = {}
-    for name in sorted(examples):  # the same order on every rank: one collective after another
-        found = examples[name]
-        tensors = (found.values, found.indices, found.positions, found.patches)
-        gathered = LayerExamples(*(strategy.all_gather(tensor).cpu() for tensor in tensors))
-        merged[name] = merge_ranks(gathered, k)
-    return merged
 
 
 def _validation_loader_in_use(trainer: Any) -> Optional[DataLoader]:

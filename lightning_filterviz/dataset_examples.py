@@ -21,11 +21,19 @@ from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from lightning_filterviz.activations import ActivationTap
 from lightning_filterviz.records import ReceptiveField
 
-__all__ = ["ExampleCollector", "LayerExamples", "dataset_index_map", "merge_ranks"]
+__all__ = [
+    "ExampleCollector",
+    "LayerExamples",
+    "ValidationExamples",
+    "dataset_index_map",
+    "gathered_examples",
+    "merge_ranks",
+]
 
 PATCH_PIXELS = 32
 NO_INDEX = -1  # an example whose dataset index is not known (a shuffled loader, an iterable dataset)
@@ -248,3 +256,69 @@ def dataset_index_map(loader: Any) -> Optional[Tensor]:
     if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
         return torch.tensor(list(iter(sampler)), dtype=torch.long)
     return None
+
+
+class ValidationExamples:
+    """One validation run's collection of dataset examples, fed batch by batch: the
+    collector's hooks, and the dataset index of each batch's samples (counted from the
+    loader's order, see :func:`dataset_index_map`)."""
+
+    def __init__(self) -> None:
+        self._hooks = contextlib.ExitStack()
+        self._collector: Optional[ExampleCollector] = None
+        self._index_map: Optional[Tensor] = None
+        self._seen = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # launchers that spawn processes pickle the callback between runs
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    @property
+    def active(self) -> bool:
+        return self._collector is not None
+
+    def start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
+        self.stop()
+        index_map = dataset_index_map(loader) if loader is not None else None
+        self._index_map = index_map.to(device) if index_map is not None else None
+        self._seen = 0
+        self._hooks.enter_context(collector.collecting())
+        self._collector = collector
+
+    def next_batch(self, inputs: Any) -> None:
+        assert self._collector is not None
+        if not torch.is_tensor(inputs) or inputs.dim() != 4:
+            return
+        count = inputs.shape[0]
+        if self._index_map is not None and self._seen + count <= len(self._index_map):
+            indices = self._index_map[self._seen : self._seen + count]
+        else:
+            indices = torch.full((count,), NO_INDEX, dtype=torch.long, device=inputs.device)
+        self._seen += count
+        self._collector.next_batch(inputs, indices)
+
+    def stop(self) -> Optional[ExampleCollector]:
+        """Remove every hook; the collector, if a run was being collected."""
+        collector, self._collector = self._collector, None
+        self._hooks.close()
+        return collector
+
+
+def gathered_examples(examples: dict[str, LayerExamples], strategy: Any, k: int) -> dict[str, LayerExamples]:
+    """Every rank's examples, merged into the ``k`` strongest per filter (on every rank: the
+    gathering is a collective, which every rank must call, layer by layer in one order).
+
+    Args:
+        examples: this rank's :meth:`ExampleCollector.results`.
+        strategy: anything with Lightning's ``all_gather(tensor)`` (the trainer's strategy).
+        k: examples per filter.
+    """
+    merged = {}
+    for name in sorted(examples):  # the same order on every rank: one collective after another
+        found = examples[name]
+        tensors = (found.values, found.indices, found.positions, found.patches)
+        gathered = LayerExamples(*(strategy.all_gather(tensor).cpu() for tensor in tensors))
+        merged[name] = merge_ranks(gathered, k)
+    return merged
