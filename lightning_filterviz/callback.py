@@ -21,6 +21,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_filterviz.arguments import MONITOR, with_args_section
 from lightning_filterviz.dataset_examples import ValidationExamples, gathered_examples
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
@@ -38,7 +39,8 @@ SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParal
 # TensorBoard keeps about this many images per tag unless told otherwise.
 TENSORBOARD_IMAGE_SAMPLES = 10
 
-_DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters in TensorBoard.
+# The Args section comes from lightning_filterviz.arguments; see _DOCSTRING below the class.
+_DOCSTRING_WITHOUT_ARGS = """Watch a CNN learn: conv filters, feature maps and dead filters in TensorBoard.
 
     At global step 0, before the first optimizer step, and then every ``every_n_epochs``
     epochs or every ``every_n_steps`` optimizer steps, the monitor runs a fixed probe batch
@@ -67,62 +69,6 @@ _DOCSTRING = """Watch a CNN learn: conv filters, feature maps and dead filters i
     Nothing is logged during the sanity check or a
     ``fast_dev_run``. An error while taking a snapshot during training gives one warning
     and switches the monitor off; it never stops the run.
-
-    Args:
-        layers: module names or fnmatch patterns (``"features.*"``) over the
-            LightningModule's ``named_modules()``; ``None`` watches every ``nn.Conv2d``.
-        every_n_epochs: take a snapshot every this many epochs.
-        every_n_steps: take a snapshot every this many optimizer steps (``global_step``).
-            At most one cadence may be set; with neither, a snapshot is taken every epoch.
-        probe_size: number of samples in the fixed probe batch.
-        probe_split: where the probe comes from when ``probe`` is not given: ``"val"``
-            (falls back to ``"train"`` when there is no validation data) or ``"train"``.
-            The first ``probe_size`` samples are taken from the dataset by index and
-            collated with the loader's ``collate_fn``; no loader is iterated.
-        max_filters: filters (and activation channels) drawn per layer; statistics still
-            cover all of them.
-        dead_threshold: a post-activation value ``<=`` this counts as "off".
-        dead_patience: consecutive snapshots a filter must be off to be reported dead.
-        log_weights: log the filter images.
-        log_activations: run the probe and log feature maps and dead-filter statistics.
-        probe: a probe batch to use instead of one taken from the data: a tensor, or a
-            batch shaped like the training batches (tuple, list or dict).
-        batch_key: where the model input is in a batch: an index into a tuple/list, a key
-            into a dict, or a function of the batch that returns the input (for a model of
-            several inputs: ``lambda batch: (batch[0], batch[1])`` with
-            ``forward_fn=lambda module, inputs: module(*inputs)``). ``None``: the batch
-            itself, or the first element of a tuple/list.
-        forward_fn: how to run the model on the probe input, ``forward_fn(module, input)``,
-            when ``module(input)`` is not the way.
-        max_images: probe images whose feature maps are drawn.
-        weight_normalization: ``"filter"`` (each filter's own min..max, the default),
-            ``"layer"`` (the layer's min..max) or ``"symmetric"`` (a fixed range set at the
-            first snapshot, which shows growth in magnitude).
-        colormap: matplotlib colormap for the feature maps.
-        dormant_tau: a filter is dormant when its mean ``|activation|`` on the probe,
-            divided by its layer's average, is ``<=`` this (ReDo's score); logged as
-            ``filterviz/dormant_fraction/<layer>`` and kept in ``dormant_filters``.
-        track_training_batches: also watch every training forward pass (per-channel
-            maxima only, no activation kept), so that a filter that fires on some training
-            batch but never on the probe is not called dead. Costs a little on every step;
-            not for compiled models.
-        filmstrip_layers: layers (names or patterns) that get a filmstrip, one row of
-            filters per snapshot in one image; ``None``: the first conv; ``[]``: none.
-        views_every: write the drift-strip, filmstrip, peak-patch and through-the-layers
-            images at the first snapshot and every this many snapshots (the drift strips
-            and filmstrip also at the end).
-        response_layers: layers (names or patterns) whose filters are drawn beside the probe
-            patch where each peaks (``filterviz/responses/<layer>``); ``None``: the first
-            conv; ``[]``: none. Receptive fields are measured once, by gradient.
-        examples_layers: layers (names or patterns) whose dataset examples are collected at
-            each validation run of ``fit``: per drawn filter, the ``examples_k`` validation
-            images where it fires most, with the receptive-field patch there
-            (``filterviz/examples/<layer>`` and :attr:`dataset_examples`); ``None``: the
-            first conv; ``[]``: none. Only convs whose ReLU-family activation a module's
-            output shows (the layer table says "hook on ...").
-        examples_k: dataset examples kept per filter.
-        save_history: save each snapshot's small arrays as
-            ``<log_dir>/filterviz/history/step_<step>.npz`` (for ``filterviz-report``).
 
     Raises:
         ValueError: at construction, for an argument outside its allowed values; at setup,
@@ -531,6 +477,10 @@ class FilterMonitorLogic(_CallbackBase):
                 f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
                 "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
             )
+
+
+# The docstring of both FilterMonitor flavours (lightning.py, pl.py).
+_DOCSTRING = with_args_section(_DOCSTRING_WITHOUT_ARGS, FilterMonitorLogic.__init__, MONITOR)
 
 
 def _point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
+from lightning_filterviz.arguments import VISUALIZER, with_args_section
 from lightning_filterviz.capture import CapturedProbe, ForwardFn, InFlightSnapshot, start_capture
 from lightning_filterviz.dataset_examples import ExampleCollector, LayerExamples
 from lightning_filterviz.activations import ProbePlan
@@ -86,52 +87,6 @@ class FilterVisualizer:
     (statistics, drift, drawing, writing) runs on the writer thread. :attr:`dead_filters`
     and :attr:`dormant_filters` always reflect every snapshot taken so far: reading them
     waits for the statistics of snapshots still with the writer (not for their images).
-
-    Args:
-        sink: a ``SummaryWriter``, a directory path (PNG files), or any
-            :class:`~lightning_filterviz.sinks.Sink`.
-        layers: module names or fnmatch patterns over ``named_modules()``; ``None`` watches
-            every ``nn.Conv2d``.
-        max_filters: filters drawn per layer (statistics still cover all of them).
-        max_images: probe images whose feature maps are drawn.
-        dead_threshold: a post-activation value ``<=`` this counts as "off".
-        dead_patience: consecutive snapshots a filter must be off to be reported dead.
-        dormant_tau: a filter is dormant when its mean ``|activation|`` divided by the
-            layer's average is ``<=`` this (ReDo's score; any activation function).
-        weight_normalization: ``"filter"`` (each filter's min..max), ``"layer"`` (the
-            layer's min..max) or ``"symmetric"`` (a fixed ``+-max|w|`` range taken at the
-            first snapshot, which shows growth in magnitude).
-        log_weights: write the filter images.
-        log_activations: run the probe forward and write feature maps and dead statistics.
-        batch_key: where the model input is in a batch: an index into a tuple/list, a key
-            into a dict, or a function of the batch that returns the input (for a model of
-            several inputs: ``lambda batch: (batch[0], batch[1])`` with
-            ``forward_fn=lambda model, inputs: model(*inputs)``). ``None``: the batch itself,
-            or the first element of a tuple/list.
-        forward_fn: how to run the model on the input, ``forward_fn(model, input)``;
-            default ``model(input)``.
-        colormap: matplotlib colormap for the feature maps.
-        filmstrip_layers: layers (names or fnmatch patterns) that get a filmstrip; ``None``:
-            the first watched conv; ``[]``: none.
-        views_every: write the drift-strip, filmstrip, peak-patch and through-the-layers
-            images at the first snapshot and every this many snapshots (the drift strips
-            and filmstrip also at :meth:`finish`): they cost more than the rest, and the
-            filmstrip grows.
-        response_layers: layers (names or fnmatch patterns) whose filters are drawn beside
-            the probe patch where they peak; ``None``: the first watched conv; ``[]``: none.
-            Their receptive fields are measured once, by gradient, at the first snapshot.
-        examples_layers: layers (names or fnmatch patterns) whose dataset examples
-            :meth:`dataset_examples_pass` collects; ``None``: the first watched conv; ``[]``: none.
-        examples_k: dataset examples kept per filter.
-        history_dir: save each snapshot's small arrays (capped filters, statistics, one
-            probe image's feature maps) there as NPZ, readable with ``allow_pickle=False``.
-        background: judge, render and write in a background thread, so that
-            :meth:`snapshot` returns as soon as the probe pass is done. Call :meth:`flush`
-            (or :meth:`close`) before reading the logs. An error there is reported as one
-            warning at the next call, and writing stops; statistics go on.
-        max_pending: snapshots that may wait for the background writer; when that many
-            wait, :meth:`snapshot` blocks until one is written, so nothing is dropped and
-            memory stays bounded however slow the disk.
 
     Raises:
         ValueError: for an argument outside its allowed values.
@@ -609,6 +564,11 @@ class FilterVisualizer:
 
     def _may_write(self) -> bool:
         return self._publishing and (self._writer is None or self._writer.failure is None)
+
+
+# The Args section, from lightning_filterviz.arguments (None: docstrings stripped by python -OO).
+if FilterVisualizer.__doc__ is not None:
+    FilterVisualizer.__doc__ = with_args_section(FilterVisualizer.__doc__, FilterVisualizer.__init__, VISUALIZER)
 
 
 class _StatisticsGate:

@@ -1,8 +1,10 @@
 """Bad constructor arguments fail fast with a message naming the argument and what it accepts;
-every argument of FilterMonitor and FilterVisualizer has a case here and a row in README."""
+every argument of FilterMonitor and FilterVisualizer has a case here, one description in
+lightning_filterviz/arguments.py (which both docstrings show) and, for the monitor, a row in README."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 import re
@@ -12,6 +14,7 @@ import torch
 
 from conftest import REPO, Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.arguments import ARGUMENTS, MONITOR, VISUALIZER, args_section, render_argument
 
 # Shared by FilterMonitor and FilterVisualizer: (arguments, exception, message).
 SHARED = [
@@ -86,12 +89,54 @@ def test_every_argument_has_a_bad_value_case(owner, cases):
     assert arguments - covered == set()
 
 
-def test_readme_documents_every_monitor_argument():
+def constructor_arguments(owner: type) -> dict[str, inspect.Parameter]:
+    parameters = inspect.signature(owner.__init__).parameters
+    return {name: parameter for name, parameter in parameters.items() if name != "self"}
+
+
+def readme_argument_rows() -> dict[str, str]:
+    """README's "### Arguments" table: argument -> its default cell, without the backticks."""
     readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("### Arguments") :]
-    documented = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE))
-    arguments = set(inspect.signature(FilterMonitor.__init__).parameters) - {"self"}
+    lines = readme[readme.index("### Arguments") :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| argument |"))
+    table = []
+    for line in lines[start + 2 :]:  # past the header and the |---| line
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    rows = [re.match(r"^\| `(\w+)` \| `([^`]*)` \|", line) for line in table]
+    assert None not in rows, [line for line, row in zip(table, rows) if row is None]
+    return {row.group(1): row.group(2) for row in rows if row is not None}
+
+
+def test_readme_documents_every_monitor_argument():
+    rows = readme_argument_rows()
+    documented = set(rows)
+    arguments = set(constructor_arguments(FilterMonitor))
     assert arguments - documented == set()
+    assert documented - arguments == set()
+    for name, parameter in constructor_arguments(FilterMonitor).items():
+        default = ast.literal_eval(rows[name])
+        assert (name, type(default), default) == (name, type(parameter.default), parameter.default)
+
+
+OWNERS = [(FilterMonitor, MONITOR), (FilterVisualizer, VISUALIZER)]
+
+
+@pytest.mark.parametrize(("owner", "name"), OWNERS, ids=[MONITOR, VISUALIZER])
+def test_every_argument_is_described_in_the_one_place(owner, name):
+    arguments = set(constructor_arguments(owner))
+    assert arguments - set(ARGUMENTS) == set()
+    described = {argument for argument, entry in ARGUMENTS.items() if name in entry.owners}
+    assert described == arguments  # and nothing is described for an owner that does not take it
+
+
+@pytest.mark.parametrize(("owner", "name"), OWNERS, ids=[MONITOR, VISUALIZER])
+def test_docstring_shows_every_argument_description(owner, name):
+    arguments = list(constructor_arguments(owner))
+    assert [argument for argument in arguments if render_argument(argument) not in owner.__doc__] == []
+    assert args_section(arguments, name) in owner.__doc__  # one Args section, in the signature's order
+    assert inspect.getdoc(owner).count("\nArgs:\n") == 1  # as help() shows it
 
 
 @pytest.mark.parametrize("argument", ["filmstrip_layers", "response_layers"])
