@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_filterviz.records import PRE_ACTIVATION
+
 __all__ = ["ActivationRecord", "ActivationRecorder", "ActivationTap", "ProbePlan"]
 
 
@@ -106,6 +108,10 @@ class ActivationTap:
     exceeds a threshold ``floor <= t < ceiling`` exactly where ``max(x)`` does. So a plain
     forward hook on the tap sees the activation, with no tracer.
 
+    For a conv without an activation, the tap is the module whose output (the conv's,
+    through normalization) meets the residual sum or concatenation: ``function`` is
+    :data:`~lightning_filterviz.records.PRE_ACTIVATION` and the bounds are infinite.
+
     Attributes:
         module: the conv itself, or the normalization module after it.
         function: the activation's name (``"relu"``, ``"hardtanh"``, ...).
@@ -118,9 +124,15 @@ class ActivationTap:
     floor: float
     ceiling: float
 
+    @property
+    def zeroing(self) -> bool:
+        """Whether the tap sees a ReLU-family activation (else the conv's output before any
+        activation, see :data:`~lightning_filterviz.records.PRE_ACTIVATION`)."""
+        return self.function != PRE_ACTIVATION
+
     def decides(self, threshold: float) -> bool:
         """Whether "fired above ``threshold``" can be read off the tap's output."""
-        return self.floor <= threshold < self.ceiling
+        return self.zeroing and self.floor <= threshold < self.ceiling
 
     def activation(self, tap_output: Tensor) -> Tensor:
         """The activation's output for the tap's output."""

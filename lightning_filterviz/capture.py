@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_filterviz.activations import ActivationRecorder, ActivationTap, ProbePlan
 from lightning_filterviz.discovery import NOT_RUN, ActivationTracer, ConvLayer
-from lightning_filterviz.records import LayerCapture, Snapshot
+from lightning_filterviz.records import PRE_ACTIVATION, LayerCapture, Snapshot
 from lightning_filterviz.rng import untouched_random_state
 from lightning_filterviz.transfer import HostBuffer, TransferPacker
 
@@ -226,11 +226,15 @@ def _collect_activations(
 ) -> None:
     for name, capture in snapshot.layers.items():
         record = recorder.records.get(name)
-        if record is None:
+        if record is None or record.function == PRE_ACTIVATION:
             capture.no_activation_reason = no_activation.get(name, NOT_RUN)
+        if record is None:
             continue
-        capture.activation = record.function
-        capture.zeroing = record.zeroing
+        if record.function == PRE_ACTIVATION:
+            capture.pre_activation = True
+        else:
+            capture.activation = record.function
+            capture.zeroing = record.zeroing
         packer.add(capture, "channel_max", record.channel_max)
         packer.add(capture, "channel_mean_abs", record.channel_mean_abs)
         packer.add(capture, "maps", record.maps)
@@ -285,7 +289,7 @@ def _tap_hook(name: str, tap: ActivationTap, recorder: ActivationRecorder) -> Ca
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, Tensor):
             # Reduced here, before an in-place activation can change the tap's output.
-            recorder.record(name, tap.function, True, tap.activation(output.detach()), nonnegative=tap.floor >= 0)
+            recorder.record(name, tap.function, tap.zeroing, tap.activation(output.detach()), nonnegative=tap.floor >= 0)
 
     return hook
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_filterviz.activations import ActivationRecord, ActivationRecorder, ActivationTap, ProbePlan
+from lightning_filterviz.records import PRE_ACTIVATION
 from lightning_filterviz.layer_names import matches
 
 # Why a watched conv has no activation when it never ran.
@@ -169,6 +170,12 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
+        if self._tracked and _is_in_place(_function_name(func)):
+            # Before the call: an in-place residual sum (``out += identity``) overwrites the
+            # output it ends, and that output is what a conv without an activation shows.
+            ending = [self._tracked[id(leaf)] for leaf in _tensor_leaves(args, kwargs) if id(leaf) in self._tracked]
+            if ending:
+                self._record_pre_activations(_function_name(func), args, kwargs, ending)
         result = func(*args, **kwargs)
         if not self._tracked or not isinstance(result, Tensor):
             return result  # metadata queries (size, dim, shape) consume nothing
@@ -191,12 +198,11 @@ class ActivationTracer(TorchFunctionMode):
         taps = self._taps()
         plan = ProbePlan(taps=taps, through={layer: ops for layer, ops in self.through.items() if ops})
         for name in layers:
-            if name in taps:
-                continue
-            if name in self.records:
-                plan.traced.append(name)
-            else:
+            record = self.records.get(name)
+            if record is None or record.function == PRE_ACTIVATION:
                 plan.no_activation[name] = self.no_activation.get(name, NOT_RUN)
+            if record is not None and name not in taps:
+                plan.traced.append(name)
         return plan
 
     def _taps(self) -> dict[str, ActivationTap]:
@@ -222,6 +228,20 @@ class ActivationTracer(TorchFunctionMode):
             claimed[id(module)] = claimed.get(id(module), 0) + 1
         return {layer: tap for layer, tap in taps.items() if claimed[id(tap.module)] == 1}
 
+    def _record_pre_activations(self, name: str, args: tuple, kwargs: dict, consumed: list[_Tracked]) -> None:
+        """Record the output of each conv whose way to an activation ends at ``name`` (a
+        residual sum, a concatenation): signed, so "dead" does not apply to it."""
+        if _is_zeroing(name, args, kwargs) is not None:
+            return
+        for entry in consumed:
+            if name in _PASS_THROUGH or _is_channel_affine(name, args, entry.tensor) or entry.layer in self.records:
+                continue
+            self.through[entry.layer] = entry.through
+            self.recorder.record(entry.layer, PRE_ACTIVATION, False, entry.tensor)
+            self._taps_seen.setdefault(entry.layer, []).append(entry.tap)
+            tap_kind = (PRE_ACTIVATION, float("-inf"), float("inf"))
+            self._bounds[entry.layer] = tap_kind if self._bounds.get(entry.layer, tap_kind) == tap_kind else None
+
     def _follow(self, name: str, args: tuple, kwargs: dict, result: Tensor, consumed: list[_Tracked]) -> None:
         zeroing = _is_zeroing(name, args, kwargs)
         for entry in consumed:
@@ -241,8 +261,14 @@ class ActivationTracer(TorchFunctionMode):
                     self._taps_seen.setdefault(layer, []).append(entry.tap)
                     tap_kind = (function, *bounds)
                     self._bounds[layer] = tap_kind if self._bounds.get(layer, tap_kind) == tap_kind else None
-            elif layer not in self.records:
+            elif layer not in self.records or self.records[layer].function == PRE_ACTIVATION:
+                self._record_pre_activations(name, args, kwargs, [entry])  # intact: the call was not in place
                 self.no_activation.setdefault(layer, f"output goes to `{name}` before any activation")
+
+
+def _is_in_place(name: str) -> bool:
+    """``add_``, ``relu_``, ``__iadd__``: functions that write into their first argument."""
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
 
 
 def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:

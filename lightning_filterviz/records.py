@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["LayerCapture", "ReceptiveField", "Snapshot", "Table"]
+__all__ = ["PRE_ACTIVATION", "LayerCapture", "ReceptiveField", "Snapshot", "Table"]
+
+# What a conv without an activation is recorded as: its output through normalization.
+PRE_ACTIVATION = "pre-activation"
 
 
 @dataclass
@@ -29,6 +32,9 @@ class LayerCapture:
         activation: name of the activation function, or ``None`` when the conv's output
             reaches no activation (a residual sum, a concatenation, the model output).
         no_activation_reason: why there is no activation, when there is none.
+        pre_activation: whether, having no activation, the conv's output (through
+            normalization, where the next operation is a residual sum or a concatenation) was
+            captured instead: signed maps and statistics, "dead" does not apply.
         zeroing: whether the activation floors at zero (ReLU family), so "dead" applies.
         rgb: whether the filters see an RGB image (3 input channels, one group), so they
             are drawn in colour.
@@ -51,6 +57,7 @@ class LayerCapture:
     weight: Tensor
     activation: Optional[str] = None
     no_activation_reason: Optional[str] = None
+    pre_activation: bool = False
     zeroing: bool = False
     rgb: bool = False
     channel_max: Optional[Tensor] = None

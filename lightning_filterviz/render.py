@@ -38,6 +38,8 @@ BACKGROUND_COLOUR = (1.0, 1.0, 1.0)
 OUTSIDE_GREY = 0.5
 # Palette of feature-map images: the colormap's levels first, then frames and background.
 COLORMAP_LEVELS = 252
+# Diverging, white at zero: for a conv's output before any activation, which has a sign.
+SIGNED_COLORMAP = "RdBu_r"
 FRAME_INDEX, DEAD_INDEX, NON_FINITE_INDEX, BACKGROUND_INDEX = 252, 253, 254, 255
 
 
@@ -103,7 +105,9 @@ def weight_grid(
     return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
 
 
-def activation_grid(maps: Any, marked: Sequence[int] = (), colormap: str = "viridis") -> IndexedImage:
+def activation_grid(
+    maps: Any, marked: Sequence[int] = (), colormap: str = "viridis", signed: bool = False
+) -> IndexedImage:
     """Draw feature maps: one panel per probe image, each a grid of its channels.
 
     Values are normalized over the whole layer (not per channel), so a silent channel
@@ -113,6 +117,9 @@ def activation_grid(maps: Any, marked: Sequence[int] = (), colormap: str = "viri
         maps: ``(images, channels, H, W)`` activations (a CPU tensor or an array).
         marked: channel indices to frame in red (dead filters).
         colormap: a matplotlib colormap name.
+        signed: map ``-m .. m`` (``m`` the largest ``|value|``), so that zero is the
+            colormap's middle: for a conv's output before any activation, drawn with a
+            diverging colormap (:data:`SIGNED_COLORMAP`).
 
     Returns:
         An :class:`IndexedImage`; ``.to_rgb()`` gives the ``(H, W, 3)`` ``uint8`` pixels.
@@ -122,7 +129,11 @@ def activation_grid(maps: Any, marked: Sequence[int] = (), colormap: str = "viri
     if non_finite:  # a copy only when there is something to replace
         maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
     images, channels = maps.shape[:2]
-    levels = _colormap_indices(maps, maps.min(), maps.max())
+    low, high = maps.min(), maps.max()
+    if signed:
+        high = max(float(np.abs(maps).max()), 1e-12)
+        low = -high
+    levels = _colormap_indices(maps, low, high)
     kinds = frame_kinds(channels, marked, non_finite)
     panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)

@@ -137,6 +137,8 @@ def layer_table(snapshot: Snapshot) -> Table:
     rows = []
     for name, layer in snapshot.layers.items():
         activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
+        if layer.pre_activation:
+            activation += "; its output is drawn, signed (pre-activation)"
         if layer.activation and layer.through:
             activation += f" (through {', '.join(layer.through)})"
         judged = "yes" if layer.zeroing else "no"

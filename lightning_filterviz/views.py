@@ -14,6 +14,7 @@ import numpy as np
 
 from lightning_filterviz.records import Snapshot
 from lightning_filterviz.render import (
+    SIGNED_COLORMAP,
     Image,
     activation_grid,
     displayed_filters,
@@ -97,7 +98,9 @@ def weights_and_activations_view(
             weights = weight_grid(drawn[name], settings.weight_normalization, symmetric_range, marked, layer.rgb)
             images[layer_tag(WEIGHTS, name)] = weights
         if settings.log_activations and layer.maps is not None:
-            images[layer_tag(ACTIVATIONS, name)] = activation_grid(layer.maps, marked, settings.colormap)
+            colormap = SIGNED_COLORMAP if layer.pre_activation else settings.colormap
+            maps = activation_grid(layer.maps, marked, colormap, signed=layer.pre_activation)
+            images[layer_tag(ACTIVATIONS, name)] = maps
     return images
 
 

@@ -145,7 +145,11 @@ def test_zoo_model_in_a_trainer(name, tmp_path, monkeypatch):
         assert 2 in images[f"filterviz/weights/net.{conv}"], conv
     with_activation = {f"net.{conv}" for conv in expected_activation}
     assert {name for name, layer in snapshot.layers.items() if layer.activation} == with_activation
-    assert {tag.split("/", 2)[2] for tag in images if tag.startswith("filterviz/activations/")} == with_activation
+    # Convs whose output meets a residual sum or a concatenation first get their signed output drawn.
+    pre_activation = {name for name, layer in snapshot.layers.items() if layer.pre_activation}
+    assert not pre_activation & with_activation
+    drawn = {tag.split("/", 2)[2] for tag in images if tag.startswith("filterviz/activations/")}
+    assert drawn == with_activation | pre_activation
 
     # The same probe at the same (final) weights, through the traced graph.
     recorder = Recorder(traced, expected_activation)
@@ -156,3 +160,57 @@ def test_zoo_model_in_a_trainer(name, tmp_path, monkeypatch):
         captured = snapshot.layers[f"net.{conv}"]
         torch.testing.assert_close(captured.channel_max, activation.amax(dim=(0, 2, 3)), msg=conv)
         torch.testing.assert_close(captured.channel_mean_abs, activation.abs().mean(dim=(0, 2, 3)), msg=conv)
+
+
+def test_resnet18_residual_convs_get_signed_maps_of_their_conv_and_bn_output(tmp_path):
+    """conv2 and the downsample conv meet the residual sum before any ReLU: their output
+    through BatchNorm is drawn, signed, centred at zero, at the first (traced) snapshot and
+    at the next (hooked) one, pixel for pixel as drawn from an independent forward."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_filterviz import FilterVisualizer
+    from lightning_filterviz.render import SIGNED_COLORMAP, activation_grid
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    for module in model.modules():  # BatchNorm that does something, so conv alone would differ
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.5, 0.5)
+    probe = torch.randn(2, 3, 64, 64)
+    outputs = {
+        "layer1.0.conv2": "layer1.0.bn2",
+        "layer2.0.conv2": "layer2.0.bn2",
+        "layer2.0.downsample.0": "layer2.0.downsample.1",
+    }
+    writer = SummaryWriter(str(tmp_path))
+    visualizer = FilterVisualizer(writer, layers=[*outputs, "layer1.0.conv1"], max_filters=16, dead_patience=1)
+    snapshots = [visualizer.snapshot(model, probe, step) for step in range(2)]
+    visualizer.close()
+    writer.close()
+
+    expected, modules = {}, dict(model.named_modules())
+
+    def keeper(conv):
+        def keep(module, args, output):  # returns None: a hook's return value would replace the output
+            expected[conv] = output.clone()  # a copy: the residual sum then writes into the output
+
+        return keep
+
+    handles = [modules[bn].register_forward_hook(keeper(conv)) for conv, bn in outputs.items()]
+    with torch.no_grad():
+        model(probe)
+    for handle in handles:
+        handle.remove()
+    images = read_events(tmp_path).images
+    for conv in outputs:
+        assert expected[conv].min() < 0 < expected[conv].max()
+        pixels = activation_grid(expected[conv][:2, :16], colormap=SIGNED_COLORMAP, signed=True).to_rgb()
+        for snapshot in snapshots:
+            layer = snapshot.layers[conv]
+            assert layer.pre_activation and layer.activation is None and not layer.zeroing
+            torch.testing.assert_close(layer.channel_mean_abs, expected[conv].abs().mean(dim=(0, 2, 3)))
+            assert (images[f"filterviz/activations/{conv}"][snapshot.step] == pixels).all()
+    assert set(visualizer.dead_filters) == {"layer1.0.conv1"}  # "dead" is judged for ReLU convs only
+    assert set(visualizer.dormant_filters) == set(outputs) | {"layer1.0.conv1"}
