@@ -34,6 +34,13 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LAYER",
         help="layer names or fnmatch patterns to draw filmstrips of (default: the first conv layer)",
     )
+    parser.add_argument(
+        "--examples-filter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the filter whose dataset examples are shown over the validation runs (default: 0)",
+    )
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -81,13 +88,13 @@ def run_report(args: argparse.Namespace) -> int:
     """Build the report; print its path, or one error line on stderr.
 
     Args:
-        args: parsed ``log_dir``, ``output`` and ``filmstrip_layers``.
+        args: parsed ``log_dir``, ``output``, ``filmstrip_layers`` and ``examples_filter``.
 
     Returns:
         0 on success, 2 for bad input.
     """
     try:
-        path = build_report(args.log_dir, args.output, args.filmstrip_layers)
+        path = build_report(args.log_dir, args.output, args.filmstrip_layers, args.examples_filter)
     except ReportError as error:
         # One line, no traceback: bad input is the user's to fix, not a bug to debug.
         print(f"{PROGRAM}: {error}", file=sys.stderr)

@@ -22,34 +22,40 @@ from lightning_filterviz.render import (
     to_uint8,
 )
 
-__all__ = ["examples_grid", "patch_tiles"]
+__all__ = ["example_tiles", "examples_grid", "examples_history_image", "patch_tiles"]
 
 
-def examples_grid(weight: np.ndarray, rgb: bool, patches: np.ndarray, found: np.ndarray) -> np.ndarray:
+def examples_grid(weight: np.ndarray, rgb: bool, tiles: np.ndarray) -> np.ndarray:
     """One row per filter: the filter (normalized on its own), then its examples' patches,
     strongest first; a missing example (fewer images than ``k``) is left blank.
 
     Args:
         weight: ``(F, C_in, kH, kW)`` filters.
         rgb: whether the filters see an RGB image (drawn in colour).
-        patches: ``(F, k, C, P, P)`` input pixels of each example's receptive field, NaN
-            outside the image; ``C`` is 1 or 3.
-        found: ``(F, k)`` whether each example exists.
+        tiles: ``(F, k, P, P, 3)`` ``uint8`` drawn patches (see :func:`example_tiles`).
 
     Returns:
         An ``(H, W, 3)`` ``uint8`` image.
     """
-    filters, k, _, size, _ = patches.shape
+    filters, k, size = tiles.shape[:3]
     shown = displayed_filters(np.nan_to_num(weight[:filters].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), rgb)
     filter_tiles = to_uint8(normalize_filters(shown, "filter")).transpose(0, 2, 3, 1)
     filter_tiles = np.repeat(filter_tiles, 3, axis=-1) if filter_tiles.shape[-1] == 1 else filter_tiles
     rows = np.arange(size) * filter_tiles.shape[1] // size
     cols = np.arange(size) * filter_tiles.shape[2] // size
     filter_tiles = filter_tiles[:, rows][:, :, cols]
-    example_tiles = patch_tiles(patches.reshape(filters * k, *patches.shape[2:]), found.reshape(-1))
-    tiles = np.concatenate([filter_tiles[:, None], example_tiles.reshape(filters, k, size, size, 3)], axis=1)
-    framed = frame_tiles(tiles.reshape(-1, size, size, 3), frame_kinds(filters * (k + 1)), {FRAME_INDEX: _rgb(FRAME_COLOUR)})
+    rows_of_tiles = np.concatenate([filter_tiles[:, None], tiles], axis=1)
+    kinds = frame_kinds(filters * (k + 1))
+    framed = frame_tiles(rows_of_tiles.reshape(-1, size, size, 3), kinds, {FRAME_INDEX: _rgb(FRAME_COLOUR)})
     return tile_grid(framed, k + 1, GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+
+
+def example_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """``(F, k, C, P, P)`` float patches (NaN outside the image; ``C`` 1 or 3) and ``(F, k)``
+    whether each example exists, to ``(F, k, P, P, 3)`` ``uint8`` tiles (see :func:`patch_tiles`)."""
+    filters, k = patches.shape[:2]
+    flat = patch_tiles(patches.reshape(filters * k, *patches.shape[2:]), found.reshape(-1))
+    return flat.reshape(filters, k, *flat.shape[1:])
 
 
 def patch_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -67,3 +73,11 @@ def patch_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
     tiles = np.repeat(tiles, 3, axis=-1) if tiles.shape[-1] == 1 else tiles
     tiles[~np.asarray(found, dtype=bool)] = 255
     return tiles
+
+
+def examples_history_image(tiles: np.ndarray) -> np.ndarray:
+    """One filter's examples over validation runs: ``(runs, k, S, S, 3)`` ``uint8`` tiles,
+    one row per run (earliest first), strongest example first."""
+    runs, k, size = tiles.shape[:3]
+    framed = frame_tiles(tiles.reshape(-1, size, size, 3), frame_kinds(runs * k), {FRAME_INDEX: _rgb(FRAME_COLOUR)})
+    return tile_grid(framed, k, GRID_PADDING, _rgb(BACKGROUND_COLOUR))

@@ -33,6 +33,9 @@ __all__ = [
 
 HISTORY_FORMAT = "lightning_filterviz.history/1"
 HISTORY_PATTERN = "step_*.npz"
+EXAMPLES_PATTERN = "validation_examples_*.npz"
+# Dataset-example patches are kept in the history at this size (RGB uint8, every other pixel).
+HISTORY_PATCH_PIXELS = 16
 # Where a run's history lies, relative to its log directory.
 HISTORY_DIR = Path("filterviz", "history")
 
@@ -118,16 +121,20 @@ class HistoryWriter:
         return _write_whole(self.directory / f"step_{snapshot.step:08d}.npz", history_arrays(snapshot, drawn))
 
 
-def write_examples_history(directory: Union[str, os.PathLike], step: int, examples: Mapping[str, Any]) -> Path:
+def write_examples_history(
+    directory: Union[str, os.PathLike], step: int, examples: Mapping[str, Any], tiles: Mapping[str, np.ndarray]
+) -> Path:
     """Save one validation run's dataset examples as ``<directory>/validation_examples_<step>.npz``:
     ``layers`` (names), and per layer ``<layer>/values`` ``(F, k)`` (``-inf`` where a filter
-    has fewer examples), ``<layer>/indices`` ``(F, k)`` (``-1`` where unknown) and
-    ``<layer>/positions`` ``(F, k, 2)`` input pixels ``(y, x)``.
+    has fewer examples), ``<layer>/indices`` ``(F, k)`` (``-1`` where unknown),
+    ``<layer>/positions`` ``(F, k, 2)`` input pixels ``(y, x)`` and ``<layer>/patches``
+    ``(F, k, 16, 16, 3)`` ``uint8``, the drawn patches at :data:`HISTORY_PATCH_PIXELS`.
 
     Args:
         directory: created when missing.
         step: the training step of the validation run.
         examples: conv name -> :class:`~lightning_filterviz.dataset_examples.LayerExamples` on the host.
+        tiles: conv name -> its drawn patches ``(F, k, P, P, 3)`` ``uint8``.
     """
     arrays: dict[str, np.ndarray] = {
         "format": np.array(HISTORY_FORMAT),
@@ -138,6 +145,9 @@ def write_examples_history(directory: Union[str, os.PathLike], step: int, exampl
         arrays[f"{name}/values"] = found.values.numpy()
         arrays[f"{name}/indices"] = found.indices.numpy()
         arrays[f"{name}/positions"] = found.positions.numpy()
+        size = tiles[name].shape[2]
+        keep = np.arange(HISTORY_PATCH_PIXELS) * size // HISTORY_PATCH_PIXELS
+        arrays[f"{name}/patches"] = np.ascontiguousarray(tiles[name][:, :, keep][:, :, :, keep])
     return _write_whole(Path(directory) / f"validation_examples_{step:08d}.npz", arrays)
 
 

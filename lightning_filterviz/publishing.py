@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
-from lightning_filterviz.example_images import examples_grid
+from lightning_filterviz.example_images import example_tiles, examples_grid
 from lightning_filterviz.history import HistoryWriter, write_examples_history
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Snapshot
@@ -98,15 +98,14 @@ class Publisher:
         """Draw each layer's dataset examples (``filterviz/examples/<layer>``), write them, and
         save their history file."""
         with self._writing:
-            images = {}
+            images, tiles = {}, {}
             for name, found in examples.items():
-                present = found.values.isfinite().numpy()
-                grid = examples_grid(weights[name].numpy(), rgb[name], found.patches.numpy(), present)
-                images[layer_tag(EXAMPLES, name)] = grid
+                tiles[name] = example_tiles(found.patches.numpy(), found.values.isfinite().numpy())
+                images[layer_tag(EXAMPLES, name)] = examples_grid(weights[name].numpy(), rgb[name], tiles[name])
             write_images(self.sink, _encoded(images), step)
             self.sink.flush()
             if self.history_dir is not None:
-                self._save(lambda directory: write_examples_history(directory, step, examples))
+                self._save(lambda directory: write_examples_history(directory, step, examples, tiles))
 
     def flush(self) -> None:
         self.sink.flush()

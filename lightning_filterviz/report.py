@@ -48,6 +48,7 @@ def build_report(
     log_dir: PathLike,
     output: Optional[PathLike] = None,
     filmstrip_layers: Optional[Sequence[str]] = None,
+    examples_filter: int = 0,
 ) -> Path:
     """Write the HTML report of the runs under ``log_dir``.
 
@@ -57,6 +58,8 @@ def build_report(
         output: the HTML file to write; default ``<log_dir>/filterviz_report.html``.
         filmstrip_layers: layer names or fnmatch patterns to draw filmstrips of; default
             the first conv layer.
+        examples_filter: the filter whose dataset examples (from validation runs) are shown
+            over time, for each layer that has them.
 
     Returns:
         The path written.
@@ -66,7 +69,10 @@ def build_report(
     """
     runs = load_runs(log_dir)
     target = Path(output) if output is not None else Path(log_dir) / REPORT_FILENAME
-    page = page_html(f"filterviz report: {log_dir}", [run_html(run, filmstrip_layers) for run in runs])
+    if not isinstance(examples_filter, int) or isinstance(examples_filter, bool) or examples_filter < 0:
+        raise ReportError(f"examples_filter must be a filter index >= 0, got {examples_filter!r}")
+    sections = [run_html(run, filmstrip_layers, examples_filter) for run in runs]
+    page = page_html(f"filterviz report: {log_dir}", sections)
     try:
         target.write_text(page, encoding="utf-8")
     except OSError as error:

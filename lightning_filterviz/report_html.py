@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from lightning_filterviz.example_images import examples_history_image
 from lightning_filterviz.layer_names import resolve_layer_patterns
 from lightning_filterviz.png import encode_png
 from lightning_filterviz.report_images import (
@@ -23,9 +24,10 @@ from lightning_filterviz.report_images import (
 )
 from lightning_filterviz.report_runs import Run, SnapshotRecord, drift_series, fraction_series
 
-__all__ = ["FILMSTRIP_DISPLAY_SCALE", "STYLE", "page_html", "run_html"]
+__all__ = ["EXAMPLES_DISPLAY_SCALE", "FILMSTRIP_DISPLAY_SCALE", "STYLE", "page_html", "run_html"]
 
 # The filmstrip is shown this many times its pixel size.
+EXAMPLES_DISPLAY_SCALE = 3  # the history keeps 16-pixel patches
 FILMSTRIP_DISPLAY_SCALE = 2
 
 STYLE = """
@@ -43,12 +45,14 @@ td:first-child, th:first-child { text-align: left; }
 """
 
 
-def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None) -> str:
-    """The HTML of one run: a summary, the three charts, the final filters and the filmstrips.
+def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None, examples_filter: int = 0) -> str:
+    """The HTML of one run: a summary, the three charts, the final filters, the filmstrips
+    and, where validation runs collected them, one filter's dataset examples over time.
 
     Args:
         run: a run with at least one snapshot.
         filmstrip_patterns: layer names or fnmatch patterns for filmstrips; ``None``: the first layer.
+        examples_filter: the filter whose dataset examples are shown, per layer that has them.
 
     Returns:
         An HTML fragment.
@@ -59,6 +63,7 @@ def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None) -> st
         *_chart_sections(run, layer_colours(run.layers)),
         *_final_filter_sections(run.records[-1]),
         *_filmstrip_sections(run, filmstrip_patterns),
+        *_examples_sections(run, examples_filter),
     ]
     return "\n".join(parts)
 
@@ -193,6 +198,30 @@ def _filmstrip_sections(run: Run, patterns: Optional[Sequence[str]]) -> list[str
                 width=FILMSTRIP_DISPLAY_SCALE * image.shape[1],
             )
         )
+    return sections
+
+
+def _examples_sections(run: Run, filter_index: int) -> list[str]:
+    """Per layer with dataset examples: one filter's strongest validation images at each
+    validation run, one row per run."""
+    layers = list(dict.fromkeys(layer for record in run.examples for layer in record.patches))
+    sections = []
+    for layer in layers:
+        records = [record for record in run.examples if layer in record.patches]
+        heading = f"Dataset examples: {layer}, filter {filter_index}"
+        if filter_index >= records[-1].patches[layer].shape[0]:
+            count = records[-1].patches[layer].shape[0]
+            sections.append(_figure_html(heading, None, f"{layer} has examples for filters 0 to {count - 1}.", heading))
+            continue
+        image = examples_history_image(np.stack([record.patches[layer][filter_index] for record in records]))
+        first = [int(index) for index in records[-1].indices[layer][filter_index] if index >= 0]
+        caption = (
+            f"The validation images where filter {filter_index} of {layer} fires most, strongest first, one row per "
+            f"validation run (steps {', '.join(str(record.step) for record in records)}). "
+            f"Latest, by dataset index: {', '.join(map(str, first)) or 'not known (the loader was shuffled)'}."
+        )
+        uri, width = data_uri(encode_png(image)), EXAMPLES_DISPLAY_SCALE * image.shape[1]
+        sections.append(_figure_html(heading, uri, caption, heading, pixels=True, width=width))
     return sections
 
 

@@ -19,6 +19,7 @@ from typing import Union
 import numpy as np
 
 from lightning_filterviz.history import (
+    EXAMPLES_PATTERN,
     HISTORY_DIR,
     HISTORY_FORMAT,
     HISTORY_PATTERN,
@@ -28,6 +29,7 @@ from lightning_filterviz.history import (
 
 __all__ = [
     "EXPECTED_HISTORY",
+    "ExamplesRecord",
     "PathLike",
     "ReportError",
     "Run",
@@ -37,6 +39,7 @@ __all__ = [
     "fraction_series",
     "load_runs",
     "one_line",
+    "read_examples",
     "read_run",
     "read_snapshot",
     "run_label",
@@ -77,6 +80,23 @@ class SnapshotRecord:
 
 
 @dataclass
+class ExamplesRecord:
+    """One validation run's dataset examples (see :func:`~lightning_filterviz.history.write_examples_history`).
+
+    Attributes:
+        step: the training step of the validation run.
+        indices: layer -> ``(F, k)`` dataset index of each example, ``-1`` where unknown.
+        values: layer -> ``(F, k)`` the filter's peak on each example, ``-inf`` where missing.
+        patches: layer -> ``(F, k, S, S, 3)`` ``uint8`` drawn patches.
+    """
+
+    step: int
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    patches: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class Run:
     """The history of one training run, snapshots sorted by step.
 
@@ -84,11 +104,13 @@ class Run:
         label: how the run is named on the page (its log dir, relative to the report's input).
         history_dir: the directory holding the history files.
         records: one per history file, by increasing step.
+        examples: one per validation run with dataset examples, by increasing step.
     """
 
     label: str
     history_dir: Path
     records: list[SnapshotRecord]
+    examples: list[ExamplesRecord] = field(default_factory=list)
 
     @property
     def layers(self) -> list[str]:
@@ -171,7 +193,28 @@ def read_run(history_dir: Path, label: str) -> Run:
     records = [read_snapshot(path) for path in sorted(history_dir.glob(HISTORY_PATTERN)) if path.is_file()]
     # Sort by the recorded step, not the name: 8 digits in the name overflow past 10**8 steps.
     records.sort(key=lambda record: record.step)
-    return Run(label=label, history_dir=history_dir, records=records)
+    examples = [read_examples(path) for path in sorted(history_dir.glob(EXAMPLES_PATTERN)) if path.is_file()]
+    examples.sort(key=lambda record: record.step)
+    return Run(label=label, history_dir=history_dir, records=records, examples=examples)
+
+
+def read_examples(path: Path) -> ExamplesRecord:
+    """Read one validation run's dataset examples.
+
+    Raises:
+        ReportError: for a file that cannot be read or is not a history file.
+    """
+    try:
+        arrays = load_history(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise ReportError(f"cannot read {path}: {one_line(error)}") from error
+    record = ExamplesRecord(step=int(arrays["step"]))
+    for layer in (str(name) for name in arrays["layers"]):
+        record.indices[layer] = arrays[f"{layer}/indices"]
+        record.values[layer] = arrays[f"{layer}/values"]
+        if f"{layer}/patches" in arrays:
+            record.patches[layer] = arrays[f"{layer}/patches"]
+    return record
 
 
 def read_snapshot(path: Path) -> SnapshotRecord:

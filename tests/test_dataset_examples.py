@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import Classifier, FilterMonitor, count_hooks, pl, read_events, trainer_kwargs
-from lightning_filterviz.example_images import examples_grid
+from lightning_filterviz.example_images import example_tiles, examples_grid
 from lightning_filterviz.render import FRAME_PIXELS, GRID_PADDING
 
 PLANTED = {7: (2, 9), 23: (10, 3), 41: (6, 6)}  # dataset index -> top-left of a 4x4 pure red square
@@ -49,7 +49,7 @@ class PlantedData(pl.LightningDataModule):
 
 def fit_planted(tmp_path, monitor, model=None, **overrides):
     model = model if model is not None else Classifier(planted_detector(), lr=0.0)
-    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, **overrides))
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, **{"max_epochs": 1, **overrides}))
     trainer.fit(model, datamodule=PlantedData())
     return model, trainer
 
@@ -152,7 +152,7 @@ def test_examples_grid_draws_a_filter_then_its_patches_and_leaves_missing_ones_b
     patches[:, :, 0] = 1.0  # red
     patches[:, :, :, :, :2] = np.nan  # outside the image
     found = np.array([[True, True, False], [True, False, False]])
-    image = examples_grid(weight, True, patches, found)
+    image = examples_grid(weight, True, example_tiles(patches, found))
     assert (tile(image, 0, 1, 4, size=8)[:, 2:] == [255, 0, 0]).all()
     assert (tile(image, 0, 1, 4, size=8)[:, :2] == 128).all()  # grey outside
     assert (tile(image, 0, 3, 4, size=8) == 255).all()  # no third example: blank
@@ -185,3 +185,27 @@ def test_merging_ranks_keeps_each_sample_once_strongest_first():
     gathered = LayerExamples(values, indices, torch.zeros(2, 1, 3, 2, dtype=torch.long), torch.zeros(2, 1, 3, 1, 2, 2))
     merged = merge_ranks(gathered, k=3)
     assert merged.indices.tolist() == [[10, 11, 12]] and merged.values.tolist() == [[5.0, 4.0, 3.0]]
+
+
+def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from lightning_filterviz import build_report
+    from lightning_filterviz.report_runs import load_runs
+
+    monitor = FilterMonitor(probe_size=4, examples_k=K)
+    _, trainer = fit_planted(tmp_path, monitor, max_epochs=2)
+    (run,) = load_runs(trainer.logger.log_dir)
+    assert [record.step for record in run.examples] == [6, 12]
+    page = build_report(trainer.logger.log_dir).read_text()
+    section = page[page.index("Dataset examples: net.0, filter 0") :]
+    assert "steps 6, 12" in section and all(str(index) in section for index in PLANTED)
+    uri = re.search(r'src="data:image/png;base64,([^"]+)"', section)[1]
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB"))
+    for row in (0, 1):  # each validation run's row starts with the three red squares
+        for column in range(3):
+            assert (tile(image, row, column, K, size=16) == [255, 0, 0]).all(axis=-1).mean() > 0.9
