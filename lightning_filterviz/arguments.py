@@ -3,7 +3,9 @@
 Both classes' docstrings take their ``Args:`` section from :data:`ARGUMENTS`
 (:func:`with_args_section`), and the tests hold both signatures and README's argument
 table against it. An argument the two classes share has one text, true for both; the
-others are marked with the one class that takes them. No torch, no Lightning here.
+others are marked with the one class that takes them. FilterMonitor's docstring is
+written here too, :data:`MONITOR_DOCSTRING_WITHOUT_ARGS`, for its two flavours (one per
+Lightning package) to share. No torch, no Lightning here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,20 @@ import re
 import textwrap
 from dataclasses import dataclass
 from typing import Callable, Iterable
+
+__all__ = [
+    "ARGUMENTS",
+    "MONITOR",
+    "MONITOR_DOCSTRING_WITHOUT_ARGS",
+    "OWNERS",
+    "VISUALIZER",
+    "WIDTH",
+    "Argument",
+    "args_section",
+    "parameter_names",
+    "render_argument",
+    "with_args_section",
+]
 
 MONITOR = "FilterMonitor"
 VISUALIZER = "FilterVisualizer"
@@ -156,6 +172,53 @@ ARGUMENTS: dict[str, Argument] = {
         "bounded however slow the disk.",
     ),
 }
+
+
+# FilterMonitor's docstring; with_args_section puts the Args section before its Raises.
+MONITOR_DOCSTRING_WITHOUT_ARGS = """Watch a CNN learn: conv filters, feature maps and dead filters in TensorBoard.
+
+    At global step 0, before the first optimizer step, and then every ``every_n_epochs``
+    epochs or every ``every_n_steps`` optimizer steps, the monitor runs a fixed probe batch
+    through the model (eval mode, no autograd, every flag and hook restored) and logs, for
+    each watched conv layer:
+
+    - ``filterviz/weights/<layer>``: the normalized filters as one image grid,
+    - ``filterviz/activations/<layer>``: the feature maps of the conv's activation (the
+      first activation function after the conv, through normalization layers),
+    - ``filterviz/dead_fraction/<layer>``: the fraction of dead filters (ReLU-family
+      activations only),
+    - ``filterviz/dead_filters``: a text table of layer -> dead filter indices,
+
+    and the learning-progress views: ``filterviz/dormant_fraction/<layer>``,
+    ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>`` (scalars),
+    ``filterviz/drift_strip/<layer>``, ``filterviz/filmstrip/<layer>``,
+    ``filterviz/responses/<layer>`` and ``filterviz/through_the_layers/<i>`` (images), and
+    ``filterviz/layers`` (text). Each snapshot's small arrays are also saved under
+    ``<log_dir>/filterviz/history`` for ``filterviz-report``.
+
+    A filter is dead when its activation is ``<= dead_threshold`` everywhere on the probe
+    batch for ``dead_patience`` consecutive snapshots; dead filters are framed in red.
+    Every attached logger gets them: TensorBoard, W&B and MLflow in their own records,
+    the others (CSV, any other) the scalars through ``log_metrics`` and the images as PNG
+    files under the log dir; a logger that fails gets one warning and the others go on.
+    Nothing is logged during the sanity check or a
+    ``fast_dev_run``. An error while taking a snapshot during training gives one warning
+    and switches the monitor off; it never stops the run.
+
+    Raises:
+        ValueError: at construction, for an argument outside its allowed values; at setup,
+            for a layer name or pattern that matches no conv layer.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_filterviz import FilterMonitor
+
+        monitor = FilterMonitor(every_n_steps=100, probe_size=8)
+        trainer = Trainer(max_epochs=10, callbacks=[monitor])
+        trainer.fit(model, datamodule=datamodule)
+        monitor.dead_filters  # {"features.3": [5, 17], ...}
+"""
 
 
 def render_argument(name: str, indent: str = " " * 8) -> str:

@@ -9,81 +9,39 @@ accepts callbacks derived from its own ``Callback`` class.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
-import weakref
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
-import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_filterviz.arguments import MONITOR, with_args_section
+from lightning_filterviz.arguments import MONITOR, MONITOR_DOCSTRING_WITHOUT_ARGS, with_args_section
 from lightning_filterviz.dataset_examples import ValidationExamples, gathered_examples
 from lightning_filterviz.discovery import unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
-from lightning_filterviz.probe import model_input, pin_memory, probe_from_loader, take_first, to_cpu
-from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
-from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.history import history_dir_of, point_to_history
-from lightning_filterviz.settings import check_bool, check_positive_int
+from lightning_filterviz.fit_identity import FitIdentity
+from lightning_filterviz.history import history_dir_of
 from lightning_filterviz.logger_sinks import sinks_for_loggers
+from lightning_filterviz.probe import model_input, pin_memory, take_first, to_cpu
+from lightning_filterviz.render import WeightNormalization
+from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
+from lightning_filterviz.settings import check_bool, check_positive_int
 from lightning_filterviz.sinks import NullSink, TensorBoardSink
+from lightning_filterviz.trainer_reading import (
+    data_source,
+    input_converter,
+    is_sharded,
+    log_dir_of,
+    point_other_loggers_to,
+    probe_from_data,
+    validation_loader_in_use,
+    warn_about_tensorboard_sampling,
+)
+
+__all__ = ["PROBE_SPLITS", "FilterMonitorLogic"]
 
 PROBE_SPLITS = ("val", "train")
-# Strategies whose ranks each hold a shard of the weights.
-SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
-# TensorBoard keeps about this many images per tag unless told otherwise.
-TENSORBOARD_IMAGE_SAMPLES = 10
-
-# The Args section comes from lightning_filterviz.arguments; see _DOCSTRING below the class.
-_DOCSTRING_WITHOUT_ARGS = """Watch a CNN learn: conv filters, feature maps and dead filters in TensorBoard.
-
-    At global step 0, before the first optimizer step, and then every ``every_n_epochs``
-    epochs or every ``every_n_steps`` optimizer steps, the monitor runs a fixed probe batch
-    through the model (eval mode, no autograd, every flag and hook restored) and logs, for
-    each watched conv layer:
-
-    - ``filterviz/weights/<layer>``: the normalized filters as one image grid,
-    - ``filterviz/activations/<layer>``: the feature maps of the conv's activation (the
-      first activation function after the conv, through normalization layers),
-    - ``filterviz/dead_fraction/<layer>``: the fraction of dead filters (ReLU-family
-      activations only),
-    - ``filterviz/dead_filters``: a text table of layer -> dead filter indices,
-
-    and the learning-progress views: ``filterviz/dormant_fraction/<layer>``,
-    ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>`` (scalars),
-    ``filterviz/drift_strip/<layer>``, ``filterviz/filmstrip/<layer>``,
-    ``filterviz/responses/<layer>`` and ``filterviz/through_the_layers/<i>`` (images), and
-    ``filterviz/layers`` (text). Each snapshot's small arrays are also saved under
-    ``<log_dir>/filterviz/history`` for ``filterviz-report``.
-
-    A filter is dead when its activation is ``<= dead_threshold`` everywhere on the probe
-    batch for ``dead_patience`` consecutive snapshots; dead filters are framed in red.
-    Every attached logger gets them: TensorBoard, W&B and MLflow in their own records,
-    the others (CSV, any other) the scalars through ``log_metrics`` and the images as PNG
-    files under the log dir; a logger that fails gets one warning and the others go on.
-    Nothing is logged during the sanity check or a
-    ``fast_dev_run``. An error while taking a snapshot during training gives one warning
-    and switches the monitor off; it never stops the run.
-
-    Raises:
-        ValueError: at construction, for an argument outside its allowed values; at setup,
-            for a layer name or pattern that matches no conv layer.
-
-    Example::
-
-        from lightning.pytorch import Trainer
-        from lightning_filterviz import FilterMonitor
-
-        monitor = FilterMonitor(every_n_steps=100, probe_size=8)
-        trainer = Trainer(max_epochs=10, callbacks=[monitor])
-        trainer.fit(model, datamodule=datamodule)
-        monitor.dead_filters  # {"features.3": [5, 17], ...}
-"""
 
 
 if TYPE_CHECKING:
@@ -167,8 +125,7 @@ class FilterMonitorLogic(_CallbackBase):
         self._waiting_for_weights = False
         self._track_requested = track_training_batches
         # What the previous fit watched, so that a fit of another model or on other data starts afresh.
-        self._fitted_model: Optional[weakref.ReferenceType[Any]] = None
-        self._data_source: Optional[weakref.ReferenceType[Any]] = None
+        self._previous_fit = FitIdentity()
         self._log_dir: Optional[str] = None
         self._last_snapshot_step: Optional[int] = None
         self._ranks_plan_taken = False
@@ -215,12 +172,13 @@ class FilterMonitorLogic(_CallbackBase):
             return
         self._enabled = True  # each fit tries afresh, whatever switched the monitor off before
         self.track_training_batches = self._track_requested
-        self._begin_fit(pl_module)
+        if self._previous_fit.new_model(pl_module):
+            self._start_afresh()
         if trainer.fast_dev_run:
             self._enabled = False
             rank_zero_info("filterviz: `fast_dev_run` is on; FilterMonitor takes no snapshots.")
             return
-        if _is_sharded(trainer.strategy):
+        if is_sharded(trainer.strategy):
             self._enabled = False
             rank_zero_warn(
                 f"filterviz: FilterMonitor does not support the sharded strategy {type(trainer.strategy).__name__} "
@@ -249,11 +207,12 @@ class FilterMonitorLogic(_CallbackBase):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not self._enabled:
             return
-        self._note_data_source(trainer)
+        if self._previous_fit.new_data_source(data_source(trainer)):
+            self._start_afresh()  # the same model on other data: a new probe, new statistics
         if self._probe is None:
-            self._probe = self._probe_from_data(trainer)
+            self._probe = probe_from_data(trainer, self.probe_split, self.probe_size)
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
-        log_dir = _log_dir(trainer)
+        log_dir = log_dir_of(trainer)
         new_log_dir = self._log_dir is not None and log_dir != self._log_dir
         self._log_dir = log_dir
         if not trainer.is_global_zero:
@@ -265,10 +224,10 @@ class FilterMonitorLogic(_CallbackBase):
         sink, output_dir = sinks_for_loggers(trainer.loggers, log_dir)
         history_dir = history_dir_of(output_dir) if self.save_history else None
         if history_dir is not None:
-            _point_other_loggers_to(trainer, output_dir, history_dir)
+            point_other_loggers_to(trainer, output_dir, history_dir)
         self.engine.attach(sink, history_dir, new_run=new_log_dir)
         if any(isinstance(each, TensorBoardSink) for each in sink.sinks.values()):
-            self._warn_about_tensorboard_sampling(trainer)
+            warn_about_tensorboard_sampling(trainer, self.every_n_epochs, self.every_n_steps)
         self._snapshot(trainer, pl_module, probe)
 
     @override
@@ -311,7 +270,7 @@ class FilterMonitorLogic(_CallbackBase):
             self._examples_failed(error)
             return
         if collector is not None:
-            self._examples.start(collector, _validation_loader_in_use(trainer), pl_module.device)
+            self._examples.start(collector, validation_loader_in_use(trainer), pl_module.device)
 
     @override
     def on_validation_batch_start(
@@ -403,7 +362,7 @@ class FilterMonitorLogic(_CallbackBase):
                 probe if probe is not None else self._probe_on_device(trainer),
                 step,
                 forward_context=trainer.precision_plugin.forward_context,
-                convert_input=_input_converter(trainer),
+                convert_input=input_converter(trainer),
                 publish=trainer.is_global_zero,
             )
         except Exception as error:  # monitoring must never end a training run
@@ -415,22 +374,6 @@ class FilterMonitorLogic(_CallbackBase):
 
     def _collects_examples(self, trainer: Any) -> bool:
         return trainer.world_size > 1 and self.engine.settings.examples_layers != ()
-
-    def _begin_fit(self, pl_module: Any) -> None:
-        previous = self._fitted_model() if self._fitted_model is not None else None
-        if self._fitted_model is not None and previous is not pl_module:
-            self._start_afresh()
-        self._fitted_model = weakref.ref(pl_module)
-
-    def _note_data_source(self, trainer: Any) -> None:
-        source = _data_source(trainer)
-        previous = self._data_source() if self._data_source is not None else None
-        if self._data_source is not None and previous is not source:
-            self._start_afresh()  # the same model on other data: a new probe, new statistics
-        try:
-            self._data_source = weakref.ref(source) if source is not None else None
-        except TypeError:  # an object without weak references: a change of data goes unnoticed
-            self._data_source = None
 
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
@@ -455,68 +398,9 @@ class FilterMonitorLogic(_CallbackBase):
         with untouched_random_state(initialized_cuda_devices()):
             return trainer.strategy.batch_to_device(probe)
 
-    def _probe_from_data(self, trainer: Any) -> Any:
-        loader = _validation_loader(trainer) if self.probe_split == "val" else None
-        if loader is None:
-            if self.probe_split == "val":
-                rank_zero_info("filterviz: no validation data; the probe batch comes from the training set.")
-            loader = _first_loader(trainer.train_dataloader)
-        if loader is None:
-            raise ValueError("FilterMonitor found no DataLoader to take a probe batch from; pass `probe=`.")
-        batch, count = probe_from_loader(loader, self.probe_size)
-        if count < self.probe_size:
-            rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
-        return batch
-
-    def _warn_about_tensorboard_sampling(self, trainer: Any) -> None:
-        planned = _planned_snapshots(trainer, self.every_n_epochs, self.every_n_steps)
-        if planned is None or planned > TENSORBOARD_IMAGE_SAMPLES:
-            count = "an open-ended number of" if planned is None else f"about {planned}"
-            rank_zero_warn(
-                f"filterviz: {count} snapshots are planned, but TensorBoard shows only "
-                f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
-                "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
-            )
-
 
 # The docstring of both FilterMonitor flavours (lightning.py, pl.py).
-_DOCSTRING = with_args_section(_DOCSTRING_WITHOUT_ARGS, FilterMonitorLogic.__init__, MONITOR)
-
-
-def _point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> None:
-    """One run's outputs lie together; the other loggers' directories get a note saying where."""
-    for logger in trainer.loggers:
-        other = getattr(logger, "log_dir", None)
-        if other and os.path.abspath(other) != os.path.abspath(output_dir):
-            point_to_history(other, history_dir)
-
-
-def _validation_loader_in_use(trainer: Any) -> Optional[DataLoader]:
-    return _first_loader(trainer.val_dataloaders)
-
-
-def _data_source(trainer: Any) -> Any:
-    """What the fit's data comes from: its datamodule, else its training dataset."""
-    if trainer.datamodule is not None:
-        return trainer.datamodule
-    loader = _first_loader(trainer.train_dataloader)
-    return loader.dataset if loader is not None else None
-
-
-def _has_lazy_weights(model: nn.Module) -> bool:
-    return any(is_lazy(parameter) for parameter in model.parameters())
-
-
-def _has_compiled_module(model: nn.Module) -> bool:
-    return any(type(module).__name__ == "OptimizedModule" for module in model.modules())
-
-
-def _log_dir(trainer: Any) -> str:
-    return trainer.log_dir or trainer.default_root_dir
-
-
-def _is_sharded(strategy: Any) -> bool:
-    return any(cls.__name__ in SHARDED_STRATEGIES for cls in type(strategy).__mro__)
+_DOCSTRING = with_args_section(MONITOR_DOCSTRING_WITHOUT_ARGS, FilterMonitorLogic.__init__, MONITOR)
 
 
 def _validate_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:
@@ -529,45 +413,9 @@ def _validate_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int
             raise ValueError(f"`{name}` must be None or an integer >= 1, got {value!r}.")
 
 
-def _validation_loader(trainer: Any) -> Optional[DataLoader]:
-    val_loop = trainer.fit_loop.epoch_loop.val_loop
-    # Building the loader here is what the first validation would do anyway; it reads no batch.
-    val_loop.setup_data()
-    return _first_loader(trainer.val_dataloaders)
+def _has_lazy_weights(model: nn.Module) -> bool:
+    return any(is_lazy(parameter) for parameter in model.parameters())
 
 
-def _first_loader(loaders: Any) -> Optional[DataLoader]:
-    if isinstance(loaders, DataLoader):
-        return loaders
-    if isinstance(loaders, dict):
-        loaders = list(loaders.values())
-    if isinstance(loaders, (list, tuple)):
-        for loader in loaders:
-            found = _first_loader(loader)
-            if found is not None:
-                return found
-    return None
-
-
-def _input_converter(trainer: Any) -> Optional[Callable[[Tensor], Tensor]]:
-    plugin = trainer.precision_plugin
-
-    def convert(tensor: Tensor) -> Tensor:
-        return plugin.convert_input(tensor) if torch.is_floating_point(tensor) else tensor
-
-    return convert
-
-
-def _planned_snapshots(trainer: Any, every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> Optional[int]:
-    if every_n_steps is not None:
-        total_steps = trainer.estimated_stepping_batches
-        return None if total_steps == float("inf") else 1 + int(total_steps) // every_n_steps
-    max_epochs = trainer.max_epochs
-    if max_epochs is None or max_epochs < 0:
-        # Bounded by max_steps alone: the epochs that many optimizer steps take.
-        total_steps, batches = trainer.estimated_stepping_batches, trainer.num_training_batches
-        if total_steps == float("inf") or not batches or batches == float("inf"):
-            return None
-        steps_per_epoch = max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
-        max_epochs = math.ceil(int(total_steps) / steps_per_epoch)
-    return 1 + max_epochs // (every_n_epochs or 1)
+def _has_compiled_module(model: nn.Module) -> bool:
+    return any(type(module).__name__ == "OptimizedModule" for module in model.modules())

@@ -1,0 +1,33 @@
+"""Which model and which data the previous fit used, to tell when a fit should start afresh."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Optional
+
+__all__ = ["FitIdentity"]
+
+
+class FitIdentity:
+    """The previous fit's model and data source, held weakly (they are never kept alive)."""
+
+    def __init__(self) -> None:
+        self._model: Optional[weakref.ReferenceType[Any]] = None
+        self._data_source: Optional[weakref.ReferenceType[Any]] = None
+
+    def new_model(self, model: Any) -> bool:
+        """Note ``model`` as the one fitted now; whether an earlier fit was of another model."""
+        previous = self._model() if self._model is not None else None
+        changed = self._model is not None and previous is not model
+        self._model = weakref.ref(model)
+        return changed
+
+    def new_data_source(self, source: Any) -> bool:
+        """Note ``source`` as the fit's data now; whether an earlier fit had other data."""
+        previous = self._data_source() if self._data_source is not None else None
+        changed = self._data_source is not None and previous is not source
+        try:
+            self._data_source = weakref.ref(source) if source is not None else None
+        except TypeError:  # an object without weak references: a change of data goes unnoticed
+            self._data_source = None
+        return changed

@@ -1,0 +1,152 @@
+"""What the callback reads off a Lightning Trainer: its data, log dir, strategy, precision and plan.
+
+Every function here takes the Trainer (or its strategy) as an untyped object and imports no
+Lightning package, so that both flavours, ``lightning.pytorch`` and ``pytorch_lightning``,
+share them (see :mod:`lightning_filterviz.callback`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Optional
+
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_filterviz.history import point_to_history
+from lightning_filterviz.probe import probe_from_loader
+
+__all__ = [
+    "SHARDED_STRATEGIES",
+    "TENSORBOARD_IMAGE_SAMPLES",
+    "data_source",
+    "first_loader",
+    "input_converter",
+    "is_sharded",
+    "log_dir_of",
+    "planned_snapshots",
+    "point_other_loggers_to",
+    "probe_from_data",
+    "validation_loader",
+    "validation_loader_in_use",
+    "warn_about_tensorboard_sampling",
+]
+
+# Strategies whose ranks each hold a shard of the weights.
+SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+# TensorBoard keeps about this many images per tag unless told otherwise.
+TENSORBOARD_IMAGE_SAMPLES = 10
+
+
+def probe_from_data(trainer: Any, probe_split: str, probe_size: int) -> Any:
+    """The first ``probe_size`` samples of the fit's ``probe_split`` (``"val"``, falling back
+    to ``"train"`` when there is no validation data, or ``"train"``), on the CPU.
+
+    Raises:
+        ValueError: if the fit has no DataLoader to take them from.
+    """
+    loader = validation_loader(trainer) if probe_split == "val" else None
+    if loader is None:
+        if probe_split == "val":
+            rank_zero_info("filterviz: no validation data; the probe batch comes from the training set.")
+        loader = first_loader(trainer.train_dataloader)
+    if loader is None:
+        raise ValueError("FilterMonitor found no DataLoader to take a probe batch from; pass `probe=`.")
+    batch, count = probe_from_loader(loader, probe_size)
+    if count < probe_size:
+        rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
+    return batch
+
+
+def data_source(trainer: Any) -> Any:
+    """What the fit's data comes from: its datamodule, else its training dataset."""
+    if trainer.datamodule is not None:
+        return trainer.datamodule
+    loader = first_loader(trainer.train_dataloader)
+    return loader.dataset if loader is not None else None
+
+
+def validation_loader(trainer: Any) -> Optional[DataLoader]:
+    """The fit's first validation loader, built ahead of the first validation if need be."""
+    val_loop = trainer.fit_loop.epoch_loop.val_loop
+    # Building the loader here is what the first validation would do anyway; it reads no batch.
+    val_loop.setup_data()
+    return first_loader(trainer.val_dataloaders)
+
+
+def validation_loader_in_use(trainer: Any) -> Optional[DataLoader]:
+    """The first loader of the validation run now under way."""
+    return first_loader(trainer.val_dataloaders)
+
+
+def first_loader(loaders: Any) -> Optional[DataLoader]:
+    """The first DataLoader in a loader, or in a list, tuple or dict of them (nested), else ``None``."""
+    if isinstance(loaders, DataLoader):
+        return loaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        for loader in loaders:
+            found = first_loader(loader)
+            if found is not None:
+                return found
+    return None
+
+
+def log_dir_of(trainer: Any) -> str:
+    """The run's log dir; on every rank, as ``Trainer.log_dir`` is a collective."""
+    return trainer.log_dir or trainer.default_root_dir
+
+
+def point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> None:
+    """One run's outputs lie together; the other loggers' directories get a note saying where."""
+    for logger in trainer.loggers:
+        other = getattr(logger, "log_dir", None)
+        if other and os.path.abspath(other) != os.path.abspath(output_dir):
+            point_to_history(other, history_dir)
+
+
+def is_sharded(strategy: Any) -> bool:
+    """Whether the strategy's ranks each hold a shard of the weights."""
+    return any(cls.__name__ in SHARDED_STRATEGIES for cls in type(strategy).__mro__)
+
+
+def input_converter(trainer: Any) -> Optional[Callable[[Tensor], Tensor]]:
+    """The precision plugin's input conversion, for floating-point tensors only."""
+    plugin = trainer.precision_plugin
+
+    def convert(tensor: Tensor) -> Tensor:
+        return plugin.convert_input(tensor) if torch.is_floating_point(tensor) else tensor
+
+    return convert
+
+
+def warn_about_tensorboard_sampling(trainer: Any, every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:
+    """Warn when more snapshots are planned than TensorBoard shows per tag by default."""
+    planned = planned_snapshots(trainer, every_n_epochs, every_n_steps)
+    if planned is None or planned > TENSORBOARD_IMAGE_SAMPLES:
+        count = "an open-ended number of" if planned is None else f"about {planned}"
+        rank_zero_warn(
+            f"filterviz: {count} snapshots are planned, but TensorBoard shows only "
+            f"{TENSORBOARD_IMAGE_SAMPLES} images per tag by default. Start it with "
+            "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to scroll the whole history."
+        )
+
+
+def planned_snapshots(trainer: Any, every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> Optional[int]:
+    """About how many snapshots the fit will take at this cadence; ``None`` when it is open-ended."""
+    if every_n_steps is not None:
+        total_steps = trainer.estimated_stepping_batches
+        return None if total_steps == float("inf") else 1 + int(total_steps) // every_n_steps
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0:
+        # Bounded by max_steps alone: the epochs that many optimizer steps take.
+        total_steps, batches = trainer.estimated_stepping_batches, trainer.num_training_batches
+        if total_steps == float("inf") or not batches or batches == float("inf"):
+            return None
+        steps_per_epoch = max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+        max_epochs = math.ceil(int(total_steps) / steps_per_epoch)
+    return 1 + max_epochs // (every_n_epochs or 1)
