@@ -6,9 +6,10 @@ callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
 A snapshot flows one way::
 
     training thread                     | writer thread (background=True)
-    capture: probe pass, reductions on  | run_state: dead, dormant, drift, filmstrip rows
-      the device, one transfer to host  | views: the snapshot's images and scalars
-      (capture.py, transfer.py)  ---->  | publishing: sink and history file
+    probe_pass: the probe input, the    | run_state: dead, dormant, drift, filmstrip rows
+      capture (reductions on the        | views: the snapshot's images and scalars
+      device, one transfer to host)     | publishing: sink and history file
+      (capture.py, transfer.py)  ---->  |
 """
 
 from __future__ import annotations
@@ -16,34 +17,27 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import threading
-import weakref
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
-from torch.nn.utils import parametrize
 
 from lightning_filterviz.arguments import VISUALIZER, with_args_section
-from lightning_filterviz.capture import CapturedProbe, ForwardFn, InFlightSnapshot, start_capture
+from lightning_filterviz.capture import ForwardFn, InFlightSnapshot
 from lightning_filterviz.dataset_examples import ExampleCollector, LayerExamples
-from lightning_filterviz.activations import ProbePlan
-from lightning_filterviz.discovery import ConvLayer, select_conv_layers
-from lightning_filterviz.probe import BatchKey, model_input, pin_memory, to_device
-from lightning_filterviz.layer_names import resolve_layer_patterns, unmatched_patterns
+from lightning_filterviz.discovery import ConvLayer
+from lightning_filterviz.probe import BatchKey
+from lightning_filterviz.probe_pass import ProbePass
 from lightning_filterviz.publishing import Publisher
-from lightning_filterviz.records import ReceptiveField, Snapshot
+from lightning_filterviz.records import Snapshot
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.receptive_fields import receptive_field
 from lightning_filterviz.run_state import RunState
 from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import Sink, as_sink
-from lightning_filterviz.writer_thread import BackgroundWriter
 from lightning_filterviz.tracking import track_training_batch
+from lightning_filterviz.writer_thread import BackgroundWriter, StatisticsGate
 
 __all__ = ["FilterVisualizer"]
 
@@ -157,7 +151,7 @@ class FilterVisualizer:
         self._publisher = Publisher(as_sink(sink), history_dir)
         self.state = RunState(self.settings)
         self._writer: Optional[BackgroundWriter] = BackgroundWriter(max_pending=max_pending) if background else None
-        self._statistics = _StatisticsGate()
+        self._statistics = StatisticsGate()
         self._snapshot_count = 0
         self._probe_logged = False
         self._publishing = True
@@ -166,28 +160,20 @@ class FilterVisualizer:
         self._reset_watch()
 
     def _reset_watch(self) -> None:
-        self._watched: Optional[list[ConvLayer]] = None
-        # A weak reference, not id(): a freed model's address can be given to the next one.
-        self._watched_model: Optional[weakref.ReferenceType[nn.Module]] = None
-        # How each conv's activation is observed, learned by the first probe pass of this model.
-        self._plan: Optional[ProbePlan] = None
-        self._training_maxima: dict[str, Tensor] = {}
-        self._response_layers: list[str] = []
-        self._examples_layers: list[str] = []
-        self._receptive_fields: dict[str, Optional[ReceptiveField]] = {}
-        self._pinned_probe: Optional[tuple[Any, Any]] = None
+        # The watched model, its convs, plan, training maxima and receptive fields.
+        self._probe_pass: Optional[ProbePass] = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Launchers that spawn processes pickle the callback: weak references, locks and
         # device tensors stay behind; the spawned process watches its own model afresh.
         state = self.__dict__.copy()
-        for key in ("_watched", "_watched_model", "_plan", "_training_maxima", "_pinned_probe", "_statistics"):
+        for key in ("_probe_pass", "_statistics"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._statistics = _StatisticsGate()
+        self._statistics = StatisticsGate()
         self._reset_watch()
 
     @property
@@ -262,22 +248,9 @@ class FilterVisualizer:
                 ``filmstrip_layers`` or ``response_layers`` none of the watched ones.
         """
         self._reset_watch()
-        self._watched = select_conv_layers(model, self.settings.layers)
-        self._watched_model = weakref.ref(model)
-        names = [conv.name for conv in self._watched]
-        for argument in ("filmstrip_layers", "response_layers", "examples_layers"):
-            unmatched = unmatched_patterns(getattr(self.settings, argument), names)
-            if unmatched:
-                raise ValueError(
-                    f"`{argument}` entry {unmatched[0]!r} matches none of the watched conv layers "
-                    f"{names[:5]}{' ...' if len(names) > 5 else ''}; "
-                    "use their names or fnmatch patterns, or [] for none."
-                )
-        filmstrips = resolve_layer_patterns(self.settings.filmstrip_layers, names) if self.settings.log_weights else []
-        self.state.progress.filmstrip_layers = filmstrips
-        self._response_layers = resolve_layer_patterns(self.settings.response_layers, names)
-        self._examples_layers = resolve_layer_patterns(self.settings.examples_layers, names)
-        return self._watched
+        self._probe_pass = ProbePass(model, self.settings)
+        self.state.progress.filmstrip_layers = self._probe_pass.resolve_layer_arguments()
+        return self._probe_pass.layers
 
     def snapshot(
         self,
@@ -315,29 +288,25 @@ class FilterVisualizer:
         step = _as_step(step)
         self._report_background_failure()
         self.poll()
-        layers = self._layers_of(model)
-        lazy = [layer.name for layer in layers if is_lazy(_stored_weight(layer.module))]
-        if lazy:
-            raise ValueError(
-                f"The conv layers {lazy[:3]} have no weights yet (lazy modules): run one forward pass "
-                "before the first snapshot, so that their shapes are known."
-            )
-        inputs = self._probe_inputs(model, layers, batch, convert_input)
+        # Training thread: the probe pass, reductions on the device, one copy to host memory.
+        probe_pass = self._probe_pass_of(model)
         draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.settings.views_every == 0
-        captured = self._capture(model, inputs, layers, step, forward_context, draw_views)
-        snapshot = captured.snapshot
-        snapshot.draw_views = draw_views
-        images = _first_images(inputs)
-        if not self._probe_logged and images is not None:
-            captured.add(snapshot, "probe_images", images[: self.settings.max_images])
-            self._probe_logged = True
-        if draw_views:
-            self._attach_receptive_fields(captured, model, inputs, layers)
+        captured = probe_pass.capture(
+            model,
+            batch,
+            step,
+            forward_context=forward_context,
+            convert_input=convert_input,
+            draw_views=draw_views,
+            probe_images=not self._probe_logged,
+        )
         in_flight = captured.ship()
+        self._probe_logged = self._probe_logged or captured.snapshot.probe_images is not None
         self._snapshot_count += 1
+        # Writer thread (or here, with background=False): run state, views, publishing.
         self._statistics.submitted()
         self._run_on_writer(lambda: self._judge_and_publish(in_flight, publish))
-        return snapshot
+        return captured.snapshot
 
     @contextlib.contextmanager
     def training_batch(self, model: nn.Module) -> Iterator[None]:
@@ -357,9 +326,9 @@ class FilterVisualizer:
                 loss = criterion(model(images), labels)
             loss.backward()
         """
-        layers = self._layers_of(model)
-        taps = self._plan.taps if self._plan is not None else None
-        with track_training_batch(layers, taps, self.settings.dead_threshold, self._training_maxima):
+        probe_pass = self._probe_pass_of(model)
+        taps = probe_pass.plan.taps if probe_pass.plan is not None else None
+        with track_training_batch(probe_pass.layers, taps, self.settings.dead_threshold, probe_pass.training_maxima):
             yield
 
     def dataset_examples_pass(self, model: nn.Module) -> Optional[ExampleCollector]:
@@ -381,14 +350,9 @@ class FilterVisualizer:
                     start += len(images)
             visualizer.publish_dataset_examples(collector.results(), model, step)
         """
-        watched = self._watched_model() if self._watched_model is not None else None
-        if self._plan is None or watched is not model:
+        if self._probe_pass is None or not self._probe_pass.watches(model):
             return None
-        layers = {}
-        for name in self._examples_layers:
-            tap, field = self._plan.taps.get(name), self._receptive_fields.get(name)
-            if tap is not None and field is not None:
-                layers[name] = (tap, field)
+        layers = self._probe_pass.example_layers()
         return ExampleCollector(layers, self.settings.max_filters, self.settings.examples_k) if layers else None
 
     def publish_dataset_examples(self, examples: dict[str, LayerExamples], model: nn.Module, step: int) -> None:
@@ -398,7 +362,8 @@ class FilterVisualizer:
         in eval mode (its weights are read as the eval forward computes them)."""
         step = _as_step(step)
         results = {name: found.to_host() for name, found in examples.items()}
-        convs = {layer.name: layer.module for layer in self._watched or [] if layer.name in results}
+        watched = self._probe_pass.layers if self._probe_pass is not None else []
+        convs = {layer.name: layer.module for layer in watched if layer.name in results}
         weights = {name: conv.weight[: self.settings.max_filters].detach().float().cpu() for name, conv in convs.items()}
         rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
         self._dataset_examples = {name: found.as_lists() for name, found in results.items()}
@@ -448,79 +413,11 @@ class FilterVisualizer:
 
     # ------------------------------------------------------------ training thread
 
-    def _layers_of(self, model: nn.Module) -> list[ConvLayer]:
-        watched_model = self._watched_model() if self._watched_model is not None else None
-        if watched_model is model and self._watched is not None:
-            return self._watched
-        return self.watch(model)
-
-    def _probe_inputs(
-        self, model: nn.Module, layers: list[ConvLayer], batch: Any, convert_input: Optional[Callable[[Tensor], Tensor]]
-    ) -> Any:
-        inputs = model_input(batch, self.settings.batch_key)
-        device = _device_of(model)
-        if device.type == "cuda" and _holds_cpu_tensors(inputs):
-            # Pinned once per probe, so that each snapshot's copy to the GPU is asynchronous.
-            if self._pinned_probe is None or self._pinned_probe[0] is not inputs:
-                self._pinned_probe = (inputs, pin_memory(inputs))
-            inputs = self._pinned_probe[1]
-        inputs = to_device(inputs, device, convert_input)
-        # Follow the convs' dtype (a model cast to float64, say) where the conversion did not.
-        dtype = _stored_weight(layers[0].module).dtype if layers else None
-        if dtype is not None and dtype.is_floating_point:
-            inputs = apply_to_collection(inputs, Tensor, lambda tensor: _as_floating(tensor, dtype))
-        return inputs
-
-    def _capture(
-        self,
-        model: nn.Module,
-        inputs: Any,
-        layers: list[ConvLayer],
-        step: int,
-        forward_context: Optional[Callable[[], ContextManager[Any]]],
-        draw_views: bool,
-    ) -> CapturedProbe:
-        maxima, self._training_maxima = self._training_maxima, {}
-        captured = start_capture(
-            model,
-            inputs,
-            layers,
-            step,
-            forward_fn=self.settings.forward_fn,
-            max_filters=self.settings.max_filters,
-            max_images=self.settings.max_images,
-            capture_activations=self.settings.log_activations,
-            forward_context=forward_context,
-            peak_layers=self._response_layers if draw_views else (),
-            training_maxima=maxima,
-            plan=self._plan,
-        )
-        if self.settings.log_activations:
-            if captured.plan is not None and captured.plan is not self._plan:
-                _note_how_layers_are_watched(captured.snapshot, captured.plan, model)
-            self._plan = captured.plan
-        return captured
-
-    def _attach_receptive_fields(self, captured: CapturedProbe, model: nn.Module, inputs: Any, layers: list) -> None:
-        snapshot = captured.snapshot
-        wanted = [layer for layer in layers if layer.name in self._response_layers or layer.name in self._examples_layers]
-        if not wanted or not _looks_like_images(inputs):
-            return
-        for layer in wanted:
-            if layer.name not in self._receptive_fields:
-                # Measured once: the field is a property of the architecture, not of the step.
-                try:
-                    field = receptive_field(model, inputs, layer.module, forward_fn=self.settings.forward_fn)
-                except Exception as error:  # an optional view must not take the rest down with it
-                    field = None
-                    rank_zero_warn(f"filterviz: no peak patches for `{layer.name}`: {type(error).__name__}: {error}")
-                self._receptive_fields[layer.name] = field
-            field = self._receptive_fields[layer.name]
-            drawn = layer.name in self._response_layers
-            if drawn and field is not None and snapshot.layers[layer.name].output_hw is not None:
-                snapshot.receptive_fields[layer.name] = field
-        if snapshot.receptive_fields:
-            captured.add(snapshot, "probe_inputs", inputs)
+    def _probe_pass_of(self, model: nn.Module) -> ProbePass:
+        if self._probe_pass is None or not self._probe_pass.watches(model):
+            self.watch(model)
+        assert self._probe_pass is not None
+        return self._probe_pass
 
     def _run_on_writer(self, job: Callable[[], None]) -> None:
         if self._writer is None:
@@ -571,31 +468,6 @@ if FilterVisualizer.__doc__ is not None:
     FilterVisualizer.__doc__ = with_args_section(FilterVisualizer.__doc__, FilterVisualizer.__init__, VISUALIZER)
 
 
-class _StatisticsGate:
-    """Counts the snapshots handed to the writer and those it has judged, so that readers of
-    the statistics can wait for exactly those (not for their images)."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._submitted = 0
-        self._judged = 0
-
-    def submitted(self) -> None:
-        with self._condition:
-            self._submitted += 1
-
-    def done(self) -> None:
-        with self._condition:
-            self._judged += 1
-            self._condition.notify_all()
-
-    def wait(self, writer: Optional[BackgroundWriter]) -> None:
-        if writer is None or writer.on_writer_thread():
-            return
-        with self._condition:
-            self._condition.wait_for(lambda: self._judged >= self._submitted)
-
-
 def _with_contiguous_weights(snapshot: Snapshot) -> Snapshot:
     """Lay each layer's weights out in NCHW order once: they arrive in the model's memory order
     (channels_last, say), and drift, the drawn slices and the history all read them as NCHW."""
@@ -605,55 +477,8 @@ def _with_contiguous_weights(snapshot: Snapshot) -> Snapshot:
     return snapshot
 
 
-def _note_how_layers_are_watched(snapshot: Snapshot, plan: ProbePlan, model: nn.Module) -> None:
-    """For the layer table: where training batches are watched for each conv with a ReLU-family activation."""
-    names = {module: name for name, module in model.named_modules()}
-    for layer, capture in snapshot.layers.items():
-        if not capture.zeroing:
-            continue
-        tap = plan.taps.get(layer)
-        capture.watched_by = f"hook on `{names.get(tap.module, type(tap.module).__name__)}`" if tap else "tracer"
-
-
 def _as_step(step: Any) -> int:
     try:
         return operator.index(step)  # int, NumPy and 0-d integer tensors
     except TypeError:
         raise TypeError(f"`step` must be an integer (the training step), got {step!r}.") from None
-
-
-def _first_images(inputs: Any) -> Optional[Tensor]:
-    """The model input if it is a batch of images, else the first batch of images among several inputs."""
-    if _looks_like_images(inputs):
-        return inputs
-    candidates = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (list, tuple)) else ()
-    return next((candidate for candidate in candidates if _looks_like_images(candidate)), None)
-
-
-def _looks_like_images(inputs: Any) -> bool:
-    return isinstance(inputs, Tensor) and inputs.dim() == 4 and inputs.shape[1] in (1, 3)
-
-
-def _stored_weight(module: nn.Module) -> Tensor:
-    """The conv's weight as stored, without computing a parametrized one (which, in train
-    mode, can run a power iteration or draw random numbers)."""
-    if parametrize.is_parametrized(module, "weight"):
-        stored = module.parametrizations["weight"]  # type: ignore[index]
-        # One stored tensor, or several (weight norm keeps ``original0`` and ``original1``).
-        return getattr(stored, "original") if hasattr(stored, "original") else getattr(stored, "original0")
-    return module.weight  # type: ignore[return-value]
-
-
-def _holds_cpu_tensors(inputs: Any) -> bool:
-    found: list[bool] = []
-    apply_to_collection(inputs, Tensor, lambda tensor: found.append(tensor.device.type == "cpu"))
-    return any(found)
-
-
-def _as_floating(tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

@@ -1,4 +1,5 @@
-"""The writer thread: rendering and writing jobs run here, in order, off the training thread."""
+"""The writer thread: rendering and writing jobs run here, in order, off the training thread;
+and the gate where readers of the statistics wait for the snapshots still being judged there."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-__all__ = ["BackgroundWriter"]
+__all__ = ["BackgroundWriter", "StatisticsGate"]
 
 
 class BackgroundWriter:
@@ -77,6 +78,31 @@ class BackgroundWriter:
             finally:
                 job = None  # let the snapshot go while waiting for the next one
                 self._jobs.task_done()
+
+
+class StatisticsGate:
+    """Counts the snapshots handed to the writer and those it has judged, so that readers of
+    the statistics can wait for exactly those (not for their images)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._submitted = 0
+        self._judged = 0
+
+    def submitted(self) -> None:
+        with self._condition:
+            self._submitted += 1
+
+    def done(self) -> None:
+        with self._condition:
+            self._judged += 1
+            self._condition.notify_all()
+
+    def wait(self, writer: Optional[BackgroundWriter]) -> None:
+        if writer is None or writer.on_writer_thread():
+            return
+        with self._condition:
+            self._condition.wait_for(lambda: self._judged >= self._submitted)
 
 
 def _finish_at_exit(writer_ref: "weakref.ReferenceType[BackgroundWriter]") -> None:

@@ -189,7 +189,8 @@ def test_report_of_a_lightning_run_that_saved_its_history(tmp_path):
     trainer.fit(model, datamodule=RandomImages())
     page = build_report(tmp_path).read_text(encoding="utf-8")  # the parent of tb/version_0
     assert "<h2>Run: tb/version_0</h2>" in page and "steps: 0, 2" in page
-    assert set(images_by_alt(page)) == {*CHART_HEADINGS, "filters of net.0", "filters of net.3", "filmstrip of net.0"}
+    drawn = {*CHART_HEADINGS, "filters of net.0", "filters of net.3", "filmstrip of net.0"}
+    assert set(images_by_alt(page)) == drawn | {"Dataset examples: net.0, filter 0"}  # the fit validated
     (run,) = load_runs(trainer.log_dir)
     assert fraction_series(run, "dead")["net.3"][1][-1] == 1 / 8
 

@@ -326,12 +326,12 @@ def test_half_precision_autocast_gives_float32_statistics_and_right_dead_flags(d
 
 
 def test_a_failing_receptive_field_measurement_only_skips_the_peak_patches(tmp_path, monkeypatch):
-    import lightning_filterviz.engine as engine
+    import lightning_filterviz.probe_pass as probe_pass
 
     def broken(*args, **kwargs):
         raise RuntimeError("no gradient here")
 
-    monkeypatch.setattr(engine, "receptive_field", broken)
+    monkeypatch.setattr(probe_pass, "receptive_field", broken)
     monitor = FilterMonitor(every_n_steps=2)
     with pytest.warns(UserWarning, match="no peak patches for `net.0`: RuntimeError: no gradient here"):
         trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
