@@ -18,7 +18,11 @@ Prints:
   f. what each logger costs the writer thread per snapshot (and the training thread, where
      its logger must be called there), on the example and on ResNet-18 at 64x64: TensorBoard,
      PNG files, W&B (offline), MLflow (SQLite), CSVLogger's metrics, and TensorBoard + W&B +
-     MLflow at once; beside the PNG encoding that all of them share.
+     MLflow at once; beside the PNG encoding that all of them share;
+  i. the dataset examples: validation wall time in fit with the monitor collecting them / without
+     the monitor, for examples of the first conv (the default) and of every conv, beside the
+     monitor with examples off (examples_layers=[]); the writer thread's time drawing them per
+     validation run; and training-step time with / without, to show the steps are unchanged.
 
 With --device cuda (ResNet-18 in channels_last, precision "16-mixed", 128x128 inputs,
 batches of 128 already on the GPU, probe 8):
@@ -43,7 +47,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -51,7 +55,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
@@ -79,7 +83,7 @@ from lightning_filterviz.sinks import (  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer trials and shorter runs")
-    parser.add_argument("--parts", default="abcdef", help="which measurements to run, e.g. 'bd' (default: all)")
+    parser.add_argument("--parts", default="abcdefi", help="which measurements to run, e.g. 'bd' (default: all)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default: cpu)")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,6 +162,9 @@ def main() -> None:
 
     if "f" in args.parts:
         report_sink_costs(model, probe, quick=args.quick)
+
+    if "i" in args.parts:
+        report_examples_cost(quick=args.quick)
 
 
 def epochs_label(epochs: int) -> str:
@@ -291,11 +298,14 @@ def timed_fit(model: ImageClassifier, data: PhotoPatches, monitor: Optional[Filt
         return time.perf_counter() - start
 
 
-def bench_trainer(log_dir: str, monitor: Optional[FilterMonitor], **settings) -> Trainer:
-    """A Trainer that does nothing but train (and log to TensorBoard), with or without the monitor."""
+def bench_trainer(
+    log_dir: str, monitor: Optional[FilterMonitor], extra_callbacks: Sequence[Callback] = (), **settings
+) -> Trainer:
+    """A Trainer that does nothing but train (and log to TensorBoard), with or without the monitor;
+    ``extra_callbacks`` (clocks) come after the monitor, so their hooks run after its own."""
     return Trainer(
         logger=TensorBoardLogger(log_dir, name="bench"),
-        callbacks=[monitor] if monitor is not None else [],
+        callbacks=([monitor] if monitor is not None else []) + list(extra_callbacks),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -663,6 +673,189 @@ def preencoded(pixels: Image, png: bytes) -> EncodedImage:
 
 def image_count(calls: Calls) -> int:
     return sum(len(call[1]) for call in calls if call[0] == "images")
+
+
+# ---------------------------------------------------------------- i. dataset examples
+
+# What part i compares with no monitor at all: a label and FilterMonitor's settings (its defaults otherwise:
+# a snapshot at the start and at each epoch's end, so no timed training step takes one).
+EXAMPLES_SETTINGS: tuple[tuple[str, dict], ...] = (
+    ("examples of the first conv (the default)", {}),
+    ("monitor with examples off (examples_layers=[])", {"examples_layers": []}),
+    ('examples of every conv (examples_layers=["*"])', {"examples_layers": ["*"]}),
+)
+EXAMPLES_GOAL = 1.10  # validation with the default examples / without the monitor
+
+
+def report_examples_cost(quick: bool) -> None:
+    """Part i: what collecting dataset examples costs the validation runs of ``fit``, and that the
+    training steps do not pay for it. Each round fits once without the monitor and once with each
+    of :data:`EXAMPLES_SETTINGS`, in an order that reverses every round (so drift in machine speed
+    cancels); each setting's ratio is to the same round's fit without the monitor."""
+    import lightning
+
+    rounds, epochs, train_batches = (3, 2, 5) if quick else (7, 3, 6)
+    data = PhotoPatches()  # the example's data: 800 validation images
+    data.setup()
+    val_batches = -(-len(data.val_set) // data.batch_size)
+    print(
+        f"\ni. dataset examples: validation in fit with the monitor / without it (example model and data, "
+        f"{len(data.val_set)} validation images in {val_batches} batches of {data.batch_size}; "
+        f"{epochs} epochs of {train_batches} training batches per fit, {rounds} rounds)"
+    )
+    print(
+        f"   torch {torch.__version__}, lightning {lightning.__version__}; cpu, {torch.get_num_threads()} threads; "
+        f"load average {os.getloadavg()[0]:.1f} at the start (on {os.cpu_count()} CPUs)"
+    )
+    settings: list[tuple[str, Optional[dict]]] = [("without", None), *EXAMPLES_SETTINGS]
+    examples_fit(data, {"examples_layers": ["*"]}, epochs, train_batches)  # warm-up: imports, allocator, loaders
+    clocks: dict[str, list[PhaseClock]] = {label: [] for label, _ in settings}
+    for trial in range(rounds):
+        for label, chosen in settings if trial % 2 == 0 else settings[::-1]:
+            clocks[label].append(examples_fit(data, chosen, epochs, train_batches))
+    without = clocks["without"]
+
+    waits = [wait for label, _ in EXAMPLES_SETTINGS for clock in clocks[label] for wait in clock.writer_waits]
+    print(
+        "   the monitor's writer finishes its work, untimed, after the first snapshot and at each epoch's end "
+        f"(snapshot, examples): median wait {statistics.median(waits) * 1e3:.0f} ms; so it shares no CPU with "
+        "what is timed below"
+    )
+    print(
+        f"   validation time per fit (its {epochs} validation runs, each on_validation_start to on_validation_end, "
+        "the monitor's validation hooks inside; no sanity check), with / without the monitor:"
+    )
+    for label, _ in EXAMPLES_SETTINGS:
+        ratios = paired_ratios([clock.validation for clock in clocks[label]], [clock.validation for clock in without])
+        goal = f" [goal <= {EXAMPLES_GOAL:.2f}]" if label == EXAMPLES_SETTINGS[0][0] else ""
+        print(f"     {label}: {ratio_summary(ratios, clocks[label], without, 'validation', 's')}{goal}")
+
+    print("   writer thread, drawing and writing one validation run's examples (CPU):")
+    for label, _ in EXAMPLES_SETTINGS:
+        drawn = [seconds for clock in clocks[label] for seconds in clock.drawing]
+        if drawn:
+            print(f"     {label}: {statistics.median(drawn) * 1e3:.1f} ms (median of {len(drawn)})")
+
+    steps = sum(len(clock.steps) for clock in without)
+    print(
+        "   training step, median per batch (on_train_batch_start to on_train_batch_end, the monitor's hooks "
+        f"inside; {steps} steps per setting, none taking a snapshot), with / without the monitor:"
+    )
+    for label, _ in EXAMPLES_SETTINGS:
+        ratios = paired_ratios([clock.step for clock in clocks[label]], [clock.step for clock in without])
+        print(f"     {label}: {ratio_summary(ratios, clocks[label], without, 'step', 'ms')}")
+    # Other processes on the CPUs slow every fit alike only on average: a busy machine shows in the pairs' spread.
+    print(f"   load average {os.getloadavg()[0]:.1f} at the end (this run counts for up to {torch.get_num_threads()})")
+
+
+class PhaseClock(Callback):
+    """Times one fit, from after the monitor's hooks (it comes after the monitor among the
+    callbacks): each validation run, on_validation_start to on_validation_end (the monitor's
+    on_validation_epoch_start/end and its forward hooks lie inside); each training batch,
+    on_train_batch_start to on_train_batch_end; and the writer thread's CPU time drawing and
+    writing each validation run's dataset examples. At the start of training and at each epoch's
+    end it waits, untimed, for the monitor's writer to finish what it has (see :meth:`_wait_for_writer`)."""
+
+    def __init__(self, monitor: Optional[FilterMonitor]) -> None:
+        self.monitor = monitor
+        self.validations: list[float] = []
+        self.steps: list[float] = []
+        self.drawing: list[float] = []
+        self.writer_waits: list[float] = []
+        self._started = 0.0
+
+    @property
+    def validation(self) -> float:
+        """Seconds in validation runs in this fit."""
+        return sum(self.validations)
+
+    @property
+    def step(self) -> float:
+        """Median seconds per training batch in this fit."""
+        return statistics.median(self.steps)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None:  # the monitor's on_train_start has just given its engine this run's publisher
+            publisher = self.monitor.engine._publisher
+            publisher.publish_examples = self._drawn(publisher.publish_examples)
+        self._wait_for_writer()  # the first snapshot
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._wait_for_writer()  # the examples drawn at the end of validation, and this epoch's snapshot
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.validations.append(time.perf_counter() - self._started)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.steps.append(time.perf_counter() - self._started)
+
+    def _wait_for_writer(self) -> None:
+        """Let the monitor's writer finish what it has, untimed: in these short epochs its drawing
+        of a snapshot would share the CPUs with much of the next epoch's steps and validation (in the
+        example's 63-batch epochs, with few of them), and its cost is measured apart (parts a and f)."""
+        if self.monitor is not None:
+            start = time.perf_counter()
+            self.monitor.engine.flush()
+            self.writer_waits.append(time.perf_counter() - start)
+
+    def _drawn(self, publish: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.thread_time()  # the writer thread runs this: its own CPU time
+            try:
+                return publish(*args, **kwargs)
+            finally:
+                self.drawing.append(time.thread_time() - start)
+
+        return timed
+
+
+def examples_fit(data: PhotoPatches, settings: Optional[dict], epochs: int, train_batches: int) -> PhaseClock:
+    """Fit the example's model for ``epochs`` of ``train_batches`` batches, each followed by a
+    validation run over the whole validation set; with FilterMonitor(**settings), or without
+    the monitor when ``settings`` is None."""
+    seed_everything(0, verbose=False)
+    monitor = FilterMonitor(**settings) if settings is not None else None
+    clock = PhaseClock(monitor)
+    with tempfile.TemporaryDirectory() as log_dir:
+        trainer = bench_trainer(
+            log_dir, monitor, [clock], accelerator="cpu", max_epochs=epochs, limit_train_batches=train_batches
+        )
+        trainer.fit(ImageClassifier(arch="small_cnn"), datamodule=data)
+    if len(clock.validations) != epochs:
+        raise RuntimeError(f"expected {epochs} validation runs, timed {len(clock.validations)}")
+    if settings is not None and settings.get("examples_layers") != [] and len(clock.drawing) != epochs:
+        raise RuntimeError(f"expected dataset examples drawn {epochs} times, timed {len(clock.drawing)}")
+    return clock
+
+
+def paired_ratios(with_values: Sequence[float], without_values: Sequence[float]) -> list[float]:
+    return [with_value / without_value for with_value, without_value in zip(with_values, without_values)]
+
+
+def ratio_summary(
+    ratios: Sequence[float],
+    with_clocks: Sequence[PhaseClock],
+    without_clocks: Sequence[PhaseClock],
+    measure: str,
+    unit: str,
+) -> str:
+    """The median ratio, the middle half of the pairs, the medians with and without, and every pair's ratio."""
+    scale, digits = (1e3, 1) if unit == "ms" else (1.0, 2)
+    with_median = statistics.median(getattr(clock, measure) for clock in with_clocks) * scale
+    without_median = statistics.median(getattr(clock, measure) for clock in without_clocks) * scale
+    lower, _, upper = statistics.quantiles(ratios, n=4)
+    return (
+        f"{statistics.median(ratios):.3f} (middle half {lower:.3f}..{upper:.3f}; "
+        f"with {with_median:.{digits}f} {unit}, without {without_median:.{digits}f} {unit}, "
+        f"ratios {', '.join(f'{ratio:.3f}' for ratio in ratios)})"
+    )
 
 
 # ---------------------------------------------------------------- on a GPU

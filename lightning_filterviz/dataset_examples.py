@@ -8,9 +8,9 @@ receptive-field patch of the input there. All of it stays on the device: no
 synchronization per batch, no activation kept. The results cross to the host once, at the
 end of the run.
 
-The patches are stored at ``patch_pixels`` x ``patch_pixels`` (the field sampled nearest),
-so memory is ``max_filters * k * patch_pixels**2 * channels`` floats per layer whatever the
-layer's depth.
+The patches are stored at the receptive field's size, capped at ``patch_pixels`` per side
+(the field sampled nearest), so memory is at most ``max_filters * k * patch_pixels**2 *
+channels`` floats per layer whatever the layer's depth.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ class LayerExamples:
         indices: ``(F, k)`` int64 dataset index of each example, ``-1`` where not known.
         positions: ``(F, k, 2)`` int64 input pixel ``(y, x)`` at the centre of the
             receptive field of the peak.
-        patches: ``(F, k, C, P, P)`` float32 input pixels of each example's receptive field
-            (NaN where the field lies outside the image).
+        patches: ``(F, k, C, h, w)`` float32 input pixels of each example's receptive field
+            (NaN where the field lies outside the image), ``h`` and ``w`` the field's size
+            capped at ``patch_pixels``.
     """
 
     values: Tensor
@@ -85,7 +86,7 @@ class ExampleCollector:
         layers: conv name -> (the tap that sees its activation, its receptive field).
         max_filters: filters per layer (the first ones, as drawn elsewhere).
         k: examples per filter.
-        patch_pixels: side of each stored patch.
+        patch_pixels: the most pixels per side a stored patch keeps of its field.
 
     Example::
 
@@ -146,17 +147,19 @@ class ExampleCollector:
 
     def _merge(self, name: str, tap: ActivationTap, field: ReceptiveField, output: Tensor) -> None:
         assert self._inputs is not None and self._indices is not None
-        maps = output[:, : self.max_filters].detach().float()
-        count, filters, height, width = maps.shape
-        peak, where = maps.flatten(2).max(dim=2)  # (N, F): each image once per filter
-        peak = tap.activation(peak)
-        best = self._best.get(name) or self._empty(filters, maps.device)
+        maps = output[:, : self.max_filters].detach()
+        filters, width = maps.shape[1], maps.shape[3]
+        # Each image once per filter, at its strongest position: the peaks first (no copy of
+        # the maps), the position only for the images that make the top k.
+        peak = tap.activation(maps.amax(dim=(2, 3)).float())  # (N, F)
+        best = self._best.get(name) or self._empty(filters, field, maps.device)
         values = torch.cat([best.values, peak.t()], dim=1)  # (F, k + N)
         kept_values, kept = values.topk(self.k, dim=1)
         from_batch = kept >= self.k
         batch_image = (kept - self.k).clamp(min=0)  # (F, k) into the batch
         rows = torch.arange(filters, device=maps.device)[:, None]
-        output_position = where.t()[rows, batch_image]  # (F, k) flat index into (H, W)
+        chosen_maps = maps.transpose(0, 1)[rows, batch_image]  # (F, k, H, W)
+        output_position = chosen_maps.flatten(2).argmax(dim=2)  # (F, k) flat index into (H, W)
         out_y, out_x = output_position // width, output_position % width
         centre_y, centre_x, patches = self._patches(batch_image, out_y, out_x, field)
         positions = torch.stack([centre_y, centre_x], dim=-1)
@@ -167,35 +170,40 @@ class ExampleCollector:
             patches=torch.where(from_batch[..., None, None, None], patches, _take(best.patches, kept)),
         )
 
+    def _patch_size(self, field: ReceptiveField) -> tuple[int, int]:
+        # A field smaller than the cap is kept pixel for pixel; drawing scales it up.
+        return min(field.size[0], self.patch_pixels), min(field.size[1], self.patch_pixels)
+
     def _patches(
         self, image: Tensor, out_y: Tensor, out_x: Tensor, field: ReceptiveField
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The receptive field of output ``(out_y, out_x)`` in batch image ``image``, sampled
-        nearest at ``patch_pixels`` per side; and the field's centre in input pixels."""
+        nearest at most ``patch_pixels`` per side; and the field's centre in input pixels."""
         assert self._inputs is not None
         inputs = self._inputs.float()
         height, width = inputs.shape[-2:]
+        patch_height, patch_width = self._patch_size(field)
         top = field.offset[0] + out_y * field.stride[0]
         left = field.offset[1] + out_x * field.stride[1]
-        steps = torch.arange(self.patch_pixels, device=inputs.device)
-        rows = top[..., None] + steps * field.size[0] // self.patch_pixels  # (F, k, P)
-        cols = left[..., None] + steps * field.size[1] // self.patch_pixels
+        steps_y = torch.arange(patch_height, device=inputs.device) * field.size[0] // patch_height
+        steps_x = torch.arange(patch_width, device=inputs.device) * field.size[1] // patch_width
+        rows, cols = top[..., None] + steps_y, left[..., None] + steps_x  # (F, k, h), (F, k, w)
         inside = ((rows >= 0) & (rows < height))[..., :, None] & ((cols >= 0) & (cols < width))[..., None, :]
         at_rows, at_cols = rows.clamp(0, height - 1)[..., :, None], cols.clamp(0, width - 1)[..., None, :]
-        pixels = inputs[image[..., None, None], :, at_rows, at_cols]  # (F, k, P, P, C)
+        pixels = inputs[image[..., None, None], :, at_rows, at_cols]  # (F, k, h, w, C)
         pixels = torch.where(inside[..., None], pixels, torch.full_like(pixels, float("nan")))
         return top + field.size[0] // 2, left + field.size[1] // 2, pixels.permute(0, 1, 4, 2, 3)
 
-    def _empty(self, filters: int, device: torch.device) -> LayerExamples:
+    def _empty(self, filters: int, field: ReceptiveField, device: torch.device) -> LayerExamples:
         # Fixed shapes from the start (k slots, empty ones at -inf), so that every rank's
         # results can be gathered whatever it has seen.
         assert self._inputs is not None
-        channels, size, k = self._inputs.shape[1], self.patch_pixels, self.k
+        channels, k = self._inputs.shape[1], self.k
         return LayerExamples(
             values=torch.full((filters, k), float("-inf"), device=device),
             indices=torch.full((filters, k), NO_INDEX, dtype=torch.long, device=device),
             positions=torch.zeros(filters, k, 2, dtype=torch.long, device=device),
-            patches=torch.full((filters, k, channels, size, size), float("nan"), device=device),
+            patches=torch.full((filters, k, channels, *self._patch_size(field)), float("nan"), device=device),
         )
 
 

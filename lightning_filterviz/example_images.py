@@ -22,7 +22,9 @@ from lightning_filterviz.render import (
     to_uint8,
 )
 
-__all__ = ["example_tiles", "examples_grid", "examples_history_image", "patch_tiles"]
+EXAMPLE_TILE_PIXELS = 32  # each example is drawn this size, its field scaled nearest
+
+__all__ = ["EXAMPLE_TILE_PIXELS", "example_tiles", "examples_grid", "examples_history_image", "patch_tiles"]
 
 
 def examples_grid(weight: np.ndarray, rgb: bool, tiles: np.ndarray) -> np.ndarray:
@@ -51,11 +53,14 @@ def examples_grid(weight: np.ndarray, rgb: bool, tiles: np.ndarray) -> np.ndarra
 
 
 def example_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """``(F, k, C, P, P)`` float patches (NaN outside the image; ``C`` 1 or 3) and ``(F, k)``
-    whether each example exists, to ``(F, k, P, P, 3)`` ``uint8`` tiles (see :func:`patch_tiles`)."""
+    """``(F, k, C, h, w)`` float patches (NaN outside the image; ``C`` 1 or 3) and ``(F, k)``
+    whether each example exists, to ``(F, k, T, T, 3)`` ``uint8`` tiles of
+    :data:`EXAMPLE_TILE_PIXELS` (see :func:`patch_tiles`; scaled nearest)."""
     filters, k = patches.shape[:2]
     flat = patch_tiles(patches.reshape(filters * k, *patches.shape[2:]), found.reshape(-1))
-    return flat.reshape(filters, k, *flat.shape[1:])
+    rows = np.arange(EXAMPLE_TILE_PIXELS) * flat.shape[1] // EXAMPLE_TILE_PIXELS
+    cols = np.arange(EXAMPLE_TILE_PIXELS) * flat.shape[2] // EXAMPLE_TILE_PIXELS
+    return flat[:, rows][:, :, cols].reshape(filters, k, EXAMPLE_TILE_PIXELS, EXAMPLE_TILE_PIXELS, 3)
 
 
 def patch_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:

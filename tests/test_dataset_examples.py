@@ -152,10 +152,10 @@ def test_examples_grid_draws_a_filter_then_its_patches_and_leaves_missing_ones_b
     patches[:, :, 0] = 1.0  # red
     patches[:, :, :, :, :2] = np.nan  # outside the image
     found = np.array([[True, True, False], [True, False, False]])
-    image = examples_grid(weight, True, example_tiles(patches, found))
-    assert (tile(image, 0, 1, 4, size=8)[:, 2:] == [255, 0, 0]).all()
-    assert (tile(image, 0, 1, 4, size=8)[:, :2] == 128).all()  # grey outside
-    assert (tile(image, 0, 3, 4, size=8) == 255).all()  # no third example: blank
+    image = examples_grid(weight, True, example_tiles(patches, found))  # 8-pixel patches drawn at 32
+    assert (tile(image, 0, 1, 4)[:, 8:] == [255, 0, 0]).all()
+    assert (tile(image, 0, 1, 4)[:, :8] == 128).all()  # grey outside
+    assert (tile(image, 0, 3, 4) == 255).all()  # no third example: blank
 
 
 def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
