@@ -60,6 +60,8 @@ class LayerExamples:
     patches: Tensor
 
     def to_host(self) -> "LayerExamples":
+        # Once per validation run, after its last batch: on a GPU the first copy waits for
+        # that batch, the others find the queue empty.
         tensors = (self.values, self.indices, self.positions, self.patches)
         return LayerExamples(*(tensor.detach().cpu() for tensor in tensors))
 

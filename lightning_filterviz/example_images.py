@@ -18,6 +18,7 @@ from lightning_filterviz.render import (
     frame_kinds,
     frame_tiles,
     normalize_filters,
+    resize_nearest,
     tile_grid,
     to_uint8,
 )
@@ -43,9 +44,7 @@ def examples_grid(weight: np.ndarray, rgb: bool, tiles: np.ndarray) -> np.ndarra
     shown = displayed_filters(np.nan_to_num(weight[:filters].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), rgb)
     filter_tiles = to_uint8(normalize_filters(shown, "filter")).transpose(0, 2, 3, 1)
     filter_tiles = np.repeat(filter_tiles, 3, axis=-1) if filter_tiles.shape[-1] == 1 else filter_tiles
-    rows = np.arange(size) * filter_tiles.shape[1] // size
-    cols = np.arange(size) * filter_tiles.shape[2] // size
-    filter_tiles = filter_tiles[:, rows][:, :, cols]
+    filter_tiles = resize_nearest(filter_tiles, size, size, first_axis=1)
     rows_of_tiles = np.concatenate([filter_tiles[:, None], tiles], axis=1)
     kinds = frame_kinds(filters * (k + 1))
     framed = frame_tiles(rows_of_tiles.reshape(-1, size, size, 3), kinds, {FRAME_INDEX: _rgb(FRAME_COLOUR)})
@@ -58,9 +57,8 @@ def example_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
     :data:`EXAMPLE_TILE_PIXELS` (see :func:`patch_tiles`; scaled nearest)."""
     filters, k = patches.shape[:2]
     flat = patch_tiles(patches.reshape(filters * k, *patches.shape[2:]), found.reshape(-1))
-    rows = np.arange(EXAMPLE_TILE_PIXELS) * flat.shape[1] // EXAMPLE_TILE_PIXELS
-    cols = np.arange(EXAMPLE_TILE_PIXELS) * flat.shape[2] // EXAMPLE_TILE_PIXELS
-    return flat[:, rows][:, :, cols].reshape(filters, k, EXAMPLE_TILE_PIXELS, EXAMPLE_TILE_PIXELS, 3)
+    tiles = resize_nearest(flat, EXAMPLE_TILE_PIXELS, EXAMPLE_TILE_PIXELS, first_axis=1)
+    return tiles.reshape(filters, k, *tiles.shape[1:])
 
 
 def patch_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
 
-from lightning_filterviz.render import displayed_filters
+from lightning_filterviz.render import displayed_filters, resize_nearest
 
 if TYPE_CHECKING:
     from lightning_filterviz.records import Snapshot
@@ -145,9 +145,8 @@ def write_examples_history(
         arrays[f"{name}/values"] = found.values.numpy()
         arrays[f"{name}/indices"] = found.indices.numpy()
         arrays[f"{name}/positions"] = found.positions.numpy()
-        size = tiles[name].shape[2]
-        keep = np.arange(HISTORY_PATCH_PIXELS) * size // HISTORY_PATCH_PIXELS
-        arrays[f"{name}/patches"] = np.ascontiguousarray(tiles[name][:, :, keep][:, :, :, keep])
+        patch = HISTORY_PATCH_PIXELS
+        arrays[f"{name}/patches"] = resize_nearest(tiles[name], patch, patch, first_axis=2)
     return _write_whole(Path(directory) / f"validation_examples_{step:08d}.npz", arrays)
 
 

@@ -265,6 +265,14 @@ def _scale_to_unit(values: np.ndarray, low: Any, high: Any) -> np.ndarray:
     return np.where(span > 0, (values - low) / safe_span, 0.0).astype(np.float32)
 
 
+def resize_nearest(image: np.ndarray, height: int, width: int, first_axis: int = 0) -> np.ndarray:
+    """Nearest-neighbour resize along the two axes from ``first_axis`` (rows, then columns):
+    output row ``i`` is input row ``i * rows // height``, and likewise for columns."""
+    rows = np.arange(height) * image.shape[first_axis] // height
+    cols = np.arange(width) * image.shape[first_axis + 1] // width
+    return image.take(rows, axis=first_axis).take(cols, axis=first_axis + 1)
+
+
 def upscale(tiles: np.ndarray, min_pixels: int) -> np.ndarray:
     """Nearest-neighbour upscaling of ``(N, h, w, C)`` tiles by a whole factor to ``min_pixels``."""
     factor = math.ceil(min_pixels / min(tiles.shape[1:3]))

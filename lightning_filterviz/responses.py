@@ -36,6 +36,7 @@ from lightning_filterviz.render import (
     frame_kinds,
     frame_tiles,
     normalize_filters,
+    resize_nearest,
     tile_grid,
     to_uint8,
 )
@@ -110,7 +111,7 @@ def peak_patches(
             crop = images[image, :, inner_top:inner_bottom, inner_left:inner_right]
             unit = normalize_filters(crop[None], "filter")[0]
             patch[:, inner_top - top : inner_bottom - top, inner_left - left : inner_right - left] = unit
-        patches[filter_index] = to_uint8(_resize_nearest(patch.transpose(1, 2, 0), patch_pixels, patch_pixels))
+        patches[filter_index] = to_uint8(resize_nearest(patch.transpose(1, 2, 0), patch_pixels, patch_pixels))
     return patches
 
 
@@ -151,7 +152,7 @@ def response_grid(
     filters = to_uint8(normalize_filters(shown, "filter")).transpose(0, 2, 3, 1)
     if filters.shape[-1] == 1:
         filters = np.repeat(filters, 3, axis=-1)
-    filters = np.stack([_resize_nearest(tile, height, width) for tile in filters])
+    filters = resize_nearest(filters, height, width, first_axis=1)
     frame = {FRAME_INDEX: _rgb(FRAME_COLOUR)}
     kinds = frame_kinds(count)
     background = _rgb(BACKGROUND_COLOUR)
@@ -205,7 +206,7 @@ def through_the_layers(
         busiest = np.argsort(-values.mean(axis=(1, 2)), kind="stable")[:channels]
         shown = normalize_filters(values[busiest][None], "layer")[0]
         levels = np.rint(shown * (COLORMAP_LEVELS - 1)).astype(np.uint8)
-        columns.append([_resize_nearest(level[..., None], height, height) for level in levels])
+        columns.append([resize_nearest(level[..., None], height, height) for level in levels])
     rows = max(len(column) for column in columns)
     # A palette image: a third of the bytes of RGB, and the colormap is its palette.
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
@@ -225,10 +226,3 @@ def _to_numpy(values: ArrayLike) -> np.ndarray:
             values = values.float()
         return values.cpu().numpy()
     return np.asarray(values)
-
-
-def _resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an ``(h, w, ...)`` array: output row ``i`` is input row ``i * h // height``."""
-    rows = np.arange(height) * image.shape[0] // height
-    cols = np.arange(width) * image.shape[1] // width
-    return image[rows][:, cols]
