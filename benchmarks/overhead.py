@@ -241,15 +241,16 @@ class MonitorClock:
         "on_fit_end",
         "teardown",
     )
-    JOBS = ("_judge_and_publish", "_publish_ending")
+    JOBS = ("_judge_and_publish", "_keep_and_publish_examples", "_publish_ending")
 
     def __init__(self, monitor: FilterMonitor) -> None:
         self.hooks = 0.0
         self.writer = 0.0
         for name in self.HOOKS:
             setattr(monitor, name, self._timed(getattr(monitor, name), time.perf_counter, "hooks"))
+        delivery = monitor.engine._delivery
         for name in self.JOBS:  # the background writer runs these; thread_time is that thread's CPU
-            setattr(monitor.engine, name, self._timed(getattr(monitor.engine, name), time.thread_time, "writer"))
+            setattr(delivery, name, self._timed(getattr(delivery, name), time.thread_time, "writer"))
 
     def _timed(self, method: Callable, clock: Callable[[], float], total: str) -> Callable:
         def timed(*args, **kwargs):
@@ -776,7 +777,7 @@ class PhaseClock(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is not None:  # the monitor's on_train_start has just given its engine this run's publisher
-            publisher = self.monitor.engine._publisher
+            publisher = self.monitor.engine._delivery.publisher
             publisher.publish_examples = self._drawn(publisher.publish_examples)
         self._wait_for_writer()  # the first snapshot
 

@@ -5,8 +5,8 @@ is its ReLU-family activation's input, see :class:`~lightning_filterviz.activati
 takes, per image and filter, the spatial maximum and where it is; a running top-k per
 filter keeps the strongest images, each at most once (at its strongest position), with the
 receptive-field patch of the input there. All of it stays on the device: no
-synchronization per batch, no activation kept. The results cross to the host once, at the
-end of the run.
+synchronization per batch, no activation kept. The results cross to the host in one
+non-blocking copy at the end of the run, read on the writer thread.
 
 The patches are stored at the receptive field's size, capped at ``patch_pixels`` per side
 (the field sampled nearest), so memory is at most ``max_filters * k * patch_pixels**2 *
@@ -15,9 +15,11 @@ channels`` floats per layer whatever the layer's depth.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +27,11 @@ from torch.utils.data import DataLoader
 
 from lightning_filterviz.activations import ActivationTap
 from lightning_filterviz.records import ReceptiveField
+from lightning_filterviz.transfer import TransferPacker
 
 __all__ = [
     "ExampleCollector",
+    "InFlightExamples",
     "LayerExamples",
     "ValidationExamples",
     "dataset_index_map",
@@ -59,12 +63,6 @@ class LayerExamples:
     positions: Tensor
     patches: Tensor
 
-    def to_host(self) -> "LayerExamples":
-        # Once per validation run, after its last batch: on a GPU the first copy waits for
-        # that batch, the others find the queue empty.
-        tensors = (self.values, self.indices, self.positions, self.patches)
-        return LayerExamples(*(tensor.detach().cpu() for tensor in tensors))
-
     def as_lists(self) -> list[list[tuple[Optional[int], float]]]:
         """``[[(dataset_index, value), ...] per filter]``, strongest first, only real examples."""
         examples = []
@@ -79,6 +77,35 @@ class LayerExamples:
         for values, where in zip(self.values.tolist(), self.positions.tolist()):
             positions.append([(y, x) for value, (y, x) in zip(values, where) if value != float("-inf")])
         return positions
+
+
+class InFlightExamples:
+    """Dataset examples, and the weights of the filters they are drawn beside, on their way
+    to host memory in one copy (see transfer.py): the training thread does not wait for it.
+
+    Args:
+        examples: conv name -> its examples, on the device where they were collected.
+        weights: conv name -> its drawn filters' weights, on the model's device.
+    """
+
+    def __init__(self, examples: Mapping[str, LayerExamples], weights: Mapping[str, Tensor]) -> None:
+        packer = TransferPacker()
+        for name, found in examples.items():
+            for field in dataclasses.fields(found):
+                packer.add(name, field.name, getattr(found, field.name))
+        for name, weight in weights.items():
+            packer.add(name, "weight", weight)
+        self._host = packer.ship()
+
+    def wait(self) -> tuple[dict[str, LayerExamples], dict[str, Tensor]]:
+        """Block until the copy has arrived; the examples and the weights, on the host."""
+        self._host.wait()
+        arrived: dict[str, dict[str, Tensor]] = collections.defaultdict(dict)
+        for name, field, tensor in self._host.views():
+            arrived[name][field] = tensor
+        weights = {name: tensors.pop("weight") for name, tensors in arrived.items() if "weight" in tensors}
+        examples = {name: LayerExamples(**tensors) for name, tensors in arrived.items() if tensors}
+        return examples, weights
 
 
 class ExampleCollector:

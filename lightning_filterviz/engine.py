@@ -6,10 +6,10 @@ callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
 A snapshot flows one way::
 
     training thread                     | writer thread (background=True)
-    probe_pass: the probe input, the    | run_state: dead, dormant, drift, filmstrip rows
-      capture (reductions on the        | views: the snapshot's images and scalars
-      device, one transfer to host)     | publishing: sink and history file
-      (capture.py, transfer.py)  ---->  |
+    probe_pass: the probe input, the    | delivery: waits for the copy, then
+      capture (reductions on the        |   run_state: dead, dormant, drift, filmstrip rows
+      device, one transfer to host)     |   views: the snapshot's images and scalars
+      (capture.py, transfer.py)  ---->  |   publishing: sink and history file
 """
 
 from __future__ import annotations
@@ -19,25 +19,22 @@ import operator
 import os
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
-import numpy as np
-import torch
-from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from lightning_filterviz.arguments import VISUALIZER, with_args_section
-from lightning_filterviz.capture import ForwardFn, InFlightSnapshot
-from lightning_filterviz.dataset_examples import ExampleCollector, LayerExamples
+from lightning_filterviz.capture import ForwardFn
+from lightning_filterviz.dataset_examples import ExampleCollector, InFlightExamples, LayerExamples
+from lightning_filterviz.delivery import Delivery
 from lightning_filterviz.discovery import ConvLayer
 from lightning_filterviz.probe import BatchKey
 from lightning_filterviz.probe_pass import ProbePass
-from lightning_filterviz.publishing import Publisher
 from lightning_filterviz.records import Snapshot
 from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.run_state import RunState
 from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import Sink, as_sink
 from lightning_filterviz.tracking import track_training_batch
-from lightning_filterviz.writer_thread import BackgroundWriter, StatisticsGate
 
 __all__ = ["FilterVisualizer"]
 
@@ -79,8 +76,9 @@ class FilterVisualizer:
     On the training thread a snapshot costs the probe's forward plus a few kernel launches
     and one non-blocking copy to host memory; with ``background=True`` everything else
     (statistics, drift, drawing, writing) runs on the writer thread. :attr:`dead_filters`
-    and :attr:`dormant_filters` always reflect every snapshot taken so far: reading them
-    waits for the statistics of snapshots still with the writer (not for their images).
+    and :attr:`dormant_filters` always reflect every snapshot taken so far, and
+    :attr:`dataset_examples` the latest examples published: reading them waits for the
+    writer to judge what it still holds (not to draw it).
 
     Raises:
         ValueError: for an argument outside its allowed values.
@@ -148,15 +146,11 @@ class FilterVisualizer:
         check_bool("background", background)
         if history_dir is not None and not isinstance(history_dir, (str, os.PathLike)):
             raise TypeError(f"`history_dir` must be None or a directory path, got {history_dir!r}.")
-        self._publisher = Publisher(as_sink(sink), history_dir)
-        self.state = RunState(self.settings)
-        self._writer: Optional[BackgroundWriter] = BackgroundWriter(max_pending=max_pending) if background else None
-        self._statistics = StatisticsGate()
+        self._delivery = Delivery(
+            self.settings, as_sink(sink), history_dir, background=background, max_pending=max_pending
+        )
         self._snapshot_count = 0
         self._probe_logged = False
-        self._publishing = True
-        self._dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
-        self._dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
         self._reset_watch()
 
     def _reset_watch(self) -> None:
@@ -164,22 +158,25 @@ class FilterVisualizer:
         self._probe_pass: Optional[ProbePass] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Launchers that spawn processes pickle the callback: weak references, locks and
-        # device tensors stay behind; the spawned process watches its own model afresh.
+        # Launchers that spawn processes pickle the callback: weak references and device
+        # tensors stay behind; the spawned process watches its own model afresh.
         state = self.__dict__.copy()
-        for key in ("_probe_pass", "_statistics"):
-            state.pop(key, None)
+        state.pop("_probe_pass", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._statistics = StatisticsGate()
         self._reset_watch()
 
     @property
     def sink(self) -> Sink:
         """Where images, scalars and text go (see :meth:`attach`)."""
-        return self._publisher.sink
+        return self._delivery.publisher.sink
+
+    @property
+    def state(self) -> RunState:
+        """The run's statistics and progress (updated on the writer thread with ``background=True``)."""
+        return self._delivery.state
 
     @property
     def batch_key(self) -> BatchKey:
@@ -189,13 +186,13 @@ class FilterVisualizer:
     @property
     def dead_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices now dead, after every snapshot taken."""
-        self._statistics.wait(self._writer)
+        self._delivery.wait_for_results()
         return self.state.tracker.dead_filters
 
     @property
     def dormant_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
-        self._statistics.wait(self._writer)
+        self._delivery.wait_for_results()
         return {name: list(indices) for name, indices in self.state.dormant.items()}
 
     @property
@@ -203,13 +200,15 @@ class FilterVisualizer:
         """Conv name -> per drawn filter, ``[(dataset_index, value), ...]`` of the examples it
         fired on most in the latest pass (see :meth:`dataset_examples_pass`), strongest first.
         ``dataset_index`` is ``None`` where the pass did not know it."""
-        return self._dataset_examples
+        self._delivery.wait_for_results()
+        return self.state.dataset_examples
 
     @property
     def dataset_example_positions(self) -> dict[str, list[list[tuple[int, int]]]]:
         """Like :attr:`dataset_examples`: the input pixel ``(y, x)`` at the centre of each
         example's receptive field, where the filter peaks."""
-        return self._dataset_example_positions
+        self._delivery.wait_for_results()
+        return self.state.dataset_example_positions
 
     def attach(
         self,
@@ -224,9 +223,7 @@ class FilterVisualizer:
         ``new_run``, the next snapshot also writes the probe images and the layer table,
         which a new destination has not seen.
         """
-        if self._writer is not None:
-            self._writer.drain()
-        self._publisher = Publisher(as_sink(sink), history_dir)
+        self._delivery.attach(as_sink(sink), history_dir)
         if new_run:
             self._probe_logged = False
             self.state.described = False
@@ -234,8 +231,7 @@ class FilterVisualizer:
     def reset(self) -> None:
         """Forget the run so far (statistics, drift baselines, filmstrips, the watched model),
         after writing what is still queued; the settings and the destination stay."""
-        self.flush()
-        self.state = RunState(self.settings)
+        self._delivery.reset()
         self._snapshot_count = 0
         self._probe_logged = False
         self._reset_watch()
@@ -286,7 +282,7 @@ class FilterVisualizer:
             TypeError: if ``step`` is not an integer.
         """
         step = _as_step(step)
-        self._report_background_failure()
+        self._delivery.report_failure()
         self.poll()
         # Training thread: the probe pass, reductions on the device, one copy to host memory.
         probe_pass = self._probe_pass_of(model)
@@ -304,8 +300,7 @@ class FilterVisualizer:
         self._probe_logged = self._probe_logged or captured.snapshot.probe_images is not None
         self._snapshot_count += 1
         # Writer thread (or here, with background=False): run state, views, publishing.
-        self._statistics.submitted()
-        self._run_on_writer(lambda: self._judge_and_publish(in_flight, publish))
+        self._delivery.submit_snapshot(in_flight, publish)
         return captured.snapshot
 
     @contextlib.contextmanager
@@ -358,60 +353,45 @@ class FilterVisualizer:
     def publish_dataset_examples(self, examples: dict[str, LayerExamples], model: nn.Module, step: int) -> None:
         """Keep ``examples`` (:meth:`ExampleCollector.results`, or several ranks' merged) as
         :attr:`dataset_examples`, and write their images (``filterviz/examples/<layer>``) and
-        history file at ``step``. Tensors cross to the host here, once; call it with the model
-        in eval mode (its weights are read as the eval forward computes them)."""
+        history file at ``step``. They cross to the host in one non-blocking copy, read on the
+        writer thread; call it with the model in eval mode (its weights are read as the eval
+        forward computes them)."""
         step = _as_step(step)
-        results = {name: found.to_host() for name, found in examples.items()}
         watched = self._probe_pass.layers if self._probe_pass is not None else []
-        convs = {layer.name: layer.module for layer in watched if layer.name in results}
-        weights = {name: conv.weight[: self.settings.max_filters].detach().float().cpu() for name, conv in convs.items()}
+        convs = {layer.name: layer.module for layer in watched if layer.name in examples}
+        weights = {name: conv.weight[: self.settings.max_filters] for name, conv in convs.items()}
         rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
-        self._dataset_examples = {name: found.as_lists() for name, found in results.items()}
-        self._dataset_example_positions = {name: found.position_lists() for name, found in results.items()}
-        if self._may_write():
-            self._run_on_writer(lambda: self._publisher.publish_examples(step, results, weights, rgb))
+        self._delivery.submit_examples(InFlightExamples(examples, weights), step, rgb)
 
     def finish(self, step: int) -> None:
         """Write the filmstrips as they stand at ``step`` (the end of training) and the drift
         strips of the latest snapshot, when it did not draw them; then flush."""
-        step = _as_step(step)
-        self._run_on_writer(lambda: self._publish_ending(step))
+        self._delivery.submit_ending(_as_step(step))
         self.flush()
 
     def flush(self) -> None:
         """Wait until every submitted snapshot is written, then flush the sink."""
-        if self._writer is not None:
-            self._writer.drain()
-            self._report_background_failure()
-        if self._publishing:
-            self._publisher.flush()
-        self.poll()
+        self._delivery.flush()
 
     def poll(self) -> None:
         """On the training thread: show the messages the writer has queued, and let sinks whose
         logger must be called from this thread (e.g. ``CSVLogger``'s ``log_metrics``) deliver.
         Cheap when there is nothing to do; the callback calls it after every training batch."""
-        if self._publishing:
-            self._publisher.on_training_thread()
-        self._emit_messages()
+        self._delivery.poll()
 
     def close(self) -> None:
         """Flush, then stop the background writer (a later snapshot starts it again)."""
-        self.flush()
-        if self._writer is not None:
-            self._writer.close()
+        self._delivery.close()
 
     def state_dict(self) -> dict[str, Any]:
-        self._statistics.wait(self._writer)
+        self._delivery.wait_for_results()
         return {**self.state.state_dict(), "probe_logged": self._probe_logged, "snapshot_count": self._snapshot_count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._statistics.wait(self._writer)
+        self._delivery.wait_for_results()
         self.state.load_state_dict(state)
         self._probe_logged = bool(state.get("probe_logged", False))
         self._snapshot_count = int(state.get("snapshot_count", 0))
-
-    # ------------------------------------------------------------ training thread
 
     def _probe_pass_of(self, model: nn.Module) -> ProbePass:
         if self._probe_pass is None or not self._probe_pass.watches(model):
@@ -419,62 +399,10 @@ class FilterVisualizer:
         assert self._probe_pass is not None
         return self._probe_pass
 
-    def _run_on_writer(self, job: Callable[[], None]) -> None:
-        if self._writer is None:
-            job()
-            self.poll()
-        else:
-            self._writer.submit(job)
-
-    def _report_background_failure(self) -> None:
-        failure = self._writer.failure if self._writer is not None else None
-        if failure is None or not self._publishing:
-            return
-        self._publishing = False
-        rank_zero_warn(
-            "filterviz: writing snapshot images failed, so no more images or scalars are written in this run; "
-            f"`dead_filters` is still kept up to date. Cause: {type(failure).__name__}: {failure}"
-        )
-
-    def _emit_messages(self) -> None:
-        for kind, text in self.state.take_messages():
-            (rank_zero_warn if kind == "warn" else rank_zero_info)(text)
-        for text in self._publisher.take_messages():
-            rank_zero_warn(text)
-
-    # ------------------------------------------------------------ writer thread
-
-    def _judge_and_publish(self, in_flight: InFlightSnapshot, publish: bool) -> None:
-        try:
-            snapshot = _with_contiguous_weights(in_flight.wait())
-            self.state.update(snapshot)
-        finally:
-            self._statistics.done()
-        if publish and self._may_write():
-            self._publisher.publish(snapshot, self.settings)
-
-    def _publish_ending(self, step: int) -> None:
-        ending = Snapshot(step=step, filmstrips=self.state.filmstrip_rows())
-        latest_drift, self.state.undrawn_drift = self.state.undrawn_drift, None
-        if self.settings.log_weights and (ending.filmstrips or latest_drift is not None) and self._may_write():
-            self._publisher.publish_ending(ending, latest_drift, self.settings.colormap)
-
-    def _may_write(self) -> bool:
-        return self._publishing and (self._writer is None or self._writer.failure is None)
-
 
 # The Args section, from lightning_filterviz.arguments (None: docstrings stripped by python -OO).
 if FilterVisualizer.__doc__ is not None:
     FilterVisualizer.__doc__ = with_args_section(FilterVisualizer.__doc__, FilterVisualizer.__init__, VISUALIZER)
-
-
-def _with_contiguous_weights(snapshot: Snapshot) -> Snapshot:
-    """Lay each layer's weights out in NCHW order once: they arrive in the model's memory order
-    (channels_last, say), and drift, the drawn slices and the history all read them as NCHW."""
-    for layer in snapshot.layers.values():
-        if not layer.weight.is_contiguous():
-            layer.weight = torch.from_numpy(np.ascontiguousarray(layer.weight.numpy()))  # NumPy: no torch thread pool
-    return snapshot
 
 
 def _as_step(step: Any) -> int:

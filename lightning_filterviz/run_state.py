@@ -1,8 +1,8 @@
 """What a run remembers from one snapshot to the next, and what it makes of each new one.
 
 Dead-filter streaks, dormant filters, the symmetric normalization ranges, the initial
-filters drift is measured from, the filmstrip rows, which layers were warned about, and
-the checkpoint state of all of it. With ``background=True`` every method here runs on the
+filters drift is measured from, the filmstrip rows, which layers were warned about, the
+latest dataset examples, and the checkpoint state of all of it (examples aside). With ``background=True`` every method here runs on the
 writer thread, so the training thread pays none of it; messages for the user are queued
 and emitted on the training thread (see :meth:`RunState.take_messages`).
 """
@@ -10,7 +10,7 @@ and emitted on the training thread (see :meth:`RunState.take_messages`).
 from __future__ import annotations
 
 import collections
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from lightning_filterviz.progress import ProgressTracker
 from lightning_filterviz.records import Snapshot, Table
 from lightning_filterviz.settings import VisualizerSettings
 from lightning_filterviz.stats import DeadFilterTracker, dormant_indices
+
+if TYPE_CHECKING:
+    from lightning_filterviz.dataset_examples import LayerExamples
 
 __all__ = ["DEAD_FRACTION_WARNING", "Message", "RunState", "layer_table"]
 
@@ -45,6 +48,9 @@ class RunState:
         self.described = False
         # The latest snapshot's drift when its strips were not drawn with it (see finish()).
         self.undrawn_drift: Optional[Snapshot] = None
+        # The latest validation run's dataset examples, per conv and drawn filter, strongest first.
+        self.dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
+        self.dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
         self._messages: collections.deque[Message] = collections.deque()
 
     def update(self, snapshot: Snapshot) -> None:
@@ -65,6 +71,11 @@ class RunState:
         self.undrawn_drift = None if snapshot.draw_views else _drift_of(snapshot)
         self._describe_once(snapshot)
         self._warn_on_dying_layers(snapshot.step)
+
+    def keep_examples(self, examples: Mapping[str, LayerExamples]) -> None:
+        """Keep a validation run's dataset examples (on the host) as lists."""
+        self.dataset_examples = {name: found.as_lists() for name, found in examples.items()}
+        self.dataset_example_positions = {name: found.position_lists() for name, found in examples.items()}
 
     def filmstrip_rows(self) -> dict[str, list[np.ndarray]]:
         """Per filmstrip layer with at least one row, its rows so far."""

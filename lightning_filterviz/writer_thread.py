@@ -1,5 +1,5 @@
 """The writer thread: rendering and writing jobs run here, in order, off the training thread;
-and the gate where readers of the statistics wait for the snapshots still being judged there."""
+and the gate where readers of the results wait for the snapshots still being judged there."""
 
 from __future__ import annotations
 
@@ -81,8 +81,9 @@ class BackgroundWriter:
 
 
 class StatisticsGate:
-    """Counts the snapshots handed to the writer and those it has judged, so that readers of
-    the statistics can wait for exactly those (not for their images)."""
+    """Counts the jobs handed to the writer whose results others read (a snapshot's statistics,
+    a validation run's dataset examples) and those it has judged, so that readers of the
+    results can wait for exactly those (not for their images)."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
