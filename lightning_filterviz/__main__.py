@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 from lightning_filterviz.report import ReportError, build_report
 
+__all__ = ["main"]
+
 PROGRAM = "filterviz report"
 REPORT_SCRIPT = "filterviz-report"
 

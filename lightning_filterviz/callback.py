@@ -13,28 +13,26 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 from typing_extensions import override
 
 from lightning_filterviz.arguments import MONITOR, MONITOR_DOCSTRING_WITHOUT_ARGS, with_args_section
 from lightning_filterviz.dataset_examples import ValidationExamples, gathered_examples
-from lightning_filterviz.discovery import unsupported_conv_layers
+from lightning_filterviz.discovery import has_compiled_module, has_lazy_weights, unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.fit_identity import FitIdentity
 from lightning_filterviz.history import history_dir_of
 from lightning_filterviz.logger_sinks import sinks_for_loggers
-from lightning_filterviz.probe import model_input, pin_memory, take_first, to_cpu
+from lightning_filterviz.probe import model_input
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
-from lightning_filterviz.settings import check_bool, check_positive_int
+from lightning_filterviz.settings import VisualizerSettings, check_bool, check_cadence, check_positive_int
 from lightning_filterviz.sinks import NullSink, TensorBoardSink
 from lightning_filterviz.trainer_reading import (
+    FixedProbe,
     data_source,
     input_converter,
     is_sharded,
     log_dir_of,
     point_other_loggers_to,
-    probe_from_data,
     validation_loader_in_use,
     warn_about_tensorboard_sampling,
 )
@@ -83,7 +81,7 @@ class FilterMonitorLogic(_CallbackBase):
         save_history: bool = True,
     ) -> None:
         super().__init__()
-        _validate_cadence(every_n_epochs, every_n_steps)
+        check_cadence(every_n_epochs, every_n_steps)
         check_positive_int("probe_size", probe_size)
         check_bool("track_training_batches", track_training_batches)
         check_bool("save_history", save_history)
@@ -94,34 +92,17 @@ class FilterMonitorLogic(_CallbackBase):
         self.every_n_steps = every_n_steps
         self.probe_size = probe_size
         self.probe_split = probe_split
-        self.engine = FilterVisualizer(
-            NullSink(),  # until on_train_start knows the trainer's logger; for good on other ranks
-            layers=layers,
-            max_filters=max_filters,
-            max_images=max_images,
-            dead_threshold=dead_threshold,
-            dead_patience=dead_patience,
-            weight_normalization=weight_normalization,
-            log_weights=log_weights,
-            log_activations=log_activations,
-            batch_key=batch_key,
-            forward_fn=forward_fn,
-            colormap=colormap,
-            dormant_tau=dormant_tau,
-            filmstrip_layers=filmstrip_layers,
-            views_every=views_every,
-            response_layers=response_layers,
-            examples_layers=examples_layers,
-            examples_k=examples_k,
-            background=True,
-        )
         self.save_history = save_history
         self.track_training_batches = track_training_batches
+        # The engine's settings are this signature's arguments of the same names.
+        self.engine = FilterVisualizer(
+            NullSink(),  # until on_train_start knows the trainer's logger; for good on other ranks
+            background=True,
+            **VisualizerSettings.arguments_in(locals()),
+        )
+        self._probe = FixedProbe(probe, probe_size, probe_split)
         self._batch_watch = contextlib.ExitStack()
         self._examples = ValidationExamples()
-        self._probe: Optional[Any] = take_first(to_cpu(probe), probe_size) if probe is not None else None
-        self._pinned_probe: Optional[Any] = None
-        self._probe_given = probe is not None
         self._waiting_for_weights = False
         self._track_requested = track_training_batches
         # What the previous fit watched, so that a fit of another model or on other data starts afresh.
@@ -158,7 +139,7 @@ class FilterMonitorLogic(_CallbackBase):
     @property
     def probe(self) -> Optional[Any]:
         """The fixed probe batch (on the CPU), once chosen."""
-        return self._probe
+        return self._probe.batch
 
     @property
     def state_key(self) -> str:
@@ -192,7 +173,7 @@ class FilterMonitorLogic(_CallbackBase):
                 f"(1-d, 3-d or transposed): {skipped[:5]}{' ...' if len(skipped) > 5 else ''}. "
                 "Only nn.Conv2d layers are drawn."
             )
-        if self.track_training_batches and _has_compiled_module(pl_module):
+        if self.track_training_batches and has_compiled_module(pl_module):
             self.track_training_batches = False
             rank_zero_warn(
                 "filterviz: `track_training_batches` is off for this run: the model has a torch.compile'd module, "
@@ -209,17 +190,16 @@ class FilterMonitorLogic(_CallbackBase):
             return
         if self._previous_fit.new_data_source(data_source(trainer)):
             self._start_afresh()  # the same model on other data: a new probe, new statistics
-        if self._probe is None:
-            self._probe = probe_from_data(trainer, self.probe_split, self.probe_size)
+        self._probe.choose(trainer)
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
         log_dir = log_dir_of(trainer)
         new_log_dir = self._log_dir is not None and log_dir != self._log_dir
         self._log_dir = log_dir
         if not trainer.is_global_zero:
-            model_input(self._probe, self.engine.batch_key)  # the same check as on rank 0, before any step
+            model_input(self._probe.batch, self.engine.batch_key)  # the same check as on rank 0, before any step
             self._snapshot(trainer, pl_module)
             return
-        probe = self._probe_on_device(trainer)
+        probe = self._probe.on_device(trainer)
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
         sink, output_dir = sinks_for_loggers(trainer.loggers, log_dir)
         history_dir = history_dir_of(output_dir) if self.save_history else None
@@ -316,7 +296,7 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "probe": self._probe,
+            "probe": self._probe.batch,
             "last_snapshot_step": self._last_snapshot_step,
             "engine": self.engine.state_dict(),
         }
@@ -332,8 +312,7 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("probe") is not None:
-            self._probe = state_dict["probe"]
-            self._pinned_probe = None
+            self._probe.restore(state_dict["probe"])
         self._last_snapshot_step = state_dict.get("last_snapshot_step")
         self.engine.load_state_dict(state_dict.get("engine", {}))
 
@@ -345,7 +324,7 @@ class FilterMonitorLogic(_CallbackBase):
         # fields that their share of the dataset examples needs.
         if not trainer.is_global_zero and (self._ranks_plan_taken or not self._collects_examples(trainer)):
             return
-        if _has_lazy_weights(pl_module):
+        if has_lazy_weights(pl_module):
             if not self._waiting_for_weights:
                 rank_zero_info(
                     "filterviz: the model has lazy modules whose weights do not exist yet; the first snapshot "
@@ -359,7 +338,7 @@ class FilterMonitorLogic(_CallbackBase):
         try:
             self.engine.snapshot(
                 pl_module,
-                probe if probe is not None else self._probe_on_device(trainer),
+                probe if probe is not None else self._probe.on_device(trainer),
                 step,
                 forward_context=trainer.precision_plugin.forward_context,
                 convert_input=input_converter(trainer),
@@ -378,44 +357,11 @@ class FilterMonitorLogic(_CallbackBase):
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
         self.engine.reset()
-        if not self._probe_given:
-            self._probe = None
-            self._pinned_probe = None
+        self._probe.forget()
         self._last_snapshot_step = None
         self._waiting_for_weights = False
         self._ranks_plan_taken = False
 
-    def _probe_on_device(self, trainer: Any) -> Any:
-        """The probe as the model sees a training batch: through the LightningModule's
-        ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
-        (where users normalize, cast or augment), with every random generator left as it was."""
-        probe = self._probe
-        if trainer.strategy.root_device.type == "cuda":
-            # Pinned once, so that each snapshot's copy to the GPU is asynchronous.
-            if self._pinned_probe is None:
-                self._pinned_probe = pin_memory(probe)
-            probe = self._pinned_probe
-        with untouched_random_state(initialized_cuda_devices()):
-            return trainer.strategy.batch_to_device(probe)
-
 
 # The docstring of both FilterMonitor flavours (lightning.py, pl.py).
 _DOCSTRING = with_args_section(MONITOR_DOCSTRING_WITHOUT_ARGS, FilterMonitorLogic.__init__, MONITOR)
-
-
-def _validate_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:
-    if every_n_epochs is not None and every_n_steps is not None:
-        raise ValueError(
-            f"Set at most one of `every_n_epochs` ({every_n_epochs}) and `every_n_steps` ({every_n_steps})."
-        )
-    for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"`{name}` must be None or an integer >= 1, got {value!r}.")
-
-
-def _has_lazy_weights(model: nn.Module) -> bool:
-    return any(is_lazy(parameter) for parameter in model.parameters())
-
-
-def _has_compiled_module(model: nn.Module) -> bool:
-    return any(type(module).__name__ == "OptimizedModule" for module in model.modules())

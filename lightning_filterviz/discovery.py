@@ -17,11 +17,23 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from lightning_filterviz.activations import ActivationRecord, ActivationRecorder, ActivationTap, ProbePlan
-from lightning_filterviz.records import PRE_ACTIVATION
 from lightning_filterviz.layer_names import matches
+from lightning_filterviz.records import PRE_ACTIVATION
+
+__all__ = [
+    "ActivationTracer",
+    "COMPILED_PREFIX",
+    "ConvLayer",
+    "NOT_RUN",
+    "has_compiled_module",
+    "has_lazy_weights",
+    "select_conv_layers",
+    "unsupported_conv_layers",
+]
 
 # Why a watched conv has no activation when it never ran.
 NOT_RUN = "the conv did not run on the probe"
@@ -100,6 +112,16 @@ def unsupported_conv_layers(model: nn.Module) -> list[str]:
     """Names of conv modules the monitor does not draw (1-d, 3-d and transposed convs)."""
     unsupported = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     return [_display_name(name) for name, module in model.named_modules() if isinstance(module, unsupported)]
+
+
+def has_lazy_weights(model: nn.Module) -> bool:
+    """Whether some parameter of ``model`` has no shape yet (a lazy module before its first forward)."""
+    return any(is_lazy(parameter) for parameter in model.parameters())
+
+
+def has_compiled_module(model: nn.Module) -> bool:
+    """Whether ``model`` holds a ``torch.compile``'d module."""
+    return any(type(module).__name__ == "OptimizedModule" for module in model.modules())
 
 
 def _display_name(name: str) -> str:

@@ -123,26 +123,8 @@ class FilterVisualizer:
         background: bool = False,
         max_pending: int = 2,
     ) -> None:
-        self.settings = VisualizerSettings(
-            layers=layers,  # type: ignore[arg-type]  # validated into a tuple
-            max_filters=max_filters,
-            max_images=max_images,
-            dead_threshold=dead_threshold,
-            dead_patience=dead_patience,
-            dormant_tau=dormant_tau,
-            weight_normalization=weight_normalization,
-            log_weights=log_weights,
-            log_activations=log_activations,
-            batch_key=batch_key,
-            forward_fn=forward_fn,
-            colormap=colormap,
-            filmstrip_layers=filmstrip_layers,  # type: ignore[arg-type]
-            views_every=views_every,
-            response_layers=response_layers,  # type: ignore[arg-type]
-            examples_layers=examples_layers,  # type: ignore[arg-type]
-            examples_k=examples_k,
-            max_pending=max_pending,
-        )
+        # Every argument but ``sink``, ``history_dir`` and ``background`` is a setting of the same name.
+        self.settings = VisualizerSettings(**VisualizerSettings.arguments_in(locals()))
         check_bool("background", background)
         if history_dir is not None and not isinstance(history_dir, (str, os.PathLike)):
             raise TypeError(f"`history_dir` must be None or a directory path, got {history_dir!r}.")

@@ -16,11 +16,12 @@ from lightning_filterviz.example_images import example_tiles, examples_grid
 from lightning_filterviz.history import HistoryWriter, write_examples_history
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Snapshot
-from lightning_filterviz.render import Image, dead_filter_table
+from lightning_filterviz.render import Image
 from lightning_filterviz.settings import VisualizerSettings
 from lightning_filterviz.sinks import Sink, write_images, write_scalars, write_table
 from lightning_filterviz.tags import DEAD_FILTERS_TAG, EXAMPLES, LAYERS_TAG, layer_tag
 from lightning_filterviz.views import (
+    dead_filter_table,
     drawn_filters,
     drift_strip_images,
     filmstrip_images,

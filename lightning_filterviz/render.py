@@ -19,7 +19,37 @@ from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from lightning_filterviz.records import Table
+
+__all__ = [
+    "BACKGROUND_COLOUR",
+    "COLORMAP_LEVELS",
+    "DEAD_COLOUR",
+    "FILMSTRIP_TILE_PIXELS",
+    "FRAME_COLOUR",
+    "FRAME_PIXELS",
+    "GRID_PADDING",
+    "Image",
+    "IndexedImage",
+    "NON_FINITE_COLOUR",
+    "OUTSIDE_GREY",
+    "PANEL_PADDING",
+    "SIGNED_COLORMAP",
+    "WEIGHT_NORMALIZATIONS",
+    "WeightNormalization",
+    "activation_grid",
+    "displayed_filters",
+    "drift_strip",
+    "filmstrip",
+    "frame_kinds",
+    "frame_tiles",
+    "normalize_filters",
+    "probe_image_grid",
+    "resize_nearest",
+    "tile_grid",
+    "tile_origin",
+    "to_uint8",
+    "weight_grid",
+]
 
 WeightNormalization = Literal["filter", "layer", "symmetric"]
 WEIGHT_NORMALIZATIONS = ("filter", "layer", "symmetric")
@@ -341,15 +371,6 @@ def tile_origin(index: int, tile_height: int, tile_width: int, nrow: int) -> tup
 def to_uint8(unit: np.ndarray) -> np.ndarray:
     """Values in [0, 1] to 0..255, rounding half to even."""
     return np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def dead_filter_table(dead: dict[str, list[int]], out_channels: dict[str, int]) -> Table:
-    """Layer -> dead filter indices, one row per layer."""
-    rows = []
-    for layer, indices in dead.items():
-        listed = ", ".join(str(index) for index in indices) if indices else "none"
-        rows.append((layer, f"{len(indices)} / {out_channels.get(layer, '?')}", listed))
-    return Table(columns=("layer", "dead", "indices"), rows=tuple(rows))
 
 
 def _non_finite_indices(values: np.ndarray) -> list[int]:

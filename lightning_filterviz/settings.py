@@ -5,14 +5,15 @@ Each check fails with one line naming the argument, what it got and what it acce
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from lightning_filterviz.probe import BatchKey
 from lightning_filterviz.render import WEIGHT_NORMALIZATIONS, WeightNormalization
 
-__all__ = ["VisualizerSettings", "check_bool", "check_layer_names", "check_positive_int"]
+__all__ = ["VisualizerSettings", "check_bool", "check_cadence", "check_layer_names", "check_positive_int"]
 
 
 
@@ -72,6 +73,22 @@ class VisualizerSettings:
 
         if not isinstance(self.colormap, str) or self.colormap not in matplotlib.colormaps:
             raise ValueError(f"`colormap` must be a matplotlib colormap name such as 'viridis', got {self.colormap!r}.")
+
+    @classmethod
+    def arguments_in(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings among a function's arguments (its ``locals()``), found by name."""
+        return {field.name: arguments[field.name] for field in dataclasses.fields(cls) if field.name in arguments}
+
+
+def check_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:
+    """Raise ``ValueError`` unless at most one of the two is set, to an integer >= 1."""
+    if every_n_epochs is not None and every_n_steps is not None:
+        raise ValueError(
+            f"Set at most one of `every_n_epochs` ({every_n_epochs}) and `every_n_steps` ({every_n_steps})."
+        )
+    for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{name}` must be None or an integer >= 1, got {value!r}.")
 
 
 def check_positive_int(name: str, value: Any) -> None:

@@ -4,6 +4,25 @@ Per-layer tags are ``filterviz/<kind>/<layer>``, built by :func:`layer_tag` from
 the kinds below; the others are single tags.
 """
 
+__all__ = [
+    "ACTIVATIONS",
+    "DEAD_FILTERS_TAG",
+    "DEAD_FRACTION",
+    "DORMANT_FRACTION",
+    "DRIFT",
+    "DRIFT_STRIP",
+    "EXAMPLES",
+    "FILMSTRIP",
+    "LAYERS_TAG",
+    "PROBE_TAG",
+    "RESPONSES",
+    "TAG_PREFIX",
+    "THROUGH_THE_LAYERS",
+    "WEIGHTS",
+    "WEIGHT_NORM_RATIO",
+    "layer_tag",
+]
+
 TAG_PREFIX = "filterviz"
 DEAD_FILTERS_TAG = f"{TAG_PREFIX}/dead_filters"
 PROBE_TAG = f"{TAG_PREFIX}/probe"

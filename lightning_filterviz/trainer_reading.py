@@ -1,4 +1,5 @@
-"""What the callback reads off a Lightning Trainer: its data, log dir, strategy, precision and plan.
+"""What the callback reads off a Lightning Trainer: its data, log dir, strategy, precision and
+plan; and the fixed probe batch taken from its data.
 
 Every function here takes the Trainer (or its strategy) as an untyped object and imports no
 Lightning package, so that both flavours, ``lightning.pytorch`` and ``pytorch_lightning``,
@@ -17,9 +18,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_filterviz.history import point_to_history
-from lightning_filterviz.probe import probe_from_loader
+from lightning_filterviz.probe import pin_memory, probe_from_loader, take_first, to_cpu
+from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
 
 __all__ = [
+    "FixedProbe",
     "SHARDED_STRATEGIES",
     "TENSORBOARD_IMAGE_SAMPLES",
     "data_source",
@@ -39,6 +42,55 @@ __all__ = [
 SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 # TensorBoard keeps about this many images per tag unless told otherwise.
 TENSORBOARD_IMAGE_SAMPLES = 10
+
+
+class FixedProbe:
+    """The probe batch every snapshot of a fit runs: given, or taken once from the fit's data.
+
+    Kept on the CPU; on a GPU, pinned once so that each snapshot's copy to the device is
+    asynchronous.
+
+    Args:
+        given: a batch passed by the user (its first ``size`` samples are kept), or ``None``.
+        size: the most samples the probe holds.
+        split: where a probe taken from the data comes from (see :func:`probe_from_data`).
+    """
+
+    def __init__(self, given: Optional[Any], size: int, split: str) -> None:
+        self.batch: Optional[Any] = take_first(to_cpu(given), size) if given is not None else None
+        self.size = size
+        self.split = split
+        self._given = given is not None
+        self._pinned: Optional[Any] = None
+
+    def choose(self, trainer: Any) -> Any:
+        """The probe, taken from the fit's data if there is none yet."""
+        if self.batch is None:
+            self.batch = probe_from_data(trainer, self.split, self.size)
+        return self.batch
+
+    def restore(self, batch: Any) -> None:
+        """Use ``batch`` (a probe saved in a checkpoint) from now on."""
+        self.batch = batch
+        self._pinned = None
+
+    def forget(self) -> None:
+        """Forget a probe taken from the data, so that the next fit takes its own; a given one stays."""
+        if not self._given:
+            self.batch = None
+        self._pinned = None
+
+    def on_device(self, trainer: Any) -> Any:
+        """The probe as the model sees a training batch: through the LightningModule's
+        ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
+        (where users normalize, cast or augment), with every random generator left as it was."""
+        probe = self.batch
+        if trainer.strategy.root_device.type == "cuda":
+            if self._pinned is None:
+                self._pinned = pin_memory(probe)
+            probe = self._pinned
+        with untouched_random_state(initialized_cuda_devices()):
+            return trainer.strategy.batch_to_device(probe)
 
 
 def probe_from_data(trainer: Any, probe_split: str, probe_size: int) -> Any:

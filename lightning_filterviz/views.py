@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from lightning_filterviz.records import Snapshot
+from lightning_filterviz.records import Snapshot, Table
 from lightning_filterviz.render import (
     SIGNED_COLORMAP,
     Image,
@@ -42,6 +42,7 @@ from lightning_filterviz.tags import (
 
 __all__ = [
     "SNAPSHOT_VIEWS",
+    "dead_filter_table",
     "drawn_filters",
     "drift_strip_images",
     "filmstrip_images",
@@ -65,6 +66,15 @@ def drawn_filters(snapshot: Snapshot) -> dict[str, np.ndarray]:
     """Per layer, the drawn part of its filters (:func:`displayed_filters`), found once for
     the weight grid and the history."""
     return {name: displayed_filters(layer.weight.numpy(), layer.rgb) for name, layer in snapshot.layers.items()}
+
+
+def dead_filter_table(dead: dict[str, list[int]], out_channels: dict[str, int]) -> Table:
+    """Layer -> dead filter indices, one row per layer."""
+    rows = []
+    for layer, indices in dead.items():
+        listed = ", ".join(str(index) for index in indices) if indices else "none"
+        rows.append((layer, f"{len(indices)} / {out_channels.get(layer, '?')}", listed))
+    return Table(columns=("layer", "dead", "indices"), rows=tuple(rows))
 
 
 def snapshot_scalars(snapshot: Snapshot) -> dict[str, float]:

@@ -5,6 +5,7 @@ lightning_filterviz/arguments.py (which both docstrings show) and, for the monit
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import math
 import re
@@ -15,6 +16,7 @@ import torch
 from conftest import REPO, Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.arguments import ARGUMENTS, MONITOR, VISUALIZER, args_section, render_argument
+from lightning_filterviz.settings import VisualizerSettings
 
 # Shared by FilterMonitor and FilterVisualizer: (arguments, exception, message).
 SHARED = [
@@ -174,3 +176,20 @@ def test_snapshots_per_epoch_are_counted_from_max_steps(max_steps, warned, tmp_p
         assert len(sampling) == 1 and "about 16 snapshots are planned" in sampling[0]
     else:
         assert sampling == []
+
+
+def test_every_setting_reaches_the_engine_by_name(tmp_path):
+    """The constructors hand their settings on by name: each given value arrives, none is dropped."""
+    settings = {field.name for field in dataclasses.fields(VisualizerSettings)}
+    assert settings - set(constructor_arguments(FilterVisualizer)) == set()
+    given = dict(
+        layers=["net.3"], max_filters=5, max_images=3, dead_threshold=0.5, dead_patience=4, dormant_tau=0.5,
+        weight_normalization="layer", log_weights=False, log_activations=False, batch_key=1, forward_fn=len,
+        colormap="magma", filmstrip_layers=[], views_every=3, response_layers=[], examples_layers=[], examples_k=2,
+    )
+    visualizer = FilterVisualizer(str(tmp_path), max_pending=7, **given)
+    monitor = FilterMonitor(**given)
+    expected = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
+    for engine_settings in (visualizer.settings, monitor.engine.settings):
+        assert {name: getattr(engine_settings, name) for name in expected} == expected
+    assert visualizer.settings.max_pending == 7
