@@ -77,13 +77,13 @@ class ActivationRecorder:
         values = activation.detach()
         dims = [dim for dim in range(values.dim()) if dim != 1]
         # Statistics in float32 whatever the autocast dtype; amax is exact in any dtype.
-        channel_max = values.amax(dim=dims).float()
+        channel_max = _float32(values.amax(dim=dims))
         if self._reduce_maps is None:
             channel_mean_abs = channel_max  # training-batch tracking needs the maxima only
         elif nonnegative:
-            channel_mean_abs = values.float().mean(dim=dims)  # no temporary for |h|
+            channel_mean_abs = _float32(values).mean(dim=dims)  # no temporary for |h|
         else:
-            channel_mean_abs = values.abs().float().mean(dim=dims)
+            channel_mean_abs = _float32(values.abs()).mean(dim=dims)
         previous = self.records.get(layer)
         if previous is not None:
             # A conv called several times per forward (weight sharing): every call weighs the same.
@@ -91,12 +91,21 @@ class ActivationRecorder:
             previous.channel_max = torch.maximum(previous.channel_max, channel_max)
             previous.channel_mean_abs = torch.lerp(previous.channel_mean_abs, channel_mean_abs, 1.0 / previous.calls)
             return
-        maps = self._reduce_maps(values.float()) if self._reduce_maps is not None else values.new_empty(0)
+        maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
         record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
         if self._reduce_maps is not None and values.dim() == 4 and layer in self._peak_layers:
             record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
             record.output_hw = (values.shape[2], values.shape[3])
         self.records[layer] = record
+
+
+def _float32(tensor: Tensor) -> Tensor:
+    # A call less than ``.float()`` where it would change nothing: this runs per layer and pass.
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+# Training-batch tracking keeps no maps.
+_NO_MAPS = torch.empty(0)
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,10 @@ class ActivationTap:
         return self.zeroing and self.floor <= threshold < self.ceiling
 
     def activation(self, tap_output: Tensor) -> Tensor:
-        """The activation's output for the tap's output."""
+        """The activation's output for the tap's output (the output itself where nothing is
+        clipped: a pre-activation tap)."""
+        if self.floor == float("-inf") and self.ceiling == float("inf"):
+            return tap_output
         return tap_output.clamp(self.floor, None if self.ceiling == float("inf") else self.ceiling)
 
 

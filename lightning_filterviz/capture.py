@@ -14,6 +14,7 @@ state are restored, whether the pass succeeds or raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Collection, ContextManager, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -45,8 +46,8 @@ class InFlightSnapshot:
     """A snapshot whose tensors are on their way to host memory.
 
     Attributes:
-        snapshot: the :class:`~lightning_filterviz.records.Snapshot`; its tensors are CPU
-            views that hold their values once :meth:`wait` has returned.
+        snapshot: the :class:`~lightning_filterviz.records.Snapshot`; its tensor fields are
+            set, to CPU views into host memory, by :meth:`wait` (on the writer thread).
     """
 
     def __init__(self, snapshot: Snapshot, host: HostBuffer) -> None:
@@ -54,8 +55,11 @@ class InFlightSnapshot:
         self._host = host
 
     def wait(self) -> Snapshot:
-        """Block until the copy to host memory has completed; return the snapshot."""
+        """Block until the copy to host memory has completed; return the snapshot, its
+        tensor fields set to views into host memory."""
         self._host.wait()
+        for owner, field, tensor in self._host.views():
+            setattr(owner, field, tensor)
         return self.snapshot
 
 
@@ -66,7 +70,7 @@ class CapturedProbe:
 
     Attributes:
         snapshot: the snapshot's metadata (layer names, activations, shapes); its tensor
-            fields are set by :meth:`ship`.
+            fields are set by the shipped snapshot's :meth:`InFlightSnapshot.wait`.
         plan: how the activations were observed, for the next pass (``None``: trace anew).
     """
 
@@ -79,12 +83,13 @@ class CapturedProbe:
         """Ship ``tensor`` with the rest; it lands as ``owner.<field>``."""
         self._packer.add(owner, field, tensor)
 
+    def carries(self, owner: Any, field: str) -> bool:
+        """Whether ``owner.<field>`` is among what :meth:`ship` will ship."""
+        return self._packer.holds(owner, field)
+
     def ship(self) -> InFlightSnapshot:
         """Start the one copy to host memory and return at once."""
-        host = self._packer.ship()
-        for owner, field, tensor in host.views():
-            setattr(owner, field, tensor)
-        return InFlightSnapshot(self.snapshot, host)
+        return InFlightSnapshot(self.snapshot, self._packer.ship())
 
 
 def capture_snapshot(model: nn.Module, inputs: Any, layers: Sequence[ConvLayer], step: int, **options: Any) -> Snapshot:
@@ -162,7 +167,7 @@ def start_capture(
                 snapshot.layers[name].through = ops
     for name, maxima in (training_maxima or {}).items():
         if name in snapshot.layers:
-            packer.add(snapshot.layers[name], "training_max", maxima)
+            packer.add(snapshot.layers[name], "training_max", maxima, fresh=True)  # handed over, never updated again
     return CapturedProbe(snapshot, packer, plan)
 
 
@@ -235,11 +240,12 @@ def _collect_activations(
         else:
             capture.activation = record.function
             capture.zeroing = record.zeroing
-        packer.add(capture, "channel_max", record.channel_max)
-        packer.add(capture, "channel_mean_abs", record.channel_mean_abs)
-        packer.add(capture, "maps", record.maps)
+        # Computed by this pass alone: on the CPU they need no copy.
+        packer.add(capture, "channel_max", record.channel_max, fresh=True)
+        packer.add(capture, "channel_mean_abs", record.channel_mean_abs, fresh=True)
+        packer.add(capture, "maps", record.maps, fresh=True)
         if record.peak_index is not None:
-            packer.add(capture, "peak_index", record.peak_index[:max_filters])
+            packer.add(capture, "peak_index", record.peak_index[:max_filters], fresh=True)
             capture.output_hw = record.output_hw
 
 
@@ -262,7 +268,10 @@ def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
             yield
     finally:
         for module, training in modes:
-            module.training = training
+            if module.training != training:
+                # Module.__setattr__ checks parameters, buffers and submodules first; a
+                # plain flag needs none of that, and this runs for every module per snapshot.
+                object.__setattr__(module, "training", training)
 
 
 def _eager() -> ContextManager[Any]:
@@ -289,21 +298,42 @@ def _tap_hook(name: str, tap: ActivationTap, recorder: ActivationRecorder) -> Ca
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, Tensor):
             # Reduced here, before an in-place activation can change the tap's output.
-            recorder.record(name, tap.function, tap.zeroing, tap.activation(output.detach()), nonnegative=tap.floor >= 0)
+            recorder.record(name, tap.function, tap.zeroing, tap.activation(output), nonnegative=tap.floor >= 0)
 
     return hook
 
 
 def _reduce_maps(activation: Tensor, max_images: int, max_channels: int, max_size: int) -> Tensor:
+    """The first feature maps, float32, area-downsampled above ``max_size``: always a new
+    tensor, so that an in-place op later in the forward cannot change them."""
     maps = activation[:max_images, :max_channels]
-    if maps.dim() != 4:
-        return maps.detach().float().clone()
-    height, width = maps.shape[-2:]
-    if max(height, width) > max_size:
+    if maps.dim() == 4 and max(maps.shape[-2:]) > max_size:
+        height, width = maps.shape[-2:]
         scale = max_size / max(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        maps = F.interpolate(maps.float(), size=size, mode="area")
-    return maps.detach().float().clone()
+        return _area_downsample(maps, (max(1, round(height * scale)), max(1, round(width * scale))))
+    return maps.to(torch.float32, copy=True)
+
+
+def _area_downsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``F.interpolate(maps, size, mode="area")``, in float32: each output pixel the mean of
+    the input pixels its window covers. On the CPU as two small matrix products, since the
+    pooling kernel there costs several times more (for a ratio such as 64 -> 48)."""
+    if maps.device.type != "cpu":
+        return F.interpolate(maps.float(), size=size, mode="area")
+    rows, columns = _area_weights(maps.shape[-2], size[0]), _area_weights(maps.shape[-1], size[1])
+    with torch.autocast("cpu", enabled=False):  # a probe pass under CPU autocast would use bfloat16
+        return rows @ maps.float() @ columns.T
+
+
+@functools.lru_cache(maxsize=64)
+def _area_weights(size_in: int, size_out: int) -> Tensor:
+    """``(size_out, size_in)``: row ``i`` averages the inputs of output ``i``'s window,
+    ``[floor(i * in / out), ceil((i + 1) * in / out))``, as adaptive average pooling does."""
+    weights = torch.zeros(size_out, size_in)
+    for index in range(size_out):
+        start, end = index * size_in // size_out, -(-(index + 1) * size_in // size_out)
+        weights[index, start:end] = 1.0 / (end - start)
+    return weights
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:

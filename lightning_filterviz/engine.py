@@ -278,8 +278,8 @@ class FilterVisualizer:
             draw_views=draw_views,
             probe_images=not self._probe_logged,
         )
+        self._probe_logged = self._probe_logged or captured.carries(captured.snapshot, "probe_images")
         in_flight = captured.ship()
-        self._probe_logged = self._probe_logged or captured.snapshot.probe_images is not None
         self._snapshot_count += 1
         # Writer thread (or here, with background=False): run state, views, publishing.
         self._delivery.submit_snapshot(in_flight, publish)

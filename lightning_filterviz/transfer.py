@@ -8,7 +8,9 @@ and followed by a CUDA event. The training thread goes on at once; whoever reads
 values (the writer thread) waits on the event first.
 
 On the CPU the packed buffer is the host buffer: no copy beyond the packing, which also
-detaches the values from the live weights that the optimizer goes on changing.
+detaches the values from the live weights that the optimizer goes on changing. Tensors
+computed for the snapshot alone (statistics, reduced maps), which nothing writes to again,
+are not even packed there: they are handed on as they are.
 """
 
 from __future__ import annotations
@@ -41,19 +43,27 @@ class HostBuffer:
         buffers: per device, the host buffer its tensors were copied into.
         slots: where each tensor lies in its device's buffer.
         events: the CUDA events recorded after the copies (empty on the CPU).
+        kept: ``(owner, field, tensor)`` for CPU tensors handed on without a copy.
     """
 
-    def __init__(self, buffers: dict[torch.device, Tensor], slots: dict[torch.device, list[_Slot]], events: list[Any]):
+    def __init__(
+        self,
+        buffers: dict[torch.device, Tensor],
+        slots: dict[torch.device, list[_Slot]],
+        events: list[Any],
+        kept: Optional[list[tuple[Any, str, Tensor]]] = None,
+    ):
         self._buffers = buffers
         self._slots = slots
         self._events = events
+        self._kept = kept or []
 
     def views(self) -> list[tuple[Any, str, Tensor]]:
         """``(owner, field, tensor)`` for every packed tensor, as CPU views into the host buffers.
 
         The views exist at once; their values are there after :meth:`wait`.
         """
-        unpacked = []
+        unpacked = list(self._kept)
         for device, slots in self._slots.items():
             unpacked += [(slot.owner, slot.field, _slot_view(self._buffers[device], slot)) for slot in slots]
         return unpacked
@@ -79,17 +89,34 @@ class TransferPacker:
 
     def __init__(self) -> None:
         self._pending: dict[torch.device, list[tuple[Any, str, Tensor]]] = {}
+        self._kept: list[tuple[Any, str, Tensor]] = []
 
-    def add(self, owner: Any, field: str, tensor: Tensor) -> None:
+    def add(self, owner: Any, field: str, tensor: Tensor, *, fresh: bool = False) -> None:
         """Pack ``tensor`` (detached); it comes back as ``(owner, field, view)``.
 
         Floating-point tensors come back as float32; int64 tensors as int64.
 
+        Args:
+            owner: what the tensor belongs to (any object; it comes back as it was given).
+            field: its name there.
+            tensor: on any device.
+            fresh: ``tensor`` was computed for this shipment and nothing writes to it again:
+                on the CPU it is handed on as it is, not copied.
+
         Raises:
             TypeError: for a tensor of another dtype.
         """
-        _packed_dtype(tensor)
-        self._pending.setdefault(tensor.device, []).append((owner, field, tensor.detach()))
+        dtype = _packed_dtype(tensor)
+        tensor = tensor.detach()
+        if fresh and tensor.device.type == "cpu":
+            self._kept.append((owner, field, tensor if tensor.dtype == dtype else tensor.to(dtype)))
+        else:
+            self._pending.setdefault(tensor.device, []).append((owner, field, tensor))
+
+    def holds(self, owner: Any, field: str) -> bool:
+        """Whether a tensor for ``owner.<field>`` waits to be shipped."""
+        entries = [entry for device_entries in self._pending.values() for entry in device_entries] + self._kept
+        return any(o is owner and f == field for o, f, _ in entries)
 
     def ship(self) -> HostBuffer:
         """Pack each device's tensors into one buffer and start its copy to host memory."""
@@ -117,8 +144,8 @@ class TransferPacker:
             slots[device] = device_slots
             if event is not None:
                 events.append(event)
-        self._pending = {}
-        return HostBuffer(buffers, slots, events)
+        kept, self._pending, self._kept = self._kept, {}, []
+        return HostBuffer(buffers, slots, events, kept)
 
 
 def _packed_dtype(tensor: Tensor) -> torch.dtype:

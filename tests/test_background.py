@@ -14,6 +14,8 @@ import torch
 import lightning_filterviz.views as views_module
 from conftest import REPO, FunctionalNet, conv_bn_relu_stack
 from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.capture import InFlightSnapshot
+from lightning_filterviz.records import Snapshot
 from lightning_filterviz.writer_thread import BackgroundWriter
 
 
@@ -97,13 +99,20 @@ def test_no_activation_tensor_or_grid_outlives_its_snapshot(tmp_path, monkeypatc
 
         monkeypatch.setattr(views_module, name, keeping_a_weak_reference)
 
+    captured: list[weakref.ref] = []
+    original_wait = InFlightSnapshot.wait
+
+    def arrived(in_flight: InFlightSnapshot) -> Snapshot:  # the snapshot's tensors, as they land on the writer
+        snapshot = original_wait(in_flight)
+        captured.extend(weakref.ref(layer.maps) for layer in snapshot.layers.values())
+        captured.extend(weakref.ref(layer.channel_max) for layer in snapshot.layers.values())
+        return snapshot
+
+    monkeypatch.setattr(InFlightSnapshot, "wait", arrived)
     model = conv_bn_relu_stack()
     visualizer = FilterVisualizer(str(tmp_path), background=True)
-    captured: list[weakref.ref] = []
     for step in range(5):
         snapshot = visualizer.snapshot(model, torch.randn(4, 3, 16, 16), step)
-        captured += [weakref.ref(layer.maps) for layer in snapshot.layers.values()]
-        captured += [weakref.ref(layer.channel_max) for layer in snapshot.layers.values()]
         del snapshot
     visualizer.flush()
     gc.collect()

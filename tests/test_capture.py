@@ -109,6 +109,21 @@ def test_captured_tensors_are_small_detached_cpu_copies():
         assert not tensor.requires_grad and tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
 
+@pytest.mark.parametrize(("height", "width", "max_size"), [(100, 100, 20), (64, 64, 48), (50, 31, 48), (7, 5, 3)])
+def test_large_feature_maps_are_area_downsampled(height, width, max_size):
+    model = conv_bn_relu_stack().eval()
+    probe = torch.randn(3, 3, height, width)
+    snapshot = capture_snapshot(model, probe, select_conv_layers(model), 0, max_images=2, max_map_size=max_size)
+    scale = max_size / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    with torch.no_grad():
+        first, second = model[:3](probe), model[:5](probe)
+    # Each pixel the mean of the input pixels its window covers, as F.interpolate's "area" mode.
+    for name, activation in (("0", first), ("3", second)):
+        expected = F.interpolate(activation[:2], size=size, mode="area")
+        torch.testing.assert_close(snapshot.layers[name].maps, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_no_hook_left_after_a_snapshot_or_an_exception_inside_one():
     model = conv_bn_relu_stack(inplace=True)
     model.register_forward_hook(lambda *args: None)  # the user's own hook must stay
