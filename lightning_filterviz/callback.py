@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_filterviz.arguments import MONITOR, MONITOR_DOCSTRING_WITHOUT_ARGS, with_args_section
-from lightning_filterviz.dataset_examples import ValidationExamples, gathered_examples
 from lightning_filterviz.discovery import has_compiled_module, has_lazy_weights, unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.fit_identity import FitIdentity
@@ -33,9 +32,9 @@ from lightning_filterviz.trainer_reading import (
     is_sharded,
     log_dir_of,
     point_other_loggers_to,
-    validation_loader_in_use,
     warn_about_tensorboard_sampling,
 )
+from lightning_filterviz.validation_examples import ValidationExamples
 
 __all__ = ["PROBE_SPLITS", "FilterMonitorLogic"]
 
@@ -155,24 +154,9 @@ class FilterMonitorLogic(_CallbackBase):
         self.track_training_batches = self._track_requested
         if self._previous_fit.new_model(pl_module):
             self._start_afresh()
-        if trainer.fast_dev_run:
-            self._enabled = False
-            rank_zero_info("filterviz: `fast_dev_run` is on; FilterMonitor takes no snapshots.")
+        self._enabled = _can_monitor(trainer, pl_module)
+        if not self._enabled:
             return
-        if is_sharded(trainer.strategy):
-            self._enabled = False
-            rank_zero_warn(
-                f"filterviz: FilterMonitor does not support the sharded strategy {type(trainer.strategy).__name__} "
-                "yet (a probe pass there needs every rank), so it takes no snapshots in this run."
-            )
-            return
-        skipped = unsupported_conv_layers(pl_module)
-        if skipped:
-            rank_zero_warn(
-                f"filterviz: skipping {len(skipped)} conv layer(s) that are not nn.Conv2d "
-                f"(1-d, 3-d or transposed): {skipped[:5]}{' ...' if len(skipped) > 5 else ''}. "
-                "Only nn.Conv2d layers are drawn."
-            )
         if self.track_training_batches and has_compiled_module(pl_module):
             self.track_training_batches = False
             rank_zero_warn(
@@ -241,16 +225,9 @@ class FilterMonitorLogic(_CallbackBase):
 
     @override
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        # Every rank collects its shard; rank 0 gathers them at the end.
-        if not self._enabled or trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        try:
-            collector = self.engine.dataset_examples_pass(pl_module)
-        except Exception as error:  # monitoring must never end a training run
-            self._examples_failed(error)
-            return
-        if collector is not None:
-            self._examples.start(collector, validation_loader_in_use(trainer), pl_module.device)
+        # Every rank collects its shard; rank 0 publishes them all at the end.
+        if self._enabled:
+            self._collecting_examples(lambda: self._examples.start_run(self.engine, trainer, pl_module))
 
     @override
     def on_validation_batch_start(
@@ -261,21 +238,14 @@ class FilterMonitorLogic(_CallbackBase):
 
     @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        collector = self._examples.stop()
-        if collector is None:
-            return
-        try:
-            examples = collector.results()
-            if trainer.world_size > 1:
-                examples = gathered_examples(examples, trainer.strategy, collector.k)  # a collective: every rank
-            if trainer.is_global_zero:
-                self.engine.publish_dataset_examples(examples, pl_module, trainer.global_step)
-        except Exception as error:  # monitoring must never end a training run
-            self._examples_failed(error)
+        self._collecting_examples(lambda: self._examples.end_run(self.engine, trainer, pl_module))
 
-    def _examples_failed(self, error: Exception) -> None:
-        self._examples.stop()
-        rank_zero_warn(f"filterviz: collecting dataset examples failed: {type(error).__name__}: {error}")
+    def _collecting_examples(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as error:  # monitoring must never end a training run
+            self._examples.stop()
+            rank_zero_warn(f"filterviz: collecting dataset examples failed: {type(error).__name__}: {error}")
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -361,6 +331,27 @@ class FilterMonitorLogic(_CallbackBase):
         self._last_snapshot_step = None
         self._waiting_for_weights = False
         self._ranks_plan_taken = False
+
+
+def _can_monitor(trainer: Any, model: nn.Module) -> bool:
+    """Whether this fit can be monitored; says why not, and which conv layers are not drawn."""
+    if trainer.fast_dev_run:
+        rank_zero_info("filterviz: `fast_dev_run` is on; FilterMonitor takes no snapshots.")
+        return False
+    if is_sharded(trainer.strategy):
+        rank_zero_warn(
+            f"filterviz: FilterMonitor does not support the sharded strategy {type(trainer.strategy).__name__} "
+            "yet (a probe pass there needs every rank), so it takes no snapshots in this run."
+        )
+        return False
+    skipped = unsupported_conv_layers(model)
+    if skipped:
+        rank_zero_warn(
+            f"filterviz: skipping {len(skipped)} conv layer(s) that are not nn.Conv2d "
+            f"(1-d, 3-d or transposed): {skipped[:5]}{' ...' if len(skipped) > 5 else ''}. "
+            "Only nn.Conv2d layers are drawn."
+        )
+    return True
 
 
 # The docstring of both FilterMonitor flavours (lightning.py, pl.py).

@@ -23,21 +23,12 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from lightning_filterviz.activations import ActivationTap
 from lightning_filterviz.records import ReceptiveField
 from lightning_filterviz.transfer import TransferPacker
 
-__all__ = [
-    "ExampleCollector",
-    "InFlightExamples",
-    "LayerExamples",
-    "ValidationExamples",
-    "dataset_index_map",
-    "gathered_examples",
-    "merge_ranks",
-]
+__all__ = ["NO_INDEX", "ExampleCollector", "InFlightExamples", "LayerExamples"]
 
 PATCH_PIXELS = 32
 NO_INDEX = -1  # an example whose dataset index is not known (a shuffled loader, an iterable dataset)
@@ -236,126 +227,9 @@ class ExampleCollector:
         )
 
 
-def merge_ranks(gathered: LayerExamples, k: int) -> LayerExamples:
-    """One layer's examples from every rank, ``(ranks, F, k, ...)`` on the host, merged into
-    the ``k`` strongest per filter. A sample that two ranks both saw (a ``DistributedSampler``
-    pads the last shard with repeats) is kept once."""
-    ranks, filters = gathered.values.shape[:2]
-
-    def flat(tensor: Tensor) -> Tensor:  # (ranks, F, k, ...) -> (F, ranks * k, ...)
-        return tensor.transpose(0, 1).reshape(filters, ranks * k, *tensor.shape[3:])
-
-    values, indices, positions, patches = (
-        flat(tensor) for tensor in (gathered.values, gathered.indices, gathered.positions, gathered.patches)
-    )
-    order = values.argsort(dim=1, descending=True, stable=True)
-    chosen = torch.stack([_strongest_distinct(order[f].tolist(), indices[f].tolist(), k) for f in range(filters)])
-    rows = torch.arange(filters)[:, None]
-    return LayerExamples(values[rows, chosen], indices[rows, chosen], positions[rows, chosen], patches[rows, chosen])
-
-
-def _strongest_distinct(order: list[int], indices: list[int], k: int) -> Tensor:
-    picked: list[int] = []
-    seen: set[int] = set()
-    for slot in order:
-        index = indices[slot]
-        if index != NO_INDEX and index in seen:
-            continue
-        seen.add(index)
-        picked.append(slot)
-        if len(picked) == k:
-            break
-    # Fewer distinct samples than k: the remaining slots as they come (they hold -inf).
-    remaining = [slot for slot in order if slot not in picked][: k - len(picked)]
-    return torch.tensor(picked + remaining, dtype=torch.long)
-
-
 def _take(kept_so_far: Tensor, kept: Tensor) -> Tensor:
     """``kept_so_far[f, kept[f, j]]`` where ``kept`` points into what was kept so far (other
     entries, which come from the batch, get any row: they are replaced)."""
     index = kept.clamp(max=kept_so_far.shape[1] - 1)
     rows = torch.arange(kept.shape[0], device=kept.device)[:, None]
     return kept_so_far[rows, index]
-
-
-def dataset_index_map(loader: Any) -> Optional[Tensor]:
-    """Dataset index of each sample position of a loader's pass, when the loader reads in a
-    known order: in order (a ``SequentialSampler``), or through a ``DistributedSampler``
-    without shuffling (its indices). ``None`` for a shuffled loader or an iterable dataset.
-    """
-    from torch.utils.data import DistributedSampler, IterableDataset, SequentialSampler
-
-    if isinstance(getattr(loader, "dataset", None), IterableDataset):
-        return None
-    sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, SequentialSampler):
-        return torch.arange(len(loader.dataset))
-    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
-        return torch.tensor(list(iter(sampler)), dtype=torch.long)
-    return None
-
-
-class ValidationExamples:
-    """One validation run's collection of dataset examples, fed batch by batch: the
-    collector's hooks, and the dataset index of each batch's samples (counted from the
-    loader's order, see :func:`dataset_index_map`)."""
-
-    def __init__(self) -> None:
-        self._hooks = contextlib.ExitStack()
-        self._collector: Optional[ExampleCollector] = None
-        self._index_map: Optional[Tensor] = None
-        self._seen = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}  # launchers that spawn processes pickle the callback between runs
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    @property
-    def active(self) -> bool:
-        return self._collector is not None
-
-    def start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
-        self.stop()
-        index_map = dataset_index_map(loader) if loader is not None else None
-        self._index_map = index_map.to(device) if index_map is not None else None
-        self._seen = 0
-        self._hooks.enter_context(collector.collecting())
-        self._collector = collector
-
-    def next_batch(self, inputs: Any) -> None:
-        assert self._collector is not None
-        if not torch.is_tensor(inputs) or inputs.dim() != 4:
-            return
-        count = inputs.shape[0]
-        if self._index_map is not None and self._seen + count <= len(self._index_map):
-            indices = self._index_map[self._seen : self._seen + count]
-        else:
-            indices = torch.full((count,), NO_INDEX, dtype=torch.long, device=inputs.device)
-        self._seen += count
-        self._collector.next_batch(inputs, indices)
-
-    def stop(self) -> Optional[ExampleCollector]:
-        """Remove every hook; the collector, if a run was being collected."""
-        collector, self._collector = self._collector, None
-        self._hooks.close()
-        return collector
-
-
-def gathered_examples(examples: dict[str, LayerExamples], strategy: Any, k: int) -> dict[str, LayerExamples]:
-    """Every rank's examples, merged into the ``k`` strongest per filter (on every rank: the
-    gathering is a collective, which every rank must call, layer by layer in one order).
-
-    Args:
-        examples: this rank's :meth:`ExampleCollector.results`.
-        strategy: anything with Lightning's ``all_gather(tensor)`` (the trainer's strategy).
-        k: examples per filter.
-    """
-    merged = {}
-    for name in sorted(examples):  # the same order on every rank: one collective after another
-        found = examples[name]
-        tensors = (found.values, found.indices, found.positions, found.patches)
-        gathered = LayerExamples(*(strategy.all_gather(tensor).cpu() for tensor in tensors))
-        merged[name] = merge_ranks(gathered, k)
-    return merged

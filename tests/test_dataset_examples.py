@@ -178,7 +178,8 @@ def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
 
 
 def test_merging_ranks_keeps_each_sample_once_strongest_first():
-    from lightning_filterviz.dataset_examples import LayerExamples, merge_ranks
+    from lightning_filterviz.dataset_examples import LayerExamples
+    from lightning_filterviz.validation_examples import merge_ranks
 
     values = torch.tensor([[[5.0, 3.0, 1.0]], [[4.0, 3.0, float("-inf")]]])  # 2 ranks, 1 filter, k=3
     indices = torch.tensor([[[10, 12, 14]], [[11, 12, -1]]])  # sample 12 seen by both ranks
