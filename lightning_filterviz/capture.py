@@ -214,7 +214,8 @@ def _observation(
                 handles.append(layer.module.register_forward_hook(_conv_output_hook(layer.name, tracer)))
             if plan is None:  # tell the tracer what every module returns, to find the taps
                 for module in model.modules():
-                    handles.append(module.register_forward_hook(_module_output_hook(tracer)))
+                    if not isinstance(module, torch.jit.ScriptModule):  # which takes no Python hooks
+                        handles.append(module.register_forward_hook(_module_output_hook(tracer)))
         with tracer if tracer is not None else contextlib.nullcontext():
             yield observation
     finally:
@@ -269,9 +270,16 @@ def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
     finally:
         for module, training in modes:
             if module.training != training:
-                # Module.__setattr__ checks parameters, buffers and submodules first; a
-                # plain flag needs none of that, and this runs for every module per snapshot.
-                object.__setattr__(module, "training", training)
+                _set_training_flag(module, training)
+
+
+def _set_training_flag(module: nn.Module, training: bool) -> None:
+    if type(module).__setattr__ is nn.Module.__setattr__:
+        # Module.__setattr__ looks through parameters, buffers and submodules first; a plain
+        # flag needs none of that, and this runs for every module at every snapshot.
+        object.__setattr__(module, "training", training)
+    else:  # a module that keeps the flag elsewhere (a TorchScript module keeps it in C++)
+        module.training = training
 
 
 def _eager() -> ContextManager[Any]:
@@ -329,7 +337,7 @@ def _area_downsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 def _area_weights(size_in: int, size_out: int) -> Tensor:
     """``(size_out, size_in)``: row ``i`` averages the inputs of output ``i``'s window,
     ``[floor(i * in / out), ceil((i + 1) * in / out))``, as adaptive average pooling does."""
-    weights = torch.zeros(size_out, size_in)
+    weights = torch.zeros(size_out, size_in, dtype=torch.float32, device="cpu")  # whatever the defaults
     for index in range(size_out):
         start, end = index * size_in // size_out, -(-(index + 1) * size_in // size_out)
         weights[index, start:end] = 1.0 / (end - start)

@@ -151,13 +151,17 @@ class Delivery:
             self.publisher.publish(snapshot, self.settings)
 
     def _keep_and_publish_examples(self, in_flight: InFlightExamples, step: int, rgb: Mapping[str, bool]) -> None:
+        # A failure here costs the dataset examples only, not the snapshots' images and scalars.
         try:
-            examples, weights = in_flight.wait()
-            self.state.keep_examples(examples)
-        finally:
-            self._results.done()
-        if self._may_write():
-            self.publisher.publish_examples(step, examples, weights, rgb)
+            try:
+                examples, weights = in_flight.wait()
+                self.state.keep_examples(examples)
+            finally:
+                self._results.done()
+            if self._may_write():
+                self.publisher.publish_examples(step, examples, weights, rgb)
+        except Exception as error:
+            self.state.warn(f"filterviz: the dataset examples at step {step} failed: {type(error).__name__}: {error}")
 
     def _publish_ending(self, step: int) -> None:
         ending = Snapshot(step=step, filmstrips=self.state.filmstrip_rows())

@@ -253,9 +253,8 @@ class FilterVisualizer:
 
         Returns:
             The :class:`~lightning_filterviz.records.Snapshot`. With ``background=True``
-            its statistics and progress fields are filled in on the writer thread (and, on
-            a GPU, its tensors once the copy to host memory completes): read it after
-            :meth:`flush`.
+            its tensors (once their copy to host memory has arrived), statistics and
+            progress fields are filled in on the writer thread: read it after :meth:`flush`.
 
         Raises:
             ValueError: if a requested layer matches no conv, the batch has no model input

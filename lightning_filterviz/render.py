@@ -19,7 +19,6 @@ from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-
 __all__ = [
     "BACKGROUND_COLOUR",
     "COLORMAP_LEVELS",

@@ -2,9 +2,10 @@
 
 Dead-filter streaks, dormant filters, the symmetric normalization ranges, the initial
 filters drift is measured from, the filmstrip rows, which layers were warned about, the
-latest dataset examples, and the checkpoint state of all of it (examples aside). With ``background=True`` every method here runs on the
-writer thread, so the training thread pays none of it; messages for the user are queued
-and emitted on the training thread (see :meth:`RunState.take_messages`).
+latest dataset examples, and the checkpoint state of all of it (examples aside). With
+``background=True`` every method here runs on the writer thread, so the training thread
+pays none of it; messages for the user are queued and emitted on the training thread
+(see :meth:`RunState.take_messages`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class RunState:
         """Per filmstrip layer with at least one row, its rows so far."""
         rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}
         return {name: layer_rows for name, layer_rows in rows.items() if layer_rows}
+
+    def warn(self, text: str) -> None:
+        """Queue a warning for the user (shown on the training thread)."""
+        self._messages.append(("warn", text))
 
     def take_messages(self) -> list[Message]:
         """The messages queued for the user since the last call (thread-safe)."""

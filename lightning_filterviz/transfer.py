@@ -59,7 +59,8 @@ class HostBuffer:
         self._kept = kept or []
 
     def views(self) -> list[tuple[Any, str, Tensor]]:
-        """``(owner, field, tensor)`` for every packed tensor, as CPU views into the host buffers.
+        """``(owner, field, tensor)`` for every shipped tensor: CPU views into the host buffers,
+        and the CPU tensors handed on as they were (see ``fresh`` in :meth:`TransferPacker.add`).
 
         The views exist at once; their values are there after :meth:`wait`.
         """

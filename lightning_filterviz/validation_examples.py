@@ -52,7 +52,7 @@ class ValidationExamples:
             return
         collector = engine.dataset_examples_pass(model)
         if collector is not None:
-            self._start(collector, validation_loader_in_use(trainer), model.device)
+            self.start(collector, validation_loader_in_use(trainer), model.device)
 
     def end_run(self, engine: FilterVisualizer, trainer: Any, model: Any) -> None:
         """At the end of a validation run: gather every rank's examples (a collective) and
@@ -66,10 +66,12 @@ class ValidationExamples:
         if trainer.is_global_zero:
             engine.publish_dataset_examples(examples, model, trainer.global_step)
 
-    def _start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
+    def start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
+        """Collect with ``collector`` from now on, the samples' dataset indices counted in
+        ``loader``'s order (unknown where ``loader`` is ``None`` or shuffles)."""
         self.stop()
         index_map = dataset_index_map(loader) if loader is not None else None
-        self._index_map = index_map.to(device) if index_map is not None else None
+        self._index_map = _to_device(index_map, device) if index_map is not None else None
         self._seen = 0
         self._hooks.enter_context(collector.collecting())
         self._collector = collector
@@ -161,3 +163,10 @@ def dataset_index_map(loader: Any) -> Optional[Tensor]:
     if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
         return torch.tensor(list(iter(sampler)), dtype=torch.long)
     return None
+
+
+def _to_device(indices: Tensor, device: torch.device) -> Tensor:
+    # From pinned memory, so that the copy to a GPU does not make the host wait for it.
+    if device.type == "cuda":
+        return indices.pin_memory().to(device, non_blocking=True)
+    return indices.to(device)

@@ -157,6 +157,19 @@ def test_modes_and_rng_are_restored():
     assert torch.equal(model[1].running_mean, running_mean)
 
 
+def test_a_torchscript_block_is_back_in_training_mode_after_each_snapshot():
+    # A scripted module keeps its training flag in C++: the forward reads that one.
+    block = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    model = nn.Sequential(block, nn.Conv2d(4, 4, 3)).train()
+    inputs = torch.randn(2, 3, 8, 8)
+    for _ in range(2):
+        capture(model, inputs)
+        assert block.training and block._c.getattr("training")
+        running_mean = block[1].running_mean.clone()
+        model(inputs)  # a training forward updates the running statistics
+        assert not torch.equal(block[1].running_mean, running_mean)
+
+
 def test_probe_pass_runs_without_autograd():
     model = conv_bn_relu_stack()
     seen: list[bool] = []

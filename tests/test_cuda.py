@@ -13,9 +13,11 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.validation_examples import ValidationExamples
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device: checks host synchronizations and GPU results"
@@ -72,6 +74,29 @@ def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
     visualizer.snapshot(model, probe, 1)
     visualizer.close()
     assert visualizer.dead_filters.keys() >= {"conv1", "layer4.1.conv1"}
+
+
+def test_collecting_and_publishing_dataset_examples_make_no_host_synchronization(tmp_path):
+    model, probe = resnet18_channels_last()
+    visualizer = FilterVisualizer(str(tmp_path), background=True)
+    visualizer.snapshot(model, probe, 0)  # finds conv1's activation and measures its receptive field
+    visualizer.flush()
+    collector = visualizer.dataset_examples_pass(model)
+    images = torch.randn(16, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    loader = DataLoader(TensorDataset(torch.zeros(16)), batch_size=8)  # in order: index = position
+    examples = ValidationExamples()
+    model.eval()
+    with no_host_synchronization(), torch.no_grad():
+        examples.start(collector, loader, images.device)
+        for batch in images.split(8):
+            examples.next_batch(batch)
+            model(batch)
+        finished = examples.stop()
+        visualizer.publish_dataset_examples(finished.results(), model, 1)
+    visualizer.close()
+    found = visualizer.dataset_examples["conv1"]
+    assert len(found) == 64 and all(len(per_filter) == 9 for per_filter in found)
+    assert {index for per_filter in found for index, _ in per_filter} <= set(range(16))
 
 
 def test_a_gpu_snapshot_equals_the_cpu_snapshot(tmp_path, monkeypatch):

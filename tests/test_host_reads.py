@@ -1,11 +1,12 @@
-"""On any device: the training thread reads no tensor's value on the host, except where a
-snapshot's one copy to host memory is made.
+"""On any machine: the training thread reads no tensor's value on the host after the first
+snapshot.
 
 On a GPU each such read (``.item()``, ``.cpu()``, ``bool(tensor)``, ``nonzero`` ...) makes the
 host wait for the GPU; tests/test_cuda.py counts those waits with torch's sync debug mode
-where a GPU exists. Here, on the CPU, the same code paths run under a torch function mode
-that records every call that would read a value on the host, so that a new one is caught on
-any machine.
+where a GPU exists. Here, on the CPU, the code runs under a torch function mode that
+records every call that would read a value on the host, so that a new one in the
+device-independent code is caught without a GPU. What only a GPU shows (a copy between
+devices from pageable memory, the CUDA-only branches) is left to tests/test_cuda.py.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def test_the_recorder_sees_each_kind_of_host_read():
         assert len(recorder.seen) == 1, recorder.seen
     with HostReads() as recorder:
         (values * 2).amax().neg_()
-        values[torch.tensor([1, 0])]
+        values[1:].clamp(min=0)
     assert recorder.seen == []
 
 
