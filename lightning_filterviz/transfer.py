@@ -7,10 +7,11 @@ for bit, not converted), copied once with ``non_blocking=True`` into pinned host
 and followed by a CUDA event. The training thread goes on at once; whoever reads the
 values (the writer thread) waits on the event first.
 
-On the CPU the packed buffer is the host buffer: no copy beyond the packing, which also
-detaches the values from the live weights that the optimizer goes on changing. Tensors
-computed for the snapshot alone (statistics, reduced maps), which nothing writes to again,
-are not even packed there: they are handed on as they are.
+On the CPU nothing needs to travel, so nothing is packed: each tensor is copied on its
+own (which detaches the values from the live weights that the optimizer goes on changing;
+one large fresh buffer would cost more in page faults than the copies themselves), and
+tensors computed for the snapshot alone (statistics, reduced maps), which nothing writes
+to again, are handed on as they are.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class HostBuffer:
         buffers: per device, the host buffer its tensors were copied into.
         slots: where each tensor lies in its device's buffer.
         events: the CUDA events recorded after the copies (empty on the CPU).
-        kept: ``(owner, field, tensor)`` for CPU tensors handed on without a copy.
+        kept: ``(owner, field, tensor)`` for CPU tensors, copied on their own or handed on.
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class HostBuffer:
 
     def views(self) -> list[tuple[Any, str, Tensor]]:
         """``(owner, field, tensor)`` for every shipped tensor: CPU views into the host buffers,
-        and the CPU tensors handed on as they were (see ``fresh`` in :meth:`TransferPacker.add`).
+        and the CPU tensors, copied on their own or handed on (see :meth:`TransferPacker.add`).
 
         The views exist at once; their values are there after :meth:`wait`.
         """
@@ -78,6 +79,10 @@ class HostBuffer:
 class TransferPacker:
     """Collects tensors on their devices, then ships them to the host in one copy per device.
 
+    Args:
+        pack_cpu: pack CPU tensors too, as for an accelerator, instead of copying each on
+            its own; the packing is then exercised on any machine (tests).
+
     Example::
 
         packer = TransferPacker()
@@ -88,7 +93,8 @@ class TransferPacker:
             setattr(owner, field, tensor)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pack_cpu: bool = False) -> None:
+        self._pack_cpu = pack_cpu
         self._pending: dict[torch.device, list[tuple[Any, str, Tensor]]] = {}
         self._kept: list[tuple[Any, str, Tensor]] = []
 
@@ -102,15 +108,15 @@ class TransferPacker:
             field: its name there.
             tensor: on any device.
             fresh: ``tensor`` was computed for this shipment and nothing writes to it again:
-                on the CPU it is handed on as it is, not copied.
+                on the CPU it is handed on as it is (in float32 or int64), not copied.
 
         Raises:
             TypeError: for a tensor of another dtype.
         """
         dtype = _packed_dtype(tensor)
         tensor = tensor.detach()
-        if fresh and tensor.device.type == "cpu":
-            self._kept.append((owner, field, tensor if tensor.dtype == dtype else tensor.to(dtype)))
+        if tensor.device.type == "cpu" and not self._pack_cpu:
+            self._kept.append((owner, field, tensor.to(dtype, copy=not fresh)))
         else:
             self._pending.setdefault(tensor.device, []).append((owner, field, tensor))
 

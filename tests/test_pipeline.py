@@ -186,7 +186,8 @@ def test_statistics_are_ready_while_the_images_are_still_being_written(tmp_path)
     visualizer.close()
 
 
-def test_one_packed_buffer_gives_every_tensor_back_exactly():
+@pytest.mark.parametrize("pack_cpu", [True, False], ids=["packed as for a GPU", "copied one by one"])
+def test_every_shipped_tensor_comes_back_exactly(pack_cpu):
     class Holder:
         pass
 
@@ -198,7 +199,7 @@ def test_one_packed_buffer_gives_every_tensor_back_exactly():
         "half": torch.randn(4, 4).half(),
         "sliced": torch.randn(8, 3, 3, 3)[:5],
     }
-    packer = TransferPacker()
+    packer = TransferPacker(pack_cpu=pack_cpu)
     for field, tensor in values.items():
         packer.add(holder, field, tensor)
     host = packer.ship()
@@ -209,6 +210,7 @@ def test_one_packed_buffer_gives_every_tensor_back_exactly():
         got = getattr(holder, field)
         expected = tensor if tensor.dtype == torch.int64 else tensor.float()
         assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected), field
+        assert got.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr(), field  # a copy
     with pytest.raises(TypeError, match="pack floating-point or int64"):
         packer.add(holder, "mask", torch.ones(3, dtype=torch.bool))
 
