@@ -23,8 +23,9 @@ from lightning_filterviz.history import history_dir_of
 from lightning_filterviz.logger_sinks import sinks_for_loggers
 from lightning_filterviz.probe import model_input
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.settings import VisualizerSettings, check_bool, check_cadence, check_positive_int
+from lightning_filterviz.settings import VisualizerSettings, check_bool, check_positive_int
 from lightning_filterviz.sinks import NullSink, TensorBoardSink
+from lightning_filterviz.snapshot_schedule import SnapshotSchedule
 from lightning_filterviz.trainer_reading import (
     FixedProbe,
     data_source,
@@ -80,15 +81,13 @@ class FilterMonitorLogic(_CallbackBase):
         save_history: bool = True,
     ) -> None:
         super().__init__()
-        check_cadence(every_n_epochs, every_n_steps)
+        self._schedule = SnapshotSchedule(every_n_epochs, every_n_steps)
         check_positive_int("probe_size", probe_size)
         check_bool("track_training_batches", track_training_batches)
         check_bool("save_history", save_history)
         if probe_split not in PROBE_SPLITS:
             raise ValueError(f"`probe_split` must be one of {PROBE_SPLITS}, got {probe_split!r}.")
         self.layers = layers
-        self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
         self.probe_size = probe_size
         self.probe_split = probe_split
         self.save_history = save_history
@@ -102,13 +101,10 @@ class FilterMonitorLogic(_CallbackBase):
         self._probe = FixedProbe(probe, probe_size, probe_split)
         self._batch_watch = contextlib.ExitStack()
         self._examples = ValidationExamples()
-        self._waiting_for_weights = False
         self._track_requested = track_training_batches
         # What the previous fit watched, so that a fit of another model or on other data starts afresh.
         self._previous_fit = FitIdentity()
         self._log_dir: Optional[str] = None
-        self._last_snapshot_step: Optional[int] = None
-        self._ranks_plan_taken = False
         self._enabled = True
 
     @property
@@ -134,6 +130,14 @@ class FilterMonitorLogic(_CallbackBase):
         """Like :attr:`dataset_examples`: the input pixel ``(y, x)`` where each example peaks
         (the centre of the receptive field there)."""
         return self.engine.dataset_example_positions
+
+    @property
+    def every_n_epochs(self) -> Optional[int]:
+        return self._schedule.every_n_epochs
+
+    @property
+    def every_n_steps(self) -> Optional[int]:
+        return self._schedule.every_n_steps
 
     @property
     def probe(self) -> Optional[Any]:
@@ -202,7 +206,7 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
         self._batch_watch.close()  # the forward is over; the backward is not watched
-        if self._enabled and self._waiting_for_weights:
+        if self._enabled and self._schedule.waiting_for_weights:
             self._snapshot(trainer, pl_module)  # the forward has just given lazy modules their weights
 
     @override
@@ -210,17 +214,14 @@ class FilterMonitorLogic(_CallbackBase):
         self._batch_watch.close()
         if not self._enabled or not trainer.is_global_zero:
             return
-        if self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
+        if self._schedule.due_after_batch(trainer.global_step):
             self._snapshot(trainer, pl_module)
         else:
             self.engine.poll()  # what the writer has finished reaches the loggers that want this thread
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self._enabled or self.every_n_steps is not None:
-            return
-        every = self.every_n_epochs or 1
-        if (trainer.current_epoch + 1) % every == 0:
+        if self._enabled and self._schedule.due_after_epoch(trainer.current_epoch):
             self._snapshot(trainer, pl_module)
 
     @override
@@ -267,7 +268,7 @@ class FilterMonitorLogic(_CallbackBase):
     def state_dict(self) -> dict[str, Any]:
         return {
             "probe": self._probe.batch,
-            "last_snapshot_step": self._last_snapshot_step,
+            "last_snapshot_step": self._schedule.last_step,
             "engine": self.engine.state_dict(),
         }
 
@@ -283,28 +284,20 @@ class FilterMonitorLogic(_CallbackBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("probe") is not None:
             self._probe.restore(state_dict["probe"])
-        self._last_snapshot_step = state_dict.get("last_snapshot_step")
+        self._schedule.last_step = state_dict.get("last_snapshot_step")
         self.engine.load_state_dict(state_dict.get("engine", {}))
 
     def _snapshot(self, trainer: Any, pl_module: Any, probe: Optional[Any] = None) -> None:
         step = trainer.global_step
-        if step == self._last_snapshot_step:
+        needs_rank_plan = trainer.world_size > 1 and self.engine.settings.examples_layers != ()
+        taken = self._schedule.take(
+            step,
+            global_zero=trainer.is_global_zero,
+            needs_rank_plan=needs_rank_plan,
+            lazy_weights=has_lazy_weights(pl_module),
+        )
+        if not taken:
             return
-        # Other ranks take one unpublished snapshot, to find the activations and receptive
-        # fields that their share of the dataset examples needs.
-        if not trainer.is_global_zero and (self._ranks_plan_taken or not self._collects_examples(trainer)):
-            return
-        if has_lazy_weights(pl_module):
-            if not self._waiting_for_weights:
-                rank_zero_info(
-                    "filterviz: the model has lazy modules whose weights do not exist yet; the first snapshot "
-                    "is taken right after the first training forward, before the first optimizer step."
-                )
-            self._waiting_for_weights = True
-            return
-        self._waiting_for_weights = False
-        self._last_snapshot_step = step
-        self._ranks_plan_taken = True
         try:
             self.engine.snapshot(
                 pl_module,
@@ -321,16 +314,11 @@ class FilterMonitorLogic(_CallbackBase):
                 f"Cause: {type(error).__name__}: {error}"
             )
 
-    def _collects_examples(self, trainer: Any) -> bool:
-        return trainer.world_size > 1 and self.engine.settings.examples_layers != ()
-
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
         self.engine.reset()
         self._probe.forget()
-        self._last_snapshot_step = None
-        self._waiting_for_weights = False
-        self._ranks_plan_taken = False
+        self._schedule.restart()
 
 
 def _can_monitor(trainer: Any, model: nn.Module) -> bool:

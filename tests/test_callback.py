@@ -262,3 +262,24 @@ def test_with_a_csv_logger_first_the_history_lies_beside_the_tensorboard_images_
     pages = [build_report(path).read_text() for path in (csv_dir, tensorboard_dir)]
     pictures = [re.findall(r"data:image/png;base64,([^\"]+)", page) for page in pages]
     assert pictures[0] and pictures[0] == pictures[1]
+
+
+def test_the_schedule_takes_each_step_once_waits_for_lazy_weights_and_gives_other_ranks_one_snapshot():
+    from lightning_filterviz.snapshot_schedule import SnapshotSchedule
+
+    schedule = SnapshotSchedule(every_n_epochs=None, every_n_steps=3)
+    assert [step for step in range(10) if schedule.due_after_batch(step)] == [0, 3, 6, 9]
+    assert not any(schedule.due_after_epoch(epoch) for epoch in range(4))
+    rank_zero = dict(global_zero=True, needs_rank_plan=False)
+    assert not schedule.take(0, **rank_zero, lazy_weights=True) and schedule.waiting_for_weights
+    assert schedule.take(0, **rank_zero, lazy_weights=False) and not schedule.waiting_for_weights
+    assert not schedule.take(0, **rank_zero, lazy_weights=False)  # once per step
+    assert schedule.take(3, **rank_zero, lazy_weights=False) and schedule.last_step == 3
+
+    other_rank = SnapshotSchedule(every_n_epochs=2, every_n_steps=None)
+    assert [epoch for epoch in range(6) if other_rank.due_after_epoch(epoch)] == [1, 3, 5]
+    assert not other_rank.take(0, global_zero=False, needs_rank_plan=False, lazy_weights=False)
+    assert other_rank.take(0, global_zero=False, needs_rank_plan=True, lazy_weights=False)
+    assert not other_rank.take(5, global_zero=False, needs_rank_plan=True, lazy_weights=False)  # one plan only
+    other_rank.restart()
+    assert other_rank.take(5, global_zero=False, needs_rank_plan=True, lazy_weights=False)
