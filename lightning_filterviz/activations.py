@@ -74,7 +74,7 @@ class ActivationRecorder:
             activation: its output.
             nonnegative: whether every value is known to be ``>= 0`` (so ``|h|`` is ``h``).
         """
-        values = activation.detach()
+        values = activation.detach() if activation.requires_grad else activation
         dims = [dim for dim in range(values.dim()) if dim != 1]
         # Statistics in float32 whatever the autocast dtype; amax is exact in any dtype.
         channel_max = _float32(values.amax(dim=dims))

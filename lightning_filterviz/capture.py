@@ -265,12 +265,24 @@ def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
     autograd = torch.enable_grad() if grad else torch.no_grad()
     try:
         with untouched_random_state(_cuda_devices(model)), autograd, _eager():
-            model.eval()
+            _evaluation_mode(model, [module for module, _ in modes])
             yield
     finally:
         for module, training in modes:
             if module.training != training:
                 _set_training_flag(module, training)
+
+
+def _evaluation_mode(model: nn.Module, modules: Sequence[nn.Module]) -> None:
+    """``model.eval()``, by setting the flags directly where no module overrides ``train``
+    (``Module.train`` walks the tree through ``__setattr__``: about half a millisecond per
+    snapshot for a ResNet-18)."""
+    if any(type(module).train is not nn.Module.train for module in modules):
+        model.eval()  # a module with its own train() (freezing a part, say) decides for itself
+        return
+    for module in modules:
+        if module.training:
+            _set_training_flag(module, False)
 
 
 def _set_training_flag(module: nn.Module, training: bool) -> None:
@@ -314,7 +326,10 @@ def _tap_hook(name: str, tap: ActivationTap, recorder: ActivationRecorder) -> Ca
 def _reduce_maps(activation: Tensor, max_images: int, max_channels: int, max_size: int) -> Tensor:
     """The first feature maps, float32, area-downsampled above ``max_size``: always a new
     tensor, so that an in-place op later in the forward cannot change them."""
-    maps = activation[:max_images, :max_channels]
+    # Sliced only where there is something to cut: each slice is a dispatched op, per layer.
+    maps = activation if activation.shape[0] <= max_images else activation[:max_images]
+    if maps.dim() > 1 and maps.shape[1] > max_channels:
+        maps = maps[:, :max_channels]
     if maps.dim() == 4 and max(maps.shape[-2:]) > max_size:
         height, width = maps.shape[-2:]
         scale = max_size / max(height, width)

@@ -114,9 +114,12 @@ class TransferPacker:
             TypeError: for a tensor of another dtype.
         """
         dtype = _packed_dtype(tensor)
-        tensor = tensor.detach()
+        if tensor.requires_grad:
+            tensor = tensor.detach()
         if tensor.device.type == "cpu" and not self._pack_cpu:
-            self._kept.append((owner, field, tensor.to(dtype, copy=not fresh)))
+            # Each call here is a dispatched op, so none is made that would change nothing.
+            kept = tensor if fresh and tensor.dtype == dtype else tensor.to(dtype, copy=not fresh)
+            self._kept.append((owner, field, kept))
         else:
             self._pending.setdefault(tensor.device, []).append((owner, field, tensor))
 

@@ -157,6 +157,36 @@ def test_modes_and_rng_are_restored():
     assert torch.equal(model[1].running_mean, running_mean)
 
 
+def test_every_module_runs_in_eval_mode_and_a_module_with_its_own_train_is_asked():
+    class FreezesItsStem(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+            self.asked: list[bool] = []
+
+        def train(self, mode: bool = True) -> "FreezesItsStem":
+            self.asked.append(mode)
+            super().train(mode)
+            self.stem.eval()
+            return self
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.stem(x)
+
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)).train()
+    overriding = nn.Sequential(FreezesItsStem(), nn.ReLU(), nn.Conv2d(4, 4, 3)).train()
+    for model in (plain, overriding):
+        before = [module.training for module in model.modules()]
+        during: list[bool] = []
+        handles = [module.register_forward_hook(lambda m, a, o: during.append(m.training)) for module in model.modules()]
+        capture(model, torch.randn(2, 3, 8, 8))
+        for handle in handles:
+            handle.remove()
+        assert during and not any(during)
+        assert [module.training for module in model.modules()] == before
+    assert overriding[0].asked == [True, False]  # its own train() decided the eval mode
+
+
 def test_a_torchscript_block_is_back_in_training_mode_after_each_snapshot():
     # A scripted module keeps its training flag in C++: the forward reads that one.
     block = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
