@@ -19,27 +19,22 @@ from lightning_filterviz.arguments import MONITOR, MONITOR_DOCSTRING_WITHOUT_ARG
 from lightning_filterviz.discovery import has_compiled_module, has_lazy_weights, unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.fit_identity import FitIdentity
-from lightning_filterviz.history import history_dir_of
-from lightning_filterviz.logger_sinks import sinks_for_loggers
 from lightning_filterviz.probe import model_input
 from lightning_filterviz.render import WeightNormalization
-from lightning_filterviz.settings import VisualizerSettings, check_bool, check_positive_int
-from lightning_filterviz.sinks import NullSink, TensorBoardSink
+from lightning_filterviz.settings import VisualizerSettings, check_bool
+from lightning_filterviz.sinks import NullSink
 from lightning_filterviz.snapshot_schedule import SnapshotSchedule
 from lightning_filterviz.trainer_reading import (
     FixedProbe,
     data_source,
+    fit_destination,
     input_converter,
     is_sharded,
     log_dir_of,
-    point_other_loggers_to,
-    warn_about_tensorboard_sampling,
 )
 from lightning_filterviz.validation_examples import ValidationExamples
 
-__all__ = ["PROBE_SPLITS", "FilterMonitorLogic"]
-
-PROBE_SPLITS = ("val", "train")
+__all__ = ["FilterMonitorLogic"]
 
 
 if TYPE_CHECKING:
@@ -82,11 +77,9 @@ class FilterMonitorLogic(_CallbackBase):
     ) -> None:
         super().__init__()
         self._schedule = SnapshotSchedule(every_n_epochs, every_n_steps)
-        check_positive_int("probe_size", probe_size)
+        self._probe = FixedProbe(probe, probe_size, probe_split)
         check_bool("track_training_batches", track_training_batches)
         check_bool("save_history", save_history)
-        if probe_split not in PROBE_SPLITS:
-            raise ValueError(f"`probe_split` must be one of {PROBE_SPLITS}, got {probe_split!r}.")
         self.layers = layers
         self.probe_size = probe_size
         self.probe_split = probe_split
@@ -98,7 +91,6 @@ class FilterMonitorLogic(_CallbackBase):
             background=True,
             **VisualizerSettings.arguments_in(locals()),
         )
-        self._probe = FixedProbe(probe, probe_size, probe_split)
         self._batch_watch = contextlib.ExitStack()
         self._examples = ValidationExamples()
         self._track_requested = track_training_batches
@@ -154,21 +146,13 @@ class FilterMonitorLogic(_CallbackBase):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        self._enabled = True  # each fit tries afresh, whatever switched the monitor off before
-        self.track_training_batches = self._track_requested
         if self._previous_fit.new_model(pl_module):
             self._start_afresh()
+        # Each fit tries afresh, whatever switched the monitor or the tracking off before.
         self._enabled = _can_monitor(trainer, pl_module)
-        if not self._enabled:
-            return
-        if self.track_training_batches and has_compiled_module(pl_module):
-            self.track_training_batches = False
-            rank_zero_warn(
-                "filterviz: `track_training_batches` is off for this run: the model has a torch.compile'd module, "
-                "whose compiled training steps a Python-level tracker would slow down or recompile."
-            )
-        watched = self.engine.watch(pl_module)  # an unknown layer name fails here, before any step
-        if not watched:
+        self.track_training_batches = self._enabled and self._track_requested and _can_track(pl_module)
+        # An unknown layer name fails here, before any step.
+        if self._enabled and not self.engine.watch(pl_module):
             self._enabled = False
             rank_zero_warn("filterviz: the model has no nn.Conv2d layer, so FilterMonitor has nothing to show.")
 
@@ -189,13 +173,8 @@ class FilterMonitorLogic(_CallbackBase):
             return
         probe = self._probe.on_device(trainer)
         model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
-        sink, output_dir = sinks_for_loggers(trainer.loggers, log_dir)
-        history_dir = history_dir_of(output_dir) if self.save_history else None
-        if history_dir is not None:
-            point_other_loggers_to(trainer, output_dir, history_dir)
-        self.engine.attach(sink, history_dir, new_run=new_log_dir)
-        if any(isinstance(each, TensorBoardSink) for each in sink.sinks.values()):
-            warn_about_tensorboard_sampling(trainer, self.every_n_epochs, self.every_n_steps)
+        destination = fit_destination(trainer, log_dir, self.save_history, self.every_n_epochs, self.every_n_steps)
+        self.engine.attach(*destination, new_run=new_log_dir)
         self._snapshot(trainer, pl_module, probe)
 
     @override
@@ -228,7 +207,7 @@ class FilterMonitorLogic(_CallbackBase):
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         # Every rank collects its shard; rank 0 publishes them all at the end.
         if self._enabled:
-            self._collecting_examples(lambda: self._examples.start_run(self.engine, trainer, pl_module))
+            self._examples.start_run(self.engine, trainer, pl_module)
 
     @override
     def on_validation_batch_start(
@@ -239,14 +218,7 @@ class FilterMonitorLogic(_CallbackBase):
 
     @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._collecting_examples(lambda: self._examples.end_run(self.engine, trainer, pl_module))
-
-    def _collecting_examples(self, step: Callable[[], None]) -> None:
-        try:
-            step()
-        except Exception as error:  # monitoring must never end a training run
-            self._examples.stop()
-            rank_zero_warn(f"filterviz: collecting dataset examples failed: {type(error).__name__}: {error}")
+        self._examples.end_run(self.engine, trainer, pl_module)
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -296,29 +268,48 @@ class FilterMonitorLogic(_CallbackBase):
             needs_rank_plan=needs_rank_plan,
             lazy_weights=has_lazy_weights(pl_module),
         )
-        if not taken:
-            return
-        try:
-            self.engine.snapshot(
-                pl_module,
-                probe if probe is not None else self._probe.on_device(trainer),
-                step,
-                forward_context=trainer.precision_plugin.forward_context,
-                convert_input=input_converter(trainer),
-                publish=trainer.is_global_zero,
-            )
-        except Exception as error:  # monitoring must never end a training run
-            self._enabled = False
-            rank_zero_warn(
-                f"filterviz: the snapshot at step {step} failed, so FilterMonitor is off for the rest of this run. "
-                f"Cause: {type(error).__name__}: {error}"
-            )
+        if taken:
+            probe = probe if probe is not None else self._probe.on_device(trainer)
+            self._enabled = _snapshot_of_fit(self.engine, trainer, pl_module, probe)
 
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
         self.engine.reset()
         self._probe.forget()
         self._schedule.restart()
+
+
+def _snapshot_of_fit(engine: FilterVisualizer, trainer: Any, model: nn.Module, probe: Any) -> bool:
+    """Take a snapshot as the trainer runs the model (its precision, its input conversion);
+    rank 0 publishes it. Whether it worked: a failure is warned about, never raised."""
+    step = trainer.global_step
+    try:
+        engine.snapshot(
+            model,
+            probe,
+            step,
+            forward_context=trainer.precision_plugin.forward_context,
+            convert_input=input_converter(trainer),
+            publish=trainer.is_global_zero,
+        )
+    except Exception as error:  # monitoring must never end a training run
+        rank_zero_warn(
+            f"filterviz: the snapshot at step {step} failed, so FilterMonitor is off for the rest of this run. "
+            f"Cause: {type(error).__name__}: {error}"
+        )
+        return False
+    return True
+
+
+def _can_track(model: nn.Module) -> bool:
+    """Whether training batches can be watched; says why not."""
+    if has_compiled_module(model):
+        rank_zero_warn(
+            "filterviz: `track_training_batches` is off for this run: the model has a torch.compile'd module, "
+            "whose compiled training steps a Python-level tracker would slow down or recompile."
+        )
+        return False
+    return True
 
 
 def _can_monitor(trainer: Any, model: nn.Module) -> bool:

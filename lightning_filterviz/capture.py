@@ -145,14 +145,7 @@ def start_capture(
     snapshot = Snapshot(step=step)
     packer = TransferPacker()
     with side_pass(model):
-        # Read inside the eval, no-grad pass: a parametrized weight is computed the way the
-        # model's eval forward computes it, with no power-iteration step or buffer update.
-        for layer in layers:
-            module = layer.module
-            rgb = module.in_channels == 3 and module.groups == 1
-            capture = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
-            snapshot.layers[layer.name] = capture
-            packer.add(capture, "weight", module.weight[:max_filters])
+        _capture_weights(snapshot, layers, packer, max_filters)
         if capture_activations and layers:
             recorder = ActivationRecorder(
                 lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size),
@@ -169,6 +162,17 @@ def start_capture(
         if name in snapshot.layers:
             packer.add(snapshot.layers[name], "training_max", maxima, fresh=True)  # handed over, never updated again
     return CapturedProbe(snapshot, packer, plan)
+
+
+def _capture_weights(snapshot: Snapshot, layers: Sequence[ConvLayer], packer: TransferPacker, max_filters: int) -> None:
+    # Called inside the eval, no-grad pass: a parametrized weight is computed the way the
+    # model's eval forward computes it, with no power-iteration step or buffer update.
+    for layer in layers:
+        module = layer.module
+        rgb = module.in_channels == 3 and module.groups == 1
+        capture = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
+        snapshot.layers[layer.name] = capture
+        packer.add(capture, "weight", module.weight[:max_filters])
 
 
 class _Observation:

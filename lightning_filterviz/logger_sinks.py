@@ -75,7 +75,8 @@ def sinks_for_loggers(loggers: Sequence[Any], log_dir: str) -> tuple[SinkGroup, 
 
 
 def _first_log_dir(loggers: Sequence[Any], kind: str) -> Optional[str]:
-    return next((logger.log_dir for logger in loggers if _logger_kind(logger) == kind and getattr(logger, "log_dir", None)), None)
+    matching = (logger for logger in loggers if _logger_kind(logger) == kind and getattr(logger, "log_dir", None))
+    return next((logger.log_dir for logger in matching), None)
 
 
 def _logger_kind(logger: Any) -> Optional[str]:
@@ -101,7 +102,9 @@ def _explain_png_files(directory: str, without_images: list[str]) -> None:
             f"W&B, MLflow); it gets the scalars through `log_metrics`, and the images go to PNG files in {directory}."
         )
     else:
-        rank_zero_info(f"filterviz: no TensorBoard, W&B or MLflow logger; writing PNG files and scalars.csv to {directory}")
+        rank_zero_info(
+            f"filterviz: no TensorBoard, W&B or MLflow logger; writing PNG files and scalars.csv to {directory}"
+        )
 
 
 class LoggerMetricsSink:

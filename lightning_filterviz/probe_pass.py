@@ -177,7 +177,8 @@ class ProbePass:
 
     def _attach_receptive_fields(self, captured: CapturedProbe, model: nn.Module, inputs: Any) -> None:
         snapshot = captured.snapshot
-        wanted = [layer for layer in self.layers if layer.name in self.response_layers or layer.name in self.examples_layers]
+        wanted_names = {*self.response_layers, *self.examples_layers}
+        wanted = [layer for layer in self.layers if layer.name in wanted_names]
         if not wanted or not _looks_like_images(inputs):
             return
         for layer in wanted:

@@ -136,7 +136,8 @@ class RunState:
             return
         self.described = True
         snapshot.layer_table = layer_table(snapshot)
-        self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + snapshot.layer_table.markdown()))
+        table = snapshot.layer_table.markdown()
+        self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + table))
         not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
         if not_relu:
             self._messages.append((

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -17,16 +18,22 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_filterviz.history import point_to_history
+from lightning_filterviz.history import history_dir_of, point_to_history
+from lightning_filterviz.logger_sinks import sinks_for_loggers
 from lightning_filterviz.probe import pin_memory, probe_from_loader, take_first, to_cpu
 from lightning_filterviz.rng import initialized_cuda_devices, untouched_random_state
+from lightning_filterviz.settings import check_positive_int
+from lightning_filterviz.sink_group import SinkGroup
+from lightning_filterviz.sinks import TensorBoardSink
 
 __all__ = [
     "FixedProbe",
+    "PROBE_SPLITS",
     "SHARDED_STRATEGIES",
     "TENSORBOARD_IMAGE_SAMPLES",
     "data_source",
     "first_loader",
+    "fit_destination",
     "input_converter",
     "is_sharded",
     "log_dir_of",
@@ -38,6 +45,8 @@ __all__ = [
     "warn_about_tensorboard_sampling",
 ]
 
+# Where a probe taken from the fit's data comes from (see probe_from_data).
+PROBE_SPLITS = ("val", "train")
 # Strategies whose ranks each hold a shard of the weights.
 SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 # TensorBoard keeps about this many images per tag unless told otherwise.
@@ -54,9 +63,15 @@ class FixedProbe:
         given: a batch passed by the user (its first ``size`` samples are kept), or ``None``.
         size: the most samples the probe holds.
         split: where a probe taken from the data comes from (see :func:`probe_from_data`).
+
+    Raises:
+        ValueError: if ``size`` is not a positive integer or ``split`` not one of :data:`PROBE_SPLITS`.
     """
 
     def __init__(self, given: Optional[Any], size: int, split: str) -> None:
+        check_positive_int("probe_size", size)
+        if split not in PROBE_SPLITS:
+            raise ValueError(f"`probe_split` must be one of {PROBE_SPLITS}, got {split!r}.")
         self.batch: Optional[Any] = take_first(to_cpu(given), size) if given is not None else None
         self.size = size
         self.split = split
@@ -151,6 +166,21 @@ def first_loader(loaders: Any) -> Optional[DataLoader]:
 def log_dir_of(trainer: Any) -> str:
     """The run's log dir; on every rank, as ``Trainer.log_dir`` is a collective."""
     return trainer.log_dir or trainer.default_root_dir
+
+
+def fit_destination(
+    trainer: Any, log_dir: str, save_history: bool, every_n_epochs: Optional[int], every_n_steps: Optional[int]
+) -> tuple[SinkGroup, Optional[Path]]:
+    """Where this fit's snapshots go: a sink for each of the trainer's loggers, and (with
+    ``save_history``) the history directory beside them, which the other loggers' directories
+    point to. Warns when TensorBoard would show only part of the planned snapshots."""
+    sink, output_dir = sinks_for_loggers(trainer.loggers, log_dir)
+    history_dir = history_dir_of(output_dir) if save_history else None
+    if history_dir is not None:
+        point_other_loggers_to(trainer, output_dir, history_dir)
+    if any(isinstance(each, TensorBoardSink) for each in sink.sinks.values()):
+        warn_about_tensorboard_sampling(trainer, every_n_epochs, every_n_steps)
+    return sink, history_dir
 
 
 def point_other_loggers_to(trainer: Any, output_dir: str, history_dir: Any) -> None:

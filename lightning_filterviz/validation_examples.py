@@ -8,9 +8,10 @@ at the end gathers every rank's examples (each sample kept once) for rank 0 to p
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -47,16 +48,29 @@ class ValidationExamples:
 
     def start_run(self, engine: FilterVisualizer, trainer: Any, model: Any) -> None:
         """At the start of a validation run: collect, if it is one of ``fit``'s and the
-        engine has layers to collect examples of."""
+        engine has layers to collect examples of. A failure costs only this run's examples."""
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        collector = engine.dataset_examples_pass(model)
-        if collector is not None:
-            self.start(collector, validation_loader_in_use(trainer), model.device)
+        with self._failure_warned():
+            collector = engine.dataset_examples_pass(model)
+            if collector is not None:
+                self.start(collector, validation_loader_in_use(trainer), model.device)
 
     def end_run(self, engine: FilterVisualizer, trainer: Any, model: Any) -> None:
         """At the end of a validation run: gather every rank's examples (a collective) and
-        publish them on rank 0."""
+        publish them on rank 0. A failure costs only this run's examples."""
+        with self._failure_warned():
+            self._publish(engine, trainer, model)
+
+    @contextlib.contextmanager
+    def _failure_warned(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as error:  # monitoring must never end a training run
+            self.stop()
+            rank_zero_warn(f"filterviz: collecting dataset examples failed: {type(error).__name__}: {error}")
+
+    def _publish(self, engine: FilterVisualizer, trainer: Any, model: Any) -> None:
         collector = self.stop()
         if collector is None:
             return
