@@ -25,6 +25,7 @@ from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import NullSink
 from lightning_filterviz.snapshot_schedule import SnapshotSchedule
 from lightning_filterviz.trainer_reading import (
+    PROBE_SPLITS,
     FixedProbe,
     data_source,
     fit_destination,
@@ -34,7 +35,7 @@ from lightning_filterviz.trainer_reading import (
 )
 from lightning_filterviz.validation_examples import ValidationExamples
 
-__all__ = ["FilterMonitorLogic"]
+__all__ = ["PROBE_SPLITS", "FilterMonitorLogic"]
 
 
 if TYPE_CHECKING:
@@ -77,7 +78,6 @@ class FilterMonitorLogic(_CallbackBase):
     ) -> None:
         super().__init__()
         self._schedule = SnapshotSchedule(every_n_epochs, every_n_steps)
-        self._probe = FixedProbe(probe, probe_size, probe_split)
         check_bool("track_training_batches", track_training_batches)
         check_bool("save_history", save_history)
         self.layers = layers
@@ -91,12 +91,12 @@ class FilterMonitorLogic(_CallbackBase):
             background=True,
             **VisualizerSettings.arguments_in(locals()),
         )
+        self._probe = FixedProbe(probe, probe_size, probe_split)
         self._batch_watch = contextlib.ExitStack()
         self._examples = ValidationExamples()
         self._track_requested = track_training_batches
         # What the previous fit watched, so that a fit of another model or on other data starts afresh.
         self._previous_fit = FitIdentity()
-        self._log_dir: Optional[str] = None
         self._enabled = True
 
     @property
@@ -150,11 +150,11 @@ class FilterMonitorLogic(_CallbackBase):
             self._start_afresh()
         # Each fit tries afresh, whatever switched the monitor or the tracking off before.
         self._enabled = _can_monitor(trainer, pl_module)
-        self.track_training_batches = self._enabled and self._track_requested and _can_track(pl_module)
         # An unknown layer name fails here, before any step.
         if self._enabled and not self.engine.watch(pl_module):
             self._enabled = False
             rank_zero_warn("filterviz: the model has no nn.Conv2d layer, so FilterMonitor has nothing to show.")
+        self.track_training_batches = self._enabled and self._track_requested and _can_track(pl_module)
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -165,8 +165,7 @@ class FilterMonitorLogic(_CallbackBase):
         self._probe.choose(trainer)
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
         log_dir = log_dir_of(trainer)
-        new_log_dir = self._log_dir is not None and log_dir != self._log_dir
-        self._log_dir = log_dir
+        new_log_dir = self._previous_fit.new_log_dir(log_dir)
         if not trainer.is_global_zero:
             model_input(self._probe.batch, self.engine.batch_key)  # the same check as on rank 0, before any step
             self._snapshot(trainer, pl_module)
@@ -270,7 +269,8 @@ class FilterMonitorLogic(_CallbackBase):
         )
         if taken:
             probe = probe if probe is not None else self._probe.on_device(trainer)
-            self._enabled = _snapshot_of_fit(self.engine, trainer, pl_module, probe)
+            if not _snapshot_of_fit(self.engine, trainer, pl_module, probe):
+                self._enabled = False
 
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""

@@ -278,11 +278,12 @@ def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
 
 
 def _evaluation_mode(model: nn.Module, modules: Sequence[nn.Module]) -> None:
-    """``model.eval()``, by setting the flags directly where no module overrides ``train``
-    (``Module.train`` walks the tree through ``__setattr__``: about half a millisecond per
-    snapshot for a ResNet-18)."""
-    if any(type(module).train is not nn.Module.train for module in modules):
-        model.eval()  # a module with its own train() (freezing a part, say) decides for itself
+    """``model.eval()``, by setting the flags directly where neither ``model.eval`` nor any
+    module's ``train`` is overridden (``Module.train`` walks the tree through ``__setattr__``:
+    about half a millisecond per snapshot for a ResNet-18)."""
+    overridden = type(model).eval is not nn.Module.eval
+    if overridden or any(type(module).train is not nn.Module.train for module in modules):
+        model.eval()  # a model with its own eval() or train() (freezing a part, say) decides for itself
         return
     for module in modules:
         if module.training:

@@ -1,5 +1,5 @@
-"""What the callback reads off a Lightning Trainer: its data, log dir, strategy, precision and
-plan; and the fixed probe batch taken from its data.
+"""What the callback reads off a Lightning Trainer: its data, log dir, loggers (where a fit
+writes), strategy, precision and plan; and the fixed probe batch taken from its data.
 
 Every function here takes the Trainer (or its strategy) as an untyped object and imports no
 Lightning package, so that both flavours, ``lightning.pytorch`` and ``pytorch_lightning``,
@@ -171,9 +171,12 @@ def log_dir_of(trainer: Any) -> str:
 def fit_destination(
     trainer: Any, log_dir: str, save_history: bool, every_n_epochs: Optional[int], every_n_steps: Optional[int]
 ) -> tuple[SinkGroup, Optional[Path]]:
-    """Where this fit's snapshots go: a sink for each of the trainer's loggers, and (with
-    ``save_history``) the history directory beside them, which the other loggers' directories
-    point to. Warns when TensorBoard would show only part of the planned snapshots."""
+    """Where this fit's snapshots go: a sink for each of the trainer's loggers (see
+    :func:`~lightning_filterviz.logger_sinks.sinks_for_loggers`) and, with ``save_history``,
+    the history directory ``<output dir>/filterviz/history`` in the directory of the first
+    TensorBoard logger (else the CSV logger's, else ``log_dir``), to which a note in the other
+    loggers' directories points. Warns when TensorBoard would show only part of the planned
+    snapshots."""
     sink, output_dir = sinks_for_loggers(trainer.loggers, log_dir)
     history_dir = history_dir_of(output_dir) if save_history else None
     if history_dir is not None:

@@ -157,7 +157,7 @@ def test_modes_and_rng_are_restored():
     assert torch.equal(model[1].running_mean, running_mean)
 
 
-def test_every_module_runs_in_eval_mode_and_a_module_with_its_own_train_is_asked():
+def test_every_module_runs_in_eval_mode_and_a_model_with_its_own_eval_or_train_is_asked():
     class FreezesItsStem(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -173,9 +173,17 @@ def test_every_module_runs_in_eval_mode_and_a_module_with_its_own_train_is_asked
         def forward(self, x: Tensor) -> Tensor:
             return self.stem(x)
 
+    class CountsItsEval(nn.Sequential):
+        evals = 0
+
+        def eval(self) -> "CountsItsEval":
+            self.evals += 1
+            return super().eval()
+
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)).train()
     overriding = nn.Sequential(FreezesItsStem(), nn.ReLU(), nn.Conv2d(4, 4, 3)).train()
-    for model in (plain, overriding):
+    own_eval = CountsItsEval(nn.Conv2d(3, 4, 3), nn.ReLU()).train()
+    for model in (plain, overriding, own_eval):
         before = [module.training for module in model.modules()]
         during: list[bool] = []
         handles = [module.register_forward_hook(lambda m, a, o: during.append(m.training)) for module in model.modules()]
@@ -185,6 +193,7 @@ def test_every_module_runs_in_eval_mode_and_a_module_with_its_own_train_is_asked
         assert during and not any(during)
         assert [module.training for module in model.modules()] == before
     assert overriding[0].asked == [True, False]  # its own train() decided the eval mode
+    assert own_eval.evals == 1
 
 
 def test_a_torchscript_block_is_back_in_training_mode_after_each_snapshot():
