@@ -180,21 +180,13 @@ MONITOR_DOCSTRING_WITHOUT_ARGS = """Watch a CNN learn: conv filters, feature map
     At global step 0, before the first optimizer step, and then every ``every_n_epochs``
     epochs or every ``every_n_steps`` optimizer steps, the monitor runs a fixed probe batch
     through the model (eval mode, no autograd, every flag and hook restored) and logs, for
-    each watched conv layer:
+    each watched conv layer (``<layer>``, its name in ``named_modules()``; the activation of
+    a conv is the first activation function after it, through normalization layers):
 
-    - ``filterviz/weights/<layer>``: the normalized filters as one image grid,
-    - ``filterviz/activations/<layer>``: the feature maps of the conv's activation (the
-      first activation function after the conv, through normalization layers),
-    - ``filterviz/dead_fraction/<layer>``: the fraction of dead filters (ReLU-family
-      activations only),
-    - ``filterviz/dead_filters``: a text table of layer -> dead filter indices,
+    <logged tags>
 
-    and the learning-progress views: ``filterviz/dormant_fraction/<layer>``,
-    ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>`` (scalars),
-    ``filterviz/drift_strip/<layer>``, ``filterviz/filmstrip/<layer>``,
-    ``filterviz/responses/<layer>`` and ``filterviz/through_the_layers/<i>`` (images), and
-    ``filterviz/layers`` (text). Each snapshot's small arrays are also saved under
-    ``<log_dir>/filterviz/history`` for ``filterviz-report``.
+    Each snapshot's small arrays are also saved under ``<log_dir>/filterviz/history`` for
+    ``filterviz-report``.
 
     A filter is dead when its activation is ``<= dead_threshold`` everywhere on the probe
     batch for ``dead_patience`` consecutive snapshots; dead filters are framed in red.

@@ -24,6 +24,7 @@ from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import NullSink
 from lightning_filterviz.snapshot_schedule import SnapshotSchedule
+from lightning_filterviz.tags import with_logged_tags
 from lightning_filterviz.trainer_reading import (
     PROBE_SPLITS,
     FixedProbe,
@@ -334,4 +335,4 @@ def _can_monitor(trainer: Any, model: nn.Module) -> bool:
 
 
 # The docstring of both FilterMonitor flavours (lightning.py, pl.py).
-_DOCSTRING = with_args_section(MONITOR_DOCSTRING_WITHOUT_ARGS, FilterMonitorLogic.__init__, MONITOR)
+_DOCSTRING = with_args_section(with_logged_tags(MONITOR_DOCSTRING_WITHOUT_ARGS), FilterMonitorLogic.__init__, MONITOR)

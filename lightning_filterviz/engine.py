@@ -34,6 +34,7 @@ from lightning_filterviz.render import WeightNormalization
 from lightning_filterviz.run_state import RunState
 from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import Sink, as_sink
+from lightning_filterviz.tags import with_logged_tags
 from lightning_filterviz.tracking import track_training_batch
 
 __all__ = ["FilterVisualizer"]
@@ -48,30 +49,14 @@ class FilterVisualizer:
     """Snapshots a model's conv filters and feature maps and logs them, in any training loop.
 
     Each :meth:`snapshot` runs the probe batch through the model once (eval mode, no
-    autograd, hooks removed afterwards), updates the dead-filter statistics and writes:
+    autograd, hooks removed afterwards), updates the dead-filter statistics and writes
+    what the layers show (the examples: :meth:`publish_dataset_examples`; the drift strips
+    of the latest snapshot: :meth:`finish`):
 
-    - ``filterviz/weights/<layer>``: the layer's normalized filters (image),
-    - ``filterviz/activations/<layer>``: its activation's feature maps for the probe (image),
-    - ``filterviz/dead_fraction/<layer>``: dead filters / all filters (scalar),
-    - ``filterviz/dormant_fraction/<layer>``: dormant filters / all filters (scalar),
-    - ``filterviz/dead_filters``: a table of layer -> dead indices (text),
-    - ``filterviz/layers``: each watched conv and the activation it maps to (text, once),
-    - ``filterviz/drift/<layer>`` and ``filterviz/weight_norm_ratio/<layer>``: how far the
-      filters turned from their initial direction (mean cosine distance) and how their
-      norm changed (scalars),
-    - ``filterviz/drift_strip/<layer>``: the same per filter (image; with the views below,
-      and for the latest snapshot at :meth:`finish`),
-    - ``filterviz/filmstrip/<layer>``: the filters at every snapshot so far, one row per
-      snapshot (image; the first conv by default),
-    - ``filterviz/responses/<layer>``: each drawn filter beside the patch of the probe
-      where its activation peaks (its receptive field there; the first conv by default),
-    - ``filterviz/through_the_layers/<i>``: probe image ``i`` seen by every watched layer,
-      a few of its busiest channels each, early to deep (image),
+    <logged tags>
 
-    (the last three at the first snapshot and every ``views_every`` snapshots),
-    - ``filterviz/probe``: the probe images themselves, at the first snapshot (image),
-
-    and, with ``history_dir``, each snapshot's arrays as ``<history_dir>/step_<step>.npz``.
+    With ``history_dir``, each snapshot's arrays are also saved as
+    ``<history_dir>/step_<step>.npz``.
 
     On the training thread a snapshot costs the probe's forward plus a few kernel launches
     and one non-blocking copy to host memory; with ``background=True`` everything else
@@ -381,9 +366,11 @@ class FilterVisualizer:
         return self._probe_pass
 
 
-# The Args section, from lightning_filterviz.arguments (None: docstrings stripped by python -OO).
+# The tags and the Args section, each documented once (None: docstrings stripped by python -OO).
 if FilterVisualizer.__doc__ is not None:
-    FilterVisualizer.__doc__ = with_args_section(FilterVisualizer.__doc__, FilterVisualizer.__init__, VISUALIZER)
+    FilterVisualizer.__doc__ = with_args_section(
+        with_logged_tags(FilterVisualizer.__doc__), FilterVisualizer.__init__, VISUALIZER
+    )
 
 
 def _as_step(step: Any) -> int:

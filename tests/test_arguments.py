@@ -17,6 +17,7 @@ from conftest import REPO, Classifier, FilterMonitor, RandomImages, conv_bn_relu
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.arguments import ARGUMENTS, MONITOR, VISUALIZER, args_section, render_argument
 from lightning_filterviz.settings import VisualizerSettings
+from lightning_filterviz.tags import LOGGED_TAGS
 
 # Shared by FilterMonitor and FilterVisualizer: (arguments, exception, message).
 SHARED = [
@@ -120,6 +121,24 @@ def test_readme_documents_every_monitor_argument():
     for name, parameter in constructor_arguments(FilterMonitor).items():
         default = ast.literal_eval(rows[name])
         assert (name, type(default), default) == (name, type(parameter.default), parameter.default)
+
+
+def test_readme_tag_table_lists_the_logged_tags_in_order():
+    readme = (REPO / "README.md").read_text()
+    lines = readme[readme.index("### What you see in TensorBoard") :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| tag |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(re.match(r"^\| `([^`]+)` \| (\w+) \|", line).groups())  # type: ignore[union-attr]
+    assert rows == [(each.tag, each.kind) for each in LOGGED_TAGS]
+
+
+@pytest.mark.parametrize("owner", [FilterMonitor, FilterVisualizer])
+def test_docstring_lists_every_logged_tag(owner):
+    for each in LOGGED_TAGS:
+        assert f"``{each.tag}`` ({each.kind})" in owner.__doc__
 
 
 OWNERS = [(FilterMonitor, MONITOR), (FilterVisualizer, VISUALIZER)]

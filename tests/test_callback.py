@@ -23,6 +23,7 @@ from conftest import (
     trainer_kwargs,
 )
 from lightning_filterviz.render import FRAME_PIXELS, GRID_PADDING
+from lightning_filterviz.tags import LOGGED_TAGS
 
 LAYERS = ["net.0", "net.3"]
 STEPS_PER_EPOCH = 4  # 32 training samples in batches of 8
@@ -40,6 +41,18 @@ def plant_dead_filters(model: Classifier) -> None:
         model.net[1].weight[1] = 0.0
         model.net[1].bias[1] = -1e4
         model.net[3].bias[2] = -1e4
+
+
+def pattern_of(tag: str) -> str:
+    """The described tag a written one stands for: ``<layer>`` or ``<i>`` at its end."""
+    if tag.startswith("filterviz/through_the_layers/"):
+        return "filterviz/through_the_layers/<i>"
+    parts = tag.split("/")
+    return "/".join(parts[:2] + ["<layer>"]) if len(parts) > 2 else tag
+
+
+def documented_kind(tag: str) -> str | None:
+    return next((each.kind for each in LOGGED_TAGS if each.tag == pattern_of(tag)), None)
 
 
 def grid_size(tiles: int, tile_pixels: int) -> tuple[int, int]:
@@ -63,6 +76,15 @@ def test_every_contract_tag_at_step_zero_and_later_with_planted_dead_filters(tmp
         assert set(events.images[f"filterviz/activations/{layer}"]) == expected_steps
         assert set(events.scalars[f"filterviz/dead_fraction/{layer}"]) == expected_steps
     assert set(events.texts["filterviz/dead_filters"]) == expected_steps
+    # The tags written are those the docstrings and README describe, each of the kind they say.
+    written = {
+        **{tag: "image" for tag in events.images},
+        **{tag: "scalar" for tag in events.scalars},
+        **{tag: "text" for tag in events.texts},
+    }
+    ours = {tag: kind for tag, kind in written.items() if tag.startswith("filterviz/")}
+    assert {tag: documented_kind(tag) for tag in ours} == ours
+    assert {pattern_of(tag) for tag in ours} == {each.tag for each in LOGGED_TAGS}
 
     # Image sizes: 6 RGB 3x3 filters upscaled to 24 px in a 3-column grid; 8 in a 3-column grid.
     assert events.images["filterviz/weights/net.0"][0].shape == (*grid_size(6, 24), 3)
