@@ -6,7 +6,8 @@ takes, per image and filter, the spatial maximum and where it is; a running top-
 filter keeps the strongest images, each at most once (at its strongest position), with the
 receptive-field patch of the input there. All of it stays on the device: no
 synchronization per batch, no activation kept. The results cross to the host in one
-non-blocking copy at the end of the run, read on the writer thread.
+non-blocking copy at the end of the run, read on the writer thread; under DDP every rank's,
+merged there (:func:`merge_ranks`).
 
 The patches are stored at the receptive field's size, capped at ``patch_pixels`` per side
 (the field sampled nearest), so memory is at most ``max_filters * k * patch_pixels**2 *
@@ -28,7 +29,7 @@ from lightning_filterviz.activations import ActivationTap
 from lightning_filterviz.records import ReceptiveField
 from lightning_filterviz.transfer import TransferPacker
 
-__all__ = ["NO_INDEX", "ExampleCollector", "InFlightExamples", "LayerExamples"]
+__all__ = ["NO_INDEX", "ExampleCollector", "InFlightExamples", "LayerExamples", "merge_ranks"]
 
 PATCH_PIXELS = 32
 NO_INDEX = -1  # an example whose dataset index is not known (a shuffled loader, an iterable dataset)
@@ -77,9 +78,14 @@ class InFlightExamples:
     Args:
         examples: conv name -> its examples, on the device where they were collected.
         weights: conv name -> its drawn filters' weights, on the model's device.
+        gathered: ``examples`` hold every rank's, stacked ``(ranks, F, k, ...)``; they are
+            merged (:func:`merge_ranks`) once on the host, by :meth:`wait`.
     """
 
-    def __init__(self, examples: Mapping[str, LayerExamples], weights: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self, examples: Mapping[str, LayerExamples], weights: Mapping[str, Tensor], *, gathered: bool = False
+    ) -> None:
+        self._gathered = gathered
         packer = TransferPacker()
         for name, found in examples.items():
             for field in dataclasses.fields(found):
@@ -96,7 +102,43 @@ class InFlightExamples:
             arrived[name][field] = tensor
         weights = {name: tensors.pop("weight") for name, tensors in arrived.items() if "weight" in tensors}
         examples = {name: LayerExamples(**tensors) for name, tensors in arrived.items() if tensors}
+        if self._gathered:
+            examples = {name: merge_ranks(found, found.values.shape[2]) for name, found in examples.items()}
         return examples, weights
+
+
+def merge_ranks(gathered: LayerExamples, k: int) -> LayerExamples:
+    """One layer's examples from every rank, ``(ranks, F, k, ...)`` on the host, merged into
+    the ``k`` strongest per filter. A sample that two ranks both saw (a ``DistributedSampler``
+    pads the last shard with repeats) is kept once."""
+    ranks, filters = gathered.values.shape[:2]
+
+    def flat(tensor: Tensor) -> Tensor:  # (ranks, F, k, ...) -> (F, ranks * k, ...)
+        return tensor.transpose(0, 1).reshape(filters, ranks * k, *tensor.shape[3:])
+
+    values, indices, positions, patches = (
+        flat(tensor) for tensor in (gathered.values, gathered.indices, gathered.positions, gathered.patches)
+    )
+    order = values.argsort(dim=1, descending=True, stable=True)
+    chosen = torch.stack([_strongest_distinct(order[f].tolist(), indices[f].tolist(), k) for f in range(filters)])
+    rows = torch.arange(filters)[:, None]
+    return LayerExamples(values[rows, chosen], indices[rows, chosen], positions[rows, chosen], patches[rows, chosen])
+
+
+def _strongest_distinct(order: list[int], indices: list[int], k: int) -> Tensor:
+    picked: list[int] = []
+    seen: set[int] = set()
+    for slot in order:
+        index = indices[slot]
+        if index != NO_INDEX and index in seen:
+            continue
+        seen.add(index)
+        picked.append(slot)
+        if len(picked) == k:
+            break
+    # Fewer distinct samples than k: the remaining slots as they come (they hold -inf).
+    remaining = [slot for slot in order if slot not in picked][: k - len(picked)]
+    return torch.tensor(picked + remaining, dtype=torch.long)
 
 
 class ExampleCollector:

@@ -316,18 +316,22 @@ class FilterVisualizer:
         layers = self._probe_pass.example_layers()
         return ExampleCollector(layers, self.settings.max_filters, self.settings.examples_k) if layers else None
 
-    def publish_dataset_examples(self, examples: dict[str, LayerExamples], model: nn.Module, step: int) -> None:
-        """Keep ``examples`` (:meth:`ExampleCollector.results`, or several ranks' merged) as
-        :attr:`dataset_examples`, and write their images (``filterviz/examples/<layer>``) and
-        history file at ``step``. They cross to the host in one non-blocking copy, read on the
-        writer thread; call it with the model in eval mode (its weights are read as the eval
-        forward computes them)."""
+    def publish_dataset_examples(
+        self, examples: dict[str, LayerExamples], model: nn.Module, step: int, *, gathered: bool = False
+    ) -> None:
+        """Keep ``examples`` (:meth:`ExampleCollector.results`) as :attr:`dataset_examples`,
+        and write their images (``filterviz/examples/<layer>``) and history file at ``step``.
+        They cross to the host in one non-blocking copy, read on the writer thread; call it
+        with the model in eval mode (its weights are read as the eval forward computes them).
+        With ``gathered``, ``examples`` hold several ranks' results stacked ``(ranks, F, k, ...)``
+        (see :func:`~lightning_filterviz.validation_examples.gathered_examples`): the writer
+        thread merges them into the ``k`` strongest per filter, each sample once."""
         step = _as_step(step)
         watched = self._probe_pass.layers if self._probe_pass is not None else []
         convs = {layer.name: layer.module for layer in watched if layer.name in examples}
         weights = {name: conv.weight[: self.settings.max_filters] for name, conv in convs.items()}
         rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
-        self._delivery.submit_examples(InFlightExamples(examples, weights), step, rgb)
+        self._delivery.submit_examples(InFlightExamples(examples, weights, gathered=gathered), step, rgb)
 
     def finish(self, step: int) -> None:
         """Write the filmstrips as they stand at ``step`` (the end of training) and the drift

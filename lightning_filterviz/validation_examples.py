@@ -21,7 +21,7 @@ from lightning_filterviz.trainer_reading import validation_loader_in_use
 if TYPE_CHECKING:
     from lightning_filterviz.engine import FilterVisualizer
 
-__all__ = ["ValidationExamples", "dataset_index_map", "gathered_examples", "merge_ranks"]
+__all__ = ["ValidationExamples", "dataset_index_map", "gathered_examples"]
 
 
 class ValidationExamples:
@@ -74,11 +74,11 @@ class ValidationExamples:
         collector = self.stop()
         if collector is None:
             return
-        examples = collector.results()
-        if trainer.world_size > 1:
-            examples = gathered_examples(examples, trainer.strategy, collector.k)
+        examples, gathered = collector.results(), trainer.world_size > 1
+        if gathered:
+            examples = gathered_examples(examples, trainer.strategy)
         if trainer.is_global_zero:
-            engine.publish_dataset_examples(examples, model, trainer.global_step)
+            engine.publish_dataset_examples(examples, model, trainer.global_step, gathered=gathered)
 
     def start(self, collector: ExampleCollector, loader: Optional[DataLoader], device: torch.device) -> None:
         """Collect with ``collector`` from now on, the samples' dataset indices counted in
@@ -110,56 +110,22 @@ class ValidationExamples:
         return collector
 
 
-def gathered_examples(examples: dict[str, LayerExamples], strategy: Any, k: int) -> dict[str, LayerExamples]:
-    """Every rank's examples, merged into the ``k`` strongest per filter (on every rank: the
-    gathering is a collective, which every rank must call, layer by layer in one order).
+def gathered_examples(examples: dict[str, LayerExamples], strategy: Any) -> dict[str, LayerExamples]:
+    """Every rank's examples, stacked ``(ranks, F, k, ...)`` on this rank's device, for
+    :func:`~lightning_filterviz.dataset_examples.merge_ranks` to merge on the writer thread
+    (on every rank: the gathering is a collective, which every rank must call, layer by
+    layer in one order).
 
     Args:
         examples: this rank's :meth:`ExampleCollector.results`.
         strategy: anything with Lightning's ``all_gather(tensor)`` (the trainer's strategy).
-        k: examples per filter.
     """
-    merged = {}
+    gathered = {}
     for name in sorted(examples):  # the same order on every rank: one collective after another
         found = examples[name]
         tensors = (found.values, found.indices, found.positions, found.patches)
-        gathered = LayerExamples(*(strategy.all_gather(tensor).cpu() for tensor in tensors))
-        merged[name] = merge_ranks(gathered, k)
-    return merged
-
-
-def merge_ranks(gathered: LayerExamples, k: int) -> LayerExamples:
-    """One layer's examples from every rank, ``(ranks, F, k, ...)`` on the host, merged into
-    the ``k`` strongest per filter. A sample that two ranks both saw (a ``DistributedSampler``
-    pads the last shard with repeats) is kept once."""
-    ranks, filters = gathered.values.shape[:2]
-
-    def flat(tensor: Tensor) -> Tensor:  # (ranks, F, k, ...) -> (F, ranks * k, ...)
-        return tensor.transpose(0, 1).reshape(filters, ranks * k, *tensor.shape[3:])
-
-    values, indices, positions, patches = (
-        flat(tensor) for tensor in (gathered.values, gathered.indices, gathered.positions, gathered.patches)
-    )
-    order = values.argsort(dim=1, descending=True, stable=True)
-    chosen = torch.stack([_strongest_distinct(order[f].tolist(), indices[f].tolist(), k) for f in range(filters)])
-    rows = torch.arange(filters)[:, None]
-    return LayerExamples(values[rows, chosen], indices[rows, chosen], positions[rows, chosen], patches[rows, chosen])
-
-
-def _strongest_distinct(order: list[int], indices: list[int], k: int) -> Tensor:
-    picked: list[int] = []
-    seen: set[int] = set()
-    for slot in order:
-        index = indices[slot]
-        if index != NO_INDEX and index in seen:
-            continue
-        seen.add(index)
-        picked.append(slot)
-        if len(picked) == k:
-            break
-    # Fewer distinct samples than k: the remaining slots as they come (they hold -inf).
-    remaining = [slot for slot in order if slot not in picked][: k - len(picked)]
-    return torch.tensor(picked + remaining, dtype=torch.long)
+        gathered[name] = LayerExamples(*(strategy.all_gather(tensor) for tensor in tensors))
+    return gathered
 
 
 def dataset_index_map(loader: Any) -> Optional[Tensor]:

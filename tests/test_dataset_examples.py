@@ -160,8 +160,6 @@ def test_examples_grid_draws_a_filter_then_its_patches_and_leaves_missing_ones_b
 
 def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
     """The three planted images are all odd indices: a DistributedSampler gives them to rank 1."""
-    from lightning_filterviz.history import load_history
-
     assert all(index % 2 == 1 for index in PLANTED)
     monitor = FilterMonitor(probe_size=4, examples_k=K)
     kwargs = trainer_kwargs(tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn")
@@ -179,13 +177,23 @@ def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
 
 def test_merging_ranks_keeps_each_sample_once_strongest_first():
     from lightning_filterviz.dataset_examples import LayerExamples
-    from lightning_filterviz.validation_examples import merge_ranks
+    from lightning_filterviz.dataset_examples import merge_ranks
 
     values = torch.tensor([[[5.0, 3.0, 1.0]], [[4.0, 3.0, float("-inf")]]])  # 2 ranks, 1 filter, k=3
     indices = torch.tensor([[[10, 12, 14]], [[11, 12, -1]]])  # sample 12 seen by both ranks
     gathered = LayerExamples(values, indices, torch.zeros(2, 1, 3, 2, dtype=torch.long), torch.zeros(2, 1, 3, 1, 2, 2))
     merged = merge_ranks(gathered, k=3)
     assert merged.indices.tolist() == [[10, 11, 12]] and merged.values.tolist() == [[5.0, 4.0, 3.0]]
+
+
+def test_gathered_examples_are_merged_where_their_copy_arrives():
+    from lightning_filterviz.dataset_examples import InFlightExamples, LayerExamples
+
+    values = torch.tensor([[[5.0, 3.0]], [[4.0, 3.0]]])  # 2 ranks, 1 filter, k=2
+    indices = torch.tensor([[[10, 12]], [[12, 11]]])
+    gathered = LayerExamples(values, indices, torch.zeros(2, 1, 2, 2, dtype=torch.long), torch.zeros(2, 1, 2, 1, 2, 2))
+    examples, _ = InFlightExamples({"net.0": gathered}, {}, gathered=True).wait()
+    assert examples["net.0"].indices.tolist() == [[10, 12]] and examples["net.0"].values.tolist() == [[5.0, 4.0]]
 
 
 def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
