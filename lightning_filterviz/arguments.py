@@ -179,9 +179,9 @@ MONITOR_DOCSTRING_WITHOUT_ARGS = """Watch a CNN learn: conv filters, feature map
 
     At global step 0, before the first optimizer step, and then every ``every_n_epochs``
     epochs or every ``every_n_steps`` optimizer steps, the monitor runs a fixed probe batch
-    through the model (eval mode, no autograd, every flag and hook restored) and logs, for
-    each watched conv layer (``<layer>``, its name in ``named_modules()``; the activation of
-    a conv is the first activation function after it, through normalization layers):
+    through the model (eval mode, no autograd, every flag and hook restored) and logs these
+    (``<layer>`` is each watched conv's name in ``named_modules()``; the activation of a conv
+    is the first activation function after it, through normalization layers):
 
     <logged tags>
 

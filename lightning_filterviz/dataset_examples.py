@@ -80,13 +80,19 @@ class InFlightExamples:
         weights: conv name -> its drawn filters' weights, on the model's device.
         gathered: ``examples`` hold every rank's, stacked ``(ranks, F, k, ...)``; they are
             merged (:func:`merge_ranks`) once on the host, by :meth:`wait`.
+        pack_cpu: pack CPU tensors as for an accelerator (see :class:`TransferPacker`).
     """
 
     def __init__(
-        self, examples: Mapping[str, LayerExamples], weights: Mapping[str, Tensor], *, gathered: bool = False
+        self,
+        examples: Mapping[str, LayerExamples],
+        weights: Mapping[str, Tensor],
+        *,
+        gathered: bool = False,
+        pack_cpu: bool = False,
     ) -> None:
         self._gathered = gathered
-        packer = TransferPacker()
+        packer = TransferPacker(pack_cpu=pack_cpu)
         for name, found in examples.items():
             for field in dataclasses.fields(found):
                 packer.add(name, field.name, getattr(found, field.name))

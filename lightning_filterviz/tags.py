@@ -11,6 +11,8 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from lightning_filterviz.arguments import WIDTH
+
 __all__ = [
     "ACTIVATIONS",
     "DEAD_FILTERS_TAG",
@@ -72,10 +74,9 @@ class LoggedTag:
 
 
 _VIEWS = "at the first and every ``views_every``-th snapshot"
-# Docstring lines are wrapped at this width, as the Args sections are (arguments.py).
-_DOCSTRING_WIDTH = 92
 
 _EACH_LAYER = "<layer>"
+_FIRST_CONV = "(the first conv by default)"
 
 LOGGED_TAGS: tuple[LoggedTag, ...] = (
     LoggedTag(layer_tag(WEIGHTS, _EACH_LAYER), "image", "the layer's filters, normalized"),
@@ -89,15 +90,24 @@ LOGGED_TAGS: tuple[LoggedTag, ...] = (
     LoggedTag(
         layer_tag(DRIFT_STRIP, _EACH_LAYER), "image", f"drift and norm ratio per filter, {_VIEWS} and at the end"
     ),
-    LoggedTag(layer_tag(FILMSTRIP, _EACH_LAYER), "image", f"the filters at every snapshot so far, {_VIEWS}"),
     LoggedTag(
-        layer_tag(RESPONSES, _EACH_LAYER), "image", f"each drawn filter beside the probe patch it peaks on, {_VIEWS}"
+        layer_tag(FILMSTRIP, _EACH_LAYER), "image", f"the filters at every snapshot so far {_FIRST_CONV}, {_VIEWS}"
     ),
     LoggedTag(
-        layer_tag(EXAMPLES, _EACH_LAYER), "image", "the examples each drawn filter fires on most, per validation run"
+        layer_tag(RESPONSES, _EACH_LAYER),
+        "image",
+        f"each drawn filter beside the probe patch it peaks on {_FIRST_CONV}, {_VIEWS}",
     ),
     LoggedTag(
-        f"{TAG_PREFIX}/{THROUGH_THE_LAYERS}/<i>", "image", f"probe image ``i`` as every watched layer sees it, {_VIEWS}"
+        layer_tag(EXAMPLES, _EACH_LAYER),
+        "image",
+        f"the dataset examples each drawn filter fires on most {_FIRST_CONV}, written by "
+        "``publish_dataset_examples`` (the monitor: at each validation run of ``fit``)",
+    ),
+    LoggedTag(
+        f"{TAG_PREFIX}/{THROUGH_THE_LAYERS}/<i>",
+        "image",
+        f"probe image ``i`` as every watched layer sees it (its busiest channels), {_VIEWS}",
     ),
     LoggedTag(DEAD_FILTERS_TAG, "text", "a table of layer -> dead filter indices"),
     LoggedTag(LAYERS_TAG, "text", "each watched conv and the activation it maps to, once"),
@@ -124,7 +134,7 @@ def with_logged_tags(docstring: str) -> str:
 def _wrapped(entry: str, indent: str) -> str:
     lines = textwrap.wrap(
         entry,
-        width=_DOCSTRING_WIDTH,
+        width=WIDTH,  # as the Args sections are
         initial_indent=indent,
         subsequent_indent=indent + "  ",
         break_long_words=False,

@@ -1,8 +1,9 @@
-"""Dataset examples during ``fit``: each validation run collected, the ranks' shares merged.
+"""Dataset examples during ``fit``: each validation run collected, the ranks' shares gathered.
 
 :class:`ValidationExamples` is the callback's side of dataset_examples.py: it hooks the
 engine's collector in for one validation run, tells it each batch's dataset indices, and
-at the end gathers every rank's examples (each sample kept once) for rank 0 to publish.
+at the end gathers every rank's examples on the device for rank 0 to publish (its writer
+thread merges them, each sample once: :func:`~lightning_filterviz.dataset_examples.merge_ranks`).
 """
 
 from __future__ import annotations
@@ -124,7 +125,13 @@ def gathered_examples(examples: dict[str, LayerExamples], strategy: Any) -> dict
     for name in sorted(examples):  # the same order on every rank: one collective after another
         found = examples[name]
         tensors = (found.values, found.indices, found.positions, found.patches)
-        gathered[name] = LayerExamples(*(strategy.all_gather(tensor) for tensor in tensors))
+        stacked = [strategy.all_gather(tensor) for tensor in tensors]
+        if any(each.dim() != tensor.dim() + 1 for each, tensor in zip(stacked, tensors)):
+            raise ValueError(
+                f"{type(strategy).__name__}.all_gather did not stack the ranks' tensors in a new first "
+                "dimension, so their examples cannot be merged."
+            )
+        gathered[name] = LayerExamples(*stacked)
     return gathered
 
 

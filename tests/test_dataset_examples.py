@@ -176,8 +176,7 @@ def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
 
 
 def test_merging_ranks_keeps_each_sample_once_strongest_first():
-    from lightning_filterviz.dataset_examples import LayerExamples
-    from lightning_filterviz.dataset_examples import merge_ranks
+    from lightning_filterviz.dataset_examples import LayerExamples, merge_ranks
 
     values = torch.tensor([[[5.0, 3.0, 1.0]], [[4.0, 3.0, float("-inf")]]])  # 2 ranks, 1 filter, k=3
     indices = torch.tensor([[[10, 12, 14]], [[11, 12, -1]]])  # sample 12 seen by both ranks
@@ -186,14 +185,32 @@ def test_merging_ranks_keeps_each_sample_once_strongest_first():
     assert merged.indices.tolist() == [[10, 11, 12]] and merged.values.tolist() == [[5.0, 4.0, 3.0]]
 
 
-def test_gathered_examples_are_merged_where_their_copy_arrives():
+@pytest.mark.parametrize("pack_cpu", [False, True], ids=["each tensor", "packed as for a GPU"])
+def test_gathered_examples_are_merged_where_their_copy_arrives(pack_cpu):
     from lightning_filterviz.dataset_examples import InFlightExamples, LayerExamples
 
     values = torch.tensor([[[5.0, 3.0]], [[4.0, 3.0]]])  # 2 ranks, 1 filter, k=2
-    indices = torch.tensor([[[10, 12]], [[12, 11]]])
-    gathered = LayerExamples(values, indices, torch.zeros(2, 1, 2, 2, dtype=torch.long), torch.zeros(2, 1, 2, 1, 2, 2))
-    examples, _ = InFlightExamples({"net.0": gathered}, {}, gathered=True).wait()
-    assert examples["net.0"].indices.tolist() == [[10, 12]] and examples["net.0"].values.tolist() == [[5.0, 4.0]]
+    indices = torch.tensor([[[10, 12]], [[2**40, 11]]])  # an index no float32 holds exactly
+    positions = torch.tensor([[[[1, 2], [3, 4]]], [[[5, 6], [7, 8]]]])
+    gathered = LayerExamples(values, indices, positions, torch.zeros(2, 1, 2, 1, 2, 2))
+    examples, _ = InFlightExamples({"net.0": gathered}, {}, gathered=True, pack_cpu=pack_cpu).wait()
+    merged = examples["net.0"]
+    assert merged.indices.tolist() == [[10, 2**40]] and merged.values.tolist() == [[5.0, 4.0]]
+    assert merged.positions.tolist() == [[[1, 2], [5, 6]]]
+
+
+def test_gathering_refuses_a_strategy_that_does_not_stack_the_ranks():
+    from lightning_filterviz.dataset_examples import LayerExamples
+    from lightning_filterviz.validation_examples import gathered_examples
+
+    class Concatenating:
+        def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+            return torch.cat([tensor, tensor])
+
+    values, indices = torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long)
+    found = LayerExamples(values, indices, torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 1, 2, 2))
+    with pytest.raises(ValueError, match="did not stack the ranks"):
+        gathered_examples({"net.0": found}, Concatenating())
 
 
 def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
