@@ -29,7 +29,8 @@ class ActivationRecord:
     Attributes:
         function: name of the activation function (``"relu"``, ``"silu"``, ...).
         zeroing: whether the activation floors at zero (ReLU family), so that "dead" applies.
-        channel_max: per-channel maximum over the batch and all positions, float32.
+        channel_max: per-channel maximum over the batch and all positions, float32; ``None``
+            for a snapshot's pre-activation (no floor, so no "dead"; nothing draws it).
         channel_mean_abs: per-channel mean of absolute values, float32, averaged over the
             conv's calls with equal weight when it runs several times per forward.
         maps: the first ``max_images`` x ``max_channels`` feature maps, float32, detached.
@@ -40,7 +41,7 @@ class ActivationRecord:
 
     function: str
     zeroing: bool
-    channel_max: Tensor
+    channel_max: Optional[Tensor]
     channel_mean_abs: Tensor
     maps: Tensor
     peak_index: Optional[Tensor] = None
@@ -76,19 +77,17 @@ class ActivationRecorder:
         """
         values = activation.detach() if activation.requires_grad else activation
         dims = [dim for dim in range(values.dim()) if dim != 1]
-        # Statistics in float32 whatever the autocast dtype; amax is exact in any dtype.
-        channel_max = _float32(values.amax(dim=dims))
-        if self._reduce_maps is None:
-            channel_mean_abs = channel_max  # training-batch tracking needs the maxima only
-        elif nonnegative:
-            channel_mean_abs = _float32(values).mean(dim=dims)  # no temporary for |h|
+        channel_max: Optional[Tensor]
+        if self._reduce_maps is None:  # training-batch tracking needs the maxima only
+            channel_max = channel_mean_abs = _float32(values.amax(dim=dims))
         else:
-            channel_mean_abs = _float32(values.abs()).mean(dim=dims)
+            channel_max, channel_mean_abs = _channel_statistics(values, dims, function, nonnegative)
         previous = self.records.get(layer)
         if previous is not None:
             # A conv called several times per forward (weight sharing): every call weighs the same.
             previous.calls += 1
-            previous.channel_max = torch.maximum(previous.channel_max, channel_max)
+            if previous.channel_max is not None and channel_max is not None:
+                previous.channel_max = torch.maximum(previous.channel_max, channel_max)
             previous.channel_mean_abs = torch.lerp(previous.channel_mean_abs, channel_mean_abs, 1.0 / previous.calls)
             return
         maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
@@ -97,6 +96,19 @@ class ActivationRecorder:
             record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
             record.output_hw = (values.shape[2], values.shape[3])
         self.records[layer] = record
+
+
+def _channel_statistics(
+    values: Tensor, dims: list[int], function: str, nonnegative: bool
+) -> tuple[Optional[Tensor], Tensor]:
+    """Per channel, the maximum and the mean of ``|h|``, in float32 whatever the autocast dtype
+    (amax is exact in any dtype). A pre-activation gets no maximum: without a floor it decides
+    no "dead", and nothing draws it (a kernel fewer per layer and snapshot)."""
+    # Where every value is >= 0, |h| is h: no temporary for it.
+    channel_mean_abs = _float32(values if nonnegative else values.abs()).mean(dim=dims)
+    if function == PRE_ACTIVATION:
+        return None, channel_mean_abs
+    return _float32(values.amax(dim=dims)), channel_mean_abs
 
 
 def _float32(tensor: Tensor) -> Tensor:

@@ -246,7 +246,8 @@ def _collect_activations(
             capture.activation = record.function
             capture.zeroing = record.zeroing
         # Computed by this pass alone: on the CPU they need no copy.
-        packer.add(capture, "channel_max", record.channel_max, fresh=True)
+        if record.channel_max is not None:
+            packer.add(capture, "channel_max", record.channel_max, fresh=True)
         packer.add(capture, "channel_mean_abs", record.channel_mean_abs, fresh=True)
         packer.add(capture, "maps", record.maps, fresh=True)
         if record.peak_index is not None:

@@ -72,9 +72,10 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
 
     Keys: ``format``, ``step``, ``layers`` and, per layer, ``<layer>/filters`` (the drawn
     part of the first ``max_filters`` filters), ``<layer>/drift``, ``<layer>/weight_norm_ratio``,
-    ``<layer>/out_channels`` and, where the conv has an activation, ``<layer>/channel_max``,
-    ``<layer>/channel_mean_abs``, ``<layer>/dormant``, (ReLU family) ``<layer>/dead`` and,
-    in the snapshots that draw the views (the first and every ``views_every``-th),
+    ``<layer>/out_channels`` and, where the probe saw the conv's activation (or, for a conv
+    without one, its output through normalization), ``<layer>/channel_mean_abs``,
+    ``<layer>/dormant``, (with an activation) ``<layer>/channel_max``, (ReLU family)
+    ``<layer>/dead`` and, in the snapshots that draw the views (the first and every ``views_every``-th),
     ``<layer>/maps`` (the first probe image's feature maps, float16): they are most of
     a file's bytes, and the statistics are what a run's history is read for.
     """
@@ -91,8 +92,9 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
         if name in snapshot.drift:
             arrays[f"{name}/drift"] = snapshot.drift[name].numpy()
             arrays[f"{name}/weight_norm_ratio"] = snapshot.weight_norm_ratio[name].numpy()
-        if layer.channel_max is not None and layer.channel_mean_abs is not None and layer.maps is not None:
-            arrays[f"{name}/channel_max"] = layer.channel_max.numpy()
+        if layer.channel_mean_abs is not None and layer.maps is not None:
+            if layer.channel_max is not None:  # a conv with an activation
+                arrays[f"{name}/channel_max"] = layer.channel_max.numpy()
             arrays[f"{name}/channel_mean_abs"] = layer.channel_mean_abs.numpy()
             if snapshot.draw_views:
                 arrays[f"{name}/maps"] = layer.maps[0].numpy().astype(np.float16)

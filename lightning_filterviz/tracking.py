@@ -61,7 +61,7 @@ def track_training_batch(
     if tracer is not None:
         tracer.finish()
         for name, record in tracer.records.items():
-            if record.zeroing:
+            if record.zeroing and record.channel_max is not None:
                 _fold(maxima, name, record.channel_max)
 
 

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
-from lightning_filterviz.capture import capture_snapshot
+from lightning_filterviz.capture import capture_snapshot, start_capture
 from lightning_filterviz.discovery import select_conv_layers
+from lightning_filterviz.history import history_arrays
 
 
 class ReusedReluNet(nn.Module):
@@ -59,6 +60,26 @@ def test_sequential_activation_is_relu_after_bn(inplace):
     assert torch.allclose(snapshot.layers["3"].maps, second)
     assert torch.allclose(snapshot.layers["0"].channel_max, first.amax(dim=(0, 2, 3)))
     assert torch.allclose(snapshot.layers["3"].channel_mean_abs, second.abs().mean(dim=(0, 2, 3)))
+
+
+def test_a_conv_without_activation_gets_its_mean_magnitude_and_no_maximum():
+    model = ReusedReluNet()
+    randomize_bn(model)
+    inputs = torch.randn(4, 3, 8, 8)
+    layers = select_conv_layers(model)
+    traced = start_capture(model, inputs, layers, 0, max_images=4)
+    planned = start_capture(model, inputs, layers, 1, max_images=4, plan=traced.plan)
+    model.eval()
+    with torch.no_grad():
+        before_sum = model.bn2(model.conv2(F.relu(model.bn1(model.conv1(inputs)))))
+    for snapshot in (traced.ship().wait(), planned.ship().wait()):  # traced, then through a plan
+        residual = snapshot.layers["conv2"]
+        assert residual.pre_activation and residual.channel_max is None
+        torch.testing.assert_close(residual.channel_mean_abs, before_sum.abs().mean(dim=(0, 2, 3)))
+        assert snapshot.layers["conv1"].channel_max is not None
+        arrays = history_arrays(snapshot)
+        assert "conv2/channel_mean_abs" in arrays and "conv2/channel_max" not in arrays
+        assert "conv1/channel_max" in arrays
 
 
 def test_functional_relu_in_forward_is_found():
