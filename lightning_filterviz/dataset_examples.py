@@ -109,15 +109,15 @@ class InFlightExamples:
         weights = {name: tensors.pop("weight") for name, tensors in arrived.items() if "weight" in tensors}
         examples = {name: LayerExamples(**tensors) for name, tensors in arrived.items() if tensors}
         if self._gathered:
-            examples = {name: merge_ranks(found, found.values.shape[2]) for name, found in examples.items()}
+            examples = {name: merge_ranks(found) for name, found in examples.items()}
         return examples, weights
 
 
-def merge_ranks(gathered: LayerExamples, k: int) -> LayerExamples:
+def merge_ranks(gathered: LayerExamples) -> LayerExamples:
     """One layer's examples from every rank, ``(ranks, F, k, ...)`` on the host, merged into
     the ``k`` strongest per filter. A sample that two ranks both saw (a ``DistributedSampler``
     pads the last shard with repeats) is kept once."""
-    ranks, filters = gathered.values.shape[:2]
+    ranks, filters, k = gathered.values.shape
 
     def flat(tensor: Tensor) -> Tensor:  # (ranks, F, k, ...) -> (F, ranks * k, ...)
         return tensor.transpose(0, 1).reshape(filters, ranks * k, *tensor.shape[3:])

@@ -207,7 +207,8 @@ def test_every_module_runs_in_eval_mode_and_a_model_with_its_own_eval_or_train_i
     for model in (plain, overriding, own_eval):
         before = [module.training for module in model.modules()]
         during: list[bool] = []
-        handles = [module.register_forward_hook(lambda m, a, o: during.append(m.training)) for module in model.modules()]
+        note_mode = lambda module, args, output: during.append(module.training)  # noqa: E731
+        handles = [module.register_forward_hook(note_mode) for module in model.modules()]
         capture(model, torch.randn(2, 3, 8, 8))
         for handle in handles:
             handle.remove()

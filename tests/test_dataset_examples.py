@@ -181,7 +181,7 @@ def test_merging_ranks_keeps_each_sample_once_strongest_first():
     values = torch.tensor([[[5.0, 3.0, 1.0]], [[4.0, 3.0, float("-inf")]]])  # 2 ranks, 1 filter, k=3
     indices = torch.tensor([[[10, 12, 14]], [[11, 12, -1]]])  # sample 12 seen by both ranks
     gathered = LayerExamples(values, indices, torch.zeros(2, 1, 3, 2, dtype=torch.long), torch.zeros(2, 1, 3, 1, 2, 2))
-    merged = merge_ranks(gathered, k=3)
+    merged = merge_ranks(gathered)  # k=3, from the shape
     assert merged.indices.tolist() == [[10, 11, 12]] and merged.values.tolist() == [[5.0, 4.0, 3.0]]
 
 
