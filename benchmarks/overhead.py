@@ -68,7 +68,6 @@ from lightning_filterviz import FilterMonitor, FilterVisualizer  # noqa: E402
 from lightning_filterviz.png import EncodedImage  # noqa: E402
 from lightning_filterviz.probe import model_input  # noqa: E402
 from lightning_filterviz.records import Table  # noqa: E402
-from lightning_filterviz.render import Image  # noqa: E402
 from lightning_filterviz.sink_group import SinkGroup  # noqa: E402
 from lightning_filterviz.sinks import (  # noqa: E402
     DirectorySink,
@@ -78,6 +77,7 @@ from lightning_filterviz.sinks import (  # noqa: E402
     write_scalars,
     write_table,
 )
+from lightning_filterviz.tiles import Image  # noqa: E402
 
 
 def main() -> None:

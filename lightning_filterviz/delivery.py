@@ -10,7 +10,7 @@ the results (dead filters, dataset examples) wait for what is still being judged
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_filterviz.capture import InFlightSnapshot
 from lightning_filterviz.dataset_examples import InFlightExamples
+from lightning_filterviz.pickling import RebuiltWhenUnpickled
 from lightning_filterviz.publishing import Publisher
 from lightning_filterviz.records import Snapshot
 from lightning_filterviz.run_state import RunState
@@ -28,7 +29,7 @@ from lightning_filterviz.writer_thread import BackgroundWriter, StatisticsGate
 __all__ = ["Delivery"]
 
 
-class Delivery:
+class Delivery(RebuiltWhenUnpickled):
     """Judges and publishes shipped snapshots, in order, off the training thread.
 
     Args:
@@ -38,6 +39,8 @@ class Delivery:
         background: run the work on a writer thread; ``False``: at once, on the caller's thread.
         max_pending: snapshots that may wait for the writer thread.
     """
+
+    rebuilt_when_unpickled = {"_results": StatisticsGate}
 
     def __init__(
         self,
@@ -54,15 +57,6 @@ class Delivery:
         self._writer = BackgroundWriter(max_pending=max_pending) if background else None
         self._results = StatisticsGate()
         self._publishing = True
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_results"]  # launchers that spawn processes pickle the callback; locks do not travel
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._results = StatisticsGate()
 
     def attach(self, sink: Sink, history_dir: Optional[Union[str, os.PathLike]]) -> None:
         """Publish to ``sink`` from now on, after what is queued for the previous one."""

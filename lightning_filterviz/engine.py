@@ -28,6 +28,7 @@ from lightning_filterviz.dataset_examples import ExampleCollector, InFlightExamp
 from lightning_filterviz.delivery import Delivery
 from lightning_filterviz.discovery import ConvLayer
 from lightning_filterviz.probe import BatchKey
+from lightning_filterviz.pickling import RebuiltWhenUnpickled
 from lightning_filterviz.probe_pass import ProbePass
 from lightning_filterviz.records import Snapshot
 from lightning_filterviz.render import WeightNormalization
@@ -45,7 +46,7 @@ if not hasattr(rank_zero_only, "rank"):
     rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))  # type: ignore[attr-defined]
 
 
-class FilterVisualizer:
+class FilterVisualizer(RebuiltWhenUnpickled):
     """Snapshots a model's conv filters and feature maps and logs them, in any training loop.
 
     Each :meth:`snapshot` runs the probe batch through the model once (eval mode, no
@@ -82,6 +83,9 @@ class FilterVisualizer:
             ...  # the usual forward, backward and optimizer step
         print(visualizer.dead_filters)
     """
+
+    # A spawned process watches its own model afresh.
+    rebuilt_when_unpickled = {"_probe_pass": lambda: None}
 
     def __init__(
         self,
@@ -123,17 +127,6 @@ class FilterVisualizer:
     def _reset_watch(self) -> None:
         # The watched model, its convs, plan, training maxima and receptive fields.
         self._probe_pass: Optional[ProbePass] = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Launchers that spawn processes pickle the callback: weak references and device
-        # tensors stay behind; the spawned process watches its own model afresh.
-        state = self.__dict__.copy()
-        state.pop("_probe_pass", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset_watch()
 
     @property
     def sink(self) -> Sink:

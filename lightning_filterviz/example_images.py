@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_filterviz.render import (
+from lightning_filterviz.render import displayed_filters, normalize_filters
+from lightning_filterviz.tiles import (
     BACKGROUND_COLOUR,
     FRAME_COLOUR,
     FRAME_INDEX,
     GRID_PADDING,
     OUTSIDE_GREY,
-    _rgb,
-    displayed_filters,
     frame_kinds,
     frame_tiles,
-    normalize_filters,
     resize_nearest,
+    rgb_colour,
     tile_grid,
     to_uint8,
 )
@@ -47,8 +46,8 @@ def examples_grid(weight: np.ndarray, rgb: bool, tiles: np.ndarray) -> np.ndarra
     filter_tiles = resize_nearest(filter_tiles, size, size, first_axis=1)
     rows_of_tiles = np.concatenate([filter_tiles[:, None], tiles], axis=1)
     kinds = frame_kinds(filters * (k + 1))
-    framed = frame_tiles(rows_of_tiles.reshape(-1, size, size, 3), kinds, {FRAME_INDEX: _rgb(FRAME_COLOUR)})
-    return tile_grid(framed, k + 1, GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+    framed = frame_tiles(rows_of_tiles.reshape(-1, size, size, 3), kinds, {FRAME_INDEX: rgb_colour(FRAME_COLOUR)})
+    return tile_grid(framed, k + 1, GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))
 
 
 def example_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -82,5 +81,6 @@ def examples_history_image(tiles: np.ndarray) -> np.ndarray:
     """One filter's examples over validation runs: ``(runs, k, S, S, 3)`` ``uint8`` tiles,
     one row per run (earliest first), strongest example first."""
     runs, k, size = tiles.shape[:3]
-    framed = frame_tiles(tiles.reshape(-1, size, size, 3), frame_kinds(runs * k), {FRAME_INDEX: _rgb(FRAME_COLOUR)})
-    return tile_grid(framed, k, GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+    frame = {FRAME_INDEX: rgb_colour(FRAME_COLOUR)}
+    framed = frame_tiles(tiles.reshape(-1, size, size, 3), frame_kinds(runs * k), frame)
+    return tile_grid(framed, k, GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))

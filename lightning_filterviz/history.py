@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
 
-from lightning_filterviz.render import displayed_filters, resize_nearest
+from lightning_filterviz.render import displayed_filters
+from lightning_filterviz.tiles import resize_nearest
 
 if TYPE_CHECKING:
     from lightning_filterviz.records import Snapshot

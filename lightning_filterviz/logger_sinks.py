@@ -18,9 +18,9 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Table
-from lightning_filterviz.render import Image
 from lightning_filterviz.sink_group import SinkGroup
 from lightning_filterviz.sinks import DirectorySink, Sink, TensorBoardSink, is_summary_writer
+from lightning_filterviz.tiles import Image
 
 __all__ = ["LoggerMetricsSink", "MLflowSink", "WandbSink", "sinks_for_loggers"]
 

@@ -7,7 +7,7 @@ from functools import cached_property
 
 import numpy as np
 
-from lightning_filterviz.render import Image, IndexedImage
+from lightning_filterviz.tiles import Image, IndexedImage
 
 __all__ = ["PNG_COMPRESSION", "EncodedImage", "encode_png"]
 

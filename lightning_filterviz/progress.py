@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from lightning_filterviz.records import Snapshot
-from lightning_filterviz.render import WeightNormalization, displayed_filters, normalize_filters, to_uint8
+from lightning_filterviz.render import WeightNormalization, displayed_filters, normalize_filters
+from lightning_filterviz.tiles import to_uint8
 
 __all__ = ["ProgressTracker", "drift_and_norm_ratio", "filter_drift"]
 

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 from lightning_filterviz.example_images import example_tiles, examples_grid
 from lightning_filterviz.history import HistoryWriter, write_examples_history
+from lightning_filterviz.pickling import RebuiltWhenUnpickled
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Snapshot
-from lightning_filterviz.render import Image
 from lightning_filterviz.settings import VisualizerSettings
 from lightning_filterviz.sinks import Sink, write_images, write_scalars, write_table
 from lightning_filterviz.tags import DEAD_FILTERS_TAG, EXAMPLES, LAYERS_TAG, layer_tag
+from lightning_filterviz.tiles import Image
 from lightning_filterviz.views import (
     dead_filter_table,
     drawn_filters,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Publisher"]
 
 
-class Publisher:
+class Publisher(RebuiltWhenUnpickled):
     """Writes snapshots to one sink and, optionally, to a history directory.
 
     Args:
@@ -43,20 +44,13 @@ class Publisher:
         history_dir: where each snapshot's arrays are saved as NPZ; ``None``: nowhere.
     """
 
+    rebuilt_when_unpickled = {"_writing": threading.Lock}
+
     def __init__(self, sink: Sink, history_dir: Optional[Union[str, os.PathLike]] = None) -> None:
         self.sink = sink
         self.history_dir = Path(history_dir) if history_dir is not None else None
         self._failures: collections.deque[tuple[str, Exception]] = collections.deque()
         # Held while a snapshot is written, so that what fails in one snapshot is told in one message.
-        self._writing = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_writing"]  # launchers that spawn processes pickle the callback; locks do not travel
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
         self._writing = threading.Lock()
 
     def publish(self, snapshot: Snapshot, settings: VisualizerSettings) -> None:

@@ -1,37 +1,48 @@
-"""Normalization, tiling and colour maps: captured tensors in, ``uint8`` images out.
+"""The pictures of a snapshot: filter grids, feature-map grids, filmstrips and drift strips.
 
 Knows no logger. Rendering runs on the background writer's thread, so it is written in
 NumPy: a torch op on a second thread starts a second OpenMP team, whose spinning
 threads take CPU from training on a small machine.
 
 Filter grids are ``(H, W, 3)`` ``uint8`` arrays; feature-map grids are
-:class:`IndexedImage` (colormap levels plus a 256-colour palette), which encode to PNG
-files a third the size of RGB ones. Tiles are laid out as :func:`torchvision.utils.make_grid`
-lays them out; each tile gets a one-pixel frame: red for a dead filter, magenta where
-values were NaN or Inf, grey otherwise. Small kernels are upscaled (nearest) to be seen.
+:class:`~lightning_filterviz.tiles.IndexedImage` (colormap levels plus a 256-colour
+palette), which encode to PNG files a third the size of RGB ones. Small kernels are
+upscaled (nearest) to be seen; tiles, frames and colours come from
+:mod:`~lightning_filterviz.tiles`.
 """
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 
+from lightning_filterviz.tiles import (
+    BACKGROUND_COLOUR,
+    BACKGROUND_INDEX,
+    COLORMAP_LEVELS,
+    DEAD_COLOUR,
+    DEAD_INDEX,
+    FRAME_COLOUR,
+    FRAME_INDEX,
+    GRID_PADDING,
+    NON_FINITE_COLOUR,
+    NON_FINITE_INDEX,
+    PANEL_PADDING,
+    Image,
+    IndexedImage,
+    colormap_palette,
+    frame_kinds,
+    frame_tiles,
+    rgb_colour,
+    square_columns,
+    tile_grid,
+    to_uint8,
+    upscale,
+)
+
 __all__ = [
-    "BACKGROUND_COLOUR",
-    "COLORMAP_LEVELS",
-    "DEAD_COLOUR",
     "FILMSTRIP_TILE_PIXELS",
-    "FRAME_COLOUR",
-    "FRAME_PIXELS",
-    "GRID_PADDING",
-    "Image",
-    "IndexedImage",
-    "NON_FINITE_COLOUR",
-    "OUTSIDE_GREY",
-    "PANEL_PADDING",
     "SIGNED_COLORMAP",
     "WEIGHT_NORMALIZATIONS",
     "WeightNormalization",
@@ -39,14 +50,8 @@ __all__ = [
     "displayed_filters",
     "drift_strip",
     "filmstrip",
-    "frame_kinds",
-    "frame_tiles",
     "normalize_filters",
     "probe_image_grid",
-    "resize_nearest",
-    "tile_grid",
-    "tile_origin",
-    "to_uint8",
     "weight_grid",
 ]
 
@@ -56,34 +61,8 @@ WEIGHT_NORMALIZATIONS = ("filter", "layer", "symmetric")
 # A 3x3 kernel is drawn at least this many pixels wide.
 MIN_WEIGHT_TILE_PIXELS = 24
 MIN_MAP_TILE_PIXELS = 16
-FRAME_PIXELS = 1
-GRID_PADDING = 2
-PANEL_PADDING = 6
-FRAME_COLOUR = (0.35, 0.35, 0.35)
-DEAD_COLOUR = (1.0, 0.0, 0.0)
-NON_FINITE_COLOUR = (1.0, 0.0, 1.0)
-BACKGROUND_COLOUR = (1.0, 1.0, 1.0)
-# The grey (in 0..1) of patch pixels where a receptive field reaches past the image.
-OUTSIDE_GREY = 0.5
-# Palette of feature-map images: the colormap's levels first, then frames and background.
-COLORMAP_LEVELS = 252
 # Diverging, white at zero: for a conv's output before any activation, which has a sign.
 SIGNED_COLORMAP = "RdBu_r"
-FRAME_INDEX, DEAD_INDEX, NON_FINITE_INDEX, BACKGROUND_INDEX = 252, 253, 254, 255
-
-
-class IndexedImage(NamedTuple):
-    """A palette image: ``indices`` ``(H, W)`` ``uint8`` into ``palette`` ``(256, 3)`` ``uint8``."""
-
-    indices: np.ndarray
-    palette: np.ndarray
-
-    def to_rgb(self) -> np.ndarray:
-        """The same image as an ``(H, W, 3)`` ``uint8`` array."""
-        return self.palette[self.indices]
-
-
-Image = Union[np.ndarray, IndexedImage]
 
 
 def weight_grid(
@@ -127,11 +106,11 @@ def weight_grid(
     kinds = frame_kinds(len(unit), marked, non_finite)
     if unit.shape[1] == 1:
         levels = np.rint(unit[:, 0] * (COLORMAP_LEVELS - 1)).astype(np.uint8)
-        return IndexedImage(_indexed_grid(levels, kinds, MIN_WEIGHT_TILE_PIXELS), _palette("gray"))
+        return IndexedImage(_indexed_grid(levels, kinds, MIN_WEIGHT_TILE_PIXELS), colormap_palette("gray"))
     tiles = upscale(to_uint8(unit).transpose(0, 2, 3, 1), MIN_WEIGHT_TILE_PIXELS)
     colours = {FRAME_INDEX: FRAME_COLOUR, DEAD_INDEX: DEAD_COLOUR, NON_FINITE_INDEX: NON_FINITE_COLOUR}
-    framed = frame_tiles(tiles, kinds, {kind: _rgb(colour) for kind, colour in colours.items()})
-    return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+    framed = frame_tiles(tiles, kinds, {kind: rgb_colour(colour) for kind, colour in colours.items()})
+    return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))
 
 
 def activation_grid(
@@ -167,7 +146,7 @@ def activation_grid(
     panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
     grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
-    return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
 
 
 def _colormap_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -197,7 +176,7 @@ def probe_image_grid(images: Any) -> np.ndarray:
     images = np.nan_to_num(np.asarray(images, dtype=np.float32))
     unit = normalize_filters(images, "filter")
     tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit[:, :3]).transpose(0, 2, 3, 1)
-    return tile_grid(tiles, len(tiles), GRID_PADDING, _rgb(BACKGROUND_COLOUR))
+    return tile_grid(tiles, len(tiles), GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))
 
 
 # Filmstrips stay readable (and cheap to write) however long the run: at most this many rows.
@@ -220,7 +199,7 @@ def filmstrip(rows: Sequence[np.ndarray]) -> np.ndarray:
     if len(rows) > FILMSTRIP_MAX_ROWS:
         chosen = np.unique(np.linspace(0, len(rows) - 1, FILMSTRIP_MAX_ROWS).round().astype(int))
         rows = [rows[index] for index in chosen]
-    white = _rgb(BACKGROUND_COLOUR)
+    white = rgb_colour(BACKGROUND_COLOUR)
     drawn = []
     for row in rows:
         tiles = upscale(np.repeat(row, 3, axis=3) if row.shape[3] == 1 else row, FILMSTRIP_TILE_PIXELS)
@@ -243,7 +222,7 @@ def drift_strip(drift: Any, norm_ratio: Any, colormap: str = "viridis") -> Index
     cells = np.broadcast_to(levels[:, None, None, None], (len(levels), STRIP_CELL_PIXELS, STRIP_CELL_PIXELS, 1))
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
     grid = tile_grid(np.ascontiguousarray(cells), len(drift), 1, background)
-    return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
 
 
 def displayed_filters(weight: np.ndarray, rgb: bool) -> np.ndarray:
@@ -294,105 +273,8 @@ def _scale_to_unit(values: np.ndarray, low: Any, high: Any) -> np.ndarray:
     return np.where(span > 0, (values - low) / safe_span, 0.0).astype(np.float32)
 
 
-def resize_nearest(image: np.ndarray, height: int, width: int, first_axis: int = 0) -> np.ndarray:
-    """Nearest-neighbour resize along the two axes from ``first_axis`` (rows, then columns):
-    output row ``i`` is input row ``i * rows // height``, and likewise for columns."""
-    rows = np.arange(height) * image.shape[first_axis] // height
-    cols = np.arange(width) * image.shape[first_axis + 1] // width
-    return image.take(rows, axis=first_axis).take(cols, axis=first_axis + 1)
-
-
-def upscale(tiles: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of ``(N, h, w, C)`` tiles by a whole factor to ``min_pixels``."""
-    factor = math.ceil(min_pixels / min(tiles.shape[1:3]))
-    if factor <= 1:
-        return tiles
-    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-def frame_kinds(count: int, marked: Sequence[int] = (), non_finite: Sequence[int] = ()) -> np.ndarray:
-    """Per tile, which frame it gets: grey, red for ``marked`` (dead), magenta for NaN/Inf."""
-    kinds = np.full(count, FRAME_INDEX, dtype=np.int64)
-    for indices, kind in ((marked, DEAD_INDEX), (non_finite, NON_FINITE_INDEX)):
-        kinds[[index for index in indices if 0 <= index < count]] = kind
-    return kinds
-
-
-def frame_tiles(tiles: np.ndarray, kinds: np.ndarray, colours: dict[int, np.ndarray]) -> np.ndarray:
-    """Surround each ``(h, w, C)`` tile with a thin frame of the colour its kind names."""
-    count, height, width, channels = tiles.shape
-    framed = np.empty((count, height + 2 * FRAME_PIXELS, width + 2 * FRAME_PIXELS, channels), dtype=tiles.dtype)
-    for kind, colour in colours.items():
-        framed[kinds == kind] = colour
-    framed[:, FRAME_PIXELS : FRAME_PIXELS + height, FRAME_PIXELS : FRAME_PIXELS + width] = tiles
-    return framed
-
-
-def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: np.ndarray) -> np.ndarray:
-    """Lay ``(N, h, w, C)`` tiles out in rows of ``nrow``, with ``make_grid``'s layout.
-
-    One reshape instead of ``make_grid``'s copy per tile: a snapshot has hundreds of tiles.
-    """
-    count, height, width, channels = tiles.shape
-    columns = min(nrow, count)
-    rows = math.ceil(count / columns)
-    cell_height, cell_width = height + padding, width + padding
-    cells = _filled((rows * columns, cell_height, cell_width, channels), pad_value, tiles.dtype)
-    cells[:count, padding:, padding:] = tiles
-    grid = cells.reshape(rows, columns, cell_height, cell_width, channels).transpose(0, 2, 1, 3, 4)
-    image = _filled((rows * cell_height + padding, columns * cell_width + padding, channels), pad_value, tiles.dtype)
-    height, width = rows * cell_height, columns * cell_width
-    image[:height, :width] = grid.reshape(height, width, channels)
-    return image
-
-
-def _filled(shape: tuple[int, ...], colour: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if np.all(colour == colour.flat[0]):
-        return np.full(shape, colour.flat[0], dtype=dtype)  # one memset instead of a strided copy
-    array = np.empty(shape, dtype=dtype)
-    array[:] = colour
-    return array
-
-
-def square_columns(count: int) -> int:
-    """Columns for a near-square grid of ``count`` tiles."""
-    return max(1, math.ceil(math.sqrt(count)))
-
-
-def tile_origin(index: int, tile_height: int, tile_width: int, nrow: int) -> tuple[int, int]:
-    """Top-left pixel of tile ``index`` inside its frame, in a grid of framed tiles."""
-    row, column = divmod(index, nrow)
-    top = GRID_PADDING + row * (tile_height + 2 * FRAME_PIXELS + GRID_PADDING) + FRAME_PIXELS
-    left = GRID_PADDING + column * (tile_width + 2 * FRAME_PIXELS + GRID_PADDING) + FRAME_PIXELS
-    return top, left
-
-
-def to_uint8(unit: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] to 0..255, rounding half to even."""
-    return np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
-
-
 def _non_finite_indices(values: np.ndarray) -> list[int]:
     """Indices along the first axis whose values hold a NaN or an Inf."""
     return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)).tolist()
 
 
-@lru_cache(maxsize=8)
-def _palette(colormap: str) -> np.ndarray:
-    """256 RGB colours: the colormap's levels, then frame, dead, non-finite and background."""
-    specials = [_rgb(colour) for colour in (FRAME_COLOUR, DEAD_COLOUR, NON_FINITE_COLOUR, BACKGROUND_COLOUR)]
-    palette = np.concatenate([_colormap_levels(colormap, COLORMAP_LEVELS), np.stack(specials)])
-    palette.setflags(write=False)  # shared by every image drawn with this colormap
-    return palette
-
-
-@lru_cache(maxsize=8)
-def _colormap_levels(name: str, levels: int) -> np.ndarray:
-    import matplotlib
-
-    colours = matplotlib.colormaps[name](np.linspace(0.0, 1.0, levels))[:, :3]
-    return to_uint8(colours)
-
-
-def _rgb(colour: Sequence[float]) -> np.ndarray:
-    return to_uint8(np.asarray(colour, dtype=np.float32))

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from lightning_filterviz import render
+from lightning_filterviz import render, tiles
 from lightning_filterviz.report_runs import SnapshotRecord
 
 __all__ = [
@@ -96,7 +96,7 @@ def layer_colours(layers: Sequence[str]) -> dict[str, Any]:
     return {name: palette(index % palette.N) for index, name in enumerate(layers)}
 
 
-def filter_grid(filters: np.ndarray, dead: Union[Sequence[int], np.ndarray] = ()) -> render.Image:
+def filter_grid(filters: np.ndarray, dead: Union[Sequence[int], np.ndarray] = ()) -> tiles.Image:
     """The package's filter grid of one layer, dead filters framed in red.
 
     Args:
@@ -104,7 +104,7 @@ def filter_grid(filters: np.ndarray, dead: Union[Sequence[int], np.ndarray] = ()
         dead: dead filter indices (those beyond the drawn filters are ignored).
 
     Returns:
-        An ``(H, W, 3)`` ``uint8`` image or an :class:`~lightning_filterviz.render.IndexedImage`.
+        An ``(H, W, 3)`` ``uint8`` image or an :class:`~lightning_filterviz.tiles.IndexedImage`.
     """
     marked = [int(index) for index in dead if 0 <= index < len(filters)]
     return render.weight_grid(filters, "filter", None, marked=marked, rgb=(filters.shape[1] == 3))
@@ -120,11 +120,11 @@ def filmstrip_image(rows: Sequence[SnapshotRecord], layer: str) -> np.ndarray:
     Returns:
         An ``(H, W, 3)`` ``uint8`` image.
     """
-    tiles = [
-        render.to_uint8(render.normalize_filters(record.filters[layer], "filter")).transpose(0, 2, 3, 1)
+    snapshot_rows = [
+        tiles.to_uint8(render.normalize_filters(record.filters[layer], "filter")).transpose(0, 2, 3, 1)
         for record in rows
     ]
-    return render.filmstrip(tiles)
+    return render.filmstrip(snapshot_rows)
 
 
 def filmstrip_rows(

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from lightning_filterviz.records import ReceptiveField
-from lightning_filterviz.render import (
+from lightning_filterviz.render import displayed_filters, normalize_filters
+from lightning_filterviz.tiles import (
     BACKGROUND_COLOUR,
     BACKGROUND_INDEX,
     COLORMAP_LEVELS,
@@ -30,13 +31,11 @@ from lightning_filterviz.render import (
     OUTSIDE_GREY,
     PANEL_PADDING,
     IndexedImage,
-    _palette,
-    _rgb,
-    displayed_filters,
+    colormap_palette,
     frame_kinds,
     frame_tiles,
-    normalize_filters,
     resize_nearest,
+    rgb_colour,
     tile_grid,
     to_uint8,
 )
@@ -153,9 +152,9 @@ def response_grid(
     if filters.shape[-1] == 1:
         filters = np.repeat(filters, 3, axis=-1)
     filters = resize_nearest(filters, height, width, first_axis=1)
-    frame = {FRAME_INDEX: _rgb(FRAME_COLOUR)}
+    frame = {FRAME_INDEX: rgb_colour(FRAME_COLOUR)}
     kinds = frame_kinds(count)
-    background = _rgb(BACKGROUND_COLOUR)
+    background = rgb_colour(BACKGROUND_COLOUR)
     framed_filters, framed_patches = frame_tiles(filters, kinds, frame), frame_tiles(patches, kinds, frame)
     gap = np.broadcast_to(background, (count, framed_patches.shape[1], GRID_PADDING, 3))
     pair_tiles = np.concatenate([framed_filters, gap, framed_patches], axis=2)
@@ -186,7 +185,7 @@ def through_the_layers(
         colormap: a matplotlib colormap name.
 
     Returns:
-        An :class:`~lightning_filterviz.render.IndexedImage` (``.to_rgb()`` for pixels) of
+        An :class:`~lightning_filterviz.tiles.IndexedImage` (``.to_rgb()`` for pixels) of
         ``min(channels, most channels of a layer)`` rows and ``len(maps)`` columns of tiles.
 
     Raises:
@@ -213,7 +212,7 @@ def through_the_layers(
     blank = np.broadcast_to(background, (height, height, 1))
     tiles = [column[row] if row < len(column) else blank for row in range(rows) for column in columns]
     grid = tile_grid(np.stack(tiles), len(columns), GRID_PADDING, background)
-    return IndexedImage(np.ascontiguousarray(grid[..., 0]), _palette(colormap))
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
 
 
 # ---------------------------------------------------------------- helpers

@@ -7,8 +7,8 @@ from typing import Callable, Mapping
 
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Table
-from lightning_filterviz.render import Image
 from lightning_filterviz.sinks import Sink, write_images, write_scalars, write_table
+from lightning_filterviz.tiles import Image
 
 __all__ = ["SinkGroup"]
 

@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
 from lightning_filterviz.png import EncodedImage
 from lightning_filterviz.records import Table
-from lightning_filterviz.render import Image
 from lightning_filterviz.tags import TAG_PREFIX
+from lightning_filterviz.tiles import Image
 
 __all__ = [
     "DirectorySink",
@@ -34,7 +34,7 @@ __all__ = [
 
 class Sink(Protocol):
     """What the engine writes to. Images are ``(H, W, 3)`` ``uint8`` arrays or
-    :class:`~lightning_filterviz.render.IndexedImage` (see :func:`~lightning_filterviz.png.encode_png`).
+    :class:`~lightning_filterviz.tiles.IndexedImage` (see :func:`~lightning_filterviz.png.encode_png`).
 
     A sink may also have, and then gets a snapshot's items through them:
 

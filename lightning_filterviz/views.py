@@ -15,7 +15,6 @@ import numpy as np
 from lightning_filterviz.records import Snapshot, Table
 from lightning_filterviz.render import (
     SIGNED_COLORMAP,
-    Image,
     activation_grid,
     displayed_filters,
     drift_strip,
@@ -39,6 +38,7 @@ from lightning_filterviz.tags import (
     WEIGHTS,
     layer_tag,
 )
+from lightning_filterviz.tiles import Image
 
 __all__ = [
     "SNAPSHOT_VIEWS",

@@ -22,8 +22,8 @@ from conftest import (
     read_events,
     trainer_kwargs,
 )
-from lightning_filterviz.render import FRAME_PIXELS, GRID_PADDING
 from lightning_filterviz.tags import LOGGED_TAGS
+from lightning_filterviz.tiles import FRAME_PIXELS, GRID_PADDING
 
 LAYERS = ["net.0", "net.3"]
 STEPS_PER_EPOCH = 4  # 32 training samples in batches of 8

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import Classifier, FilterMonitor, count_hooks, pl, read_events, trainer_kwargs
 from lightning_filterviz.example_images import example_tiles, examples_grid
-from lightning_filterviz.render import FRAME_PIXELS, GRID_PADDING
+from lightning_filterviz.tiles import FRAME_PIXELS, GRID_PADDING
 
 PLANTED = {7: (2, 9), 23: (10, 3), 41: (6, 6)}  # dataset index -> top-left of a 4x4 pure red square
 SQUARE = 4

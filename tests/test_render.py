@@ -10,17 +10,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import read_events
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.render import (
+from lightning_filterviz.render import activation_grid, displayed_filters, weight_grid
+from lightning_filterviz.tiles import (
     DEAD_COLOUR,
     FRAME_COLOUR,
     FRAME_PIXELS,
     GRID_PADDING,
-    IndexedImage,
     NON_FINITE_COLOUR,
-    activation_grid,
-    displayed_filters,
+    IndexedImage,
     tile_origin,
-    weight_grid,
 )
 
 RED = np.array([round(255 * c) for c in DEAD_COLOUR], dtype=np.uint8)

@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import Classifier, FilterMonitor, RandomImages, pl, trainer_kwargs
 
-from lightning_filterviz import FilterVisualizer, render
+from lightning_filterviz import FilterVisualizer, render, tiles
 from lightning_filterviz.__main__ import main
 from lightning_filterviz.history import HistoryWriter
 from lightning_filterviz.report import (
@@ -128,7 +128,7 @@ def test_filmstrip_has_a_row_per_snapshot(report, logs):
     rows = []
     for path in history:
         with np.load(path) as arrays:
-            rows.append(render.to_uint8(render.normalize_filters(arrays["0/filters"])).transpose(0, 2, 3, 1))
+            rows.append(tiles.to_uint8(render.normalize_filters(arrays["0/filters"])).transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(strip, render.filmstrip(rows))
     assert strip.shape[0] == len(STEPS) * (render.FILMSTRIP_TILE_PIXELS + 2)
 

@@ -9,16 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import conv_bn_relu_stack, count_hooks
-from lightning_filterviz.render import (
-    BACKGROUND_COLOUR,
-    COLORMAP_LEVELS,
-    FRAME_COLOUR,
-    FRAME_PIXELS,
-    GRID_PADDING,
-    OUTSIDE_GREY,
-    PANEL_PADDING,
-    _palette,
-)
 from lightning_filterviz.receptive_fields import receptive_field
 from lightning_filterviz.records import ReceptiveField
 from lightning_filterviz.responses import (
@@ -27,6 +17,16 @@ from lightning_filterviz.responses import (
     peak_patches,
     response_grid,
     through_the_layers,
+)
+from lightning_filterviz.tiles import (
+    BACKGROUND_COLOUR,
+    COLORMAP_LEVELS,
+    FRAME_COLOUR,
+    FRAME_PIXELS,
+    GRID_PADDING,
+    OUTSIDE_GREY,
+    PANEL_PADDING,
+    colormap_palette,
 )
 
 WHITE = np.array([round(255 * c) for c in BACKGROUND_COLOUR], dtype=np.uint8)
@@ -284,7 +284,7 @@ def test_through_the_layers_layout_and_channel_choice() -> None:
 
     cell = 10 + GRID_PADDING
     assert image.dtype == np.uint8 and image.shape == (GRID_PADDING + 2 * cell, GRID_PADDING + 2 * cell, 3)
-    palette = _palette("viridis")
+    palette = colormap_palette("viridis")
     top, bottom = GRID_PADDING, GRID_PADDING + cell
     left, right = GRID_PADDING, GRID_PADDING + cell
     # Early layer: channels 1 (mean 3) then 3 (mean 2), normalized together.

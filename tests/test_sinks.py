@@ -18,8 +18,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import conv_bn_relu_stack, read_events
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.render import IndexedImage
 from lightning_filterviz.sinks import TensorBoardSink, masked_crc32c, use_fast_checksums
+from lightning_filterviz.tiles import IndexedImage
 
 
 @pytest.mark.parametrize("size", [0, 1, 8, 12, 1000, 65_537])

@@ -240,7 +240,7 @@ def test_a_failing_probe_pass_at_run_time_warns_and_switches_off(tmp_path):
 
 
 def test_non_finite_weights_and_activations_render_and_are_marked(tmp_path):
-    from lightning_filterviz.render import FRAME_PIXELS, NON_FINITE_COLOUR, tile_origin
+    from lightning_filterviz.tiles import FRAME_PIXELS, NON_FINITE_COLOUR, tile_origin
 
     model = conv_bn_relu_stack()
     with torch.no_grad():
