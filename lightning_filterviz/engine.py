@@ -270,9 +270,10 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         are kept, on the model's device, with no host synchronization; the next
         :meth:`snapshot` ships them with the rest: a filter is off at a snapshot only if it
         stayed off on the probe and on every training batch watched since the previous one.
-        After the first snapshot, a conv whose activation input comes out of a module (the
-        conv, or its normalization) is watched by a plain hook there; before it, and for
-        the other convs, by the tracer.
+        After the first snapshot, a conv whose ReLU-family activation takes its input from a
+        module (the conv, or its normalization) is watched by a plain hook there, the other
+        ReLU-family convs by the tracer, and a conv without such an activation not at all
+        (nothing about it is judged dead); before the first snapshot, every conv by the tracer.
 
         Example::
 
@@ -281,8 +282,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             loss.backward()
         """
         probe_pass = self._probe_pass_of(model)
-        taps = probe_pass.plan.taps if probe_pass.plan is not None else None
-        with track_training_batch(probe_pass.layers, taps, self.settings.dead_threshold, probe_pass.training_maxima):
+        plan, threshold = probe_pass.plan, self.settings.dead_threshold
+        with track_training_batch(probe_pass.layers, plan, threshold, probe_pass.training_maxima):
             yield
 
     def dataset_examples_pass(self, model: nn.Module) -> Optional[ExampleCollector]:

@@ -15,12 +15,13 @@ The maxima stay on the device until the next snapshot ships them with everything
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lightning_filterviz.discovery import ActivationTap, ActivationTracer, ConvLayer
+from lightning_filterviz.activations import ActivationTap, ProbePlan
+from lightning_filterviz.discovery import ActivationTracer, ConvLayer
 
 __all__ = ["track_training_batch"]
 
@@ -28,7 +29,7 @@ __all__ = ["track_training_batch"]
 @contextlib.contextmanager
 def track_training_batch(
     layers: Sequence[ConvLayer],
-    taps: Optional[Mapping[str, ActivationTap]],
+    plan: Optional[ProbePlan],
     threshold: float,
     maxima: dict[str, Tensor],
 ) -> Iterator[None]:
@@ -36,15 +37,14 @@ def track_training_batch(
 
     Args:
         layers: the watched convs.
-        taps: per conv, its tap (from a probe pass); ``None`` before any probe pass, when
-            every conv is traced.
+        plan: how the first probe pass found each conv's activation; ``None`` before any
+            probe pass, when every conv is traced.
         threshold: the dead threshold; a tap only decides for thresholds between its bounds.
         maxima: conv name -> running ``(out_channels,)`` maximum on the device; updated in place.
             For tapped convs it is the maximum of the activation's input, which exceeds
             ``threshold`` exactly where the activation's own maximum does.
     """
-    hooked = {name: tap for name, tap in (taps or {}).items() if tap.decides(threshold)}
-    traced = [layer for layer in layers if layer.name not in hooked]
+    hooked, traced = _watch_plan(layers, plan, threshold)
     handles = []
     tracer = ActivationTracer() if traced else None
     try:
@@ -63,6 +63,21 @@ def track_training_batch(
         for name, record in tracer.records.items():
             if record.zeroing and record.channel_max is not None:
                 _fold(maxima, name, record.channel_max)
+
+
+def _watch_plan(
+    layers: Sequence[ConvLayer], plan: Optional[ProbePlan], threshold: float
+) -> tuple[dict[str, ActivationTap], list[ConvLayer]]:
+    """The convs a hook on their tap watches, and those the tracer must follow. A conv without
+    a ReLU-family activation is neither: "dead" is not judged for it."""
+    if plan is None:
+        return {}, list(layers)
+    hooked = {name: tap for name, tap in plan.taps.items() if tap.decides(threshold)}
+    # A ReLU-family tap that cannot decide this threshold (ReLU6 at 6 or above, a threshold
+    # below the floor) is traced, as are the activations no module's output shows.
+    undecided = {name for name, tap in plan.taps.items() if tap.zeroing and name not in hooked}
+    traced = [layer for layer in layers if layer.name in undecided or layer.name in plan.traced]
+    return hooked, traced
 
 
 def _running_maximum(name: str, maxima: dict[str, Tensor]) -> Callable[[nn.Module, Any, Any], None]:

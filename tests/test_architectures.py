@@ -7,9 +7,11 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
 from conftest import Classifier, FilterMonitor, FunctionalNet, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
+from lightning_filterviz import FilterVisualizer, tracking
 from lightning_filterviz.stats import dormant_indices, dormant_scores
 
 
@@ -229,3 +231,32 @@ def test_training_batch_tracking_is_refused_for_compiled_models(tmp_path):
     with pytest.warns(UserWarning, match="`track_training_batches` is off"):
         pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, datamodule=RandomImages())
     assert monitor.dead_filters.keys() == {"net.0", "net.3"}
+
+
+def _relu6_stack() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(), nn.Flatten(), nn.LazyLinear(2))
+
+
+@pytest.mark.parametrize(
+    ("make_model", "threshold", "traced"),
+    [
+        # Every ReLU conv has a tap; the convs feeding a residual sum have no activation of their own.
+        (lambda: torchvision.models.resnet18(num_classes=4), 0.0, False),
+        # ReLU6 clips at 6: whether it fired above 6 cannot be read off its input's maximum.
+        (_relu6_stack, 6.0, True),
+    ],
+)
+def test_tracking_traces_only_the_relu_convs_no_hook_can_decide(make_model, threshold, traced, monkeypatch, tmp_path):
+    model, probe = make_model(), torch.randn(2, 3, 32, 32)
+    visualizer = FilterVisualizer(str(tmp_path), dead_threshold=threshold)
+    visualizer.snapshot(model, probe, 0)
+    tracers = []
+    real_tracer = tracking.ActivationTracer
+    monkeypatch.setattr(tracking, "ActivationTracer", lambda *args: tracers.append(real_tracer(*args)) or tracers[-1])
+    model.train()
+    with visualizer.training_batch(model):
+        model(torch.randn(2, 3, 32, 32))
+    assert len(tracers) == int(traced)
+    snapshot = visualizer.snapshot(model, probe, 1)
+    judged = {name for name, layer in snapshot.layers.items() if layer.zeroing}
+    assert judged and {name for name, layer in snapshot.layers.items() if layer.training_max is not None} == judged
