@@ -196,9 +196,9 @@ class ExampleCollector:
                 self._inputs = self._indices = None
 
     def next_batch(self, inputs: Tensor, dataset_indices: Tensor) -> None:
-        """The model input of the batch about to run, and each of its images' dataset index
-        (``-1`` where unknown), both on the model's device."""
-        self._inputs, self._indices = inputs, dataset_indices
+        """The model input of the batch about to run (on the model's device), and each of its
+        images' dataset index (``-1`` where unknown; moved to the input's device if elsewhere)."""
+        self._inputs, self._indices = inputs, dataset_indices.to(inputs.device, non_blocking=True)
 
     def results(self) -> dict[str, LayerExamples]:
         """Each layer's examples, on the device where they were collected."""

@@ -196,9 +196,11 @@ def _to_host(packed: Tensor) -> tuple[Tensor, Optional[Any]]:
         return packed, None
     if packed.device.type == "cuda":
         host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        stream = torch.cuda.current_stream(packed.device)  # the copy's stream, whichever device is current
         host.copy_(packed, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        # Blocking: the writer thread sleeps until the copy lands instead of spinning on a core.
+        event = torch.cuda.Event(blocking=True)
+        event.record(stream)
         # ``packed`` is freed on return, but the caching allocator hands its memory out again
         # only to work queued after the copy on this stream, so the copy reads it intact.
         return host, event

@@ -60,6 +60,27 @@ def test_snapshots_after_the_first_make_no_host_synchronization(tmp_path):
     assert (tmp_path / "responses" / "conv1" / "step_00000001.png").is_file()
 
 
+def test_a_snapshot_returns_while_earlier_gpu_work_still_runs(tmp_path):
+    """What sync debug mode does not see (an event waited on, an allocation that waits for
+    the device): the training thread leaves a snapshot before the GPU work queued ahead of
+    it has finished, with the writer queue as full as it may get."""
+    model, probe = resnet18_channels_last()
+    visualizer = FilterVisualizer(str(tmp_path), background=True, max_pending=2)
+    visualizer.snapshot(model, probe, 0, forward_context=fp16_autocast)
+    visualizer.flush()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(4_000_000_000)  # about two seconds of one GPU core spinning, queued first
+    ahead = torch.cuda.Event()
+    ahead.record()
+    for step in range(1, 4):
+        visualizer.snapshot(model, probe, step, forward_context=fp16_autocast)
+    assert not ahead.query()  # still running: no snapshot waited for it
+    visualizer.close()
+    assert sorted(path.name for path in (tmp_path / "activations" / "conv1").iterdir()) == [
+        f"step_{step:08d}.png" for step in range(4)
+    ]
+
+
 def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
     model, probe = resnet18_channels_last()
     visualizer = FilterVisualizer(str(tmp_path), background=True)
@@ -97,6 +118,25 @@ def test_collecting_and_publishing_dataset_examples_make_no_host_synchronization
     found = visualizer.dataset_examples["conv1"]
     assert len(found) == 64 and all(len(per_filter) == 9 for per_filter in found)
     assert {index for per_filter in found for index, _ in per_filter} <= set(range(16))
+
+
+def test_a_plain_loop_may_give_the_dataset_indices_on_the_cpu(tmp_path):
+    model, probe = resnet18_channels_last()
+    visualizer = FilterVisualizer(str(tmp_path), background=True)
+    visualizer.snapshot(model, probe, 0)
+    visualizer.flush()
+    collector = visualizer.dataset_examples_pass(model)
+    images = torch.randn(16, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    model.eval()
+    with collector.collecting(), torch.no_grad():
+        for start in (0, 8):
+            collector.next_batch(images[start : start + 8], torch.arange(start, start + 8))
+            model(images[start : start + 8])
+    visualizer.publish_dataset_examples(collector.results(), model, 1)
+    visualizer.close()
+    found = visualizer.dataset_examples["conv1"]
+    assert {index for per_filter in found for index, _ in per_filter} <= set(range(16))
+    assert len({index for per_filter in found for index, _ in per_filter}) > 1
 
 
 def test_a_gpu_snapshot_equals_the_cpu_snapshot(tmp_path, monkeypatch):
