@@ -135,9 +135,10 @@ class ProbePass:
         inputs = model_input(batch, self.settings.batch_key)
         device = _device_of(model)
         if device.type == "cuda" and _holds_cpu_tensors(inputs):
-            # Pinned once per probe, so that each snapshot's copy to the GPU is asynchronous.
-            if self._pinned_probe is None or self._pinned_probe[0] is not inputs:
-                self._pinned_probe = (inputs, pin_memory(inputs))
+            # Pinned once per probe batch (a ``batch_key`` function may build new inputs at each
+            # call), so that each snapshot's copy to the GPU is asynchronous.
+            if self._pinned_probe is None or self._pinned_probe[0] is not batch:
+                self._pinned_probe = (batch, pin_memory(inputs))
             inputs = self._pinned_probe[1]
         inputs = to_device(inputs, device, convert_input)
         # Follow the convs' dtype (a model cast to float64, say) where the conversion did not.
