@@ -84,6 +84,10 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         print(visualizer.dead_filters)
     """
 
+    # Longer than this package's other classes for a reason: it is the public API, and more
+    # than half of it is that API's documentation. Each method hands over in a few lines, to
+    # the probe pass (training thread) or the delivery (writer thread).
+
     # A spawned process watches its own model afresh.
     rebuilt_when_unpickled = {"_probe_pass": lambda: None}
 
