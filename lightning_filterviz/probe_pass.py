@@ -115,7 +115,9 @@ class ProbePass:
         images = _first_images(inputs)
         if probe_images and images is not None:
             captured.add(captured.snapshot, "probe_images", images[: self.settings.max_images])
-        if draw_views:
+        # Measured at the pass's first capture whether or not it draws the views, so that the
+        # dataset examples have them from the first validation run after it.
+        if draw_views or not self.receptive_fields:
             self._attach_receptive_fields(captured, model, inputs)
         return captured
 

@@ -133,6 +133,20 @@ def test_examples_layers_off_collects_nothing(tmp_path):
     assert "filterviz/examples/net.0" not in read_events(trainer.logger.log_dir).images
 
 
+def test_a_second_fit_of_the_same_model_and_data_has_examples_from_its_first_validation_run(tmp_path):
+    # The same objects: the monitor carries on (no fresh start), and its first snapshot in the
+    # second fit draws no views (nor does any later one); the receptive fields are measured there all the same.
+    model, data = Classifier(planted_detector(), lr=0.0), PlantedData()
+    monitor = FilterMonitor(probe_size=4, every_n_steps=2, examples_k=K, views_every=50)
+    for fit in range(2):
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / f"fit{fit}", max_epochs=2))
+        trainer.fit(model, datamodule=data)
+        steps_per_epoch = trainer.global_step // 2
+        examples = read_events(trainer.logger.log_dir).images["filterviz/examples/net.0"]
+        assert sorted(examples) == [steps_per_epoch, 2 * steps_per_epoch]
+    assert sorted(index for index, _ in monitor.dataset_examples["net.0"][0][:3]) == sorted(PLANTED)
+
+
 def test_a_shuffled_validation_loader_gives_no_dataset_indices_but_the_examples_still_work(tmp_path):
     class ShuffledData(PlantedData):
         def val_dataloader(self):
