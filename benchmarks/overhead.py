@@ -26,9 +26,13 @@ Prints:
 
 With --device cuda (ResNet-18 in channels_last, precision "16-mixed", 128x128 inputs,
 batches of 128 already on the GPU, probe 8):
-  g. wall time with / without at every_n_steps=10 and 100, and track_training_batches on / off;
+  g. wall time with / without at every_n_steps=10 and 100, and track_training_batches on / off,
+     from the start of step 1 to the end of the last step (the first snapshot's one-time work
+     is part h's; the end-of-fit writing is the writer thread's);
   h. training-thread time per snapshot / the probe's eval forward, the first snapshot's
-     one-time work, and host synchronizations per snapshot and per tracked training forward.
+     one-time work, host synchronizations per snapshot and per tracked training forward (as
+     torch's sync debug mode counts them), and whether snapshots return while GPU work queued
+     before them still runs (which catches the waits that mode does not see).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
+sys.path[:0] = [str(REPO), str(REPO / "examples")]  # runs from a checkout, installed or not
 
 from cnn_example import ImageClassifier, PhotoPatches  # noqa: E402
 
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default: cpu)")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each figure shows as it comes
     if args.rss_child:
         print(rss_growth(*example_model_and_probe(), snapshots=200))
         return
@@ -184,6 +189,9 @@ def quiet_logs() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_utilities.core.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    # A failed snapshot switches the monitor off with a warning; here it must end the run, or
+    # the figures would be those of no monitor at all.
+    warnings.filterwarnings("error", message=r"filterviz: the snapshot at step \d+ failed")
 
 
 def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], trials: int) -> None:
@@ -872,18 +880,28 @@ def cuda_report(quick: bool) -> None:
     import lightning
     import torchvision
 
+    from lightning_filterviz.sinks import _c_crc32c
+
     device = torch.device("cuda")
     print(
-        f"{torch.cuda.get_device_name(device)}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"torchvision {torchvision.__version__}, lightning {lightning.__version__}"
+        f"{torch.cuda.get_device_name(device)}; torch {torch.__version__} (CUDA {torch.version.cuda}, "
+        f"cuDNN {torch.backends.cudnn.version()}), torchvision {torchvision.__version__}, "
+        f"lightning {lightning.__version__}, Python {sys.version.split()[0]}; TensorBoard event checksums "
+        f"{'in C (google-crc32c)' if _c_crc32c() is not None else 'in pure Python (google-crc32c missing)'}"
     )
     torch.backends.cudnn.benchmark = True
     trials, steps = (2, 60) if quick else (3, 200)
     data = resident_batches(device, batches=16)
     _, probe = resnet18_channels_last(CUDA_IMAGE_SIZE, device)
     probe = probe.cpu()  # as FilterMonitor keeps it; the engine pins it and copies it asynchronously
+    # The process's one-time costs (cuDNN's choice of kernels for the probe's shapes, the first
+    # launch of each kernel) in a run of their own, not in the first monitored trial.
+    cuda_run(data, 20)(FilterMonitor(every_n_steps=5, probe=probe))
 
-    print(f"\ng. training wall time, with monitor / without (ResNet-18, 16-mixed, {steps} steps, median of pairs)")
+    print(
+        f"\ng. training wall time, with monitor / without (ResNet-18, 16-mixed, steps 1 to {steps}, "
+        "median of pairs)"
+    )
     for label, settings, baseline in (
         ("every_n_steps=10", {"every_n_steps": 10}, None),
         ("every_n_steps=100", {"every_n_steps": 100}, None),
@@ -905,6 +923,8 @@ def cuda_report(quick: bool) -> None:
     print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
     per_snapshot, per_tracked_forward = count_host_syncs(model, probe)
     print(f"   host synchronizations: {per_snapshot} per snapshot, {per_tracked_forward} per tracked training forward")
+    waited = "no: they returned at once" if snapshots_return_while_gpu_busy(model, probe) else "YES: one of them waited"
+    print(f"   did 3 snapshots wait for GPU work queued before them? {waited}")
 
 
 def _fp16_autocast() -> contextlib.AbstractContextManager:
@@ -930,18 +950,36 @@ def cuda_run(data: list, steps: int) -> Callable[[Optional[FilterMonitor]], floa
     def run(monitor: Optional[FilterMonitor]) -> float:
         seed_everything(0, verbose=False)
         model = ImageClassifier(arch="resnet18", lr=1e-3).to(memory_format=torch.channels_last)
+        clock = TrainingStepsClock()
         with tempfile.TemporaryDirectory() as log_dir:
             trainer = bench_trainer(
-                log_dir, monitor, accelerator="gpu", devices=1, precision="16-mixed", max_steps=steps,
+                log_dir, monitor, [clock], accelerator="gpu", devices=1, precision="16-mixed", max_steps=steps,
                 limit_val_batches=0,
             )
-            torch.cuda.synchronize()
-            start = time.perf_counter()
             trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=None))
-            torch.cuda.synchronize()
-            return time.perf_counter() - start
+        return clock.elapsed
 
     return run
+
+
+class TrainingStepsClock(Callback):
+    """Wall time from the start of the second training step to the end of the last, the GPU
+    drained at both ends: the steady state of training, snapshots included, without the
+    first snapshot's one-time work (part h reports it) or the fit's start and end."""
+
+    def __init__(self) -> None:
+        self.start: Optional[float] = None
+        self.elapsed = 0.0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == 1 and self.start is None:
+            torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.start is not None and trainer.global_step == trainer.max_steps:
+            torch.cuda.synchronize()
+            self.elapsed = time.perf_counter() - self.start
 
 
 def count_host_syncs(model: torch.nn.Module, probe: torch.Tensor) -> tuple[int, int]:
@@ -966,6 +1004,25 @@ def count_host_syncs(model: torch.nn.Module, probe: torch.Tensor) -> tuple[int, 
         per_forward = len(_syncs(tracked_forward))
         visualizer.close()
     return per_snapshot, per_forward
+
+
+def snapshots_return_while_gpu_busy(model: torch.nn.Module, probe: torch.Tensor) -> bool:
+    """Whether three snapshots (the writer's queue then full) return while GPU work queued
+    before them still runs: a wait the sync debug mode does not count (an event, a pinned
+    allocation) would have the training thread wait for it."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        visualizer = FilterVisualizer(log_dir, background=True, max_pending=2)
+        visualizer.snapshot(model, probe, 0, forward_context=_fp16_autocast)
+        visualizer.flush()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(4_000_000_000)  # about two seconds of GPU time
+        ahead = torch.cuda.Event()
+        ahead.record()
+        for step in range(1, 4):
+            visualizer.snapshot(model, probe, step, forward_context=_fp16_autocast)
+        returned_first = not ahead.query()
+        visualizer.close()
+    return returned_first
 
 
 def _syncs(work: Callable[[], None]) -> list:
