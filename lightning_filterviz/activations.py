@@ -104,8 +104,9 @@ def _channel_statistics(
     """Per channel, the maximum and the mean of ``|h|``, in float32 whatever the autocast dtype
     (amax is exact in any dtype). A pre-activation gets no maximum: without a floor it decides
     no "dead", and nothing draws it (a kernel fewer per layer and snapshot)."""
-    # Where every value is >= 0, |h| is h: no temporary for it.
-    channel_mean_abs = _float32(values if nonnegative else values.abs()).mean(dim=dims)
+    # Where every value is >= 0, |h| is h: no temporary for it. Accumulated in float32 by the
+    # reduction itself, not by a float32 copy of a half-precision activation first.
+    channel_mean_abs = (values if nonnegative else values.abs()).mean(dim=dims, dtype=torch.float32)
     if function == PRE_ACTIVATION:
         return None, channel_mean_abs
     return _float32(values.amax(dim=dims)), channel_mean_abs

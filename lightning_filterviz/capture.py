@@ -172,7 +172,9 @@ def _capture_weights(snapshot: Snapshot, layers: Sequence[ConvLayer], packer: Tr
         rgb = module.in_channels == 3 and module.groups == 1
         capture = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
         snapshot.layers[layer.name] = capture
-        packer.add(capture, "weight", module.weight[:max_filters])
+        weight = module.weight
+        # Sliced only where there is something to cut: each slice is a dispatched op, per layer.
+        packer.add(capture, "weight", weight if weight.shape[0] <= max_filters else weight[:max_filters])
 
 
 class _Observation:

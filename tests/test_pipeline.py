@@ -198,6 +198,8 @@ def test_every_shipped_tensor_comes_back_exactly(pack_cpu):
         "channels_last": torch.randn(5, 3, 2, 4).contiguous(memory_format=torch.channels_last),
         "half": torch.randn(4, 4).half(),
         "sliced": torch.randn(8, 3, 3, 3)[:5],
+        "small_index": torch.tensor([5, 0, -1]),  # as float32 bits these would be denormals
+        "weight": torch.nn.Parameter(torch.randn(6, 2))[:4],  # still requires grad, autograd on
     }
     packer = TransferPacker(pack_cpu=pack_cpu)
     for field, tensor in values.items():
@@ -210,6 +212,7 @@ def test_every_shipped_tensor_comes_back_exactly(pack_cpu):
         got = getattr(holder, field)
         expected = tensor if tensor.dtype == torch.int64 else tensor.float()
         assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected), field
+        assert not got.requires_grad, field
         assert got.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr(), field  # a copy
     with pytest.raises(TypeError, match="pack floating-point or int64"):
         packer.add(holder, "mask", torch.ones(3, dtype=torch.bool))
