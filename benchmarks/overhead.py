@@ -136,6 +136,7 @@ def main() -> None:
         stall, forward, first = snapshot_stall(model, probe, repeats=repeats)
         print(f"   example: snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
         print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
+        print_dispatched_ops(model, probe)
         resnet, resnet_probe = resnet18_channels_last(64, torch.device("cpu"))
         stall, forward, first = snapshot_stall(resnet, resnet_probe, repeats=repeats)
         print(
@@ -143,6 +144,7 @@ def main() -> None:
             f"forward {forward * 1e3:.2f} ms = {stall / forward:.2f}"
         )
         print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
+        print_dispatched_ops(resnet, resnet_probe)
 
     if "c" in args.parts:
         print("\nc. one matplotlib figure per layer on the training thread / our synchronous snapshot")
@@ -358,6 +360,43 @@ def snapshot_stall(
         visualizer.close()
         writer.close()
     return statistics.median(stalls[1:]), statistics.median(forwards[1:]), stalls[0]
+
+
+def print_dispatched_ops(
+    model: torch.nn.Module, probe: torch.Tensor, forward_context: Optional[Callable] = None
+) -> None:
+    """Print the torch ops the training thread dispatches in a snapshot (after the first) and
+    in the probe's plain eval forward. Each costs a trip through the dispatcher, and on a GPU
+    most cost a kernel launch: where the host side of a small forward dominates, their ratio
+    says what a snapshot's stall will be, on any machine."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    context = forward_context or contextlib.nullcontext
+    with tempfile.TemporaryDirectory() as log_dir:
+        visualizer = FilterVisualizer(log_dir, background=True)
+        for step in range(2):  # the first snapshot's one-time work is not what is counted
+            visualizer.snapshot(model, probe, step, forward_context=forward_context)
+        visualizer.flush()
+        with OpCounter() as in_snapshot:
+            visualizer.snapshot(model, probe, 2, forward_context=forward_context)
+        visualizer.close()
+    model.eval()
+    with OpCounter() as in_forward, torch.no_grad(), context():
+        model(model_input(probe.to(next(model.parameters()).device)))
+    model.train()
+    print(
+        f"     dispatched ops: snapshot {in_snapshot.ops} / forward {in_forward.ops} = "
+        f"{in_snapshot.ops / in_forward.ops:.2f}"
+    )
 
 
 def plain_eval_forward(
@@ -921,6 +960,7 @@ def cuda_report(quick: bool) -> None:
     stall, forward, first = snapshot_stall(model, probe, repeats=10 if quick else 30, forward_context=_fp16_autocast)
     print(f"   snapshot {stall * 1e3:.2f} ms / forward {forward * 1e3:.2f} ms = {stall / forward:.2f}")
     print(f"     first snapshot (one-time work included): {first * 1e3:.1f} ms")
+    print_dispatched_ops(model, probe, forward_context=_fp16_autocast)
     per_snapshot, per_tracked_forward = count_host_syncs(model, probe)
     print(f"   host synchronizations: {per_snapshot} per snapshot, {per_tracked_forward} per tracked training forward")
     waited = "no: they returned at once" if snapshots_return_while_gpu_busy(model, probe) else "YES: one of them waited"
