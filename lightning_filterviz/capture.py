@@ -334,15 +334,23 @@ def _tap_hook(name: str, tap: ActivationTap, recorder: ActivationRecorder) -> Ca
 def _reduce_maps(activation: Tensor, max_images: int, max_channels: int, max_size: int) -> Tensor:
     """The first feature maps, float32, area-downsampled above ``max_size``: always a new
     tensor, so that an in-place op later in the forward cannot change them."""
-    # Sliced only where there is something to cut: each slice is a dispatched op, per layer.
-    maps = activation if activation.shape[0] <= max_images else activation[:max_images]
-    if maps.dim() > 1 and maps.shape[1] > max_channels:
-        maps = maps[:, :max_channels]
+    maps = _leading_crop(activation, (max_images, max_channels))
     if maps.dim() == 4 and max(maps.shape[-2:]) > max_size:
         height, width = maps.shape[-2:]
         scale = max_size / max(height, width)
         return _area_downsample(maps, (max(1, round(height * scale)), max(1, round(width * scale))))
     return maps.to(torch.float32, copy=True)
+
+
+def _leading_crop(tensor: Tensor, limits: Sequence[int]) -> Tensor:
+    """``tensor[:limits[0], :limits[1], ...]`` as one view, or ``tensor`` itself where nothing is
+    cut (each slice is a dispatched op, per layer and snapshot)."""
+    shape = list(tensor.shape)
+    cropped = [min(size, limit) for size, limit in zip(shape, limits)]
+    if cropped == shape[: len(cropped)]:
+        return tensor
+    # A leading crop keeps the strides and the start in memory.
+    return tensor.as_strided(cropped + shape[len(cropped) :], tensor.stride())
 
 
 def _area_downsample(maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -159,10 +159,7 @@ def _packed(entries: list[tuple[Any, str, Tensor]], slots: list[_Slot], size: in
     memory order (a channels_last weight is copied as it lies, not transposed). Being a copy,
     later in-place updates of the weights do not leak in."""
     packed = torch.empty(size, dtype=torch.float32, device=device)
-    flat = [
-        (tensor if slot.packed_order is None else tensor.permute(slot.packed_order)).reshape(-1)
-        for slot, (_, _, tensor) in zip(slots, entries)
-    ]
+    flat = [_flattened(tensor, slot) for slot, (_, _, tensor) in zip(slots, entries)]
     integers = sum(slot.dtype == torch.int64 for slot in slots)
     integer_places = sum(slot.length for slot in slots[:integers])
     with torch.no_grad():  # the weights still require grad here; nothing is to be recorded
@@ -171,6 +168,17 @@ def _packed(entries: list[tuple[Any, str, Tensor]], slots: list[_Slot], size: in
         if integers < len(flat):
             torch.cat(flat[integers:], out=packed[integer_places:])  # other floats become float32 here
     return packed
+
+
+def _flattened(tensor: Tensor, slot: _Slot) -> Tensor:
+    """``tensor`` as one dimension in its memory order, with one op at most (each op is a
+    launch or a dispatcher trip on the training thread, per tensor and snapshot)."""
+    if tensor.dim() == 1:
+        return tensor  # concatenated as it is, strided or not
+    if slot.packed_order is not None:
+        # Dense in channels_last order (see _memory_order): its memory, read straight through.
+        return tensor.as_strided((tensor.numel(),), (1,))
+    return tensor.reshape(-1)
 
 
 def _packed_dtype(tensor: Tensor) -> torch.dtype:
