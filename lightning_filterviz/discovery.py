@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
@@ -53,6 +54,8 @@ _PASS_THROUGH = _NORMALIZATIONS | frozenset(
 _AFFINE = frozenset(
     {"mul", "mul_", "__rmul__", "add", "add_", "__radd__", "sub", "sub_", "__rsub__", "rsub", "neg", "neg_"}
 )
+# Functions whose first argument is the data flowing through the model.
+_DATA_CONSUMERS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear"})
 _DIVISIONS = frozenset({"div", "div_", "true_divide", "true_divide_"})  # affine only with the output on top
 # Activations whose "off" state is an exact floor at zero: only these can make a filter dead.
 _ZEROING_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
@@ -173,6 +176,10 @@ class ActivationTracer(TorchFunctionMode):
         self._taps_seen: dict[str, list[Optional[nn.Module]]] = {}
         self._bounds: dict[str, Optional[tuple[str, float, float]]] = {}
         self._module_calls: dict[int, int] = {}
+        # Tensors computed from the data (a conv's input or output, and whatever follows from
+        # them), by id: a per-channel operand among them is a residual or an attention map, never
+        # a normalization's constant, whatever the batch and spatial sizes.
+        self._from_data: dict[int, weakref.ref[Tensor]] = {}
 
     @property
     def records(self) -> dict[str, ActivationRecord]:
@@ -181,6 +188,7 @@ class ActivationTracer(TorchFunctionMode):
 
     def track(self, layer: str, output: Tensor, tap: Optional[nn.Module] = None, through: tuple[str, ...] = ()) -> None:
         self._tracked[id(output)] = _Tracked(layer, output, tap, through)
+        self._note_from_data(output)
 
     def note_module_output(self, module: nn.Module, output: Any) -> None:
         """Note that ``module`` returned ``output``: the innermost module returning a tracked
@@ -192,16 +200,23 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
+        leaves = list(_tensor_leaves(args, kwargs))
+        if _function_name(func) in _DATA_CONSUMERS and leaves:
+            self._note_from_data(leaves[0])  # a conv's input is data, the model input too
         if self._tracked and _is_in_place(_function_name(func)):
             # Before the call: an in-place residual sum (``out += identity``) overwrites the
             # output it ends, and that output is what a conv without an activation shows.
-            ending = [self._tracked[id(leaf)] for leaf in _tensor_leaves(args, kwargs) if id(leaf) in self._tracked]
+            ending = [self._tracked[id(leaf)] for leaf in leaves if id(leaf) in self._tracked]
             if ending:
                 self._record_pre_activations(_function_name(func), args, kwargs, ending)
         result = func(*args, **kwargs)
-        if not self._tracked or not isinstance(result, Tensor):
+        if not isinstance(result, Tensor):
             return result  # metadata queries (size, dim, shape) consume nothing
-        consumed = [self._tracked.pop(id(leaf)) for leaf in _tensor_leaves(args, kwargs) if id(leaf) in self._tracked]
+        if any(self._is_from_data(leaf) for leaf in leaves):
+            self._note_from_data(result)
+        if not self._tracked:
+            return result
+        consumed = [self._tracked.pop(id(leaf)) for leaf in leaves if id(leaf) in self._tracked]
         if consumed:
             self._follow(_function_name(func), args, kwargs, result, consumed)
         return result
@@ -250,13 +265,22 @@ class ActivationTracer(TorchFunctionMode):
             claimed[id(module)] = claimed.get(id(module), 0) + 1
         return {layer: tap for layer, tap in taps.items() if claimed[id(tap.module)] == 1}
 
+    def _note_from_data(self, tensor: Tensor) -> None:
+        self._from_data[id(tensor)] = weakref.ref(tensor)
+
+    def _is_from_data(self, tensor: Tensor) -> bool:
+        # By id, and the very object: an id is reused once its tensor is freed.
+        noted = self._from_data.get(id(tensor))
+        return noted is not None and noted() is tensor
+
     def _record_pre_activations(self, name: str, args: tuple, kwargs: dict, consumed: list[_Tracked]) -> None:
         """Record the output of each conv whose way to an activation ends at ``name`` (a
         residual sum, a concatenation): signed, so "dead" does not apply to it."""
         if _is_zeroing(name, args, kwargs) is not None:
             return
         for entry in consumed:
-            if name in _PASS_THROUGH or _is_channel_affine(name, args, entry.tensor) or entry.layer in self.records:
+            followed = name in _PASS_THROUGH or _is_channel_affine(name, args, entry.tensor, self._is_from_data)
+            if followed or entry.layer in self.records:
                 continue
             self.through[entry.layer] = entry.through
             self.recorder.record(entry.layer, PRE_ACTIVATION, False, entry.tensor)
@@ -270,7 +294,7 @@ class ActivationTracer(TorchFunctionMode):
             layer = entry.layer
             if name in _PASS_THROUGH:
                 self.track(layer, result, through=entry.through)
-            elif _is_channel_affine(name, args, entry.tensor):
+            elif _is_channel_affine(name, args, entry.tensor, self._is_from_data):
                 self.track(layer, result, through=entry.through + (name.strip("_").removeprefix("r"),))
             elif zeroing is not None:
                 self.through[layer] = entry.through
@@ -305,8 +329,9 @@ def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:
     return None
 
 
-def _is_channel_affine(name: str, args: tuple, tracked: Tensor) -> bool:
-    """Whether ``name(*args)`` maps ``tracked`` affinely, by a number or a per-channel constant."""
+def _is_channel_affine(name: str, args: tuple, tracked: Tensor, from_data: Callable[[Tensor], bool]) -> bool:
+    """Whether ``name(*args)`` maps ``tracked`` affinely, by a number or a per-channel constant
+    (one not computed from the data, see ``from_data``)."""
     if name in ("neg", "neg_"):
         return True
     if name not in _AFFINE and name not in _DIVISIONS or len(args) < 2:
@@ -316,7 +341,7 @@ def _is_channel_affine(name: str, args: tuple, tracked: Tensor) -> bool:
     other = args[1] if args[0] is tracked else args[0]
     if isinstance(other, (int, float)) and not isinstance(other, bool):
         return True
-    return isinstance(other, Tensor) and _per_channel(other, tracked)
+    return isinstance(other, Tensor) and not from_data(other) and _per_channel(other, tracked)
 
 
 def _per_channel(constant: Tensor, tracked: Tensor) -> bool:

@@ -214,3 +214,24 @@ def test_resnet18_residual_convs_get_signed_maps_of_their_conv_and_bn_output(tmp
             assert (images[f"filterviz/activations/{conv}"][snapshot.step] == pixels).all()
     assert set(visualizer.dead_filters) == {"layer1.0.conv1"}  # "dead" is judged for ReLU convs only
     assert set(visualizer.dormant_filters) == set(outputs) | {"layer1.0.conv1"}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_a_single_image_with_one_pixel_deep_maps_finds_the_same_activations(name):
+    """One probe image whose deepest maps are 1x1: a residual (ResNet) or an attention map
+    (squeeze-and-excitation) then has one value per channel, like a normalization's
+    constant, and must still not be followed as one."""
+    from lightning_filterviz.capture import capture_snapshot
+    from lightning_filterviz.discovery import select_conv_layers
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(name, weights=None, num_classes=3).eval()
+    probe = torch.randn(1, 3, 32, 32)
+    snapshot = capture_snapshot(net, probe, select_conv_layers(net), 0)
+    expected_activation, _, traced = activation_nodes(net)
+    assert {name for name, layer in snapshot.layers.items() if layer.activation} == set(expected_activation)
+    recorder = Recorder(traced, expected_activation)
+    with torch.no_grad():
+        recorder.run(probe)
+    for conv, activation in recorder.outputs.items():
+        torch.testing.assert_close(snapshot.layers[conv].channel_max, activation.amax(dim=(0, 2, 3)), msg=conv)
