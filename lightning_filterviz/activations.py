@@ -175,9 +175,12 @@ class ProbePlan:
         no_activation: convs without an activation, and why.
         through: per conv, the elementwise arithmetic followed between it and its activation
             (``("mul", "add")`` for a FrozenBatchNorm2d), where there was any.
+        zeroing: convs with a ReLU-family activation, the ones "dead" is judged for (and so
+            the only ones training batches are watched for).
     """
 
     taps: dict[str, ActivationTap] = field(default_factory=dict)
     traced: list[str] = field(default_factory=list)
     no_activation: dict[str, str] = field(default_factory=dict)
     through: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    zeroing: frozenset[str] = frozenset()

@@ -55,7 +55,14 @@ _AFFINE = frozenset(
     {"mul", "mul_", "__rmul__", "add", "add_", "__radd__", "sub", "sub_", "__rsub__", "rsub", "neg", "neg_"}
 )
 # Functions whose first argument is the data flowing through the model.
-_DATA_CONSUMERS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear"})
+_DATA_CONSUMERS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"})
+# Functions whose values come from their first argument alone, the others lending a dtype or shape ...
+_VALUES_FROM_FIRST = frozenset({"to", "type_as", "expand_as", "view_as", "reshape_as"})
+# ... and those whose values come from no tensor argument at all.
+_TEMPLATED = frozenset(
+    {"new_tensor", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "empty_like",
+     "full_like", "rand_like", "randn_like", "randint_like"}
+)
 _DIVISIONS = frozenset({"div", "div_", "true_divide", "true_divide_"})  # affine only with the output on top
 # Activations whose "off" state is an exact floor at zero: only these can make a filter dead.
 _ZEROING_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
@@ -212,7 +219,7 @@ class ActivationTracer(TorchFunctionMode):
         result = func(*args, **kwargs)
         if not isinstance(result, Tensor):
             return result  # metadata queries (size, dim, shape) consume nothing
-        if any(self._is_from_data(leaf) for leaf in leaves):
+        if self._carries_data(_function_name(func), leaves):
             self._note_from_data(result)
         if not self._tracked:
             return result
@@ -233,7 +240,8 @@ class ActivationTracer(TorchFunctionMode):
         Only complete after a forward in which :meth:`note_module_output` saw every module.
         """
         taps = self._taps()
-        plan = ProbePlan(taps=taps, through={layer: ops for layer, ops in self.through.items() if ops})
+        zeroing = frozenset(name for name in layers if name in self.records and self.records[name].zeroing)
+        plan = ProbePlan(taps=taps, through={layer: ops for layer, ops in self.through.items() if ops}, zeroing=zeroing)
         for name in layers:
             record = self.records.get(name)
             if record is None or record.function == PRE_ACTIVATION:
@@ -267,6 +275,16 @@ class ActivationTracer(TorchFunctionMode):
 
     def _note_from_data(self, tensor: Tensor) -> None:
         self._from_data[id(tensor)] = weakref.ref(tensor)
+
+    def _carries_data(self, name: str, leaves: list[Tensor]) -> bool:
+        """Whether the result of ``name`` on ``leaves`` holds values computed from the data. A
+        tensor that only lends its dtype, device or shape (``gamma.type_as(x)``,
+        ``torch.zeros_like(x)``) passes none on."""
+        if name in _TEMPLATED:
+            return False
+        if name in _VALUES_FROM_FIRST:
+            return bool(leaves) and self._is_from_data(leaves[0])
+        return any(self._is_from_data(leaf) for leaf in leaves)
 
     def _is_from_data(self, tensor: Tensor) -> bool:
         # By id, and the very object: an id is reused once its tensor is freed.

@@ -73,10 +73,9 @@ def _watch_plan(
     if plan is None:
         return {}, list(layers)
     hooked = {name: tap for name, tap in plan.taps.items() if tap.decides(threshold)}
-    # A ReLU-family tap that cannot decide this threshold (ReLU6 at 6 or above, a threshold
-    # below the floor) is traced, as are the activations no module's output shows.
-    undecided = {name for name, tap in plan.taps.items() if tap.zeroing and name not in hooked}
-    traced = [layer for layer in layers if layer.name in undecided or layer.name in plan.traced]
+    # The rest of the ReLU family is traced: a tap that cannot decide this threshold (ReLU6
+    # at 6 or above, a threshold below the floor), an activation no module's output shows.
+    traced = [layer for layer in layers if layer.name in plan.zeroing and layer.name not in hooked]
     return hooked, traced
 
 

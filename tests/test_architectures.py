@@ -237,6 +237,13 @@ def _relu6_stack() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(), nn.Flatten(), nn.LazyLinear(2))
 
 
+def _silu_then_relu_stack() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(2),
+    )
+
+
 @pytest.mark.parametrize(
     ("make_model", "threshold", "traced"),
     [
@@ -244,6 +251,8 @@ def _relu6_stack() -> nn.Sequential:
         (lambda: torchvision.models.resnet18(num_classes=4), 0.0, False),
         # ReLU6 clips at 6: whether it fired above 6 cannot be read off its input's maximum.
         (_relu6_stack, 6.0, True),
+        # SiLU never stays at zero: nothing about its conv is judged dead, so it is not watched.
+        (_silu_then_relu_stack, 0.0, False),
     ],
 )
 def test_tracking_traces_only_the_relu_convs_no_hook_can_decide(make_model, threshold, traced, monkeypatch, tmp_path):

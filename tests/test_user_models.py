@@ -195,6 +195,26 @@ def test_arithmetic_with_a_full_size_tensor_is_not_followed():
     assert "add" in snapshot.layers["conv"].no_activation_reason
 
 
+def test_a_scale_that_takes_only_its_dtype_from_the_data_is_still_a_constant():
+    class LayerScale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+            self.gamma = nn.Parameter(torch.full((1, 4, 1, 1), 2.0))
+
+        def forward(self, x: Tensor) -> Tensor:
+            # type_as and zeros_like take the input's dtype and shape, not its values.
+            return F.relu(self.bn(self.conv(x)) * self.gamma.type_as(x) + torch.zeros_like(x).sum())
+
+    model = LayerScale().eval()
+    probe = torch.randn(2, 3, 8, 8)
+    snapshot = capture_snapshot(model, probe, select_conv_layers(model), 0)
+    with torch.no_grad():
+        expected = F.relu(model.bn(model.conv(probe)) * 2.0)
+    assert snapshot.layers["conv"].activation == "relu"
+    torch.testing.assert_close(snapshot.layers["conv"].channel_max, expected.amax(dim=(0, 2, 3)))
+
+
 def test_lazy_modules_get_their_first_snapshot_after_the_first_forward(tmp_path):
     net = nn.Sequential(
         nn.LazyConv2d(6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)
