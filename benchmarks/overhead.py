@@ -191,9 +191,10 @@ def quiet_logs() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_utilities.core.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    # A failed snapshot switches the monitor off with a warning; here it must end the run, or
-    # the figures would be those of no monitor at all.
+    # A failed snapshot, or failed writing, switches that part off with a warning; here it must
+    # end the run, or the figures would be those of a monitor doing less.
     warnings.filterwarnings("error", message=r"filterviz: the snapshot at step \d+ failed")
+    warnings.filterwarnings("error", message="filterviz: writing snapshot images failed")
 
 
 def report_ratio(label: str, run: Callable[[Optional[FilterMonitor]], float], trials: int) -> None:
@@ -389,10 +390,11 @@ def print_dispatched_ops(
         with OpCounter() as in_snapshot:
             visualizer.snapshot(model, probe, 2, forward_context=forward_context)
         visualizer.close()
+    training = model.training
     model.eval()
     with OpCounter() as in_forward, torch.no_grad(), context():
         model(model_input(probe.to(next(model.parameters()).device)))
-    model.train()
+    model.train(training)
     print(
         f"     dispatched ops: snapshot {in_snapshot.ops} / forward {in_forward.ops} = "
         f"{in_snapshot.ops / in_forward.ops:.2f}"
@@ -997,6 +999,8 @@ def cuda_run(data: list, steps: int) -> Callable[[Optional[FilterMonitor]], floa
                 limit_val_batches=0,
             )
             trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=None))
+        if clock.start is None or clock.elapsed == 0.0:
+            raise RuntimeError(f"the fit ended before its step {steps}: nothing was timed")
         return clock.elapsed
 
     return run

@@ -137,11 +137,15 @@ class ProbePass:
         inputs = model_input(batch, self.settings.batch_key)
         device = _device_of(model)
         if device.type == "cuda" and _holds_cpu_tensors(inputs):
-            # Pinned once per probe batch (a ``batch_key`` function may build new inputs at each
-            # call), so that each snapshot's copy to the GPU is asynchronous.
-            if self._pinned_probe is None or self._pinned_probe[0] is not batch:
-                self._pinned_probe = (batch, pin_memory(inputs))
-            inputs = self._pinned_probe[1]
+            # Pinned once per probe, so that each snapshot's copy to the GPU is asynchronous. The
+            # probe is told by its tensors and their versions (written in place, it is pinned
+            # again), not by the container around them, which a ``batch_key`` function may build
+            # anew at each call.
+            key = [(tensor, tensor._version) for tensor in _tensors_in(inputs)]
+            cached = self._pinned_probe
+            if cached is None or not _same_probe(cached[0], key):
+                self._pinned_probe = cached = (key, pin_memory(inputs))
+            inputs = cached[1]
         inputs = to_device(inputs, device, convert_input)
         # Follow the convs' dtype (a model cast to float64, say) where the conversion did not.
         dtype = _stored_weight(self.layers[0].module).dtype if self.layers else None
@@ -231,6 +235,16 @@ def _stored_weight(module: nn.Module) -> Tensor:
         # One stored tensor, or several (weight norm keeps ``original0`` and ``original1``).
         return getattr(stored, "original") if hasattr(stored, "original") else getattr(stored, "original0")
     return module.weight  # type: ignore[return-value]
+
+
+def _same_probe(old: list[tuple[Tensor, int]], new: list[tuple[Tensor, int]]) -> bool:
+    return len(old) == len(new) and all(a is b and u == v for (a, u), (b, v) in zip(old, new))
+
+
+def _tensors_in(inputs: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    apply_to_collection(inputs, Tensor, found.append)
+    return found
 
 
 def _holds_cpu_tensors(inputs: Any) -> bool:

@@ -139,6 +139,17 @@ def test_a_plain_loop_may_give_the_dataset_indices_on_the_cpu(tmp_path):
     assert len({index for per_filter in found for index, _ in per_filter}) > 1
 
 
+def test_a_probe_written_in_place_between_snapshots_is_copied_to_the_gpu_again(tmp_path):
+    model = conv_bn_relu_stack().cuda()
+    probe = torch.randn(2, 3, 8, 8)
+    visualizer = FilterVisualizer(str(tmp_path))
+    first = visualizer.snapshot(model, probe, 0)
+    probe.neg_()  # the same tensor, new values
+    second = visualizer.snapshot(model, probe, 1)
+    visualizer.close()
+    assert not torch.equal(first.layers["0"].maps, second.layers["0"].maps)
+
+
 def test_a_gpu_snapshot_equals_the_cpu_snapshot(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 convs, as on the CPU
     model = conv_bn_relu_stack()

@@ -199,6 +199,7 @@ def test_every_shipped_tensor_comes_back_exactly(pack_cpu):
         "half": torch.randn(4, 4).half(),
         "sliced": torch.randn(8, 3, 3, 3)[:5],
         "channels_last_cropped": torch.randn(4, 6, 3, 3).contiguous(memory_format=torch.channels_last)[1:3, :4],
+        "channels_last_offset": torch.randn(4, 6, 3, 3).contiguous(memory_format=torch.channels_last)[1:3],
         "strided": torch.randn(10)[::3],
         "small_index": torch.tensor([5, 0, -1]),  # as float32 bits these would be denormals
         "weight": torch.nn.Parameter(torch.randn(6, 2))[:4],  # still requires grad, autograd on
