@@ -59,10 +59,10 @@ _DATA_CONSUMERS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "
 # Functions whose values come from their first argument alone, the others lending a dtype or shape ...
 _VALUES_FROM_FIRST = frozenset({"to", "type_as", "expand_as", "view_as", "reshape_as"})
 # ... and those whose values come from no tensor argument at all.
-_TEMPLATED = frozenset(
-    {"new_tensor", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "empty_like",
-     "full_like", "rand_like", "randn_like", "randint_like"}
-)
+_TEMPLATED = frozenset({
+    "new_tensor", "new_zeros", "new_ones", "new_full", "new_empty",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+})
 _DIVISIONS = frozenset({"div", "div_", "true_divide", "true_divide_"})  # affine only with the output on top
 # Activations whose "off" state is an exact floor at zero: only these can make a filter dead.
 _ZEROING_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
@@ -207,25 +207,26 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
+        name = _function_name(func)
         leaves = list(_tensor_leaves(args, kwargs))
-        if _function_name(func) in _DATA_CONSUMERS and leaves:
+        if name in _DATA_CONSUMERS and leaves:
             self._note_from_data(leaves[0])  # a conv's input is data, the model input too
-        if self._tracked and _is_in_place(_function_name(func)):
+        if self._tracked and _is_in_place(name):
             # Before the call: an in-place residual sum (``out += identity``) overwrites the
             # output it ends, and that output is what a conv without an activation shows.
             ending = [self._tracked[id(leaf)] for leaf in leaves if id(leaf) in self._tracked]
             if ending:
-                self._record_pre_activations(_function_name(func), args, kwargs, ending)
+                self._record_pre_activations(name, args, kwargs, ending)
         result = func(*args, **kwargs)
         if not isinstance(result, Tensor):
             return result  # metadata queries (size, dim, shape) consume nothing
-        if self._carries_data(_function_name(func), leaves):
+        if self._carries_data(name, leaves):
             self._note_from_data(result)
         if not self._tracked:
             return result
         consumed = [self._tracked.pop(id(leaf)) for leaf in leaves if id(leaf) in self._tracked]
         if consumed:
-            self._follow(_function_name(func), args, kwargs, result, consumed)
+            self._follow(name, args, kwargs, result, consumed)
         return result
 
     def finish(self) -> None:
