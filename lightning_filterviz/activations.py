@@ -29,8 +29,10 @@ class ActivationRecord:
     Attributes:
         function: name of the activation function (``"relu"``, ``"silu"``, ...).
         zeroing: whether the activation floors at zero (ReLU family), so that "dead" applies.
-        channel_max: per-channel maximum over the batch and all positions, float32; ``None``
-            for a snapshot's pre-activation (no floor, so no "dead"; nothing draws it).
+        channel_max: per-channel maximum over the batch and all positions, in the
+            activation's dtype (a maximum is exact in any dtype; it arrives on the host in
+            float32); ``None`` for a snapshot's pre-activation (no floor, so no "dead";
+            nothing draws it).
         channel_mean_abs: per-channel mean of absolute values, float32, averaged over the
             conv's calls with equal weight when it runs several times per forward.
         maps: the first ``max_images`` x ``max_channels`` feature maps, float32, detached.
@@ -79,7 +81,7 @@ class ActivationRecorder:
         dims = [dim for dim in range(values.dim()) if dim != 1]
         channel_max: Optional[Tensor]
         if self._reduce_maps is None:  # training-batch tracking needs the maxima only
-            channel_max = channel_mean_abs = _float32(values.amax(dim=dims))
+            channel_max = channel_mean_abs = values.amax(dim=dims)
         else:
             channel_max, channel_mean_abs = _channel_statistics(values, dims, function, nonnegative)
         previous = self.records.get(layer)
@@ -101,20 +103,16 @@ class ActivationRecorder:
 def _channel_statistics(
     values: Tensor, dims: list[int], function: str, nonnegative: bool
 ) -> tuple[Optional[Tensor], Tensor]:
-    """Per channel, the maximum and the mean of ``|h|``, in float32 whatever the autocast dtype
-    (amax is exact in any dtype). A pre-activation gets no maximum: without a floor it decides
-    no "dead", and nothing draws it (a kernel fewer per layer and snapshot)."""
+    """Per channel, the maximum (in the activation's dtype: exact in any, and converted on
+    arrival, not by a kernel here) and the mean of ``|h|`` (in float32 whatever the autocast
+    dtype). A pre-activation gets no maximum: without a floor it decides no "dead", and
+    nothing draws it (a kernel fewer per layer and snapshot)."""
     # Where every value is >= 0, |h| is h: no temporary for it. Accumulated in float32 by the
     # reduction itself, not by a float32 copy of a half-precision activation first.
     channel_mean_abs = (values if nonnegative else values.abs()).mean(dim=dims, dtype=torch.float32)
     if function == PRE_ACTIVATION:
         return None, channel_mean_abs
-    return _float32(values.amax(dim=dims)), channel_mean_abs
-
-
-def _float32(tensor: Tensor) -> Tensor:
-    # A call less than ``.float()`` where it would change nothing: this runs per layer and pass.
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
+    return values.amax(dim=dims), channel_mean_abs
 
 
 # Training-batch tracking keeps no maps.

@@ -2,11 +2,13 @@
 
 Each ``.cpu()`` of a CUDA tensor waits for all the GPU work queued before it; one per layer
 and statistic costs a snapshot tens of milliseconds. Instead, every tensor a snapshot
-needs is packed on its device into one float32 buffer (integer tensors reinterpreted bit
-for bit, not converted) by two concatenations, not a copy each (on a GPU every op costs
-the training thread a launch), copied once with ``non_blocking=True`` into pinned host
-memory, and followed by a CUDA event. The training thread goes on at once; whoever reads the
-values (the writer thread) waits on the event first.
+needs is packed on its device into one buffer of bytes, by one concatenation per dtype
+(a concatenation of tensors of one dtype into their own dtype is one kernel on a GPU;
+mixed, it is one copy per tensor), copied once with ``non_blocking=True`` into pinned host
+memory, and followed by a CUDA event. The training thread goes on at once; whoever reads
+the values (the writer thread) waits on the event first, and only then converts
+half-precision values to float32 and moves them out of the pinned memory, which the next
+snapshot's copy then reuses.
 
 On the CPU nothing needs to travel, so nothing is packed: each tensor is copied on its
 own (which detaches the values from the live weights that the optimizer goes on changing;
@@ -17,6 +19,8 @@ to again, are handed on as they are.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -30,21 +34,24 @@ __all__ = ["HostBuffer", "TransferPacker"]
 class _Slot:
     owner: Any
     field: str
-    offset: int
-    length: int
+    start: int  # in bytes
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype  # the tensor's own, in which it is packed
     # The order the tensor's dimensions were packed in (its memory order), when not the logical one.
     packed_order: Optional[tuple[int, ...]] = None
+
+    @property
+    def end(self) -> int:
+        return self.start + math.prod(self.shape) * self.dtype.itemsize
 
 
 class HostBuffer:
     """Host copies of the packed tensors, readable once :meth:`wait` has returned.
 
     Args:
-        buffers: per device, the host buffer its tensors were copied into.
+        buffers: per device, the host buffer of bytes its tensors were copied into.
         slots: where each tensor lies in its device's buffer.
-        events: the CUDA events recorded after the copies (empty on the CPU).
+        events: per device, the CUDA event recorded after its copy (none on the CPU).
         kept: ``(owner, field, tensor)`` for CPU tensors, copied on their own or handed on.
     """
 
@@ -52,7 +59,7 @@ class HostBuffer:
         self,
         buffers: dict[torch.device, Tensor],
         slots: dict[torch.device, list[_Slot]],
-        events: list[Any],
+        events: dict[torch.device, Any],
         kept: Optional[list[tuple[Any, str, Tensor]]] = None,
     ):
         self._buffers = buffers
@@ -60,21 +67,26 @@ class HostBuffer:
         self._events = events
         self._kept = kept or []
 
-    def views(self) -> list[tuple[Any, str, Tensor]]:
-        """``(owner, field, tensor)`` for every shipped tensor: CPU views into the host buffers,
-        and the CPU tensors, copied on their own or handed on (see :meth:`TransferPacker.add`).
+    def wait(self) -> None:
+        """Block until every copy into host memory has completed (at once on the CPU).
 
-        The views exist at once; their values are there after :meth:`wait`.
-        """
+        The values then move out of pinned memory: a snapshot its caller keeps would
+        otherwise hold a block of it each, and every later copy would pin new memory, which
+        makes the whole GPU wait."""
+        for device, event in self._events.items():
+            event.synchronize()
+            pinned = self._buffers[device]
+            self._buffers[device] = torch.empty(pinned.shape, dtype=pinned.dtype).copy_(pinned)
+        self._events = {}
+
+    def views(self) -> list[tuple[Any, str, Tensor]]:
+        """``(owner, field, tensor)`` for every shipped tensor, once :meth:`wait` has returned:
+        views into the host buffers (floating-point ones in float32), and the CPU tensors,
+        copied on their own or handed on (see :meth:`TransferPacker.add`)."""
         unpacked = list(self._kept)
         for device, slots in self._slots.items():
             unpacked += [(slot.owner, slot.field, _slot_view(self._buffers[device], slot)) for slot in slots]
         return unpacked
-
-    def wait(self) -> None:
-        """Block until every copy into host memory has completed (at once on the CPU)."""
-        for event in self._events:
-            event.synchronize()
 
 
 class TransferPacker:
@@ -114,7 +126,7 @@ class TransferPacker:
         Raises:
             TypeError: for a tensor of another dtype.
         """
-        dtype = _packed_dtype(tensor)
+        dtype = _arriving_dtype(tensor)
         if tensor.requires_grad and torch.is_grad_enabled():  # without autograd, a copy records nothing
             tensor = tensor.detach()
         if tensor.device.type == "cpu" and not self._pack_cpu:
@@ -133,40 +145,35 @@ class TransferPacker:
         """Pack each device's tensors into one buffer and start its copy to host memory."""
         buffers: dict[torch.device, Tensor] = {}
         slots: dict[torch.device, list[_Slot]] = {}
-        events = []
+        events = {}
         for device, entries in self._pending.items():
-            # The int64 tensors first: each fills an even number of float32 places, so every
-            # one starts on the 8-byte boundary an int64 view needs.
-            entries.sort(key=lambda entry: entry[2].dtype != torch.int64)
-            device_slots, offset = [], 0
+            # The widest dtypes first, each dtype together: every slot then starts on a
+            # multiple of its element size, as a view in its dtype needs.
+            entries.sort(key=lambda entry: (-entry[2].dtype.itemsize, str(entry[2].dtype)))
+            device_slots, start = [], 0
             for owner, field, tensor in entries:
-                dtype = _packed_dtype(tensor)
-                length = tensor.numel() * (2 if dtype == torch.int64 else 1)
-                order = _memory_order(tensor)
-                device_slots.append(_Slot(owner, field, offset, length, tuple(tensor.shape), dtype, order))
-                offset += length
-            packed = _packed(entries, device_slots, offset, device)
-            buffers[device], event = _to_host(packed)
+                slot = _Slot(owner, field, start, tuple(tensor.shape), tensor.dtype, _memory_order(tensor))
+                device_slots.append(slot)
+                start = slot.end
+            buffers[device], event = _to_host(_packed(entries, device_slots, start, device))
             slots[device] = device_slots
             if event is not None:
-                events.append(event)
+                events[device] = event
         kept, self._pending, self._kept = self._kept, {}, []
         return HostBuffer(buffers, slots, events, kept)
 
 
 def _packed(entries: list[tuple[Any, str, Tensor]], slots: list[_Slot], size: int, device: torch.device) -> Tensor:
-    """One float32 buffer of ``size`` holding each tensor in its slot, in the tensor's own
+    """One buffer of ``size`` bytes holding each tensor in its slot, in the tensor's own
     memory order (a channels_last weight is copied as it lies, not transposed). Being a copy,
     later in-place updates of the weights do not leak in."""
-    packed = torch.empty(size, dtype=torch.float32, device=device)
+    packed = torch.empty(size, dtype=torch.uint8, device=device)
     flat = [_flattened(tensor, slot) for slot, (_, _, tensor) in zip(slots, entries)]
-    integers = sum(slot.dtype == torch.int64 for slot in slots)
-    integer_places = sum(slot.length for slot in slots[:integers])
     with torch.no_grad():  # the weights still require grad here; nothing is to be recorded
-        if integers:
-            torch.cat(flat[:integers], out=packed[:integer_places].view(torch.int64))
-        if integers < len(flat):
-            torch.cat(flat[integers:], out=packed[integer_places:])  # other floats become float32 here
+        for dtype, group in itertools.groupby(zip(slots, flat), key=lambda pair: pair[0].dtype):
+            same_dtype = list(group)
+            start, end = same_dtype[0][0].start, same_dtype[-1][0].end
+            torch.cat([tensor for _, tensor in same_dtype], out=packed[start:end].view(dtype))
     return packed
 
 
@@ -181,9 +188,10 @@ def _flattened(tensor: Tensor, slot: _Slot) -> Tensor:
     return tensor.reshape(-1)
 
 
-def _packed_dtype(tensor: Tensor) -> torch.dtype:
+def _arriving_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype ``tensor`` comes back in."""
     if tensor.dtype == torch.int64:
-        return torch.int64  # reinterpreted, not converted: an index above 2**24 stays exact
+        return torch.int64  # an index above 2**24 stays exact
     if not torch.is_floating_point(tensor):
         raise TypeError(f"Cannot pack a {tensor.dtype} tensor; pack floating-point or int64 tensors.")
     return torch.float32
@@ -196,22 +204,16 @@ def _memory_order(tensor: Tensor) -> Optional[tuple[int, ...]]:
     return None
 
 
-def _packed_view(buffer: Tensor, slot: _Slot) -> Tensor:
-    """The slot as packed: the tensor's dimensions in packing order."""
-    flat = buffer[slot.offset : slot.offset + slot.length]
-    if slot.dtype != torch.float32:
-        flat = flat.view(slot.dtype)
-    if slot.packed_order is None:
-        return flat.view(slot.shape)
-    return flat.view([slot.shape[dim] for dim in slot.packed_order])
-
-
 def _slot_view(buffer: Tensor, slot: _Slot) -> Tensor:
-    """The slot with the tensor's logical shape (a strided view when packed in memory order)."""
-    packed = _packed_view(buffer, slot)
+    """The slot with the tensor's logical shape (a strided view when packed in memory order),
+    in float32 if it is of another floating-point dtype (then a copy)."""
+    flat = buffer[slot.start : slot.end].view(slot.dtype)
     if slot.packed_order is None:
-        return packed
-    return packed.permute([slot.packed_order.index(dim) for dim in range(len(slot.packed_order))])
+        view = flat.view(slot.shape)
+    else:
+        packed = flat.view([slot.shape[dim] for dim in slot.packed_order])
+        view = packed.permute([slot.packed_order.index(dim) for dim in range(len(slot.packed_order))])
+    return view if slot.dtype == _arriving_dtype(view) else view.float()
 
 
 def _to_host(packed: Tensor) -> tuple[Tensor, Optional[Any]]:

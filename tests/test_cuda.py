@@ -81,6 +81,25 @@ def test_a_snapshot_returns_while_earlier_gpu_work_still_runs(tmp_path):
     ]
 
 
+def test_a_snapshot_kept_by_its_caller_holds_no_pinned_memory(tmp_path):
+    """Otherwise every kept snapshot would hold a block of pinned memory, and each later copy
+    would pin new memory, which makes the whole GPU wait."""
+    model, probe = resnet18_channels_last()
+    visualizer = FilterVisualizer(str(tmp_path), background=True)
+    kept = [visualizer.snapshot(model, probe, step, forward_context=fp16_autocast) for step in range(3)]
+    visualizer.close()
+    arrived = [
+        tensor
+        for snapshot in kept
+        for layer in snapshot.layers.values()
+        for tensor in (layer.weight, layer.channel_max, layer.maps)
+        if tensor is not None
+    ]
+    assert len(arrived) > 3 * 20
+    assert not any(tensor.is_pinned() or tensor.is_cuda for tensor in arrived)
+    assert all(tensor.dtype == torch.float32 for tensor in arrived)  # the float16 maxima too
+
+
 def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
     model, probe = resnet18_channels_last()
     visualizer = FilterVisualizer(str(tmp_path), background=True)

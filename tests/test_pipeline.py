@@ -197,6 +197,9 @@ def test_every_shipped_tensor_comes_back_exactly(pack_cpu):
         "index": torch.tensor([2**40 + 1, -7, 2**24 + 1]),  # int64 beyond float32's exact range
         "channels_last": torch.randn(5, 3, 2, 4).contiguous(memory_format=torch.channels_last),
         "half": torch.randn(4, 4).half(),
+        "bfloat16": torch.randn(3, 5).bfloat16(),
+        "double": torch.randn(3).double(),
+        "empty": torch.empty(0),
         "sliced": torch.randn(8, 3, 3, 3)[:5],
         "channels_last_cropped": torch.randn(4, 6, 3, 3).contiguous(memory_format=torch.channels_last)[1:3, :4],
         "channels_last_offset": torch.randn(4, 6, 3, 3).contiguous(memory_format=torch.channels_last)[1:3],
@@ -216,9 +219,42 @@ def test_every_shipped_tensor_comes_back_exactly(pack_cpu):
         expected = tensor if tensor.dtype == torch.int64 else tensor.float()
         assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected), field
         assert not got.requires_grad, field
-        assert got.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr(), field  # a copy
+        if tensor.numel():  # (an empty tensor has no memory to share)
+            assert got.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr(), field  # a copy
     with pytest.raises(TypeError, match="pack floating-point or int64"):
         packer.add(holder, "mask", torch.ones(3, dtype=torch.bool))
+
+
+def test_packing_concatenates_each_dtype_once_into_its_own_dtype():
+    """On a GPU, a concatenation of contiguous tensors into their own dtype is one kernel;
+    with a tensor of another dtype among them it is one copy per tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Concatenations(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, list[Tensor], Tensor]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in ("cat", "copy_", "_to_copy"):
+                self.calls.append((func.overloadpacket.__name__, list(args[0]) if args else [], kwargs.get("out")))
+            return func(*args, **kwargs)
+
+    weight = torch.randn(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    tensors = [weight, torch.randn(8), torch.randn(2, 8, 4, 4).half(), torch.randn(8).half(), torch.arange(8)]
+    packer = TransferPacker(pack_cpu=True)
+    for index, tensor in enumerate(tensors):
+        packer.add(index, "value", tensor)
+    with Concatenations() as dispatched:
+        host = packer.ship()
+    assert [name for name, _, _ in dispatched.calls] == ["cat"] * 3  # int64, float32, float16; no copies
+    for _, inputs, out in dispatched.calls:
+        assert all(tensor.dtype == out.dtype and tensor.is_contiguous() for tensor in inputs)
+    host.wait()
+    for index, _, value in sorted(host.views(), key=lambda view: view[0]):
+        expected = tensors[index] if tensors[index].dtype == torch.int64 else tensors[index].float()
+        assert value.dtype == expected.dtype and torch.equal(value, expected)
 
 
 def test_a_snapshot_keeps_no_view_of_the_live_weights():
