@@ -66,6 +66,8 @@ _TEMPLATED = frozenset({
 _DIVISIONS = frozenset({"div", "div_", "true_divide", "true_divide_"})  # affine only with the output on top
 # Activations whose "off" state is an exact floor at zero: only these can make a filter dead.
 _ZEROING_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
+# Where torch.nn.functional's activations take their ``inplace`` flag by position.
+_INPLACE_FLAG_POSITION = {"relu": 1, "relu6": 1, "hardtanh": 3}
 # ``nn.ReLU6`` calls ``hardtanh(x, 0, 6)``: zeroing only when its lower bound is 0 or more.
 _HARDTANH = frozenset({"hardtanh", "hardtanh_"})
 _OTHER_ACTIVATIONS = frozenset(
@@ -181,7 +183,7 @@ class ActivationTracer(TorchFunctionMode):
         self.through: dict[str, tuple[str, ...]] = {}
         # For taps: per layer, the module in front of its activation at each call, and its bounds.
         self._taps_seen: dict[str, list[Optional[nn.Module]]] = {}
-        self._bounds: dict[str, Optional[tuple[str, float, float]]] = {}
+        self._bounds: dict[str, Optional[tuple[str, float, float, bool]]] = {}
         self._module_calls: dict[int, int] = {}
         # Tensors computed from the data (a conv's input or output, and whatever follows from
         # them), by id: a per-channel operand among them is a residual or an attention map, never
@@ -304,7 +306,7 @@ class ActivationTracer(TorchFunctionMode):
             self.through[entry.layer] = entry.through
             self.recorder.record(entry.layer, PRE_ACTIVATION, False, entry.tensor)
             self._taps_seen.setdefault(entry.layer, []).append(entry.tap)
-            tap_kind = (PRE_ACTIVATION, float("-inf"), float("inf"))
+            tap_kind = (PRE_ACTIVATION, float("-inf"), float("inf"), False)
             self._bounds[entry.layer] = tap_kind if self._bounds.get(entry.layer, tap_kind) == tap_kind else None
 
     def _follow(self, name: str, args: tuple, kwargs: dict, result: Tensor, consumed: list[_Tracked]) -> None:
@@ -324,7 +326,8 @@ class ActivationTracer(TorchFunctionMode):
                 self.no_activation.pop(layer, None)
                 if bounds is not None:
                     self._taps_seen.setdefault(layer, []).append(entry.tap)
-                    tap_kind = (function, *bounds)
+                    # In place: the activation is the tracked output's first reader, and overwrites it.
+                    tap_kind = (function, *bounds, _overwrites_input(name, args, kwargs))
                     self._bounds[layer] = tap_kind if self._bounds.get(layer, tap_kind) == tap_kind else None
             elif layer not in self.records or self.records[layer].function == PRE_ACTIVATION:
                 self._record_pre_activations(name, args, kwargs, [entry])  # intact: the call was not in place
@@ -334,6 +337,18 @@ class ActivationTracer(TorchFunctionMode):
 def _is_in_place(name: str) -> bool:
     """``add_``, ``relu_``, ``__iadd__``: functions that write into their first argument."""
     return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+
+
+def _overwrites_input(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether an activation writes its result into its input: ``relu_``, or ``F.relu(x,
+    inplace=True)`` (which ``nn.ReLU(inplace=True)`` calls, and which this mode sees before
+    the ``relu_`` it calls in turn)."""
+    if _is_in_place(name):
+        return True
+    position = _INPLACE_FLAG_POSITION.get(name)
+    if position is None:
+        return False
+    return bool(args[position] if len(args) > position else kwargs.get("inplace", False))
 
 
 def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:

@@ -53,8 +53,24 @@ class ReusedReluBlock(nn.Module):
         return self.relu(out + out.mean())
 
 
+class ReadAgainBlock(nn.Module):
+    """An in-place ReLU6 after a BN, and a BN output that is read again after its ReLU (a
+    skip from before the activation): only the first may be clipped where it lies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu6 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu6(self.bn1(self.conv1(x)))
+        normalized = self.bn2(self.conv2(out))
+        return F.relu(normalized) - normalized
+
+
 MODELS = {
     "sequential": lambda: conv_bn_relu_stack(inplace=True),
+    "read again": ReadAgainBlock,
     "functional": FunctionalNet,
     "shared conv": SharedConvNet,
     "reused relu": ReusedReluBlock,
@@ -99,6 +115,27 @@ def test_taps_are_the_modules_in_front_of_each_relu():
     plan = start_capture(shared, torch.randn(2, 3, 8, 8), select_conv_layers(shared), 0).plan
     # The shared conv's ReLUs follow three different BNs: no single module to hook.
     assert plan.taps["stem"].module is shared.stem and plan.traced == ["shared", "smooth"]
+
+
+def test_a_tap_clips_in_place_only_before_an_in_place_activation_and_the_model_computes_the_same():
+    model = randomized(ReadAgainBlock()).eval()
+    layers = select_conv_layers(model)
+    probe = torch.randn(2, 3, 8, 8) * 3  # beyond ReLU6's ceiling too
+    plan = start_capture(model, probe, layers, 0).plan
+    assert {name: (tap.module, tap.in_place) for name, tap in plan.taps.items()} == {
+        "conv1": (model.bn1, True),
+        "conv2": (model.bn2, False),
+    }
+    with torch.no_grad():
+        expected = model(probe)
+    outputs = []
+    snapshot = start_capture(
+        model, probe, layers, 1, plan=plan, forward_fn=lambda net, x: outputs.append(net(x))
+    ).ship().wait()
+    assert torch.equal(outputs[0], expected)
+    with torch.no_grad():
+        first = model.bn1(model.conv1(probe)).clamp(0, 6)
+    torch.testing.assert_close(snapshot.layers["conv1"].channel_max, first.amax(dim=(0, 2, 3)))
 
 
 def test_later_snapshots_of_a_relu_model_trace_no_op(tmp_path, monkeypatch):
