@@ -227,7 +227,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         Args:
             model: the network; its train/eval flags and RNG state are left as they were.
             batch: the probe batch (the model input is taken out of it with ``batch_key``).
-            step: the step the images and scalars are logged at.
+            step: the step the images and scalars are logged at: an int (a step held in a GPU
+                tensor would be read with a host synchronization).
             forward_context: a context manager factory around the forward (autocast).
             convert_input: a dtype conversion applied to the probe's tensors.
             publish: render and write (in the background writer when ``background=True``);
