@@ -90,7 +90,10 @@ class ActivationRecorder:
             previous.calls += 1
             if previous.channel_max is not None and channel_max is not None:
                 previous.channel_max = torch.maximum(previous.channel_max, channel_max)
-            previous.channel_mean_abs = torch.lerp(previous.channel_mean_abs, channel_mean_abs, 1.0 / previous.calls)
+            # Tracking reads the maxima only (and its calls' dtypes may differ under autocast).
+            if self._reduce_maps is not None:
+                weight = 1.0 / previous.calls
+                previous.channel_mean_abs = torch.lerp(previous.channel_mean_abs, channel_mean_abs, weight)
             return
         maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
         record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
@@ -138,7 +141,8 @@ class ActivationTap:
         floor: its lower bound (0 for ReLU).
         ceiling: its upper bound (``inf`` for ReLU, 6 for ReLU6).
         in_place: the activation writes its result into the tap's output (``relu_``,
-            ``nn.ReLU(inplace=True)``), and nothing reads that output before it does.
+            ``nn.ReLU(inplace=True)``) as the next torch call after the tap returns it, so
+            nothing reads that output before it does.
     """
 
     module: nn.Module

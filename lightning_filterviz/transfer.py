@@ -76,7 +76,7 @@ class HostBuffer:
         for device, event in self._events.items():
             event.synchronize()
             pinned = self._buffers[device]
-            self._buffers[device] = torch.empty(pinned.shape, dtype=pinned.dtype).copy_(pinned)
+            self._buffers[device] = torch.empty(pinned.shape, dtype=pinned.dtype, device="cpu").copy_(pinned)
         self._events = {}
 
     def views(self) -> list[tuple[Any, str, Tensor]]:
@@ -220,7 +220,7 @@ def _to_host(packed: Tensor) -> tuple[Tensor, Optional[Any]]:
     if packed.device.type == "cpu":
         return packed, None
     if packed.device.type == "cuda":
-        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host = torch.empty(packed.shape, dtype=packed.dtype, device="cpu", pin_memory=True)
         stream = torch.cuda.current_stream(packed.device)  # the copy's stream, whichever device is current
         host.copy_(packed, non_blocking=True)
         # Blocking: the writer thread sleeps until the copy lands instead of spinning on a core.

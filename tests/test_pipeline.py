@@ -54,18 +54,23 @@ class ReusedReluBlock(nn.Module):
 
 
 class ReadAgainBlock(nn.Module):
-    """An in-place ReLU6 after a BN, and a BN output that is read again after its ReLU (a
-    skip from before the activation): only the first may be clipped where it lies."""
+    """An in-place ReLU6 after a BN; a BN output read again after its ReLU (a skip from
+    before the activation); and one read, before its in-place ReLU, by a call that returns
+    no tensor (``min(dim)`` gives a tuple). Only the first may be clipped where it lies."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1, self.bn1, self.relu6 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True)
         self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv3, self.bn3, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu6(self.bn1(self.conv1(x)))
         normalized = self.bn2(self.conv2(out))
-        return F.relu(normalized) - normalized
+        out = F.relu(normalized) - normalized
+        normalized = self.bn3(self.conv3(out))
+        lowest, _ = normalized.min(dim=1, keepdim=True)
+        return self.relu(normalized) + lowest
 
 
 MODELS = {
@@ -125,6 +130,7 @@ def test_a_tap_clips_in_place_only_before_an_in_place_activation_and_the_model_c
     assert {name: (tap.module, tap.in_place) for name, tap in plan.taps.items()} == {
         "conv1": (model.bn1, True),
         "conv2": (model.bn2, False),
+        "conv3": (model.bn3, False),
     }
     with torch.no_grad():
         expected = model(probe)
@@ -136,6 +142,10 @@ def test_a_tap_clips_in_place_only_before_an_in_place_activation_and_the_model_c
     with torch.no_grad():
         first = model.bn1(model.conv1(probe)).clamp(0, 6)
     torch.testing.assert_close(snapshot.layers["conv1"].channel_max, first.amax(dim=(0, 2, 3)))
+    # nn.ReLU(inplace=True) hands torch.nn.functional its flag by keyword.
+    stack = conv_bn_relu_stack(inplace=True)
+    plan = start_capture(stack, probe, select_conv_layers(stack), 0).plan
+    assert {name: tap.in_place for name, tap in plan.taps.items()} == {"0": True, "3": True}
 
 
 def test_later_snapshots_of_a_relu_model_trace_no_op(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from conftest import (
     REPO,
@@ -323,6 +323,36 @@ def test_half_precision_autocast_gives_float32_statistics_and_right_dead_flags(d
     assert layer.channel_max.dtype == torch.float32 and layer.maps.dtype == torch.float32
     assert torch.isfinite(layer.maps).all() and torch.isfinite(layer.channel_mean_abs).all()
     assert visualizer.dead_filters["3"] == [4]
+
+
+class TwoPrecisionsOneConv(nn.Module):
+    """One conv called twice, each time through its own BatchNorm: under the caller's
+    autocast, then in float32 (a part the model keeps out of autocast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norms = nn.Conv2d(4, 4, 3, padding=1), nn.ModuleList(nn.BatchNorm2d(4) for _ in range(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.norms[0](self.conv(x)))
+        with torch.autocast("cpu", enabled=False):
+            return torch.relu(self.norms[1](self.conv(x.float())))
+
+
+def test_tracking_a_conv_whose_calls_differ_in_dtype_under_autocast(tmp_path):
+    from lightning_filterviz import FilterVisualizer
+
+    model = TwoPrecisionsOneConv()
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    visualizer = FilterVisualizer(str(tmp_path))
+    visualizer.snapshot(model, torch.randn(2, 4, 8, 8), 0, forward_context=autocast)
+    model.train()
+    with visualizer.training_batch(model), autocast():
+        model(torch.randn(2, 4, 8, 8))
+    snapshot = visualizer.snapshot(model, torch.randn(2, 4, 8, 8), 1, forward_context=autocast)
+    visualizer.close()
+    assert snapshot.layers["conv"].training_max.dtype == torch.float32
+    assert snapshot.layers["conv"].training_max.shape == (4,)
 
 
 def test_a_failing_receptive_field_measurement_only_skips_the_peak_patches(tmp_path, monkeypatch):
