@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_filterviz.arguments import MONITOR, MONITOR_DOCSTRING_WITHOUT_ARGS, with_args_section
-from lightning_filterviz.discovery import has_compiled_module, has_lazy_weights, unsupported_conv_layers
+from lightning_filterviz.conv_layers import has_compiled_module, has_lazy_weights, unsupported_conv_layers
 from lightning_filterviz.engine import FilterVisualizer
 from lightning_filterviz.fit_identity import FitIdentity
 from lightning_filterviz.probe import model_input
@@ -218,7 +218,7 @@ class FilterMonitorLogic(_CallbackBase):
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if self._examples.active and dataloader_idx == 0:
-            self._examples.next_batch(model_input(batch, self.engine.batch_key))
+            self._examples.next_batch(batch, self.engine.batch_key)
 
     @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_filterviz.activations import ActivationRecorder, ActivationTap, ProbePlan
-from lightning_filterviz.discovery import NOT_RUN, ActivationTracer, ConvLayer
+from lightning_filterviz.conv_layers import ConvLayer
+from lightning_filterviz.discovery import NOT_RUN, ActivationTracer
 from lightning_filterviz.records import PRE_ACTIVATION, LayerCapture, Snapshot
 from lightning_filterviz.rng import untouched_random_state
 from lightning_filterviz.transfer import HostBuffer, TransferPacker
@@ -125,7 +126,7 @@ def start_capture(
     Args:
         model: the network, run eagerly in eval mode under ``torch.no_grad``.
         inputs: the model input, already on the model's device.
-        layers: the convs to capture (see :func:`~lightning_filterviz.discovery.select_conv_layers`).
+        layers: the convs to capture (see :func:`~lightning_filterviz.conv_layers.select_conv_layers`).
         step: the training step this snapshot belongs to.
         forward_fn: how to run the model, ``forward_fn(model, inputs)``; default ``model(inputs)``.
         max_filters: filters (and activation channels) kept for drawing per layer.

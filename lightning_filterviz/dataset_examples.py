@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_filterviz.activations import ActivationTap
+from lightning_filterviz.hook_guard import HookGuard
 from lightning_filterviz.records import ReceptiveField
 from lightning_filterviz.transfer import TransferPacker
 
@@ -180,6 +181,7 @@ class ExampleCollector:
         self._best: dict[str, LayerExamples] = {}
         self._inputs: Optional[Tensor] = None
         self._indices: Optional[Tensor] = None
+        self._guard = HookGuard()  # the hooks run inside the user's forward: they never raise there
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[None]:
@@ -201,7 +203,14 @@ class ExampleCollector:
         self._inputs, self._indices = inputs, dataset_indices.to(inputs.device, non_blocking=True)
 
     def results(self) -> dict[str, LayerExamples]:
-        """Each layer's examples, on the device where they were collected."""
+        """Each layer's examples, on the device where they were collected.
+
+        Raises:
+            Exception: what a hook raised while collecting (the forward itself went on, and
+                no later batch was collected).
+        """
+        if self._guard.error is not None:
+            raise self._guard.error
         return dict(self._best)
 
     def _hook(self, name: str, tap: ActivationTap, field: ReceptiveField) -> Any:
@@ -211,7 +220,7 @@ class ExampleCollector:
             with torch.no_grad():
                 self._merge(name, tap, field, output)
 
-        return merge
+        return self._guard.wrap(merge)
 
     def _merge(self, name: str, tap: ActivationTap, field: ReceptiveField, output: Tensor) -> None:
         assert self._inputs is not None and self._indices is not None

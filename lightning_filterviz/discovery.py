@@ -1,4 +1,4 @@
-"""Which conv layers to watch, and where each one's activation is observed.
+"""Where each watched conv's activation is observed.
 
 The activation of a conv is the output of the first activation function applied
 to that conv's output, through normalization layers, as the model really computes
@@ -11,36 +11,23 @@ tensor through the torch functions that consume it, whichever way they are calle
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from lightning_filterviz.activations import ActivationRecord, ActivationRecorder, ActivationTap, ProbePlan
-from lightning_filterviz.layer_names import matches
+from lightning_filterviz.hook_guard import HookGuard
 from lightning_filterviz.records import PRE_ACTIVATION
 
-__all__ = [
-    "ActivationTracer",
-    "COMPILED_PREFIX",
-    "ConvLayer",
-    "NOT_RUN",
-    "has_compiled_module",
-    "has_lazy_weights",
-    "select_conv_layers",
-    "unsupported_conv_layers",
-]
+__all__ = ["ActivationTracer", "NOT_RUN"]
 
 # Why a watched conv has no activation when it never ran.
 NOT_RUN = "the conv did not run on the probe"
-
-# ``torch.compile`` wraps a module in an ``OptimizedModule`` whose child is ``_orig_mod``.
-COMPILED_PREFIX = "_orig_mod."
 
 # Functions that keep a conv's output "the same signal" on its way to the activation.
 _NORMALIZATIONS = frozenset(
@@ -77,77 +64,6 @@ _OTHER_ACTIVATIONS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ConvLayer:
-    """A conv layer chosen for watching.
-
-    Attributes:
-        name: qualified name in the model's ``named_modules()``, without ``_orig_mod.``.
-        module: the conv module itself.
-    """
-
-    name: str
-    module: nn.Conv2d
-
-
-def select_conv_layers(model: nn.Module, layers: Optional[Sequence[str]] = None) -> list[ConvLayer]:
-    """Return the conv layers to watch, in the model's module order.
-
-    Args:
-        model: the network (a ``LightningModule`` or any ``nn.Module``).
-        layers: module names or ``fnmatch`` patterns over ``named_modules()``; ``None``
-            selects every ``nn.Conv2d``.
-
-    Raises:
-        ValueError: if a name or pattern matches no module, or matches only modules that
-            are not ``nn.Conv2d``; the message lists the closest conv names.
-    """
-    modules = {_display_name(name): module for name, module in model.named_modules() if name}
-    convs = {name: module for name, module in modules.items() if isinstance(module, nn.Conv2d)}
-    if layers is None:
-        return [ConvLayer(name, module) for name, module in convs.items()]
-
-    chosen: set[str] = set()
-    for requested in layers:
-        requested = _display_name(requested)
-        matched = [name for name in modules if matches(name, requested)]
-        matched_convs = [name for name in matched if name in convs]
-        if not matched_convs:
-            raise ValueError(_unknown_layer_message(requested, matched, list(convs)))
-        chosen.update(matched_convs)
-    return [ConvLayer(name, module) for name, module in convs.items() if name in chosen]
-
-
-def unsupported_conv_layers(model: nn.Module) -> list[str]:
-    """Names of conv modules the monitor does not draw (1-d, 3-d and transposed convs)."""
-    unsupported = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    return [_display_name(name) for name, module in model.named_modules() if isinstance(module, unsupported)]
-
-
-def has_lazy_weights(model: nn.Module) -> bool:
-    """Whether some parameter of ``model`` has no shape yet (a lazy module before its first forward)."""
-    return any(is_lazy(parameter) for parameter in model.parameters())
-
-
-def has_compiled_module(model: nn.Module) -> bool:
-    """Whether ``model`` holds a ``torch.compile``'d module."""
-    return any(type(module).__name__ == "OptimizedModule" for module in model.modules())
-
-
-def _display_name(name: str) -> str:
-    return name.replace(COMPILED_PREFIX, "")
-
-
-def _unknown_layer_message(requested: str, matched: list[str], conv_names: list[str]) -> str:
-    if matched:
-        problem = f"`layers` entry {requested!r} matches {matched[:3]} but none of them is an nn.Conv2d"
-    else:
-        problem = f"`layers` entry {requested!r} matches no module of the model"
-    close = difflib.get_close_matches(requested, conv_names, n=3, cutoff=0.5) or conv_names[:3]
-    hint = f" Did you mean one of {close}?" if close else " The model has no nn.Conv2d layer."
-    return f"{problem}.{hint} Names come from `model.named_modules()`; fnmatch patterns such as 'features.*' work too."
-
-
 @dataclass
 class _Tracked:
     layer: str
@@ -171,11 +87,14 @@ class ActivationTracer(TorchFunctionMode):
     Args:
         recorder: where the activations found are reduced and kept; by default one that
             keeps only the per-channel maxima (training-batch tracking).
+        guard: where a failure of the following is kept instead of raised into the forward
+            (which then runs on unwatched); ``None`` raises it.
     """
 
-    def __init__(self, recorder: Optional[ActivationRecorder] = None) -> None:
+    def __init__(self, recorder: Optional[ActivationRecorder] = None, guard: Optional[HookGuard] = None) -> None:
         super().__init__()
         self.recorder = recorder if recorder is not None else ActivationRecorder()
+        self._guard = guard
         self._tracked: dict[int, _Tracked] = {}
         self.no_activation: dict[str, str] = {}
         # Per conv, the arithmetic followed between it and its activation (for the layer table).
@@ -212,9 +131,23 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
+        if self._guard is not None and self._guard.failed:
+            return func(*args, **kwargs)  # following failed: the forward runs as if unwatched
         name = _function_name(func)
-        self._calls += 1
         leaves = list(_tensor_leaves(args, kwargs))
+        with self._guarded():
+            self._before_call(name, args, kwargs, leaves)
+        result = func(*args, **kwargs)
+        if isinstance(result, Tensor):  # metadata queries (size, dim, shape) consume nothing
+            with self._guarded():
+                self._after_call(name, args, kwargs, leaves, result)
+        return result
+
+    def _guarded(self) -> ContextManager[None]:
+        return self._guard.catching() if self._guard is not None else contextlib.nullcontext()
+
+    def _before_call(self, name: str, args: tuple, kwargs: dict, leaves: list[Tensor]) -> None:
+        self._calls += 1
         if name in _DATA_CONSUMERS and leaves:
             self._note_from_data(leaves[0])  # a conv's input is data, the model input too
         if self._tracked and _is_in_place(name):
@@ -223,17 +156,15 @@ class ActivationTracer(TorchFunctionMode):
             ending = [self._tracked[id(leaf)] for leaf in leaves if id(leaf) in self._tracked]
             if ending:
                 self._record_pre_activations(name, args, kwargs, ending)
-        result = func(*args, **kwargs)
-        if not isinstance(result, Tensor):
-            return result  # metadata queries (size, dim, shape) consume nothing
+
+    def _after_call(self, name: str, args: tuple, kwargs: dict, leaves: list[Tensor], result: Tensor) -> None:
         if self._carries_data(name, leaves):
             self._note_from_data(result)
         if not self._tracked:
-            return result
+            return
         consumed = [self._tracked.pop(id(leaf)) for leaf in leaves if id(leaf) in self._tracked]
         if consumed:
             self._follow(name, args, kwargs, result, consumed)
-        return result
 
     def finish(self) -> None:
         """Mark convs whose output was never consumed by a torch function."""

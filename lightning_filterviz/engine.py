@@ -26,7 +26,7 @@ from lightning_filterviz.arguments import VISUALIZER, with_args_section
 from lightning_filterviz.capture import ForwardFn
 from lightning_filterviz.dataset_examples import ExampleCollector, InFlightExamples, LayerExamples
 from lightning_filterviz.delivery import Delivery
-from lightning_filterviz.discovery import ConvLayer
+from lightning_filterviz.conv_layers import ConvLayer
 from lightning_filterviz.probe import BatchKey
 from lightning_filterviz.pickling import RebuiltWhenUnpickled
 from lightning_filterviz.probe_pass import ProbePass
@@ -36,7 +36,7 @@ from lightning_filterviz.run_state import RunState
 from lightning_filterviz.settings import VisualizerSettings, check_bool
 from lightning_filterviz.sinks import Sink, as_sink
 from lightning_filterviz.tags import with_logged_tags
-from lightning_filterviz.tracking import track_training_batch
+from lightning_filterviz.tracking import TrainingBatchWatch
 
 __all__ = ["FilterVisualizer"]
 
@@ -126,6 +126,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         )
         self._snapshot_count = 0
         self._probe_logged = False
+        self._training_batches = TrainingBatchWatch()  # off for good once it failed
         self._reset_watch()
 
     def _reset_watch(self) -> None:
@@ -198,6 +199,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._delivery.reset()
         self._snapshot_count = 0
         self._probe_logged = False
+        self._training_batches = TrainingBatchWatch()  # off for good once it failed
         self._reset_watch()
 
     def watch(self, model: nn.Module) -> list[ConvLayer]:
@@ -279,6 +281,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         module (the conv, or its normalization) is watched by a plain hook there, the other
         ReLU-family convs by the tracer, and a conv without such an activation not at all
         (nothing about it is judged dead); before the first snapshot, every conv by the tracer.
+        An error of this watching is never raised into the forward: it stops the watching
+        for the rest of the run, with one warning.
 
         Example::
 
@@ -286,9 +290,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
                 loss = criterion(model(images), labels)
             loss.backward()
         """
-        probe_pass = self._probe_pass_of(model)
-        plan, threshold = probe_pass.plan, self.settings.dead_threshold
-        with track_training_batch(probe_pass.layers, plan, threshold, probe_pass.training_maxima):
+        with self._training_batches.watching(lambda: self._probe_pass_of(model), self.settings.dead_threshold):
             yield
 
     def dataset_examples_pass(self, model: nn.Module) -> Optional[ExampleCollector]:

@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from lightning_filterviz.activations import ActivationTap, ProbePlan
 from lightning_filterviz.capture import CapturedProbe, start_capture
-from lightning_filterviz.discovery import ConvLayer, select_conv_layers
+from lightning_filterviz.conv_layers import ConvLayer, select_conv_layers
 from lightning_filterviz.layer_names import resolve_layer_patterns, unmatched_patterns
 from lightning_filterviz.probe import model_input, pin_memory, to_device
 from lightning_filterviz.receptive_fields import receptive_field

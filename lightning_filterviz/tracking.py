@@ -1,6 +1,6 @@
 """Watching training forwards, so that a filter that fires on training data is not called dead.
 
-For a conv whose ReLU-family activation has an :class:`~lightning_filterviz.discovery.ActivationTap`
+For a conv whose ReLU-family activation has an :class:`~lightning_filterviz.activations.ActivationTap`
 (the conv, or the normalization module after it, returns exactly what the activation
 consumes), a plain forward hook on the tap keeps a running per-channel maximum on the
 device: two small kernels per layer and step, no host synchronization, no tracer. Only
@@ -10,20 +10,63 @@ convs without a tap (a functional normalization between conv and activation, a
 call of the forward and so costs more; the layer table says which.
 
 The maxima stay on the device until the next snapshot ships them with everything else.
+This code runs inside the user's training forward, so it never raises there: the first
+failure switches tracking off for the rest of the run, with one warning, and snapshots
+judge "dead" on the probe alone from then on.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_filterviz.activations import ActivationTap, ProbePlan
-from lightning_filterviz.discovery import ActivationTracer, ConvLayer
+from lightning_filterviz.conv_layers import ConvLayer
+from lightning_filterviz.discovery import ActivationTracer
+from lightning_filterviz.hook_guard import HookGuard
 
-__all__ = ["track_training_batch"]
+if TYPE_CHECKING:
+    from lightning_filterviz.probe_pass import ProbePass
+
+__all__ = ["TrainingBatchWatch", "track_training_batch"]
+
+
+class TrainingBatchWatch:
+    """Watches training forwards for one engine until the first failure, which switches it
+    off for good (a monitoring bug costs the tracking, never a training step).
+
+    Attributes:
+        stopped: tracking failed once and is off for the rest of the run.
+    """
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    @contextlib.contextmanager
+    def watching(self, probe_pass: Callable[[], "ProbePass"], threshold: float) -> Iterator[None]:
+        """Watch the forward run inside the block (see :func:`track_training_batch`);
+        ``probe_pass`` gives the watched model's layers, plan and running maxima."""
+        guard = HookGuard()
+        found: Optional[ProbePass] = None
+        with contextlib.ExitStack() as stack:
+            if not self.stopped:
+                with guard.catching():
+                    found = probe_pass()
+                    watch = track_training_batch(found.layers, found.plan, threshold, found.training_maxima, guard)
+                    stack.enter_context(watch)
+            yield
+        if guard.error is not None and not self.stopped:
+            self.stopped = True
+            if found is not None:
+                found.training_maxima.clear()  # possibly folded in part: judged on the probe alone
+            rank_zero_warn(
+                "filterviz: watching training batches failed, so they are not watched for the rest of this run; "
+                f"dead filters are judged on the probe alone. Cause: {type(guard.error).__name__}: {guard.error}"
+            )
 
 
 @contextlib.contextmanager
@@ -32,6 +75,7 @@ def track_training_batch(
     plan: Optional[ProbePlan],
     threshold: float,
     maxima: dict[str, Tensor],
+    guard: HookGuard,
 ) -> Iterator[None]:
     """Fold each watched conv's per-channel activation maximum on one forward into ``maxima``.
 
@@ -43,26 +87,29 @@ def track_training_batch(
         maxima: conv name -> running ``(out_channels,)`` maximum on the device; updated in place.
             For tapped convs it is the maximum of the activation's input, which exceeds
             ``threshold`` exactly where the activation's own maximum does.
+        guard: where a failure inside the forward is kept instead of raised (see
+            :class:`~lightning_filterviz.hook_guard.HookGuard`).
     """
     hooked, traced = _watch_plan(layers, plan, threshold)
     handles = []
-    tracer = ActivationTracer() if traced else None
+    tracer = ActivationTracer(guard=guard) if traced else None
     try:
         for name, tap in hooked.items():
-            handles.append(tap.module.register_forward_hook(_running_maximum(name, maxima)))
+            handles.append(tap.module.register_forward_hook(guard.wrap(_running_maximum(name, maxima))))
         if tracer is not None:
             for layer in traced:
-                handles.append(layer.module.register_forward_hook(_tracer_feed(layer.name, tracer)))
+                handles.append(layer.module.register_forward_hook(guard.wrap(_tracer_feed(layer.name, tracer))))
         with tracer if tracer is not None else contextlib.nullcontext():
             yield
     finally:
         for handle in handles:
             handle.remove()
-    if tracer is not None:
-        tracer.finish()
-        for name, record in tracer.records.items():
-            if record.zeroing and record.channel_max is not None:
-                _fold(maxima, name, record.channel_max)
+    if tracer is not None and not guard.failed:
+        with guard.catching():
+            tracer.finish()
+            for name, record in tracer.records.items():
+                if record.zeroing and record.channel_max is not None:
+                    _fold(maxima, name, record.channel_max)
 
 
 def _watch_plan(

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_filterviz.dataset_examples import NO_INDEX, ExampleCollector, LayerExamples
+from lightning_filterviz.probe import BatchKey, model_input
 from lightning_filterviz.trainer_reading import validation_loader_in_use
 
 if TYPE_CHECKING:
@@ -91,8 +92,13 @@ class ValidationExamples:
         self._hooks.enter_context(collector.collecting())
         self._collector = collector
 
-    def next_batch(self, inputs: Any) -> None:
-        """The model input of the next validation batch (anything else is skipped)."""
+    def next_batch(self, batch: Any, batch_key: BatchKey) -> None:
+        """The next validation batch, whose model input (by ``batch_key``) is about to run;
+        anything but a batch of images is skipped. A failure costs only this run's examples."""
+        with self._failure_warned():
+            self._next_input(model_input(batch, batch_key))
+
+    def _next_input(self, inputs: Any) -> None:
         assert self._collector is not None
         if not torch.is_tensor(inputs) or inputs.dim() != 4:
             return

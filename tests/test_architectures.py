@@ -261,7 +261,12 @@ def test_tracking_traces_only_the_relu_convs_no_hook_can_decide(make_model, thre
     visualizer.snapshot(model, probe, 0)
     tracers = []
     real_tracer = tracking.ActivationTracer
-    monkeypatch.setattr(tracking, "ActivationTracer", lambda *args: tracers.append(real_tracer(*args)) or tracers[-1])
+
+    def counted(*args, **kwargs):
+        tracers.append(real_tracer(*args, **kwargs))
+        return tracers[-1]
+
+    monkeypatch.setattr(tracking, "ActivationTracer", counted)
     model.train()
     with visualizer.training_batch(model):
         model(torch.randn(2, 3, 32, 32))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
 from lightning_filterviz.capture import capture_snapshot, start_capture
-from lightning_filterviz.discovery import select_conv_layers
+from lightning_filterviz.conv_layers import select_conv_layers
 from lightning_filterviz.history import history_arrays
 
 

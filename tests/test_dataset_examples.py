@@ -249,3 +249,27 @@ def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
     for row in (0, 1):  # each validation run's row starts with the three red squares
         for column in range(3):
             assert (tile(image, row, column, K, size=16) == [255, 0, 0]).all(axis=-1).mean() > 0.9
+
+
+@pytest.mark.parametrize("breaking", ["_merge", "model_input"], ids=["inside the forward", "before it"])
+def test_a_failure_while_collecting_costs_the_examples_not_the_run(breaking, tmp_path, monkeypatch):
+    import lightning_filterviz.dataset_examples as dataset_examples
+    import lightning_filterviz.validation_examples as validation_examples
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise IndexError("collecting broke")
+
+    owner = dataset_examples.ExampleCollector if breaking == "_merge" else validation_examples
+    monkeypatch.setattr(owner, breaking, broken)
+    model = Classifier(planted_detector(), lr=0.0)
+    before = count_hooks(model)
+    monitor = FilterMonitor(probe_size=4, examples_k=K)
+    with pytest.warns(UserWarning, match="collecting dataset examples failed: IndexError: collecting broke"):
+        _, trainer = fit_planted(tmp_path, monitor, model=model, max_epochs=2)
+    assert trainer.current_epoch == 2 and count_hooks(model) == before
+    assert len(calls) == 2  # once per validation run: nothing more is tried in a run after a failure
+    assert monitor.dataset_examples == {}
+    assert "filterviz/examples/net.0" not in read_events(trainer.logger.log_dir).images

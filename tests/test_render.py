@@ -180,7 +180,7 @@ def test_a_non_finite_value_in_a_weak_input_channel_still_marks_the_filter(bad):
 
 def test_grouped_and_depthwise_convs_are_drawn_in_grey_not_rgb(tmp_path):
     from lightning_filterviz import capture_snapshot
-    from lightning_filterviz.discovery import select_conv_layers
+    from lightning_filterviz.conv_layers import select_conv_layers
 
     model = nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),  # sees the RGB image: colour

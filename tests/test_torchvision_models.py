@@ -222,7 +222,7 @@ def test_a_single_image_with_one_pixel_deep_maps_finds_the_same_activations(name
     (squeeze-and-excitation) then has one value per channel, like a normalization's
     constant, and must still not be followed as one."""
     from lightning_filterviz.capture import capture_snapshot
-    from lightning_filterviz.discovery import select_conv_layers
+    from lightning_filterviz.conv_layers import select_conv_layers
 
     torch.manual_seed(0)
     net = torchvision.models.get_model(name, weights=None, num_classes=3).eval()

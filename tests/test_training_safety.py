@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import (
@@ -18,6 +19,7 @@ from conftest import (
     FilterMonitor,
     RandomImages,
     conv_bn_relu_stack,
+    count_hooks,
     pl,
     read_events,
     trainer_kwargs,
@@ -353,6 +355,70 @@ def test_tracking_a_conv_whose_calls_differ_in_dtype_under_autocast(tmp_path):
     visualizer.close()
     assert snapshot.layers["conv"].training_max.dtype == torch.float32
     assert snapshot.layers["conv"].training_max.shape == (4,)
+
+
+def test_a_failure_inside_a_training_forward_switches_tracking_off_not_the_run(tmp_path, monkeypatch):
+    import lightning_filterviz.tracking as tracking
+
+    folds = []
+
+    def broken(maxima, name, new):
+        folds.append(name)
+        raise RuntimeError("fold broke")
+
+    monkeypatch.setattr(tracking, "_fold", broken)
+    model = Classifier()
+    before = count_hooks(model)
+    monitor = FilterMonitor(every_n_steps=2, track_training_batches=True)
+    with pytest.warns(UserWarning, match="watching training batches failed.*RuntimeError: fold broke") as caught:
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+        trainer.fit(model, datamodule=RandomImages())
+    assert sum("watching training batches failed" in str(warning.message) for warning in caught) == 1
+    assert len(folds) == 1  # the first failure stops every later hook, and every later step's
+    assert count_hooks(model) == before
+    dead = read_events(trainer.logger.log_dir).scalars["filterviz/dead_fraction/net.0"]
+    assert len(dead) > 2 and max(dead) == trainer.global_step  # snapshots went on to the end
+
+
+class FunctionalNorm(nn.Module):
+    """A functional batch norm between the conv and its ReLU: only the tracer follows it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = self.norm
+        return torch.relu(F.batch_norm(self.conv(x), norm.running_mean, norm.running_var, norm.weight, norm.bias))
+
+
+def test_a_failure_of_the_tracer_inside_a_training_forward_leaves_the_forward_as_it_was(tmp_path, monkeypatch):
+    from lightning_filterviz import FilterVisualizer
+    from lightning_filterviz.discovery import ActivationTracer
+
+    model = FunctionalNorm().eval()
+    visualizer = FilterVisualizer(str(tmp_path))
+    visualizer.snapshot(model, torch.randn(2, 3, 8, 8), 0)
+    follows = []
+
+    def broken(self, *args):
+        follows.append(1)
+        raise RuntimeError("tracer broke")
+
+    monkeypatch.setattr(ActivationTracer, "_follow", broken)
+    batch = torch.randn(4, 3, 8, 8)
+    expected = model(batch)
+    with pytest.warns(UserWarning, match="watching training batches failed.*RuntimeError: tracer broke"):
+        with visualizer.training_batch(model):
+            got = model(batch)
+    assert torch.equal(got, expected) and follows == [1]
+    with visualizer.training_batch(model):  # off for good: nothing is traced any more
+        assert torch.equal(model(batch), expected)
+    assert follows == [1]
+    monkeypatch.undo()  # the probe pass's own tracer raises into the snapshot, which a fit warns about
+    visualizer.snapshot(model, torch.randn(2, 3, 8, 8), 1)
+    visualizer.close()
+    assert visualizer.dead_filters.keys() == {"conv"}
 
 
 def test_a_failing_receptive_field_measurement_only_skips_the_peak_patches(tmp_path, monkeypatch):
