@@ -11,11 +11,10 @@ tensor through the torch functions that consume it, whichever way they are calle
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -135,16 +134,22 @@ class ActivationTracer(TorchFunctionMode):
             return func(*args, **kwargs)  # following failed: the forward runs as if unwatched
         name = _function_name(func)
         leaves = list(_tensor_leaves(args, kwargs))
-        with self._guarded():
+        try:  # (a try, not a context manager: this runs for every torch call of the forward)
             self._before_call(name, args, kwargs, leaves)
+        except Exception as error:
+            self._keep_or_raise(error)
         result = func(*args, **kwargs)
         if isinstance(result, Tensor):  # metadata queries (size, dim, shape) consume nothing
-            with self._guarded():
+            try:
                 self._after_call(name, args, kwargs, leaves, result)
+            except Exception as error:
+                self._keep_or_raise(error)
         return result
 
-    def _guarded(self) -> ContextManager[None]:
-        return self._guard.catching() if self._guard is not None else contextlib.nullcontext()
+    def _keep_or_raise(self, error: Exception) -> None:
+        if self._guard is None:
+            raise error
+        self._guard.keep(error)
 
     def _before_call(self, name: str, args: tuple, kwargs: dict, leaves: list[Tensor]) -> None:
         self._calls += 1

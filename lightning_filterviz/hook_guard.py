@@ -37,14 +37,18 @@ class HookGuard:
     def failed(self) -> bool:
         return self.error is not None
 
+    def keep(self, error: Exception) -> None:
+        """Keep ``error`` if it is the first."""
+        if self.error is None:
+            self.error = error
+
     @contextlib.contextmanager
     def catching(self) -> Iterator[None]:
         """Run the block, keeping an exception instead of raising it."""
         try:
             yield
         except Exception as error:  # monitoring must never end a training run
-            if self.error is None:
-                self.error = error
+            self.keep(error)
 
     def wrap(self, hook: Callable[..., None]) -> Callable[..., None]:
         """``hook`` as a forward hook that never raises, and does nothing once anything failed."""
