@@ -140,16 +140,12 @@ class ActivationTap:
         function: the activation's name (``"relu"``, ``"hardtanh"``, ...).
         floor: its lower bound (0 for ReLU).
         ceiling: its upper bound (``inf`` for ReLU, 6 for ReLU6).
-        in_place: the activation writes its result into the tap's output (``relu_``,
-            ``nn.ReLU(inplace=True)``) as the next torch call after the tap returns it, so
-            nothing reads that output before it does.
     """
 
     module: nn.Module
     function: str
     floor: float
     ceiling: float
-    in_place: bool = False
 
     @property
     def zeroing(self) -> bool:
@@ -163,19 +159,10 @@ class ActivationTap:
 
     def activation(self, tap_output: Tensor) -> Tensor:
         """The activation's output for the tap's output (the output itself where nothing is
-        clipped: a pre-activation tap).
-
-        Where the activation is in place, the output is clipped in place: the activation
-        would overwrite it with the same values next, so the model computes what it did,
-        and a copy of the whole activation is saved (on the CPU, a fresh tensor that size
-        costs more in page faults than the clipping itself).
-        """
+        clipped: a pre-activation tap)."""
         if self.floor == float("-inf") and self.ceiling == float("inf"):
             return tap_output
-        ceiling = None if self.ceiling == float("inf") else self.ceiling
-        if self.in_place and not tap_output.requires_grad:
-            return tap_output.clamp_(self.floor, ceiling)
-        return tap_output.clamp(self.floor, ceiling)
+        return tap_output.clamp(self.floor, None if self.ceiling == float("inf") else self.ceiling)
 
 
 @dataclass

@@ -69,7 +69,6 @@ class _Tracked:
     tensor: Tensor  # held so that its id() stays unique while tracked
     tap: Optional[nn.Module] = None
     through: tuple[str, ...] = ()  # the arithmetic followed on the way (not normalization layers)
-    tapped_at: Optional[int] = None  # the tracer's call count when the tap returned the tensor
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -101,10 +100,7 @@ class ActivationTracer(TorchFunctionMode):
         # For taps: per layer, the module in front of its activation at each call, and its bounds.
         self._taps_seen: dict[str, list[Optional[nn.Module]]] = {}
         self._bounds: dict[str, Optional[tuple[str, float, float]]] = {}
-        # Per layer, whether at every call its activation overwrote the tap's output right away.
-        self._in_place: dict[str, bool] = {}
         self._module_calls: dict[int, int] = {}
-        self._calls = 0  # torch functions seen, to tell what ran between a tap and its activation
         # Tensors computed from the data (a conv's input or output, and whatever follows from
         # them), by id: a per-channel operand among them is a residual or an attention map, never
         # a normalization's constant, whatever the batch and spatial sizes.
@@ -116,7 +112,7 @@ class ActivationTracer(TorchFunctionMode):
         return self.recorder.records
 
     def track(self, layer: str, output: Tensor, tap: Optional[nn.Module] = None, through: tuple[str, ...] = ()) -> None:
-        self._tracked[id(output)] = _Tracked(layer, output, tap, through, self._calls if tap is not None else None)
+        self._tracked[id(output)] = _Tracked(layer, output, tap, through)
         self._note_from_data(output)
 
     def note_module_output(self, module: nn.Module, output: Any) -> None:
@@ -126,7 +122,6 @@ class ActivationTracer(TorchFunctionMode):
         entry = self._tracked.get(id(output)) if isinstance(output, Tensor) else None
         if entry is not None and entry.tap is None:
             entry.tap = module
-            entry.tapped_at = self._calls
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
@@ -152,7 +147,6 @@ class ActivationTracer(TorchFunctionMode):
         self._guard.keep(error)
 
     def _before_call(self, name: str, args: tuple, kwargs: dict, leaves: list[Tensor]) -> None:
-        self._calls += 1
         if name in _DATA_CONSUMERS and leaves:
             self._note_from_data(leaves[0])  # a conv's input is data, the model input too
         if self._tracked and _is_in_place(name):
@@ -212,7 +206,7 @@ class ActivationTracer(TorchFunctionMode):
             assert module is not None
             if self._module_calls.get(id(module), 0) != len(seen):
                 continue  # the module also runs for something else: its hook would see that too
-            taps[layer] = ActivationTap(module, *bounds, in_place=self._in_place.get(layer, False))
+            taps[layer] = ActivationTap(module, *bounds)
             claimed[id(module)] = claimed.get(id(module), 0) + 1
         return {layer: tap for layer, tap in taps.items() if claimed[id(tap.module)] == 1}
 
@@ -268,11 +262,6 @@ class ActivationTracer(TorchFunctionMode):
                     self._taps_seen.setdefault(layer, []).append(entry.tap)
                     tap_kind = (function, *bounds)
                     self._bounds[layer] = tap_kind if self._bounds.get(layer, tap_kind) == tap_kind else None
-                    # The tap may clip its output in place only where the activation overwrites it
-                    # as the very next torch call: then nothing, not even a call this mode lets
-                    # through untracked (``x.min(dim)``, ``x.chunk(2)``), read it in between.
-                    right_away = entry.tapped_at == self._calls - 1 and _overwrites_input(name, kwargs)
-                    self._in_place[layer] = self._in_place.get(layer, True) and right_away
             elif layer not in self.records or self.records[layer].function == PRE_ACTIVATION:
                 self._record_pre_activations(name, args, kwargs, [entry])  # intact: the call was not in place
                 self.no_activation.setdefault(layer, f"output goes to `{name}` before any activation")
@@ -281,13 +270,6 @@ class ActivationTracer(TorchFunctionMode):
 def _is_in_place(name: str) -> bool:
     """``add_``, ``relu_``, ``__iadd__``: functions that write into their first argument."""
     return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
-
-
-def _overwrites_input(name: str, kwargs: dict) -> bool:
-    """Whether an activation writes its result into its input: ``relu_``, or ``F.relu(x,
-    inplace=True)`` (which ``nn.ReLU(inplace=True)`` calls; torch.nn.functional hands this
-    mode the flag by keyword, before the ``relu_`` it calls in turn)."""
-    return _is_in_place(name) or bool(kwargs.get("inplace", False))
 
 
 def _is_zeroing(name: str, args: tuple, kwargs: dict) -> Optional[bool]:
