@@ -35,6 +35,7 @@ class HookGuard:
 
     @property
     def failed(self) -> bool:
+        """Whether guarded code has raised."""
         return self.error is not None
 
     def keep(self, error: Exception) -> None:
@@ -54,7 +55,7 @@ class HookGuard:
         """``hook`` as a forward hook that never raises, and does nothing once anything failed."""
 
         def guarded(*args: Any) -> None:
-            if self.error is None:
+            if not self.failed:
                 with self.catching():
                     hook(*args)
 

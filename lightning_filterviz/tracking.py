@@ -59,7 +59,7 @@ class TrainingBatchWatch:
                     watch = track_training_batch(found.layers, found.plan, threshold, found.training_maxima, guard)
                     stack.enter_context(watch)
             yield
-        if guard.error is not None and not self.stopped:
+        if guard.failed and not self.stopped:
             self.stopped = True
             if found is not None:
                 found.training_maxima.clear()  # possibly folded in part: judged on the probe alone
