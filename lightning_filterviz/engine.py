@@ -199,7 +199,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._delivery.reset()
         self._snapshot_count = 0
         self._probe_logged = False
-        self._training_batches = TrainingBatchWatch()  # off for good once it failed
+        self._training_batches = TrainingBatchWatch()  # a new run watches training batches again
         self._reset_watch()
 
     def watch(self, model: nn.Module) -> list[ConvLayer]:
