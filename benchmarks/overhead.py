@@ -69,11 +69,11 @@ sys.path[:0] = [str(REPO), str(REPO / "examples")]  # runs from a checkout, inst
 from cnn_example import ImageClassifier, PhotoPatches  # noqa: E402
 
 from lightning_filterviz import FilterMonitor, FilterVisualizer  # noqa: E402
-from lightning_filterviz.png import EncodedImage  # noqa: E402
-from lightning_filterviz.probe import model_input  # noqa: E402
-from lightning_filterviz.records import Table  # noqa: E402
-from lightning_filterviz.sink_group import SinkGroup  # noqa: E402
-from lightning_filterviz.sinks import (  # noqa: E402
+from lightning_filterviz.core.png import EncodedImage  # noqa: E402
+from lightning_filterviz.capture.probe import model_input  # noqa: E402
+from lightning_filterviz.core.records import Table  # noqa: E402
+from lightning_filterviz.publishing.sinks.group import SinkGroup  # noqa: E402
+from lightning_filterviz.publishing.sinks.base import (  # noqa: E402
     DirectorySink,
     Sink,
     TensorBoardSink,
@@ -81,7 +81,7 @@ from lightning_filterviz.sinks import (  # noqa: E402
     write_scalars,
     write_table,
 )
-from lightning_filterviz.tiles import Image  # noqa: E402
+from lightning_filterviz.core.tiles import Image  # noqa: E402
 
 
 def main() -> None:
@@ -606,7 +606,7 @@ def bench_sinks(root: Path) -> Iterator[dict[str, Sink]]:
     import wandb
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
-    from lightning_filterviz.logger_sinks import LoggerMetricsSink, MLflowSink, WandbSink
+    from lightning_filterviz.publishing.sinks.loggers import LoggerMetricsSink, MLflowSink, WandbSink
 
     os.environ["WANDB_DIR"] = str(root)
     writer = SummaryWriter(str(root / "tensorboard"))
@@ -921,7 +921,7 @@ def cuda_report(quick: bool) -> None:
     import lightning
     import torchvision
 
-    from lightning_filterviz.sinks import _c_crc32c
+    from lightning_filterviz.publishing.sinks.base import _c_crc32c
 
     device = torch.device("cuda")
     print(

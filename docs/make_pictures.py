@@ -116,8 +116,8 @@ def save_first_and_last_filters(log_dir: Path) -> None:
 
 
 def save_through_the_layers(log_dir: Path) -> None:
-    from lightning_filterviz.history import load_history
-    from lightning_filterviz.responses import through_the_layers
+    from lightning_filterviz.core.history import load_history
+    from lightning_filterviz.views.responses import through_the_layers
 
     last = sorted((log_dir / "filterviz" / "history").glob("step_*.npz"))[-1]
     arrays = load_history(last)
@@ -132,7 +132,7 @@ def save_filmstrip(log_dir: Path) -> None:
 
 def save_dead_filter_grid(log_dir: Path) -> None:
     """The feature-map grid of the layer with the most dead filters at the end."""
-    from lightning_filterviz.history import load_history
+    from lightning_filterviz.core.history import load_history
 
     last = load_history(sorted((log_dir / "filterviz" / "history").glob("step_*.npz"))[-1])
     dead = {name: len(last[f"{name}/dead"]) for name in last["layers"] if f"{name}/dead" in last}
@@ -143,7 +143,7 @@ def save_dead_filter_grid(log_dir: Path) -> None:
 
 
 def screenshot_report(chromium: str, log_dir: Path, workdir: Path) -> None:
-    from lightning_filterviz.report import build_report
+    from lightning_filterviz.report.build import build_report
 
     page = build_report(log_dir, workdir / "report.html")
     shoot(chromium, page.as_uri(), workdir, "report.png", size=(1200, 1600))

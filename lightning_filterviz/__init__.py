@@ -32,19 +32,19 @@ __all__ = [
 
 # Public name -> the module that defines it.
 _HOMES = {
-    "DirectorySink": "lightning_filterviz.sinks",
-    "FilterVisualizer": "lightning_filterviz.engine",
-    "LayerCapture": "lightning_filterviz.records",
-    "LoggerMetricsSink": "lightning_filterviz.logger_sinks",
-    "MLflowSink": "lightning_filterviz.logger_sinks",
-    "NullSink": "lightning_filterviz.sinks",
-    "SinkGroup": "lightning_filterviz.sink_group",
-    "Snapshot": "lightning_filterviz.records",
-    "TensorBoardSink": "lightning_filterviz.sinks",
-    "WandbSink": "lightning_filterviz.logger_sinks",
-    "build_report": "lightning_filterviz.report",
-    "capture_snapshot": "lightning_filterviz.capture",
-    "load_history": "lightning_filterviz.history",
+    "DirectorySink": "lightning_filterviz.publishing.sinks.base",
+    "FilterVisualizer": "lightning_filterviz.engine.visualizer",
+    "LayerCapture": "lightning_filterviz.core.records",
+    "LoggerMetricsSink": "lightning_filterviz.publishing.sinks.loggers",
+    "MLflowSink": "lightning_filterviz.publishing.sinks.loggers",
+    "NullSink": "lightning_filterviz.publishing.sinks.base",
+    "SinkGroup": "lightning_filterviz.publishing.sinks.group",
+    "Snapshot": "lightning_filterviz.core.records",
+    "TensorBoardSink": "lightning_filterviz.publishing.sinks.base",
+    "WandbSink": "lightning_filterviz.publishing.sinks.loggers",
+    "build_report": "lightning_filterviz.report.build",
+    "capture_snapshot": "lightning_filterviz.capture.probe_capture",
+    "load_history": "lightning_filterviz.core.history",
 }
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from lightning_filterviz.report import ReportError, build_report
+from lightning_filterviz.report.build import ReportError, build_report
 
 __all__ = ["main"]
 

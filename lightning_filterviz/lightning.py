@@ -2,7 +2,7 @@
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_filterviz.callback import _DOCSTRING, FilterMonitorLogic
+from lightning_filterviz.integration.callback import _DOCSTRING, FilterMonitorLogic
 
 
 class FilterMonitor(FilterMonitorLogic, Callback):

@@ -2,7 +2,7 @@
 
 from pytorch_lightning.callbacks import Callback
 
-from lightning_filterviz.callback import _DOCSTRING, FilterMonitorLogic
+from lightning_filterviz.integration.callback import _DOCSTRING, FilterMonitorLogic
 
 
 # To the type checker the logic derives from lightning.pytorch's Callback, a twin of this one.

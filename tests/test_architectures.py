@@ -11,8 +11,9 @@ import torchvision
 from torch import Tensor, nn
 
 from conftest import Classifier, FilterMonitor, FunctionalNet, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
-from lightning_filterviz import FilterVisualizer, tracking
-from lightning_filterviz.stats import dormant_indices, dormant_scores
+from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.capture import tracking
+from lightning_filterviz.state.stats import dormant_indices, dormant_scores
 
 
 class ReusedReluNet(nn.Module):

@@ -15,9 +15,9 @@ import torch
 
 from conftest import REPO, Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.arguments import ARGUMENTS, MONITOR, VISUALIZER, args_section, render_argument
-from lightning_filterviz.settings import VisualizerSettings
-from lightning_filterviz.tags import LOGGED_TAGS
+from lightning_filterviz.core.arguments import ARGUMENTS, MONITOR, VISUALIZER, args_section, render_argument
+from lightning_filterviz.core.settings import VisualizerSettings
+from lightning_filterviz.core.tags import LOGGED_TAGS
 
 # Shared by FilterMonitor and FilterVisualizer: (arguments, exception, message).
 SHARED = [

@@ -11,12 +11,12 @@ import weakref
 import pytest
 import torch
 
-import lightning_filterviz.views as views_module
+import lightning_filterviz.views.snapshot_views as views_module
 from conftest import REPO, FunctionalNet, conv_bn_relu_stack
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.capture import InFlightSnapshot
-from lightning_filterviz.records import Snapshot
-from lightning_filterviz.writer_thread import BackgroundWriter
+from lightning_filterviz.capture.probe_capture import InFlightSnapshot
+from lightning_filterviz.core.records import Snapshot
+from lightning_filterviz.engine.writer_thread import BackgroundWriter
 
 
 def snapshots(visualizer: FilterVisualizer, model: torch.nn.Module, steps: int = 3) -> None:

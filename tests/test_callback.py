@@ -22,8 +22,8 @@ from conftest import (
     read_events,
     trainer_kwargs,
 )
-from lightning_filterviz.tags import LOGGED_TAGS
-from lightning_filterviz.tiles import FRAME_PIXELS, GRID_PADDING
+from lightning_filterviz.core.tags import LOGGED_TAGS
+from lightning_filterviz.core.tiles import FRAME_PIXELS, GRID_PADDING
 
 LAYERS = ["net.0", "net.3"]
 STEPS_PER_EPOCH = 4  # 32 training samples in batches of 8
@@ -118,7 +118,7 @@ def test_first_snapshot_shows_the_random_init(tmp_path):
     monitor = FilterMonitor(every_n_steps=100)
     trainer = fit(tmp_path, monitor, model, max_epochs=1)
     step_zero = read_events(trainer.logger.log_dir).images["filterviz/weights/net.0"][0]
-    from lightning_filterviz.render import weight_grid
+    from lightning_filterviz.drawing.render import weight_grid
 
     assert np.array_equal(step_zero, weight_grid(initial))  # RGB filters: an (H, W, 3) array
     assert not torch.equal(model.net[0].weight, initial)
@@ -287,7 +287,7 @@ def test_with_a_csv_logger_first_the_history_lies_beside_the_tensorboard_images_
 
 
 def test_the_schedule_takes_each_step_once_waits_for_lazy_weights_and_gives_other_ranks_one_snapshot():
-    from lightning_filterviz.snapshot_schedule import SnapshotSchedule
+    from lightning_filterviz.integration.snapshot_schedule import SnapshotSchedule
 
     schedule = SnapshotSchedule(every_n_epochs=None, every_n_steps=3)
     assert [step for step in range(10) if schedule.due_after_batch(step)] == [0, 3, 6, 9]

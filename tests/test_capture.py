@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
-from lightning_filterviz.capture import capture_snapshot, start_capture
-from lightning_filterviz.conv_layers import select_conv_layers
-from lightning_filterviz.history import history_arrays
+from lightning_filterviz.capture.probe_capture import capture_snapshot, start_capture
+from lightning_filterviz.capture.conv_layers import select_conv_layers
+from lightning_filterviz.core.history import history_arrays
 
 
 class ReusedReluNet(nn.Module):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.validation_examples import ValidationExamples
+from lightning_filterviz.integration.validation_examples import ValidationExamples
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device: checks host synchronizations and GPU results"

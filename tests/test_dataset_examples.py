@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import Classifier, FilterMonitor, count_hooks, pl, read_events, trainer_kwargs
-from lightning_filterviz.example_images import example_tiles, examples_grid
-from lightning_filterviz.tiles import FRAME_PIXELS, GRID_PADDING
+from lightning_filterviz.drawing.example_images import example_tiles, examples_grid
+from lightning_filterviz.core.tiles import FRAME_PIXELS, GRID_PADDING
 
 PLANTED = {7: (2, 9), 23: (10, 3), 41: (6, 6)}  # dataset index -> top-left of a 4x4 pure red square
 SQUARE = 4
@@ -190,7 +190,8 @@ def test_under_ddp_rank_zero_gathers_both_shards_examples(tmp_path):
 
 
 def test_merging_ranks_keeps_each_sample_once_strongest_first():
-    from lightning_filterviz.dataset_examples import LayerExamples, merge_ranks
+    from lightning_filterviz.capture.dataset_examples import merge_ranks
+    from lightning_filterviz.core.records import LayerExamples
 
     values = torch.tensor([[[5.0, 3.0, 1.0]], [[4.0, 3.0, float("-inf")]]])  # 2 ranks, 1 filter, k=3
     indices = torch.tensor([[[10, 12, 14]], [[11, 12, -1]]])  # sample 12 seen by both ranks
@@ -201,7 +202,8 @@ def test_merging_ranks_keeps_each_sample_once_strongest_first():
 
 @pytest.mark.parametrize("pack_cpu", [False, True], ids=["each tensor", "packed as for a GPU"])
 def test_gathered_examples_are_merged_where_their_copy_arrives(pack_cpu):
-    from lightning_filterviz.dataset_examples import InFlightExamples, LayerExamples
+    from lightning_filterviz.capture.dataset_examples import InFlightExamples
+    from lightning_filterviz.core.records import LayerExamples
 
     values = torch.tensor([[[5.0, 3.0]], [[4.0, 3.0]]])  # 2 ranks, 1 filter, k=2
     indices = torch.tensor([[[10, 12]], [[2**40, 11]]])  # an index no float32 holds exactly
@@ -214,8 +216,8 @@ def test_gathered_examples_are_merged_where_their_copy_arrives(pack_cpu):
 
 
 def test_gathering_refuses_a_strategy_that_does_not_stack_the_ranks():
-    from lightning_filterviz.dataset_examples import LayerExamples
-    from lightning_filterviz.validation_examples import gathered_examples
+    from lightning_filterviz.core.records import LayerExamples
+    from lightning_filterviz.integration.validation_examples import gathered_examples
 
     class Concatenating:
         def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -235,7 +237,7 @@ def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
     from PIL import Image
 
     from lightning_filterviz import build_report
-    from lightning_filterviz.report_runs import load_runs
+    from lightning_filterviz.report.runs import load_runs
 
     monitor = FilterMonitor(probe_size=4, examples_k=K)
     _, trainer = fit_planted(tmp_path, monitor, max_epochs=2)
@@ -253,8 +255,8 @@ def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
 
 @pytest.mark.parametrize("breaking", ["_merge", "model_input"], ids=["inside the forward", "before it"])
 def test_a_failure_while_collecting_costs_the_examples_not_the_run(breaking, tmp_path, monkeypatch):
-    import lightning_filterviz.dataset_examples as dataset_examples
-    import lightning_filterviz.validation_examples as validation_examples
+    import lightning_filterviz.capture.dataset_examples as dataset_examples
+    import lightning_filterviz.integration.validation_examples as validation_examples
 
     calls = []
 

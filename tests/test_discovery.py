@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from lightning_filterviz.conv_layers import select_conv_layers, unsupported_conv_layers
+from lightning_filterviz.capture.conv_layers import select_conv_layers, unsupported_conv_layers
 def network() -> nn.Module:
     model = nn.Module()
     model.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())

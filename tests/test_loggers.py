@@ -166,7 +166,7 @@ def test_a_logger_without_images_gets_the_scalars_a_message_and_png_files(tmp_pa
 def test_importing_the_package_and_its_callback_imports_no_logger_package():
     code = (
         "import sys, lightning_filterviz; from lightning_filterviz import FilterMonitor, FilterVisualizer; "
-        "import lightning_filterviz.logger_sinks; "
+        "import lightning_filterviz.publishing.sinks.loggers; "
         "print(sorted(name for name in ('wandb', 'mlflow') if name in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

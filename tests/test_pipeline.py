@@ -12,10 +12,10 @@ from torch import Tensor, nn
 
 from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.capture import capture_snapshot, start_capture
-from lightning_filterviz.conv_layers import select_conv_layers
-from lightning_filterviz.discovery import ActivationTracer
-from lightning_filterviz.transfer import TransferPacker
+from lightning_filterviz.capture.probe_capture import capture_snapshot, start_capture
+from lightning_filterviz.capture.conv_layers import select_conv_layers
+from lightning_filterviz.capture.discovery import ActivationTracer
+from lightning_filterviz.capture.transfer import TransferPacker
 
 
 class SharedConvNet(nn.Module):

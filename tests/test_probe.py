@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from conftest import image_dataset
-from lightning_filterviz.probe import model_input, probe_from_loader
+from lightning_filterviz.capture.probe import model_input, probe_from_loader
 
 
 class RefusesIteration(DataLoader):

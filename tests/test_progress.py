@@ -9,9 +9,9 @@ from PIL import Image
 
 from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.history import HISTORY_FORMAT, HISTORY_PATTERN, load_history
-from lightning_filterviz.progress import filter_drift
-from lightning_filterviz.render import FILMSTRIP_TILE_PIXELS, drift_strip, filmstrip
+from lightning_filterviz.core.history import HISTORY_FORMAT, HISTORY_PATTERN, load_history
+from lightning_filterviz.state.progress import filter_drift
+from lightning_filterviz.drawing.render import FILMSTRIP_TILE_PIXELS, drift_strip, filmstrip
 
 
 def test_drift_of_an_unchanged_filter_is_zero_and_of_a_negated_one_is_two():

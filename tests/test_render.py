@@ -10,8 +10,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import read_events
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.render import activation_grid, displayed_filters, weight_grid
-from lightning_filterviz.tiles import (
+from lightning_filterviz.core.filters import displayed_filters
+from lightning_filterviz.drawing.render import activation_grid, weight_grid
+from lightning_filterviz.core.tiles import (
     DEAD_COLOUR,
     FRAME_COLOUR,
     FRAME_PIXELS,
@@ -180,7 +181,7 @@ def test_a_non_finite_value_in_a_weak_input_channel_still_marks_the_filter(bad):
 
 def test_grouped_and_depthwise_convs_are_drawn_in_grey_not_rgb(tmp_path):
     from lightning_filterviz import capture_snapshot
-    from lightning_filterviz.conv_layers import select_conv_layers
+    from lightning_filterviz.capture.conv_layers import select_conv_layers
 
     model = nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),  # sees the RGB image: colour

@@ -17,10 +17,12 @@ from torch import nn
 
 from conftest import Classifier, FilterMonitor, RandomImages, pl, trainer_kwargs
 
-from lightning_filterviz import FilterVisualizer, render, tiles
+from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.core import filters, tiles
+from lightning_filterviz.drawing import render
 from lightning_filterviz.__main__ import main
-from lightning_filterviz.history import HistoryWriter
-from lightning_filterviz.report import (
+from lightning_filterviz.core.history import HistoryWriter
+from lightning_filterviz.report.build import (
     REPORT_FILENAME,
     ReportError,
     build_report,
@@ -128,7 +130,7 @@ def test_filmstrip_has_a_row_per_snapshot(report, logs):
     rows = []
     for path in history:
         with np.load(path) as arrays:
-            rows.append(tiles.to_uint8(render.normalize_filters(arrays["0/filters"])).transpose(0, 2, 3, 1))
+            rows.append(tiles.to_uint8(filters.normalize_filters(arrays["0/filters"])).transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(strip, render.filmstrip(rows))
     assert strip.shape[0] == len(STEPS) * (render.FILMSTRIP_TILE_PIXELS + 2)
 
@@ -262,7 +264,7 @@ def test_module_entry_point_reports_a_foreign_file_on_one_line(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"filterviz report: {path} is not a lightning_filterviz history file (format 'lightning_filterviz.history/1')"
+        f"filterviz report: {path} is not a lightning_filterviz history file (format 'lightning_filterviz.core.history/1')"
     ]
 
 

@@ -9,16 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import conv_bn_relu_stack, count_hooks
-from lightning_filterviz.receptive_fields import receptive_field
-from lightning_filterviz.records import ReceptiveField
-from lightning_filterviz.responses import (
+from lightning_filterviz.capture.receptive_fields import receptive_field
+from lightning_filterviz.core.records import ReceptiveField
+from lightning_filterviz.views.responses import (
     pair_columns,
     peak_indices,
     peak_patches,
     response_grid,
     through_the_layers,
 )
-from lightning_filterviz.tiles import (
+from lightning_filterviz.core.tiles import (
     BACKGROUND_COLOUR,
     COLORMAP_LEVELS,
     FRAME_COLOUR,

@@ -18,8 +18,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import conv_bn_relu_stack, read_events
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.sinks import TensorBoardSink, masked_crc32c, use_fast_checksums
-from lightning_filterviz.tiles import IndexedImage
+from lightning_filterviz.publishing.sinks.base import TensorBoardSink, masked_crc32c, use_fast_checksums
+from lightning_filterviz.core.tiles import IndexedImage
 
 
 @pytest.mark.parametrize("size", [0, 1, 8, 12, 1000, 65_537])
@@ -159,9 +159,9 @@ def test_a_snapshots_images_go_to_tensorboard_as_one_event(tmp_path):
 
 
 def test_a_sink_group_encodes_each_image_once_and_every_sink_gets_the_same_bytes(tmp_path, monkeypatch):
-    from lightning_filterviz import png
-    from lightning_filterviz.sink_group import SinkGroup
-    from lightning_filterviz.sinks import DirectorySink
+    from lightning_filterviz.core import png
+    from lightning_filterviz.publishing.sinks.group import SinkGroup
+    from lightning_filterviz.publishing.sinks.base import DirectorySink
 
     encoded = []
     original = png.encode_png
@@ -191,8 +191,8 @@ class BrokenAfterFirstSnapshot(PlainSink):
 
 
 def test_a_failing_sink_in_a_group_is_told_once_and_left_out_while_the_others_go_on(tmp_path):
-    from lightning_filterviz.sink_group import SinkGroup
-    from lightning_filterviz.sinks import DirectorySink
+    from lightning_filterviz.publishing.sinks.group import SinkGroup
+    from lightning_filterviz.publishing.sinks.base import DirectorySink
 
     broken = BrokenAfterFirstSnapshot()
     group = SinkGroup({"the broken sink": broken, "PNG files": DirectorySink(tmp_path)})

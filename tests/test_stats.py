@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_filterviz.records import LayerCapture, Snapshot
-from lightning_filterviz.stats import DeadFilterTracker
+from lightning_filterviz.core.records import LayerCapture, Snapshot
+from lightning_filterviz.state.stats import DeadFilterTracker
 
 
 def snapshot(step: int, channel_max: list[float], zeroing: bool = True) -> Snapshot:

@@ -169,7 +169,7 @@ def test_resnet18_residual_convs_get_signed_maps_of_their_conv_and_bn_output(tmp
     from torch.utils.tensorboard import SummaryWriter
 
     from lightning_filterviz import FilterVisualizer
-    from lightning_filterviz.render import SIGNED_COLORMAP, activation_grid
+    from lightning_filterviz.drawing.render import SIGNED_COLORMAP, activation_grid
 
     model = torchvision.models.resnet18(num_classes=10).eval()
     for module in model.modules():  # BatchNorm that does something, so conv alone would differ
@@ -221,8 +221,8 @@ def test_a_single_image_with_one_pixel_deep_maps_finds_the_same_activations(name
     """One probe image whose deepest maps are 1x1: a residual (ResNet) or an attention map
     (squeeze-and-excitation) then has one value per channel, like a normalization's
     constant, and must still not be followed as one."""
-    from lightning_filterviz.capture import capture_snapshot
-    from lightning_filterviz.conv_layers import select_conv_layers
+    from lightning_filterviz.capture.probe_capture import capture_snapshot
+    from lightning_filterviz.capture.conv_layers import select_conv_layers
 
     torch.manual_seed(0)
     net = torchvision.models.get_model(name, weights=None, num_classes=3).eval()

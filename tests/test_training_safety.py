@@ -191,7 +191,7 @@ def test_channels_last_model_works(tmp_path):
 
 
 def test_a_failing_renderer_warns_once_and_training_finishes(tmp_path, monkeypatch):
-    import lightning_filterviz.views as views
+    import lightning_filterviz.views.snapshot_views as views
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")
@@ -209,7 +209,7 @@ def test_a_failing_renderer_warns_once_and_training_finishes(tmp_path, monkeypat
 
 
 def test_a_full_disk_under_the_png_sink_warns_once_and_training_finishes(tmp_path, monkeypatch):
-    from lightning_filterviz import sinks
+    from lightning_filterviz.publishing.sinks import base as sinks
 
     def no_space(self, data):
         raise OSError(28, "No space left on device")
@@ -242,7 +242,7 @@ def test_a_failing_probe_pass_at_run_time_warns_and_switches_off(tmp_path):
 
 
 def test_non_finite_weights_and_activations_render_and_are_marked(tmp_path):
-    from lightning_filterviz.tiles import FRAME_PIXELS, NON_FINITE_COLOUR, tile_origin
+    from lightning_filterviz.core.tiles import FRAME_PIXELS, NON_FINITE_COLOUR, tile_origin
 
     model = conv_bn_relu_stack()
     with torch.no_grad():
@@ -358,7 +358,7 @@ def test_tracking_a_conv_whose_calls_differ_in_dtype_under_autocast(tmp_path):
 
 
 def test_a_failure_inside_a_training_forward_switches_tracking_off_not_the_run(tmp_path, monkeypatch):
-    import lightning_filterviz.tracking as tracking
+    import lightning_filterviz.capture.tracking as tracking
 
     folds = []
 
@@ -394,7 +394,7 @@ class FunctionalNorm(nn.Module):
 
 def test_a_failure_of_the_tracer_inside_a_training_forward_leaves_the_forward_as_it_was(tmp_path, monkeypatch):
     from lightning_filterviz import FilterVisualizer
-    from lightning_filterviz.discovery import ActivationTracer
+    from lightning_filterviz.capture.discovery import ActivationTracer
 
     model = FunctionalNorm().eval()
     visualizer = FilterVisualizer(str(tmp_path))
@@ -422,7 +422,7 @@ def test_a_failure_of_the_tracer_inside_a_training_forward_leaves_the_forward_as
 
 
 def test_a_failing_receptive_field_measurement_only_skips_the_peak_patches(tmp_path, monkeypatch):
-    import lightning_filterviz.probe_pass as probe_pass
+    import lightning_filterviz.capture.probe_pass as probe_pass
 
     def broken(*args, **kwargs):
         raise RuntimeError("no gradient here")

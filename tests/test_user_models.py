@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from conftest import Classifier, FilterMonitor, RandomImages, pl, read_events, trainer_kwargs
 from lightning_filterviz import FilterVisualizer, load_history
-from lightning_filterviz.capture import capture_snapshot
-from lightning_filterviz.conv_layers import select_conv_layers
+from lightning_filterviz.capture.probe_capture import capture_snapshot
+from lightning_filterviz.capture.conv_layers import select_conv_layers
 class NoisyScale(nn.Module):
     """A user-written parametrization that draws random numbers and updates a buffer in train mode."""
 

@@ -1,0 +1,187 @@
+"""A conv's activation during one forward: its reductions, and how a later forward finds it.
+
+:class:`ActivationRecorder` turns activations into what a snapshot keeps (per-channel
+statistics, capped maps, peak positions), on the activation's device. :class:`ProbePlan`
+is what the first probe pass learned about the model (see
+:class:`~lightning_filterviz.capture.discovery.ActivationTracer`): for each conv, whether a plain
+hook on one module (an :class:`ActivationTap`) sees its activation's input, whether only
+the tracer can follow it, or why it has no activation. Later passes follow the plan, so
+they pay the tracer's per-op cost only for the convs that need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_filterviz.core.records import PRE_ACTIVATION
+
+__all__ = ["ActivationRecord", "ActivationRecorder", "ActivationTap", "ProbePlan"]
+
+
+@dataclass
+class ActivationRecord:
+    """What a conv's activation looked like during one forward.
+
+    Attributes:
+        function: name of the activation function (``"relu"``, ``"silu"``, ...).
+        zeroing: whether the activation floors at zero (ReLU family), so that "dead" applies.
+        channel_max: per-channel maximum over the batch and all positions, in the
+            activation's dtype (a maximum is exact in any dtype; it arrives on the host in
+            float32); ``None`` for a snapshot's pre-activation (no floor, so no "dead";
+            nothing draws it).
+        channel_mean_abs: per-channel mean of absolute values, float32, averaged over the
+            conv's calls with equal weight when it runs several times per forward.
+        maps: the first ``max_images`` x ``max_channels`` feature maps, float32, detached.
+        peak_index: per channel, the flat index into ``(N, H, W)`` of its maximum.
+        output_hw: the activation's spatial size ``(H, W)``.
+        calls: how many times the conv's activation ran in the forward.
+    """
+
+    function: str
+    zeroing: bool
+    channel_max: Optional[Tensor]
+    channel_mean_abs: Tensor
+    maps: Tensor
+    peak_index: Optional[Tensor] = None
+    output_hw: Optional[tuple[int, int]] = None
+    calls: int = 1
+
+
+class ActivationRecorder:
+    """Reduces each activation as soon as it is computed, so that no activation is kept.
+
+    Args:
+        reduce_maps: turns an activation ``(N, C, H, W)`` into the small maps to keep;
+            ``None`` keeps only the per-channel maxima (training-batch tracking).
+        peak_layers: layers for which each channel's strongest position is recorded.
+    """
+
+    def __init__(
+        self, reduce_maps: Optional[Callable[[Tensor], Tensor]] = None, peak_layers: Iterable[str] = ()
+    ) -> None:
+        self._reduce_maps = reduce_maps
+        self._peak_layers = frozenset(peak_layers)
+        self.records: dict[str, ActivationRecord] = {}
+
+    def record(self, layer: str, function: str, zeroing: bool, activation: Tensor, nonnegative: bool = False) -> None:
+        """Fold one call's activation of ``layer`` in.
+
+        Args:
+            layer: the conv's name.
+            function: the activation function's name.
+            zeroing: whether it is of the ReLU family.
+            activation: its output.
+            nonnegative: whether every value is known to be ``>= 0`` (so ``|h|`` is ``h``).
+        """
+        values = activation.detach() if activation.requires_grad else activation
+        dims = [dim for dim in range(values.dim()) if dim != 1]
+        channel_max: Optional[Tensor]
+        if self._reduce_maps is None:  # training-batch tracking needs the maxima only
+            channel_max = channel_mean_abs = values.amax(dim=dims)
+        else:
+            channel_max, channel_mean_abs = _channel_statistics(values, dims, function, nonnegative)
+        previous = self.records.get(layer)
+        if previous is not None:
+            # A conv called several times per forward (weight sharing): every call weighs the same.
+            previous.calls += 1
+            if previous.channel_max is not None and channel_max is not None:
+                previous.channel_max = torch.maximum(previous.channel_max, channel_max)
+            # Tracking reads the maxima only (and its calls' dtypes may differ under autocast).
+            if self._reduce_maps is not None:
+                weight = 1.0 / previous.calls
+                previous.channel_mean_abs = torch.lerp(previous.channel_mean_abs, channel_mean_abs, weight)
+            return
+        maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
+        record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
+        if self._reduce_maps is not None and values.dim() == 4 and layer in self._peak_layers:
+            record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
+            record.output_hw = (values.shape[2], values.shape[3])
+        self.records[layer] = record
+
+
+def _channel_statistics(
+    values: Tensor, dims: list[int], function: str, nonnegative: bool
+) -> tuple[Optional[Tensor], Tensor]:
+    """Per channel, the maximum (in the activation's dtype: exact in any, and converted on
+    arrival, not by a kernel here) and the mean of ``|h|`` (in float32 whatever the autocast
+    dtype). A pre-activation gets no maximum: without a floor it decides no "dead", and
+    nothing draws it (a kernel fewer per layer and snapshot)."""
+    # Where every value is >= 0, |h| is h: no temporary for it. Accumulated in float32 by the
+    # reduction itself, not by a float32 copy of a half-precision activation first.
+    channel_mean_abs = (values if nonnegative else values.abs()).mean(dim=dims, dtype=torch.float32)
+    if function == PRE_ACTIVATION:
+        return None, channel_mean_abs
+    return values.amax(dim=dims), channel_mean_abs
+
+
+# Training-batch tracking keeps no maps.
+_NO_MAPS = torch.empty(0)
+
+
+@dataclass(frozen=True)
+class ActivationTap:
+    """A module whose output is exactly the input of a conv's ReLU-family activation.
+
+    The activation is the identity between ``floor`` and ``ceiling`` and clips outside, so
+    ``activation(x) == x.clamp(floor, ceiling)``; and per channel, the activation's maximum
+    exceeds a threshold ``floor <= t < ceiling`` exactly where ``max(x)`` does. So a plain
+    forward hook on the tap sees the activation, with no tracer.
+
+    For a conv without an activation, the tap is the module whose output (the conv's,
+    through normalization) meets the residual sum or concatenation: ``function`` is
+    :data:`~lightning_filterviz.core.records.PRE_ACTIVATION` and the bounds are infinite.
+
+    Attributes:
+        module: the conv itself, or the normalization module after it.
+        function: the activation's name (``"relu"``, ``"hardtanh"``, ...).
+        floor: its lower bound (0 for ReLU).
+        ceiling: its upper bound (``inf`` for ReLU, 6 for ReLU6).
+    """
+
+    module: nn.Module
+    function: str
+    floor: float
+    ceiling: float
+
+    @property
+    def zeroing(self) -> bool:
+        """Whether the tap sees a ReLU-family activation (else the conv's output before any
+        activation, see :data:`~lightning_filterviz.core.records.PRE_ACTIVATION`)."""
+        return self.function != PRE_ACTIVATION
+
+    def decides(self, threshold: float) -> bool:
+        """Whether "fired above ``threshold``" can be read off the tap's output."""
+        return self.zeroing and self.floor <= threshold < self.ceiling
+
+    def activation(self, tap_output: Tensor) -> Tensor:
+        """The activation's output for the tap's output (the output itself where nothing is
+        clipped: a pre-activation tap)."""
+        if self.floor == float("-inf") and self.ceiling == float("inf"):
+            return tap_output
+        return tap_output.clamp(self.floor, None if self.ceiling == float("inf") else self.ceiling)
+
+
+@dataclass
+class ProbePlan:
+    """How each watched conv's activation is observed, as the first probe pass found it.
+
+    Attributes:
+        taps: convs whose activation a hook on one module sees.
+        traced: convs with an activation that only the tracer can follow (a non-ReLU
+            activation, a functional normalization in between, a module shared with others).
+        no_activation: convs without an activation, and why.
+        through: per conv, the elementwise arithmetic followed between it and its activation
+            (``("mul", "add")`` for a FrozenBatchNorm2d), where there was any.
+        zeroing: convs with a ReLU-family activation, the ones "dead" is judged for (and so
+            the only ones training batches are watched for).
+    """
+
+    taps: dict[str, ActivationTap] = field(default_factory=dict)
+    traced: list[str] = field(default_factory=list)
+    no_activation: dict[str, str] = field(default_factory=dict)
+    through: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    zeroing: frozenset[str] = frozenset()

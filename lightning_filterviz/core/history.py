@@ -1,0 +1,177 @@
+"""The history on disk: one NPZ file of small arrays per snapshot, and where a run keeps them.
+
+This module owns the file format and the path, for the writer and for the report alike.
+It needs NumPy only, so that reading a run's history loads no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+
+import numpy as np
+
+from lightning_filterviz.core.filters import displayed_filters
+from lightning_filterviz.core.tiles import resize_nearest
+
+if TYPE_CHECKING:
+    from lightning_filterviz.core.records import Snapshot
+
+__all__ = [
+    "HISTORY_DIR",
+    "HISTORY_POINTER",
+    "HISTORY_FORMAT",
+    "HISTORY_PATTERN",
+    "HistoryWriter",
+    "history_arrays",
+    "history_dir_of",
+    "load_history",
+    "point_to_history",
+    "pointed_history_dirs",
+]
+
+HISTORY_FORMAT = "lightning_filterviz.core.history/1"
+HISTORY_PATTERN = "step_*.npz"
+EXAMPLES_PATTERN = "validation_examples_*.npz"
+# Dataset-example patches are kept in the history at this size (RGB uint8, every other pixel).
+HISTORY_PATCH_PIXELS = 16
+# Where a run's history lies, relative to its log directory.
+HISTORY_DIR = Path("filterviz", "history")
+
+
+# Left in another logger's directory, naming where the run's history went instead.
+HISTORY_POINTER = Path("filterviz", "history_location.txt")
+
+
+def history_dir_of(log_dir: Union[str, os.PathLike]) -> Path:
+    """The history directory of a run logged to ``log_dir``."""
+    return Path(log_dir) / HISTORY_DIR
+
+
+def point_to_history(log_dir: Union[str, os.PathLike], history_dir: Union[str, os.PathLike]) -> Path:
+    """Leave a note in ``log_dir`` saying where the run's history lies (for ``filterviz-report``)."""
+    pointer = Path(log_dir) / HISTORY_POINTER
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(f"{Path(history_dir).resolve()}\n", encoding="utf-8")
+    return pointer
+
+
+def pointed_history_dirs(root: Union[str, os.PathLike]) -> list[Path]:
+    """The history directories that notes under ``root`` point to (see :func:`point_to_history`)."""
+    notes = [Path(root) / HISTORY_POINTER, *Path(root).rglob(HISTORY_POINTER.as_posix())]
+    targets = {Path(note.read_text(encoding="utf-8").strip()) for note in notes if note.is_file()}
+    return sorted(target for target in targets if target.is_dir())
+
+
+def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+    """One snapshot as plain arrays for an NPZ file (no objects, so ``allow_pickle=False`` loads it).
+
+    ``drawn`` may give, per layer, what :func:`displayed_filters` returns for its filters,
+    when it was already computed to draw them.
+
+    Keys: ``format``, ``step``, ``layers`` and, per layer, ``<layer>/filters`` (the drawn
+    part of the first ``max_filters`` filters), ``<layer>/drift``, ``<layer>/weight_norm_ratio``,
+    ``<layer>/out_channels`` and, where the probe saw the conv's activation (or, for a conv
+    without one, its output through normalization), ``<layer>/channel_mean_abs``,
+    ``<layer>/dormant``, (with an activation) ``<layer>/channel_max``, (ReLU family)
+    ``<layer>/dead`` and, in the snapshots that draw the views (the first and every ``views_every``-th),
+    ``<layer>/maps`` (the first probe image's feature maps, float16): they are most of
+    a file's bytes, and the statistics are what a run's history is read for.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(HISTORY_FORMAT),
+        "step": np.array(snapshot.step, dtype=np.int64),
+        "layers": np.array(list(snapshot.layers), dtype=np.str_),
+    }
+    drawn = drawn or {}
+    for name, layer in snapshot.layers.items():
+        filters = drawn[name] if name in drawn else displayed_filters(layer.weight.numpy(), layer.rgb)
+        arrays[f"{name}/filters"] = np.asarray(filters, dtype=np.float32)
+        arrays[f"{name}/out_channels"] = np.array(layer.out_channels, dtype=np.int64)
+        if name in snapshot.drift:
+            arrays[f"{name}/drift"] = snapshot.drift[name].numpy()
+            arrays[f"{name}/weight_norm_ratio"] = snapshot.weight_norm_ratio[name].numpy()
+        if layer.channel_mean_abs is not None and layer.maps is not None:
+            if layer.channel_max is not None:  # a conv with an activation
+                arrays[f"{name}/channel_max"] = layer.channel_max.numpy()
+            arrays[f"{name}/channel_mean_abs"] = layer.channel_mean_abs.numpy()
+            if snapshot.draw_views:
+                arrays[f"{name}/maps"] = layer.maps[0].numpy().astype(np.float16)
+        if name in snapshot.dormant_filters:
+            arrays[f"{name}/dormant"] = np.array(snapshot.dormant_filters[name], dtype=np.int64)
+        if name in snapshot.dead_filters:
+            arrays[f"{name}/dead"] = np.array(snapshot.dead_filters[name], dtype=np.int64)
+    return arrays
+
+
+class HistoryWriter:
+    """Saves each snapshot as ``<directory>/step_<step>.npz``.
+
+    A file appears whole or not at all: it is built in memory (one write instead of a seek
+    per array) and renamed into place, so a reader never sees half of one.
+
+    Args:
+        directory: created when missing.
+    """
+
+    def __init__(self, directory: Union[str, os.PathLike]) -> None:
+        self.directory = Path(directory)
+
+    def write(self, snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+        """Save one snapshot; ``drawn`` as in :func:`history_arrays`."""
+        return _write_whole(self.directory / f"step_{snapshot.step:08d}.npz", history_arrays(snapshot, drawn))
+
+
+def write_examples_history(
+    directory: Union[str, os.PathLike], step: int, examples: Mapping[str, Any], tiles: Mapping[str, np.ndarray]
+) -> Path:
+    """Save one validation run's dataset examples as ``<directory>/validation_examples_<step>.npz``:
+    ``layers`` (names), and per layer ``<layer>/values`` ``(F, k)`` (``-inf`` where a filter
+    has fewer examples), ``<layer>/indices`` ``(F, k)`` (``-1`` where unknown),
+    ``<layer>/positions`` ``(F, k, 2)`` input pixels ``(y, x)`` and ``<layer>/patches``
+    ``(F, k, 16, 16, 3)`` ``uint8``, the drawn patches at :data:`HISTORY_PATCH_PIXELS`.
+
+    Args:
+        directory: created when missing.
+        step: the training step of the validation run.
+        examples: conv name -> :class:`~lightning_filterviz.capture.dataset_examples.LayerExamples` on the host.
+        tiles: conv name -> its drawn patches ``(F, k, P, P, 3)`` ``uint8``.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(HISTORY_FORMAT),
+        "step": np.array(step, dtype=np.int64),
+        "layers": np.array(list(examples), dtype=np.str_),
+    }
+    for name, found in examples.items():
+        arrays[f"{name}/values"] = found.values.numpy()
+        arrays[f"{name}/indices"] = found.indices.numpy()
+        arrays[f"{name}/positions"] = found.positions.numpy()
+        patch = HISTORY_PATCH_PIXELS
+        arrays[f"{name}/patches"] = resize_nearest(tiles[name], patch, patch, first_axis=2)
+    return _write_whole(Path(directory) / f"validation_examples_{step:08d}.npz", arrays)
+
+
+def _write_whole(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    # A file appears whole or not at all: built in memory and renamed into place.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # keys are array names
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(buffer.getbuffer())
+    os.replace(partial, path)
+    return path
+
+
+def load_history(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
+    """Read one history file back (``allow_pickle=False``).
+
+    Raises:
+        ValueError: if the file is not a lightning_filterviz history file.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    if str(arrays.get("format", "")) != HISTORY_FORMAT:
+        raise ValueError(f"{path} is not a lightning_filterviz history file (no format {HISTORY_FORMAT!r}).")
+    return arrays

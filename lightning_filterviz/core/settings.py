@@ -1,0 +1,130 @@
+"""The engine's settings: one frozen object, validated once, read by every stage.
+
+Each check fails with one line naming the argument, what it got and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from lightning_filterviz.core.filters import WEIGHT_NORMALIZATIONS, WeightNormalization
+
+__all__ = [
+    "BatchKey",
+    "VisualizerSettings", "check_bool", "check_cadence", "check_layer_names", "check_positive_int"]
+
+# Where the model input is in a batch: an index, a key, a function of the batch, or None (the batch itself).
+BatchKey = Union[int, str, Callable[[Any], Any], None]
+
+
+@dataclass(frozen=True)
+class VisualizerSettings:
+    """What :class:`~lightning_filterviz.FilterVisualizer` was asked to do.
+
+    The attributes are the engine's keyword arguments of the same names; see its docstring.
+
+    Raises:
+        ValueError: for a value outside an argument's range.
+        TypeError: for a value of the wrong type.
+    """
+
+    layers: Optional[tuple[str, ...]] = None
+    max_filters: int = 64
+    max_images: int = 2
+    dead_threshold: float = 0.0
+    dead_patience: int = 2
+    dormant_tau: float = 0.025
+    weight_normalization: WeightNormalization = "filter"
+    log_weights: bool = True
+    log_activations: bool = True
+    batch_key: BatchKey = None
+    forward_fn: Optional[Callable[..., Any]] = None
+    colormap: str = "viridis"
+    filmstrip_layers: Optional[tuple[str, ...]] = None
+    views_every: int = 10
+    response_layers: Optional[tuple[str, ...]] = None
+    examples_layers: Optional[tuple[str, ...]] = None
+    examples_k: int = 9
+    max_pending: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_filters", "max_images", "dead_patience", "views_every", "examples_k", "max_pending"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("log_weights", "log_activations"):
+            check_bool(name, getattr(self, name))
+        for name in ("layers", "filmstrip_layers", "response_layers", "examples_layers"):
+            object.__setattr__(self, name, check_layer_names(name, getattr(self, name)))
+        object.__setattr__(self, "dead_threshold", _finite_number("dead_threshold", self.dead_threshold))
+        tau = _finite_number("dormant_tau", self.dormant_tau)
+        if tau < 0:
+            raise ValueError(f"`dormant_tau` must be a number >= 0, got {self.dormant_tau!r}.")
+        if self.weight_normalization not in WEIGHT_NORMALIZATIONS:
+            raise ValueError(
+                f"`weight_normalization` must be one of {WEIGHT_NORMALIZATIONS}, got {self.weight_normalization!r}."
+            )
+        key = self.batch_key
+        if key is not None and not callable(key) and (isinstance(key, bool) or not isinstance(key, (int, str))):
+            raise TypeError(
+                f"`batch_key` must be None, an int index, a str key or a function of the batch, got {key!r}."
+            )
+        if self.forward_fn is not None and not callable(self.forward_fn):
+            raise TypeError(f"`forward_fn` must be callable as forward_fn(module, input), got {self.forward_fn!r}.")
+        import matplotlib
+
+        if not isinstance(self.colormap, str) or self.colormap not in matplotlib.colormaps:
+            raise ValueError(f"`colormap` must be a matplotlib colormap name such as 'viridis', got {self.colormap!r}.")
+
+    @classmethod
+    def arguments_in(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings among a function's arguments (its ``locals()``), found by name."""
+        return {field.name: arguments[field.name] for field in dataclasses.fields(cls) if field.name in arguments}
+
+
+def check_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:
+    """Raise ``ValueError`` unless at most one of the two is set, to an integer >= 1."""
+    if every_n_epochs is not None and every_n_steps is not None:
+        raise ValueError(
+            f"Set at most one of `every_n_epochs` ({every_n_epochs}) and `every_n_steps` ({every_n_steps})."
+        )
+    for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{name}` must be None or an integer >= 1, got {value!r}.")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def check_layer_names(name: str, value: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
+    """``None`` or a sequence of names/patterns as a tuple; a lone string is refused, not iterated."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be a list of module names or patterns, got the string {value!r}: use [{value!r}]."
+        )
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be None or a list of module names or patterns, got {value!r}.") from None
+    bad = [item for item in names if not isinstance(item, str)]
+    if bad:
+        raise TypeError(f"`{name}` must hold module names or patterns (strings), got {bad[0]!r}.")
+    return names
+
+
+def _finite_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    return float(value)

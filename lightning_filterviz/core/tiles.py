@@ -1,0 +1,170 @@
+"""Image primitives every picture is drawn with: tiles, frames, grids and colours.
+
+NumPy only (see :mod:`~lightning_filterviz.drawing.render` for why). Grids follow
+:func:`torchvision.utils.make_grid`'s layout; each tile gets a one-pixel frame whose colour
+says what the tile is (grey, red for dead, magenta for NaN or Inf). A palette image
+(:class:`IndexedImage`) keeps the colormap's levels first, then those frame colours.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import NamedTuple, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "BACKGROUND_COLOUR",
+    "BACKGROUND_INDEX",
+    "COLORMAP_LEVELS",
+    "DEAD_COLOUR",
+    "DEAD_INDEX",
+    "FRAME_COLOUR",
+    "FRAME_INDEX",
+    "FRAME_PIXELS",
+    "GRID_PADDING",
+    "Image",
+    "IndexedImage",
+    "NON_FINITE_COLOUR",
+    "NON_FINITE_INDEX",
+    "OUTSIDE_GREY",
+    "PANEL_PADDING",
+    "colormap_palette",
+    "frame_kinds",
+    "frame_tiles",
+    "resize_nearest",
+    "rgb_colour",
+    "square_columns",
+    "tile_grid",
+    "tile_origin",
+    "to_uint8",
+    "upscale",
+]
+
+FRAME_PIXELS = 1
+GRID_PADDING = 2
+PANEL_PADDING = 6
+FRAME_COLOUR = (0.35, 0.35, 0.35)
+DEAD_COLOUR = (1.0, 0.0, 0.0)
+NON_FINITE_COLOUR = (1.0, 0.0, 1.0)
+BACKGROUND_COLOUR = (1.0, 1.0, 1.0)
+# The grey (in 0..1) of patch pixels where a receptive field reaches past the image.
+OUTSIDE_GREY = 0.5
+# Palette of feature-map images: the colormap's levels first, then frames and background.
+COLORMAP_LEVELS = 252
+FRAME_INDEX, DEAD_INDEX, NON_FINITE_INDEX, BACKGROUND_INDEX = 252, 253, 254, 255
+
+
+class IndexedImage(NamedTuple):
+    """A palette image: ``indices`` ``(H, W)`` ``uint8`` into ``palette`` ``(256, 3)`` ``uint8``."""
+
+    indices: np.ndarray
+    palette: np.ndarray
+
+    def to_rgb(self) -> np.ndarray:
+        """The same image as an ``(H, W, 3)`` ``uint8`` array."""
+        return self.palette[self.indices]
+
+
+Image = Union[np.ndarray, IndexedImage]
+
+
+def resize_nearest(image: np.ndarray, height: int, width: int, first_axis: int = 0) -> np.ndarray:
+    """Nearest-neighbour resize along the two axes from ``first_axis`` (rows, then columns):
+    output row ``i`` is input row ``i * rows // height``, and likewise for columns."""
+    rows = np.arange(height) * image.shape[first_axis] // height
+    cols = np.arange(width) * image.shape[first_axis + 1] // width
+    return image.take(rows, axis=first_axis).take(cols, axis=first_axis + 1)
+
+
+def upscale(tiles: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of ``(N, h, w, C)`` tiles by a whole factor to ``min_pixels``."""
+    factor = math.ceil(min_pixels / min(tiles.shape[1:3]))
+    if factor <= 1:
+        return tiles
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def frame_kinds(count: int, marked: Sequence[int] = (), non_finite: Sequence[int] = ()) -> np.ndarray:
+    """Per tile, which frame it gets: grey, red for ``marked`` (dead), magenta for NaN/Inf."""
+    kinds = np.full(count, FRAME_INDEX, dtype=np.int64)
+    for indices, kind in ((marked, DEAD_INDEX), (non_finite, NON_FINITE_INDEX)):
+        kinds[[index for index in indices if 0 <= index < count]] = kind
+    return kinds
+
+
+def frame_tiles(tiles: np.ndarray, kinds: np.ndarray, colours: dict[int, np.ndarray]) -> np.ndarray:
+    """Surround each ``(h, w, C)`` tile with a thin frame of the colour its kind names."""
+    count, height, width, channels = tiles.shape
+    framed = np.empty((count, height + 2 * FRAME_PIXELS, width + 2 * FRAME_PIXELS, channels), dtype=tiles.dtype)
+    for kind, colour in colours.items():
+        framed[kinds == kind] = colour
+    framed[:, FRAME_PIXELS : FRAME_PIXELS + height, FRAME_PIXELS : FRAME_PIXELS + width] = tiles
+    return framed
+
+
+def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: np.ndarray) -> np.ndarray:
+    """Lay ``(N, h, w, C)`` tiles out in rows of ``nrow``, with ``make_grid``'s layout.
+
+    One reshape instead of ``make_grid``'s copy per tile: a snapshot has hundreds of tiles.
+    """
+    count, height, width, channels = tiles.shape
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    cell_height, cell_width = height + padding, width + padding
+    cells = _filled((rows * columns, cell_height, cell_width, channels), pad_value, tiles.dtype)
+    cells[:count, padding:, padding:] = tiles
+    grid = cells.reshape(rows, columns, cell_height, cell_width, channels).transpose(0, 2, 1, 3, 4)
+    image = _filled((rows * cell_height + padding, columns * cell_width + padding, channels), pad_value, tiles.dtype)
+    height, width = rows * cell_height, columns * cell_width
+    image[:height, :width] = grid.reshape(height, width, channels)
+    return image
+
+
+def _filled(shape: tuple[int, ...], colour: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.all(colour == colour.flat[0]):
+        return np.full(shape, colour.flat[0], dtype=dtype)  # one memset instead of a strided copy
+    array = np.empty(shape, dtype=dtype)
+    array[:] = colour
+    return array
+
+
+def square_columns(count: int) -> int:
+    """Columns for a near-square grid of ``count`` tiles."""
+    return max(1, math.ceil(math.sqrt(count)))
+
+
+def tile_origin(index: int, tile_height: int, tile_width: int, nrow: int) -> tuple[int, int]:
+    """Top-left pixel of tile ``index`` inside its frame, in a grid of framed tiles."""
+    row, column = divmod(index, nrow)
+    top = GRID_PADDING + row * (tile_height + 2 * FRAME_PIXELS + GRID_PADDING) + FRAME_PIXELS
+    left = GRID_PADDING + column * (tile_width + 2 * FRAME_PIXELS + GRID_PADDING) + FRAME_PIXELS
+    return top, left
+
+
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] to 0..255, rounding half to even."""
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def colormap_palette(colormap: str) -> np.ndarray:
+    """256 RGB colours: the colormap's levels, then frame, dead, non-finite and background."""
+    specials = [rgb_colour(colour) for colour in (FRAME_COLOUR, DEAD_COLOUR, NON_FINITE_COLOUR, BACKGROUND_COLOUR)]
+    palette = np.concatenate([_colormap_levels(colormap, COLORMAP_LEVELS), np.stack(specials)])
+    palette.setflags(write=False)  # shared by every image drawn with this colormap
+    return palette
+
+
+@lru_cache(maxsize=8)
+def _colormap_levels(name: str, levels: int) -> np.ndarray:
+    import matplotlib
+
+    colours = matplotlib.colormaps[name](np.linspace(0.0, 1.0, levels))[:, :3]
+    return to_uint8(colours)
+
+
+def rgb_colour(colour: Sequence[float]) -> np.ndarray:
+    """An RGB colour given in [0, 1] as 3 ``uint8`` values."""
+    return to_uint8(np.asarray(colour, dtype=np.float32))

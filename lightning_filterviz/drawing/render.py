@@ -1,0 +1,219 @@
+"""The pictures of a snapshot: filter grids, feature-map grids, filmstrips and drift strips.
+
+Knows no logger. Rendering runs on the background writer's thread, so it is written in
+NumPy: a torch op on a second thread starts a second OpenMP team, whose spinning
+threads take CPU from training on a small machine.
+
+Filter grids are ``(H, W, 3)`` ``uint8`` arrays; feature-map grids are
+:class:`~lightning_filterviz.core.tiles.IndexedImage` (colormap levels plus a 256-colour
+palette), which encode to PNG files a third the size of RGB ones. Small kernels are
+upscaled (nearest) to be seen; tiles, frames and colours come from
+:mod:`~lightning_filterviz.core.tiles`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from lightning_filterviz.core.filters import WeightNormalization, displayed_filters, non_finite_indices, normalize_filters
+from lightning_filterviz.core.tiles import (
+    BACKGROUND_COLOUR,
+    BACKGROUND_INDEX,
+    COLORMAP_LEVELS,
+    DEAD_COLOUR,
+    DEAD_INDEX,
+    FRAME_COLOUR,
+    FRAME_INDEX,
+    GRID_PADDING,
+    NON_FINITE_COLOUR,
+    NON_FINITE_INDEX,
+    PANEL_PADDING,
+    Image,
+    IndexedImage,
+    colormap_palette,
+    frame_kinds,
+    frame_tiles,
+    rgb_colour,
+    square_columns,
+    tile_grid,
+    to_uint8,
+    upscale,
+)
+
+__all__ = [
+    "FILMSTRIP_TILE_PIXELS",
+    "SIGNED_COLORMAP",
+    "activation_grid",
+    "drift_strip",
+    "filmstrip",
+    "probe_image_grid",
+    "weight_grid",
+]
+
+# A 3x3 kernel is drawn at least this many pixels wide.
+MIN_WEIGHT_TILE_PIXELS = 24
+MIN_MAP_TILE_PIXELS = 16
+# Diverging, white at zero: for a conv's output before any activation, which has a sign.
+SIGNED_COLORMAP = "RdBu_r"
+
+
+def weight_grid(
+    weight: Any,
+    normalization: WeightNormalization = "filter",
+    symmetric_range: Optional[float] = None,
+    marked: Sequence[int] = (),
+    rgb: Optional[bool] = None,
+) -> Image:
+    """Draw a conv layer's filters as one grid image.
+
+    Filters that look at an RGB image are drawn in colour. Filters with one input channel
+    (depthwise convs too) are drawn in grey. For any other number of input channels,
+    each filter shows its strongest input-channel slice (largest L2 norm) in grey, since
+    a mean over input channels cancels patterns of opposite sign.
+
+    Args:
+        weight: ``(F, C_in, kH, kW)`` filters (a CPU tensor or an array), or what
+            :func:`displayed_filters` returns for them.
+        normalization: ``"filter"`` maps each filter's own min..max to 0..1; ``"layer"``
+            uses the min..max over all drawn filters; ``"symmetric"`` maps
+            ``-symmetric_range..symmetric_range`` to 0..1, a fixed range that shows growth
+            in magnitude from one snapshot to the next.
+        symmetric_range: the half-range for ``"symmetric"``; default the largest ``|w|``.
+        marked: filter indices to frame in red (dead filters).
+        rgb: whether the 3 input channels are an image's RGB; default: exactly 3 input
+            channels. A grouped conv with 3 channels per group is not RGB.
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image for RGB filters; an :class:`IndexedImage` with a
+        grey palette for the others.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    rgb = weight.shape[1] == 3 if rgb is None else rgb
+    # The drawn slice of a filter holding NaN or Inf holds one too (see displayed_filters),
+    # so the drawn part alone says which filters are not finite, and the output of
+    # displayed_filters may be passed in instead of the whole weight.
+    shown = displayed_filters(weight, rgb)
+    non_finite = non_finite_indices(shown)
+    unit = normalize_filters(shown, normalization, symmetric_range)  # draws NaN and Inf as 0
+    kinds = frame_kinds(len(unit), marked, non_finite)
+    if unit.shape[1] == 1:
+        levels = np.rint(unit[:, 0] * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+        return IndexedImage(_indexed_grid(levels, kinds, MIN_WEIGHT_TILE_PIXELS), colormap_palette("gray"))
+    tiles = upscale(to_uint8(unit).transpose(0, 2, 3, 1), MIN_WEIGHT_TILE_PIXELS)
+    colours = {FRAME_INDEX: FRAME_COLOUR, DEAD_INDEX: DEAD_COLOUR, NON_FINITE_INDEX: NON_FINITE_COLOUR}
+    framed = frame_tiles(tiles, kinds, {kind: rgb_colour(colour) for kind, colour in colours.items()})
+    return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))
+
+
+def activation_grid(
+    maps: Any, marked: Sequence[int] = (), colormap: str = "viridis", signed: bool = False
+) -> IndexedImage:
+    """Draw feature maps: one panel per probe image, each a grid of its channels.
+
+    Values are normalized over the whole layer (not per channel), so a silent channel
+    looks silent next to a busy one.
+
+    Args:
+        maps: ``(images, channels, H, W)`` activations (a CPU tensor or an array).
+        marked: channel indices to frame in red (dead filters).
+        colormap: a matplotlib colormap name.
+        signed: map ``-m .. m`` (``m`` the largest ``|value|``), so that zero is the
+            colormap's middle: for a conv's output before any activation, drawn with a
+            diverging colormap (:data:`SIGNED_COLORMAP`).
+
+    Returns:
+        An :class:`IndexedImage`; ``.to_rgb()`` gives the ``(H, W, 3)`` ``uint8`` pixels.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    non_finite = np.flatnonzero(~np.isfinite(maps).all(axis=(0, 2, 3))).tolist()
+    if non_finite:  # a copy only when there is something to replace
+        maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    images, channels = maps.shape[:2]
+    low, high = maps.min(), maps.max()
+    if signed:
+        high = max(float(np.abs(maps).max()), 1e-12)
+        low = -high
+    levels = _colormap_indices(maps, low, high)
+    kinds = frame_kinds(channels, marked, non_finite)
+    panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
+
+
+def _colormap_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``low..high`` to colormap levels ``0..COLORMAP_LEVELS - 1`` (all 0 when the range is empty)."""
+    span = float(high) - float(low)
+    if not span > 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    # One temporary, scaled and rounded in place: feature maps are the largest arrays drawn.
+    scaled = np.subtract(values, np.float32(low), dtype=np.float32)
+    scaled *= np.float32((COLORMAP_LEVELS - 1) / span)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, COLORMAP_LEVELS - 1, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _indexed_grid(levels: np.ndarray, kinds: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Grid of ``(N, h, w)`` palette-level tiles with their frames: an ``(H, W)`` index image."""
+    tiles = upscale(levels[..., None], min_pixels)
+    # In a palette image a frame's colour is its palette index.
+    framed = frame_tiles(tiles, kinds, {kind: np.array([kind], dtype=np.uint8) for kind in np.unique(kinds)})
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    return tile_grid(framed, square_columns(len(tiles)), GRID_PADDING, background)[..., 0]
+
+
+def probe_image_grid(images: Any) -> np.ndarray:
+    """The probe's input images, each min-max normalized, side by side: ``(H, W, 3)`` ``uint8``."""
+    images = np.nan_to_num(np.asarray(images, dtype=np.float32))
+    unit = normalize_filters(images, "filter")
+    tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit[:, :3]).transpose(0, 2, 3, 1)
+    return tile_grid(tiles, len(tiles), GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))
+
+
+# Filmstrips stay readable (and cheap to write) however long the run: at most this many rows.
+FILMSTRIP_MAX_ROWS = 64
+FILMSTRIP_TILE_PIXELS = 12
+STRIP_CELL_PIXELS = 12
+
+
+def filmstrip(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """One row per snapshot, each showing that snapshot's filters left to right.
+
+    Args:
+        rows: per snapshot, ``(F, kh, kw, C)`` ``uint8`` normalized filters (C is 1 or 3).
+            Beyond :data:`FILMSTRIP_MAX_ROWS` rows, evenly spaced ones are drawn, always
+            with the first and the last.
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image.
+    """
+    if len(rows) > FILMSTRIP_MAX_ROWS:
+        chosen = np.unique(np.linspace(0, len(rows) - 1, FILMSTRIP_MAX_ROWS).round().astype(int))
+        rows = [rows[index] for index in chosen]
+    white = rgb_colour(BACKGROUND_COLOUR)
+    drawn = []
+    for row in rows:
+        tiles = upscale(np.repeat(row, 3, axis=3) if row.shape[3] == 1 else row, FILMSTRIP_TILE_PIXELS)
+        drawn.append(tile_grid(tiles, len(tiles), 1, white))
+    width = max(image.shape[1] for image in drawn)
+    padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255) for image in drawn]
+    return np.concatenate(padded, axis=0)
+
+
+def drift_strip(drift: Any, norm_ratio: Any, colormap: str = "viridis") -> IndexedImage:
+    """Two rows of cells, one cell per filter: its drift, and its weight norm beside it.
+
+    The top row maps cosine distance 0..1 from the initial filter (1: turned orthogonal;
+    beyond saturates); the bottom row maps the norm relative to the initial one, 0..2
+    (the middle colour: unchanged).
+    """
+    drift = np.clip(np.asarray(drift, dtype=np.float32), 0.0, 1.0)
+    ratio = np.clip(np.asarray(norm_ratio, dtype=np.float32) / 2.0, 0.0, 1.0)
+    levels = np.rint(np.concatenate([drift, ratio]) * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+    cells = np.broadcast_to(levels[:, None, None, None], (len(levels), STRIP_CELL_PIXELS, STRIP_CELL_PIXELS, 1))
+    background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
+    grid = tile_grid(np.ascontiguousarray(cells), len(drift), 1, background)
+    return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))

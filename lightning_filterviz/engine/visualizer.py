@@ -1,0 +1,386 @@
+"""The engine: one snapshot through its stages, with no Lightning in sight.
+
+:class:`FilterVisualizer` serves plain PyTorch loops and notebooks; the Lightning
+callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
+
+A snapshot flows one way::
+
+    training thread                     | writer thread (background=True)
+    probe_pass: the probe input, the    | delivery: waits for the copy, then
+      capture (reductions on the        |   run_state: dead, dormant, drift, filmstrip rows
+      device, one transfer to host)     |   views: the snapshot's images and scalars
+      (capture.py, transfer.py)  ---->  |   publishing: sink and history file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
+
+from lightning_utilities.core.rank_zero import rank_zero_only
+from torch import Tensor, nn
+
+from lightning_filterviz.core.arguments import VISUALIZER, with_args_section
+from lightning_filterviz.capture.probe_capture import ForwardFn
+from lightning_filterviz.capture.dataset_examples import ExampleCollector, InFlightExamples
+from lightning_filterviz.core.records import LayerExamples
+from lightning_filterviz.engine.delivery import Delivery
+from lightning_filterviz.capture.conv_layers import ConvLayer
+from lightning_filterviz.capture.probe import BatchKey
+from lightning_filterviz.core.pickling import RebuiltWhenUnpickled
+from lightning_filterviz.capture.probe_pass import ProbePass
+from lightning_filterviz.core.records import Snapshot
+from lightning_filterviz.core.filters import WeightNormalization
+from lightning_filterviz.state.run_state import RunState
+from lightning_filterviz.core.settings import VisualizerSettings, check_bool
+from lightning_filterviz.publishing.sinks.base import Sink, as_sink
+from lightning_filterviz.core.tags import with_logged_tags
+from lightning_filterviz.capture.tracking import TrainingBatchWatch
+
+__all__ = ["FilterVisualizer"]
+
+if not hasattr(rank_zero_only, "rank"):
+    # Lightning sets this when it is imported; a plain PyTorch script never does, and the
+    # rank-zero helpers refuse to run without it. Launchers export the rank as RANK.
+    rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))  # type: ignore[attr-defined]
+
+
+class FilterVisualizer(RebuiltWhenUnpickled):
+    """Snapshots a model's conv filters and feature maps and logs them, in any training loop.
+
+    Each :meth:`snapshot` runs the probe batch through the model once (eval mode, no
+    autograd, hooks removed afterwards), updates the dead-filter statistics and writes
+    what the layers show (the examples: :meth:`publish_dataset_examples`; the drift strips
+    of the latest snapshot: :meth:`finish`):
+
+    <logged tags>
+
+    With ``history_dir``, each snapshot's arrays are also saved as
+    ``<history_dir>/step_<step>.npz``.
+
+    On the training thread a snapshot costs the probe's forward plus a few kernel launches
+    and one non-blocking copy to host memory; with ``background=True`` everything else
+    (statistics, drift, drawing, writing) runs on the writer thread. :attr:`dead_filters`
+    and :attr:`dormant_filters` always reflect every snapshot taken so far, and
+    :attr:`dataset_examples` the latest examples published: reading them waits for the
+    writer to judge what it still holds (not to draw it).
+
+    Raises:
+        ValueError: for an argument outside its allowed values.
+        TypeError: for an argument of the wrong type, or a ``sink`` it cannot write to.
+
+    Example::
+
+        from torch.utils.tensorboard import SummaryWriter
+        from lightning_filterviz import FilterVisualizer
+
+        visualizer = FilterVisualizer(SummaryWriter("runs/cnn"))
+        probe = next(iter(val_loader))
+        for step, (images, labels) in enumerate(train_loader):
+            if step % 100 == 0:
+                visualizer.snapshot(model, probe, step)
+            ...  # the usual forward, backward and optimizer step
+        print(visualizer.dead_filters)
+    """
+
+    # Longer than this package's other classes for a reason: it is the public API, and more
+    # than half of it is that API's documentation. Each method hands over in a few lines, to
+    # the probe pass (training thread) or the delivery (writer thread).
+
+    # A spawned process watches its own model afresh.
+    rebuilt_when_unpickled = {"_probe_pass": lambda: None}
+
+    def __init__(
+        self,
+        sink: Union[Sink, Any, str, os.PathLike],
+        *,
+        layers: Optional[Sequence[str]] = None,
+        max_filters: int = 64,
+        max_images: int = 2,
+        dead_threshold: float = 0.0,
+        dead_patience: int = 2,
+        dormant_tau: float = 0.025,
+        weight_normalization: WeightNormalization = "filter",
+        log_weights: bool = True,
+        log_activations: bool = True,
+        batch_key: BatchKey = None,
+        forward_fn: Optional[ForwardFn] = None,
+        colormap: str = "viridis",
+        filmstrip_layers: Optional[Sequence[str]] = None,
+        views_every: int = 10,
+        response_layers: Optional[Sequence[str]] = None,
+        examples_layers: Optional[Sequence[str]] = None,
+        examples_k: int = 9,
+        history_dir: Optional[Union[str, os.PathLike]] = None,
+        background: bool = False,
+        max_pending: int = 2,
+    ) -> None:
+        # Every argument but ``sink``, ``history_dir`` and ``background`` is a setting of the same name.
+        self.settings = VisualizerSettings(**VisualizerSettings.arguments_in(locals()))
+        check_bool("background", background)
+        if history_dir is not None and not isinstance(history_dir, (str, os.PathLike)):
+            raise TypeError(f"`history_dir` must be None or a directory path, got {history_dir!r}.")
+        self._delivery = Delivery(
+            self.settings, as_sink(sink), history_dir, background=background, max_pending=max_pending
+        )
+        self._snapshot_count = 0
+        self._probe_logged = False
+        self._training_batches = TrainingBatchWatch()  # off for good once it failed
+        self._reset_watch()
+
+    def _reset_watch(self) -> None:
+        # The watched model, its convs, plan, training maxima and receptive fields.
+        self._probe_pass: Optional[ProbePass] = None
+
+    @property
+    def sink(self) -> Sink:
+        """Where images, scalars and text go (see :meth:`attach`)."""
+        return self._delivery.publisher.sink
+
+    @property
+    def state(self) -> RunState:
+        """The run's statistics and progress (updated on the writer thread with ``background=True``)."""
+        return self._delivery.state
+
+    @property
+    def batch_key(self) -> BatchKey:
+        """Where the model input is in a batch (see the ``batch_key`` argument)."""
+        return self.settings.batch_key
+
+    @property
+    def dead_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices now dead, after every snapshot taken."""
+        self._delivery.wait_for_results()
+        return self.state.tracker.dead_filters
+
+    @property
+    def dormant_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
+        self._delivery.wait_for_results()
+        return {name: list(indices) for name, indices in self.state.dormant.items()}
+
+    @property
+    def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
+        """Conv name -> per drawn filter, ``[(dataset_index, value), ...]`` of the examples it
+        fired on most in the latest pass (see :meth:`dataset_examples_pass`), strongest first.
+        ``dataset_index`` is ``None`` where the pass did not know it."""
+        self._delivery.wait_for_results()
+        return self.state.dataset_examples
+
+    @property
+    def dataset_example_positions(self) -> dict[str, list[list[tuple[int, int]]]]:
+        """Like :attr:`dataset_examples`: the input pixel ``(y, x)`` at the centre of each
+        example's receptive field, where the filter peaks."""
+        self._delivery.wait_for_results()
+        return self.state.dataset_example_positions
+
+    def attach(
+        self,
+        sink: Union[Sink, Any, str, os.PathLike],
+        history_dir: Optional[Union[str, os.PathLike]] = None,
+        *,
+        new_run: bool = False,
+    ) -> None:
+        """Write from now on to ``sink`` (and save history files in ``history_dir``, if given).
+
+        Waits for snapshots still being written to the previous destination. With
+        ``new_run``, the next snapshot also writes the probe images and the layer table,
+        which a new destination has not seen.
+        """
+        self._delivery.attach(as_sink(sink), history_dir)
+        if new_run:
+            self._probe_logged = False
+            self.state.described = False
+
+    def reset(self) -> None:
+        """Forget the run so far (statistics, drift baselines, filmstrips, the watched model),
+        after writing what is still queued; the settings and the destination stay."""
+        self._delivery.reset()
+        self._snapshot_count = 0
+        self._probe_logged = False
+        self._training_batches = TrainingBatchWatch()  # a new run watches training batches again
+        self._reset_watch()
+
+    def watch(self, model: nn.Module) -> list[ConvLayer]:
+        """Resolve which conv layers of ``model`` are watched.
+
+        Raises:
+            ValueError: if a name or pattern in ``layers`` matches no conv layer, or one in
+                ``filmstrip_layers`` or ``response_layers`` none of the watched ones.
+        """
+        self._reset_watch()
+        self._probe_pass = ProbePass(model, self.settings)
+        self.state.progress.filmstrip_layers = self._probe_pass.resolve_layer_arguments()
+        return self._probe_pass.layers
+
+    def snapshot(
+        self,
+        model: nn.Module,
+        batch: Any,
+        step: int,
+        *,
+        forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
+        convert_input: Optional[Callable[[Tensor], Tensor]] = None,
+        publish: bool = True,
+    ) -> Snapshot:
+        """Capture the watched layers on ``batch`` at training step ``step`` and log them.
+
+        Args:
+            model: the network; its train/eval flags and RNG state are left as they were.
+            batch: the probe batch (the model input is taken out of it with ``batch_key``).
+            step: the step the images and scalars are logged at: an int (a step held in a GPU
+                tensor would be read with a host synchronization).
+            forward_context: a context manager factory around the forward (autocast).
+            convert_input: a dtype conversion applied to the probe's tensors.
+            publish: render and write (in the background writer when ``background=True``);
+                ``False`` only captures and updates the statistics.
+
+        Returns:
+            The :class:`~lightning_filterviz.core.records.Snapshot`. With ``background=True``
+            its tensors (once their copy to host memory has arrived), statistics and
+            progress fields are filled in on the writer thread: read it after :meth:`flush`.
+
+        Raises:
+            ValueError: if a requested layer matches no conv, the batch has no model input
+                where ``batch_key`` says, or a watched conv has no weights yet (a lazy module
+                before its first forward).
+            TypeError: if ``step`` is not an integer.
+        """
+        step = _as_step(step)
+        self._delivery.report_failure()
+        self.poll()
+        # Training thread: the probe pass, reductions on the device, one copy to host memory.
+        probe_pass = self._probe_pass_of(model)
+        draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.settings.views_every == 0
+        captured = probe_pass.capture(
+            model,
+            batch,
+            step,
+            forward_context=forward_context,
+            convert_input=convert_input,
+            draw_views=draw_views,
+            probe_images=not self._probe_logged,
+        )
+        self._probe_logged = self._probe_logged or captured.carries(captured.snapshot, "probe_images")
+        in_flight = captured.ship()
+        self._snapshot_count += 1
+        # Writer thread (or here, with background=False): run state, views, publishing.
+        self._delivery.submit_snapshot(in_flight, publish)
+        return captured.snapshot
+
+    @contextlib.contextmanager
+    def training_batch(self, model: nn.Module) -> Iterator[None]:
+        """Watch one training forward pass, so that a filter firing on it is not called dead.
+
+        Wrap the forward (not the backward) of a training step. Only per-channel maxima
+        are kept, on the model's device, with no host synchronization; the next
+        :meth:`snapshot` ships them with the rest: a filter is off at a snapshot only if it
+        stayed off on the probe and on every training batch watched since the previous one.
+        After the first snapshot, a conv whose ReLU-family activation takes its input from a
+        module (the conv, or its normalization) is watched by a plain hook there, the other
+        ReLU-family convs by the tracer, and a conv without such an activation not at all
+        (nothing about it is judged dead); before the first snapshot, every conv by the tracer.
+        An error of this watching is never raised into the forward: it stops the watching
+        for the rest of the run, with one warning.
+
+        Example::
+
+            with visualizer.training_batch(model):
+                loss = criterion(model(images), labels)
+            loss.backward()
+        """
+        with self._training_batches.watching(lambda: self._probe_pass_of(model), self.settings.dead_threshold):
+            yield
+
+    def dataset_examples_pass(self, model: nn.Module) -> Optional[ExampleCollector]:
+        """A collector of dataset examples for one pass over a dataset (a validation run).
+
+        ``None`` when there is nothing to collect: no snapshot of ``model`` yet (the first one
+        finds each conv's activation and measures the receptive fields), or no layer of
+        ``examples_layers`` with a ReLU-family activation that one module's output shows
+        (see the layer table) and a measured receptive field.
+
+        Example::
+
+            collector = visualizer.dataset_examples_pass(model)
+            with collector.collecting(), torch.no_grad():
+                start = 0
+                for images, _ in val_loader:  # in order, so positions are dataset indices
+                    collector.next_batch(images, torch.arange(start, start + len(images)))
+                    model(images)
+                    start += len(images)
+            visualizer.publish_dataset_examples(collector.results(), model, step)
+        """
+        if self._probe_pass is None or not self._probe_pass.watches(model):
+            return None
+        layers = self._probe_pass.example_layers()
+        return ExampleCollector(layers, self.settings.max_filters, self.settings.examples_k) if layers else None
+
+    def publish_dataset_examples(
+        self, examples: dict[str, LayerExamples], model: nn.Module, step: int, *, gathered: bool = False
+    ) -> None:
+        """Keep ``examples`` (:meth:`ExampleCollector.results`) as :attr:`dataset_examples`,
+        and write their images (``filterviz/examples/<layer>``) and history file at ``step``.
+        They cross to the host in one non-blocking copy, read on the writer thread; call it
+        with the model in eval mode (its weights are read as the eval forward computes them).
+        With ``gathered``, ``examples`` hold several ranks' results stacked ``(ranks, F, k, ...)``
+        (see :func:`~lightning_filterviz.integration.validation_examples.gathered_examples`): the writer
+        thread merges them into the ``k`` strongest per filter, each sample once."""
+        step = _as_step(step)
+        watched = self._probe_pass.layers if self._probe_pass is not None else []
+        convs = {layer.name: layer.module for layer in watched if layer.name in examples}
+        weights = {name: conv.weight[: self.settings.max_filters] for name, conv in convs.items()}
+        rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
+        self._delivery.submit_examples(InFlightExamples(examples, weights, gathered=gathered), step, rgb)
+
+    def finish(self, step: int) -> None:
+        """Write the filmstrips as they stand at ``step`` (the end of training) and the drift
+        strips of the latest snapshot, when it did not draw them; then flush."""
+        self._delivery.submit_ending(_as_step(step))
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait until every submitted snapshot is written, then flush the sink."""
+        self._delivery.flush()
+
+    def poll(self) -> None:
+        """On the training thread: show the messages the writer has queued, and let sinks whose
+        logger must be called from this thread (e.g. ``CSVLogger``'s ``log_metrics``) deliver.
+        Cheap when there is nothing to do; the callback calls it after every training batch."""
+        self._delivery.poll()
+
+    def close(self) -> None:
+        """Flush, then stop the background writer (a later snapshot starts it again)."""
+        self._delivery.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        self._delivery.wait_for_results()
+        return {**self.state.state_dict(), "probe_logged": self._probe_logged, "snapshot_count": self._snapshot_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._delivery.wait_for_results()
+        self.state.load_state_dict(state)
+        self._probe_logged = bool(state.get("probe_logged", False))
+        self._snapshot_count = int(state.get("snapshot_count", 0))
+
+    def _probe_pass_of(self, model: nn.Module) -> ProbePass:
+        if self._probe_pass is None or not self._probe_pass.watches(model):
+            self.watch(model)
+        assert self._probe_pass is not None
+        return self._probe_pass
+
+
+# The tags and the Args section, each documented once (None: docstrings stripped by python -OO).
+if FilterVisualizer.__doc__ is not None:
+    FilterVisualizer.__doc__ = with_args_section(
+        with_logged_tags(FilterVisualizer.__doc__), FilterVisualizer.__init__, VISUALIZER
+    )
+
+
+def _as_step(step: Any) -> int:
+    try:
+        return operator.index(step)  # int, NumPy and 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"`step` must be an integer (the training step), got {step!r}.") from None

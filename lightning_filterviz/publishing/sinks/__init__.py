@@ -1,0 +1,1 @@
+"""Where rendered outputs go: one sink per logger or destination, one file each."""

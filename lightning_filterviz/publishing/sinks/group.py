@@ -1,0 +1,89 @@
+"""One snapshot, several sinks: each image encoded once, and a failing sink does not stop the others."""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Mapping
+
+from lightning_filterviz.core.png import EncodedImage
+from lightning_filterviz.core.records import Table
+from lightning_filterviz.publishing.sinks.base import Sink, write_images, write_scalars, write_table
+from lightning_filterviz.core.tiles import Image
+
+__all__ = ["SinkGroup"]
+
+
+class SinkGroup:
+    """Hands everything it gets to each of its sinks.
+
+    Images arrive as :class:`~lightning_filterviz.core.png.EncodedImage`, so their PNG bytes are
+    encoded at most once, whatever the number of sinks that want them. A sink that raises
+    is left out for the rest of the run (see :meth:`take_failures`); the other sinks go on
+    getting every snapshot.
+
+    Args:
+        sinks: a name for each sink (it appears in messages, e.g. ``"WandbLogger"``) -> the sink.
+
+    Example::
+
+        group = SinkGroup({"TensorBoard": TensorBoardSink(writer), "PNG files": DirectorySink("out")})
+        visualizer = FilterVisualizer(group)
+    """
+
+    def __init__(self, sinks: Mapping[str, Sink]) -> None:
+        self._sinks = dict(sinks)
+        self._failures: collections.deque[tuple[str, Exception]] = collections.deque()
+
+    @property
+    def sinks(self) -> dict[str, Sink]:
+        """The sinks still written to, by name."""
+        return dict(self._sinks)
+
+    def add_image(self, tag: str, image: Image, step: int) -> None:
+        self.add_encoded_images({tag: EncodedImage(image)}, step)
+
+    def add_encoded_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
+        self._each(lambda sink: write_images(sink, images, step))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.add_scalars({tag: value}, step)
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> None:
+        self._each(lambda sink: write_scalars(sink, values, step))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self._each(lambda sink: sink.add_text(tag, text, step))
+
+    def add_table(self, tag: str, table: Table, step: int) -> None:
+        self._each(lambda sink: write_table(sink, tag, table, step))
+
+    def flush(self) -> None:
+        self._each(lambda sink: sink.flush())
+
+    def on_training_thread(self) -> None:
+        """Let the sinks that must call their logger from the training thread do so now."""
+        self._each(_on_training_thread)
+
+    def take_failures(self) -> list[tuple[str, Exception]]:
+        """The sinks left out since the last call, by name, with what they raised (safe to
+        call from any thread)."""
+        taken = []
+        while self._failures:
+            taken.append(self._failures.popleft())
+        return taken
+
+    def _each(self, call: Callable[[Sink], None]) -> None:
+        # A copy: the writer thread and the training thread may both be here, and either may
+        # leave a failed sink out.
+        for name, sink in list(self._sinks.items()):
+            try:
+                call(sink)
+            except Exception as error:  # one logger's trouble must not cost the others their records
+                if self._sinks.pop(name, None) is not None:
+                    self._failures.append((name, error))
+
+
+def _on_training_thread(sink: Sink) -> None:
+    deliver = getattr(sink, "on_training_thread", None)
+    if deliver is not None:
+        deliver()

@@ -1,0 +1,1 @@
+"""The offline HTML report, built from the history files; no torch."""

@@ -1,0 +1,245 @@
+"""The report's HTML: one section per run (summary, charts, final filters, filmstrips) and the page.
+
+The page is self-contained: an inline style, no scripts, and images embedded as base64
+PNG data URIs, so it can be mailed or archived alone.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from lightning_filterviz.drawing.example_images import examples_history_image
+from lightning_filterviz.core.layer_names import resolve_layer_patterns
+from lightning_filterviz.core.png import encode_png
+from lightning_filterviz.report.images import (
+    data_uri,
+    filmstrip_image,
+    filmstrip_rows,
+    filter_grid,
+    layer_colours,
+    line_chart_png,
+)
+from lightning_filterviz.report.runs import Run, SnapshotRecord, drift_series, fraction_series
+
+__all__ = ["EXAMPLES_DISPLAY_SCALE", "FILMSTRIP_DISPLAY_SCALE", "STYLE", "page_html", "run_html"]
+
+# The filmstrip is shown this many times its pixel size.
+EXAMPLES_DISPLAY_SCALE = 3  # the history keeps 16-pixel patches
+FILMSTRIP_DISPLAY_SCALE = 2
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; word-break: break-all; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; word-break: break-all; }
+figure { margin: 1em 0; }
+figcaption { color: #555; font-size: .9em; margin-top: .3em; }
+img { max-width: 100%; }
+img.pixels { image-rendering: pixelated; }
+table { border-collapse: collapse; font-size: .9em; }
+td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.none { color: #777; font-style: italic; }
+"""
+
+
+def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None, examples_filter: int = 0) -> str:
+    """The HTML of one run: a summary, the three charts, the final filters, the filmstrips
+    and, where validation runs collected them, one filter's dataset examples over time.
+
+    Args:
+        run: a run with at least one snapshot.
+        filmstrip_patterns: layer names or fnmatch patterns for filmstrips; ``None``: the first layer.
+        examples_filter: the filter whose dataset examples are shown, per layer that has them.
+
+    Returns:
+        An HTML fragment.
+    """
+    parts = [
+        *_run_intro(run),
+        _summary_table(run),
+        *_chart_sections(run, layer_colours(run.layers)),
+        *_final_filter_sections(run.records[-1]),
+        *_filmstrip_sections(run, filmstrip_patterns),
+        *_examples_sections(run, examples_filter),
+    ]
+    return "\n".join(parts)
+
+
+def page_html(title: str, body: Sequence[str]) -> str:
+    """A complete HTML page: inline style, no scripts, no external resources."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _run_intro(run: Run) -> list[str]:
+    """The run's heading and a line on its snapshots, steps and where they lie."""
+    steps, last = run.steps, run.records[-1]
+    return [
+        f"<h2>Run: {html.escape(run.label)}</h2>",
+        f"<p>{len(steps)} snapshot{'s' if len(steps) != 1 else ''} "
+        f"in <code>{html.escape(str(run.history_dir))}</code>; "
+        f"steps: {html.escape(', '.join(str(step) for step in steps))}. Layers at step {last.step}:</p>",
+    ]
+
+
+def _summary_table(run: Run) -> str:
+    """A table of every layer at the last snapshot: filters, dead, dormant, mean drift."""
+    last = run.records[-1]
+    rows = ["<tr><th>layer</th><th>filters</th><th>dead</th><th>dormant</th><th>mean drift</th></tr>"]
+    for name in last.layers:
+        cells = [
+            html.escape(name),
+            str(last.out_channels[name]),
+            str(len(last.dead[name])) if name in last.dead else "–",
+            str(len(last.dormant[name])) if name in last.dormant else "–",
+            f"{float(np.mean(last.drift[name])):.3f}" if last.drift.get(name, np.empty(0)).size else "–",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _chart_sections(run: Run, colours: dict[str, Any]) -> list[str]:
+    """The dead, dormant and drift charts of every layer over the steps."""
+    return [
+        _chart_section(
+            "Dead filters",
+            fraction_series(run, "dead"),
+            "dead fraction",
+            (0.0, 1.0),
+            colours,
+            "Fraction of each layer's filters that never fired on the probe for several snapshots in a row.",
+            "No layer recorded dead filters (only convs followed by a ReLU-family activation do).",
+        ),
+        _chart_section(
+            "Dormant filters",
+            fraction_series(run, "dormant"),
+            "dormant fraction",
+            (0.0, 1.0),
+            colours,
+            "Fraction of each layer's filters whose mean |activation| is a tiny part of the layer's average.",
+            "No layer recorded dormant filters (they need a captured activation).",
+        ),
+        _chart_section(
+            "Filter drift",
+            drift_series(run),
+            "mean drift (1 - cosine)",
+            # Drift spans [0, 2] but training moves filters far less: a fixed top would flatten the lines.
+            (0.0, None),
+            colours,
+            "Mean cosine distance of each layer's filters from their first snapshot: "
+            "0 kept direction, 1 orthogonal, 2 reversed.",
+            "No snapshot recorded filter drift.",
+        ),
+    ]
+
+
+def _final_filter_sections(last: SnapshotRecord) -> list[str]:
+    """Each layer's filter grid at the last snapshot, dead filters framed in red."""
+    sections = []
+    for name in last.layers:
+        filters = last.filters[name]
+        dead = last.dead.get(name, np.empty(0, dtype=np.int64))
+        sections.append(
+            _figure_html(
+                f"Final filters: {name}",
+                data_uri(encode_png(filter_grid(filters, dead))),
+                f"{len(filters)} of {last.out_channels[name]} filters at step {last.step}, "
+                f"each scaled to its own min..max; red frame: dead ({len(dead)}).",
+                f"filters of {name}",
+                pixels=True,
+            )
+        )
+    return sections
+
+
+def _chart_section(
+    heading: str,
+    series: dict[str, tuple[list[int], list[float]]],
+    ylabel: str,
+    ylim: tuple[float, Optional[float]],
+    colours: dict[str, Any],
+    caption: str,
+    missing: str,
+) -> str:
+    """One chart's section, or the ``missing`` note when no layer has the series."""
+    if not series:
+        return _figure_html(heading, None, missing, heading)
+    return _figure_html(heading, data_uri(line_chart_png(series, ylabel, ylim, colours)), caption, heading)
+
+
+def _filmstrip_sections(run: Run, patterns: Optional[Sequence[str]]) -> list[str]:
+    """A filmstrip section per layer matching ``patterns``, or a note when none matches."""
+    layers = resolve_layer_patterns(patterns, run.layers)
+    if not layers:
+        wanted = ", ".join(patterns or ())
+        return [_figure_html("Filmstrip", None, f"No layer of this run matches {wanted}.", "filmstrip")]
+    sections = []
+    for name in layers:
+        rows = filmstrip_rows(run.records, name)
+        steps = ", ".join(str(record.step) for record in rows)
+        image = filmstrip_image(rows, name)
+        sections.append(
+            _figure_html(
+                f"Filmstrip: {name}",
+                data_uri(encode_png(image)),
+                f"{name}'s filters at each snapshot, top to bottom: steps {steps}.",
+                f"filmstrip of {name}",
+                pixels=True,
+                # Small tiles keep the PNG small; the browser doubles them, unsmoothed.
+                width=FILMSTRIP_DISPLAY_SCALE * image.shape[1],
+            )
+        )
+    return sections
+
+
+def _examples_sections(run: Run, filter_index: int) -> list[str]:
+    """Per layer with dataset examples: one filter's strongest validation images at each
+    validation run, one row per run."""
+    layers = list(dict.fromkeys(layer for record in run.examples for layer in record.patches))
+    sections = []
+    for layer in layers:
+        records = [record for record in run.examples if layer in record.patches]
+        heading = f"Dataset examples: {layer}, filter {filter_index}"
+        if filter_index >= records[-1].patches[layer].shape[0]:
+            count = records[-1].patches[layer].shape[0]
+            sections.append(_figure_html(heading, None, f"{layer} has examples for filters 0 to {count - 1}.", heading))
+            continue
+        image = examples_history_image(np.stack([record.patches[layer][filter_index] for record in records]))
+        first = [int(index) for index in records[-1].indices[layer][filter_index] if index >= 0]
+        caption = (
+            f"The validation images where filter {filter_index} of {layer} fires most, strongest first, one row per "
+            f"validation run (steps {', '.join(str(record.step) for record in records)}). "
+            f"Latest, by dataset index: {', '.join(map(str, first)) or 'not known (the loader was shuffled)'}."
+        )
+        uri, width = data_uri(encode_png(image)), EXAMPLES_DISPLAY_SCALE * image.shape[1]
+        sections.append(_figure_html(heading, uri, caption, heading, pixels=True, width=width))
+    return sections
+
+
+def _figure_html(
+    heading: str, image_uri: Optional[str], caption: str, alt: str, pixels: bool = False, width: Optional[int] = None
+) -> str:
+    """A ``<section>`` with a heading, one image (or a note when there is no data) and a caption.
+
+    ``pixels`` images are scaled without smoothing; ``width`` sets their displayed width.
+    """
+    parts = [f"<h3>{html.escape(heading)}</h3>"]
+    if image_uri is None:
+        parts.append(f'<p class="none">{html.escape(caption)}</p>')
+    else:
+        css = ' class="pixels"' if pixels else ""
+        size = f' width="{width}"' if width is not None else ""
+        parts.append(
+            f'<figure><img{css}{size} alt="{html.escape(alt)}" src="{image_uri}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return "<section>" + "".join(parts) + "</section>"

@@ -1,0 +1,170 @@
+"""What a run remembers from one snapshot to the next, and what it makes of each new one.
+
+Dead-filter streaks, dormant filters, the symmetric normalization ranges, the initial
+filters drift is measured from, the filmstrip rows, which layers were warned about, the
+latest dataset examples, and the checkpoint state of all of it (examples aside). With
+``background=True`` every method here runs on the writer thread, so the training thread
+pays none of it; messages for the user are queued and emitted on the training thread
+(see :meth:`RunState.take_messages`).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+import numpy as np
+
+from lightning_filterviz.state.progress import ProgressTracker
+from lightning_filterviz.core.records import Snapshot, Table
+from lightning_filterviz.core.settings import VisualizerSettings
+from lightning_filterviz.state.stats import DeadFilterTracker, dormant_indices
+
+if TYPE_CHECKING:
+    from lightning_filterviz.core.records import LayerExamples
+
+__all__ = ["DEAD_FRACTION_WARNING", "Message", "RunState", "layer_table"]
+
+# Past this dead fraction a layer is in trouble; say so once.
+DEAD_FRACTION_WARNING = 0.5
+
+# ("warn" or "info", text)
+Message = tuple[str, str]
+
+
+class RunState:
+    """The statistics and progress of one run, updated snapshot by snapshot.
+
+    Args:
+        settings: the engine's settings.
+    """
+
+    def __init__(self, settings: VisualizerSettings) -> None:
+        self.settings = settings
+        self.tracker = DeadFilterTracker(threshold=settings.dead_threshold, patience=settings.dead_patience)
+        self.progress = ProgressTracker()
+        self.dormant: dict[str, list[int]] = {}
+        self.symmetric_ranges: dict[str, float] = {}
+        self.warned_dead: set[str] = set()
+        self.described = False
+        # The latest snapshot's drift when its strips were not drawn with it (see finish()).
+        self.undrawn_drift: Optional[Snapshot] = None
+        # The latest validation run's dataset examples, per conv and drawn filter, strongest first.
+        self.dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
+        self.dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
+        self._messages: collections.deque[Message] = collections.deque()
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Judge one snapshot and fill in its statistics and progress fields."""
+        self.tracker.update(snapshot)
+        self.dormant = {
+            name: dormant_indices(layer.channel_mean_abs, self.settings.dormant_tau)
+            for name, layer in snapshot.layers.items()
+            if layer.channel_mean_abs is not None
+        }
+        snapshot.dead_filters = self.tracker.dead_filters
+        snapshot.dormant_filters = {name: list(indices) for name, indices in self.dormant.items()}
+        snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
+        self.progress.update(snapshot, self.settings.weight_normalization, snapshot.symmetric_ranges)
+        if snapshot.draw_views and self.settings.log_weights:
+            snapshot.filmstrips = self.filmstrip_rows()
+        # Kept (drift only, no maps) so that the end of the run can draw the last snapshot's drift strips.
+        self.undrawn_drift = None if snapshot.draw_views else _drift_of(snapshot)
+        self._describe_once(snapshot)
+        self._warn_on_dying_layers(snapshot.step)
+
+    def keep_examples(self, examples: Mapping[str, LayerExamples]) -> None:
+        """Keep a validation run's dataset examples (on the host) as lists."""
+        self.dataset_examples = {name: found.as_lists() for name, found in examples.items()}
+        self.dataset_example_positions = {name: found.position_lists() for name, found in examples.items()}
+
+    def filmstrip_rows(self) -> dict[str, list[np.ndarray]]:
+        """Per filmstrip layer with at least one row, its rows so far."""
+        rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}
+        return {name: layer_rows for name, layer_rows in rows.items() if layer_rows}
+
+    def warn(self, text: str) -> None:
+        """Queue a warning for the user (shown on the training thread)."""
+        self._messages.append(("warn", text))
+
+    def take_messages(self) -> list[Message]:
+        """The messages queued for the user since the last call (thread-safe)."""
+        taken = []
+        while self._messages:
+            taken.append(self._messages.popleft())
+        return taken
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tracker": self.tracker.state_dict(),
+            "symmetric_ranges": dict(self.symmetric_ranges),
+            "warned_dead": sorted(self.warned_dead),
+            "dormant": {name: list(indices) for name, indices in self.dormant.items()},
+            "progress": self.progress.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state.get("tracker", {}))
+        self.symmetric_ranges = dict(state.get("symmetric_ranges", {}))
+        self.warned_dead = set(state.get("warned_dead", []))
+        self.dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
+        self.progress.load_state_dict(state.get("progress", {}))
+
+    def _symmetric_ranges_for(self, snapshot: Snapshot) -> dict[str, float]:
+        if self.settings.weight_normalization != "symmetric":
+            return {}
+        for name, layer in snapshot.layers.items():
+            # Fixed at the first snapshot, so later images show how the weights grew or shrank.
+            if name not in self.symmetric_ranges:
+                self.symmetric_ranges[name] = max(float(np.abs(layer.weight.numpy()).max(initial=0.0)), 1e-12)
+        return {name: self.symmetric_ranges[name] for name in snapshot.layers}
+
+    def _warn_on_dying_layers(self, step: int) -> None:
+        for name in self.tracker.judged_layers:
+            fraction = self.tracker.dead_fraction(name)
+            if fraction > DEAD_FRACTION_WARNING and name not in self.warned_dead:
+                self.warned_dead.add(name)
+                self._messages.append((
+                    "warn",
+                    f"filterviz: {fraction:.0%} of the filters of `{name}` are dead at step {step} "
+                    f"(ReLU output <= {self.tracker.threshold} on the whole probe for {self.tracker.patience} "
+                    "snapshots in a row). A lower learning rate, a different init or a leaky activation may help.",
+                ))
+
+    def _describe_once(self, snapshot: Snapshot) -> None:
+        if self.described or not self.settings.log_activations:
+            return
+        self.described = True
+        snapshot.layer_table = layer_table(snapshot)
+        table = snapshot.layer_table.markdown()
+        self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + table))
+        not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
+        if not_relu:
+            self._messages.append((
+                "info",
+                f"filterviz: dead filters are not judged for {not_relu}: their activation is not of the ReLU "
+                "family and never stays at exactly zero; their dormant fraction is logged.",
+            ))
+
+
+def layer_table(snapshot: Snapshot) -> Table:
+    """Each watched conv, the activation it maps to (or why it has none), and how
+    ``track_training_batches`` watches it: a hook on the module in front of its ReLU, or
+    the tracer (which costs more per step)."""
+    rows = []
+    for name, layer in snapshot.layers.items():
+        activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
+        if layer.pre_activation:
+            activation += "; its output is drawn, signed (pre-activation)"
+        if layer.activation and layer.through:
+            activation += f" (through {', '.join(layer.through)})"
+        judged = "yes" if layer.zeroing else "no"
+        rows.append((name, str(layer.out_channels), activation, judged, layer.watched_by or "-"))
+    columns = ("conv", "filters", "activation", "dead judged", "training batches watched by")
+    return Table(columns=columns, rows=tuple(rows))
+
+
+def _drift_of(snapshot: Snapshot) -> Optional[Snapshot]:
+    if not snapshot.drift:
+        return None
+    return Snapshot(step=snapshot.step, drift=dict(snapshot.drift), weight_norm_ratio=dict(snapshot.weight_norm_ratio))
