@@ -197,18 +197,41 @@ def test_snapshots_per_epoch_are_counted_from_max_steps(max_steps, warned, tmp_p
         assert sampling == []
 
 
-def test_every_setting_reaches_the_engine_by_name(tmp_path):
-    """The constructors hand their settings on by name: each given value arrives, none is dropped."""
-    settings = {field.name for field in dataclasses.fields(VisualizerSettings)}
-    assert settings - set(constructor_arguments(FilterVisualizer)) == set()
-    given = dict(
-        layers=["net.3"], max_filters=5, max_images=3, dead_threshold=0.5, dead_patience=4, dormant_tau=0.5,
-        weight_normalization="layer", log_weights=False, log_activations=False, batch_key=1, forward_fn=len,
-        colormap="magma", filmstrip_layers=[], views_every=3, response_layers=[], examples_layers=[], examples_k=2,
-    )
-    visualizer = FilterVisualizer(str(tmp_path), max_pending=7, **given)
-    monitor = FilterMonitor(**given)
-    expected = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
-    for engine_settings in (visualizer.settings, monitor.engine.settings):
-        assert {name: getattr(engine_settings, name) for name in expected} == expected
-    assert visualizer.settings.max_pending == 7
+# A valid value for every setting, none of them its default.
+NON_DEFAULT_SETTINGS = dict(
+    layers=["net.3"], max_filters=5, max_images=3, dead_threshold=0.5, dead_patience=4, dormant_tau=0.5,
+    weight_normalization="layer", log_weights=False, log_activations=False, batch_key=1, forward_fn=len,
+    colormap="magma", filmstrip_layers=[], views_every=3, response_layers=[], examples_layers=[], examples_k=2,
+    max_pending=7,
+)
+# Settings FilterMonitor leaves at their default: its writer waits for at most two snapshots.
+NOT_MONITOR_SETTINGS = {"max_pending"}
+
+
+def as_held(value):
+    """A setting's value as the settings hold it: a list of layer names as a tuple."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def test_every_setting_has_a_non_default_value_to_pass():
+    fields = {field.name: field.default for field in dataclasses.fields(VisualizerSettings)}
+    assert set(NON_DEFAULT_SETTINGS) == set(fields)
+    assert [name for name, value in NON_DEFAULT_SETTINGS.items() if as_held(value) == fields[name]] == []
+
+
+@pytest.mark.parametrize(
+    ("owner", "not_taken"), [(FilterVisualizer, set()), (FilterMonitor, NOT_MONITOR_SETTINGS)], ids=[VISUALIZER, MONITOR]
+)
+def test_every_setting_argument_reaches_the_settings_by_its_name(owner, not_taken, tmp_path):
+    """One setting at a time: its value arrives where it belongs, and every other setting
+    keeps its default (a dropped or misrouted argument fails here)."""
+    fields = {field.name: field.default for field in dataclasses.fields(VisualizerSettings)}
+    arguments = constructor_arguments(owner)
+    assert set(fields) - set(arguments) == not_taken
+    for name, value in NON_DEFAULT_SETTINGS.items():
+        if name in not_taken:
+            continue
+        built = owner(str(tmp_path), **{name: value}) if owner is FilterVisualizer else owner(**{name: value})
+        settings = built.settings if owner is FilterVisualizer else built.engine.settings
+        held = {field: getattr(settings, field) for field in fields}
+        assert held == {**fields, name: as_held(value)}, name

@@ -5,10 +5,9 @@ Each check fails with one line naming the argument, what it got and what it acce
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from lightning_filterviz.core.filters import WEIGHT_NORMALIZATIONS, WeightNormalization
 
@@ -24,14 +23,17 @@ BatchKey = Union[int, str, Callable[[Any], Any], None]
 class VisualizerSettings:
     """What :class:`~lightning_filterviz.FilterVisualizer` was asked to do.
 
-    The attributes are the engine's keyword arguments of the same names; see its docstring.
+    Built from keyword arguments, each passed by name by the engine's constructor (and,
+    through it, by FilterMonitor's), and validated here only. The attributes are the
+    engine's keyword arguments of the same names (see its docstring); a list of layer
+    names or patterns is held as a tuple.
 
     Raises:
         ValueError: for a value outside an argument's range.
         TypeError: for a value of the wrong type.
     """
 
-    layers: Optional[tuple[str, ...]] = None
+    layers: Optional[Sequence[str]] = None
     max_filters: int = 64
     max_images: int = 2
     dead_threshold: float = 0.0
@@ -43,10 +45,10 @@ class VisualizerSettings:
     batch_key: BatchKey = None
     forward_fn: Optional[Callable[..., Any]] = None
     colormap: str = "viridis"
-    filmstrip_layers: Optional[tuple[str, ...]] = None
+    filmstrip_layers: Optional[Sequence[str]] = None
     views_every: int = 10
-    response_layers: Optional[tuple[str, ...]] = None
-    examples_layers: Optional[tuple[str, ...]] = None
+    response_layers: Optional[Sequence[str]] = None
+    examples_layers: Optional[Sequence[str]] = None
     examples_k: int = 9
     max_pending: int = 2
 
@@ -76,11 +78,6 @@ class VisualizerSettings:
 
         if not isinstance(self.colormap, str) or self.colormap not in matplotlib.colormaps:
             raise ValueError(f"`colormap` must be a matplotlib colormap name such as 'viridis', got {self.colormap!r}.")
-
-    @classmethod
-    def arguments_in(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """The settings among a function's arguments (its ``locals()``), found by name."""
-        return {field.name: arguments[field.name] for field in dataclasses.fields(cls) if field.name in arguments}
 
 
 def check_cadence(every_n_epochs: Optional[int], every_n_steps: Optional[int]) -> None:

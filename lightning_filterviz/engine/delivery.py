@@ -33,11 +33,10 @@ class Delivery(RebuiltWhenUnpickled):
     """Judges and publishes shipped snapshots, in order, off the training thread.
 
     Args:
-        settings: the engine's settings.
+        settings: the engine's settings (``max_pending``: snapshots that may wait for the writer thread).
         sink: where images, scalars and text go.
         history_dir: where each snapshot's arrays are saved; ``None``: nowhere.
         background: run the work on a writer thread; ``False``: at once, on the caller's thread.
-        max_pending: snapshots that may wait for the writer thread.
     """
 
     rebuilt_when_unpickled = {"_results": StatisticsGate}
@@ -49,12 +48,11 @@ class Delivery(RebuiltWhenUnpickled):
         history_dir: Optional[Union[str, os.PathLike]],
         *,
         background: bool,
-        max_pending: int,
     ) -> None:
         self.settings = settings
         self.state = RunState(settings)
         self.publisher = Publisher(sink, history_dir)
-        self._writer = BackgroundWriter(max_pending=max_pending) if background else None
+        self._writer = BackgroundWriter(max_pending=settings.max_pending) if background else None
         self._results = StatisticsGate()
         self._publishing = True
 

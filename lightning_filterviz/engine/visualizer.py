@@ -117,13 +117,32 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         background: bool = False,
         max_pending: int = 2,
     ) -> None:
-        # Every argument but ``sink``, ``history_dir`` and ``background`` is a setting of the same name.
-        self.settings = VisualizerSettings(**VisualizerSettings.arguments_in(locals()))
+        # Each setting by name: renaming an argument fails here instead of dropping a user's value.
+        self.settings = VisualizerSettings(
+            layers=layers,
+            max_filters=max_filters,
+            max_images=max_images,
+            dead_threshold=dead_threshold,
+            dead_patience=dead_patience,
+            dormant_tau=dormant_tau,
+            weight_normalization=weight_normalization,
+            log_weights=log_weights,
+            log_activations=log_activations,
+            batch_key=batch_key,
+            forward_fn=forward_fn,
+            colormap=colormap,
+            filmstrip_layers=filmstrip_layers,
+            views_every=views_every,
+            response_layers=response_layers,
+            examples_layers=examples_layers,
+            examples_k=examples_k,
+            max_pending=max_pending,
+        )
         check_bool("background", background)
         if history_dir is not None and not isinstance(history_dir, (str, os.PathLike)):
             raise TypeError(f"`history_dir` must be None or a directory path, got {history_dir!r}.")
         self._delivery = Delivery(
-            self.settings, as_sink(sink), history_dir, background=background, max_pending=max_pending
+            self.settings, as_sink(sink), history_dir, background=background
         )
         self._snapshot_count = 0
         self._probe_logged = False

@@ -21,7 +21,7 @@ from lightning_filterviz.engine.visualizer import FilterVisualizer
 from lightning_filterviz.integration.fit_identity import FitIdentity
 from lightning_filterviz.capture.probe import model_input
 from lightning_filterviz.core.filters import WeightNormalization
-from lightning_filterviz.core.settings import VisualizerSettings, check_bool
+from lightning_filterviz.core.settings import check_bool
 from lightning_filterviz.publishing.sinks.base import NullSink
 from lightning_filterviz.integration.snapshot_schedule import SnapshotSchedule
 from lightning_filterviz.core.tags import with_logged_tags
@@ -90,11 +90,26 @@ class FilterMonitorLogic(_CallbackBase):
         self.probe_split = probe_split
         self.save_history = save_history
         self.track_training_batches = track_training_batches
-        # The engine's settings are this signature's arguments of the same names.
         self.engine = FilterVisualizer(
             NullSink(),  # until on_train_start knows the trainer's logger; for good on other ranks
             background=True,
-            **VisualizerSettings.arguments_in(locals()),
+            layers=layers,
+            max_filters=max_filters,
+            max_images=max_images,
+            dead_threshold=dead_threshold,
+            dead_patience=dead_patience,
+            dormant_tau=dormant_tau,
+            weight_normalization=weight_normalization,
+            log_weights=log_weights,
+            log_activations=log_activations,
+            batch_key=batch_key,
+            forward_fn=forward_fn,
+            colormap=colormap,
+            filmstrip_layers=filmstrip_layers,
+            views_every=views_every,
+            response_layers=response_layers,
+            examples_layers=examples_layers,
+            examples_k=examples_k,
         )
         self._probe = FixedProbe(probe, probe_size, probe_split)
         self._batch_watch = contextlib.ExitStack()
