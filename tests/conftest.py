@@ -74,6 +74,27 @@ class FunctionalNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm's running statistics and affine parameters drawn at
+    random, so that a normalization that is skipped or applied twice shows."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def resnet18_channels_last(device: str = "cpu", images: int = 4, size: int = 32) -> tuple[nn.Module, Tensor]:
+    """torchvision's ResNet-18 (8 classes) in channels_last on ``device``, and a channels_last
+    probe of ``images`` images of ``size`` pixels on the CPU (the engine moves it)."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=8).to(device=device, memory_format=torch.channels_last)
+    return model, torch.randn(images, 3, size, size).contiguous(memory_format=torch.channels_last)
+
+
 class Classifier(LightningModule):
     """Wraps a network; optionally with a validation step."""
 

@@ -63,12 +63,8 @@ def sequential_reference(net: nn.Sequential, x: Tensor) -> dict[str, Tensor]:
     return {"net.0": first, "net.3": F.relu(net[3](first))}
 
 
-def functional_reference(net: FunctionalNet, x: Tensor) -> dict[str, Tensor]:
-    first = F.relu(net.bn1(net.conv1(x)))
-    return {"net.conv1": first, "net.conv2": F.relu(net.conv2(first))}
-
-
-def reused_reference(net: ReusedReluNet, x: Tensor) -> dict[str, Tensor]:
+def two_conv_reference(net: FunctionalNet | ReusedReluNet, x: Tensor) -> dict[str, Tensor]:
+    """conv1 -> bn1 -> ReLU, then conv2 -> ReLU: FunctionalNet's and ReusedReluNet's activations."""
     first = F.relu(net.bn1(net.conv1(x)))
     return {"net.conv1": first, "net.conv2": F.relu(net.conv2(first))}
 
@@ -107,13 +103,13 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], No
     "functional": (
         FunctionalNet,
         lambda net: (plant_bn(net.bn1, 4), plant_bias(net.conv2, 1)),
-        functional_reference,
+        two_conv_reference,
         {"net.conv1": 4, "net.conv2": 1},
     ),
     "reused-relu": (
         ReusedReluNet,
         lambda net: (plant_bn(net.bn1, 3), plant_bias(net.conv2, 6)),
-        reused_reference,
+        two_conv_reference,
         {"net.conv1": 3, "net.conv2": 6},
     ),
     "inception-style": (

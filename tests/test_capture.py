@@ -6,43 +6,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock
 
-from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
+from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks, randomize_bn
 from lightning_filterviz.capture.probe_capture import capture_snapshot, start_capture
 from lightning_filterviz.capture.conv_layers import select_conv_layers
 from lightning_filterviz.core.history import history_arrays
 
 
-class ReusedReluNet(nn.Module):
-    """One ReLU module called after two different convs, torchvision-ResNet style."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(4)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Conv2d(3, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = out + self.shortcut(x)
-        return self.relu(out)
+def residual_block() -> BasicBlock:
+    """torchvision's ResNet block: one in-place ReLU module called after its first conv's BN
+    and after the residual sum ``out += downsample(x)`` (a 1x1 conv here)."""
+    return BasicBlock(3, 4, downsample=nn.Conv2d(3, 4, 1))
 
 
 def capture(model: nn.Module, inputs: Tensor, **kwargs):
     return capture_snapshot(model, inputs, select_conv_layers(model), step=0, max_images=8, **kwargs)
-
-
-def randomize_bn(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -63,8 +42,7 @@ def test_sequential_activation_is_relu_after_bn(inplace):
 
 
 def test_a_conv_without_activation_gets_its_mean_magnitude_and_no_maximum():
-    model = ReusedReluNet()
-    randomize_bn(model)
+    model = randomize_bn(residual_block())
     inputs = torch.randn(4, 3, 8, 8)
     layers = select_conv_layers(model)
     traced = start_capture(model, inputs, layers, 0, max_images=4)
@@ -96,8 +74,7 @@ def test_functional_relu_in_forward_is_found():
 
 
 def test_reused_inplace_relu_maps_to_each_conv_and_residual_convs_have_none():
-    model = ReusedReluNet()
-    randomize_bn(model)
+    model = randomize_bn(residual_block())
     inputs = torch.randn(3, 3, 8, 8)
     snapshot = capture(model, inputs)
     model.eval()
@@ -107,7 +84,7 @@ def test_reused_inplace_relu_maps_to_each_conv_and_residual_convs_have_none():
     # conv2 -> bn2 meets the residual sum before the shared ReLU: no activation of its own.
     assert snapshot.layers["conv2"].activation is None
     assert "add" in snapshot.layers["conv2"].no_activation_reason
-    assert snapshot.layers["shortcut"].activation is None
+    assert snapshot.layers["downsample"].activation is None
 
 
 def test_non_relu_activation_is_recorded_but_not_zeroing():

@@ -11,11 +11,18 @@ from typing import Iterator
 
 import pytest
 import torch
-import torchvision
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import Classifier, FilterMonitor, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
+from conftest import (
+    Classifier,
+    FilterMonitor,
+    RandomImages,
+    conv_bn_relu_stack,
+    pl,
+    read_events,
+    resnet18_channels_last,
+    trainer_kwargs,
+)
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.integration.validation_examples import ValidationExamples
 
@@ -39,14 +46,8 @@ def fp16_autocast() -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.float16)
 
 
-def resnet18_channels_last() -> tuple[nn.Module, torch.Tensor]:
-    model = torchvision.models.resnet18(num_classes=8).cuda().to(memory_format=torch.channels_last)
-    probe = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    return model, probe
-
-
 def test_snapshots_after_the_first_make_no_host_synchronization(tmp_path):
-    model, probe = resnet18_channels_last()
+    model, probe = resnet18_channels_last("cuda", images=8, size=64)
     visualizer = FilterVisualizer(str(tmp_path), background=True, views_every=2)
     # The first snapshot finds each conv's activation and measures receptive fields (one-time work).
     visualizer.snapshot(model, probe, 0, forward_context=fp16_autocast)
@@ -64,7 +65,7 @@ def test_a_snapshot_returns_while_earlier_gpu_work_still_runs(tmp_path):
     """What sync debug mode does not see (an event waited on, an allocation that waits for
     the device): the training thread leaves a snapshot before the GPU work queued ahead of
     it has finished, with the writer queue as full as it may get."""
-    model, probe = resnet18_channels_last()
+    model, probe = resnet18_channels_last("cuda", images=8, size=64)
     visualizer = FilterVisualizer(str(tmp_path), background=True, max_pending=2)
     visualizer.snapshot(model, probe, 0, forward_context=fp16_autocast)
     visualizer.flush()
@@ -84,7 +85,7 @@ def test_a_snapshot_returns_while_earlier_gpu_work_still_runs(tmp_path):
 def test_a_snapshot_kept_by_its_caller_holds_no_pinned_memory(tmp_path):
     """Otherwise every kept snapshot would hold a block of pinned memory, and each later copy
     would pin new memory, which makes the whole GPU wait."""
-    model, probe = resnet18_channels_last()
+    model, probe = resnet18_channels_last("cuda", images=8, size=64)
     visualizer = FilterVisualizer(str(tmp_path), background=True)
     kept = [visualizer.snapshot(model, probe, step, forward_context=fp16_autocast) for step in range(3)]
     visualizer.close()
@@ -101,7 +102,7 @@ def test_a_snapshot_kept_by_its_caller_holds_no_pinned_memory(tmp_path):
 
 
 def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
-    model, probe = resnet18_channels_last()
+    model, probe = resnet18_channels_last("cuda", images=8, size=64)
     visualizer = FilterVisualizer(str(tmp_path), background=True)
     visualizer.snapshot(model, probe, 0)
     visualizer.flush()
@@ -117,7 +118,7 @@ def test_a_tracked_training_forward_makes_no_host_synchronization(tmp_path):
 
 
 def test_collecting_and_publishing_dataset_examples_make_no_host_synchronization(tmp_path):
-    model, probe = resnet18_channels_last()
+    model, probe = resnet18_channels_last("cuda", images=8, size=64)
     visualizer = FilterVisualizer(str(tmp_path), background=True)
     visualizer.snapshot(model, probe, 0)  # finds conv1's activation and measures its receptive field
     visualizer.flush()
@@ -140,7 +141,7 @@ def test_collecting_and_publishing_dataset_examples_make_no_host_synchronization
 
 
 def test_a_plain_loop_may_give_the_dataset_indices_on_the_cpu(tmp_path):
-    model, probe = resnet18_channels_last()
+    model, probe = resnet18_channels_last("cuda", images=8, size=64)
     visualizer = FilterVisualizer(str(tmp_path), background=True)
     visualizer.snapshot(model, probe, 0)
     visualizer.flush()

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torchvision
-from torch import Tensor, nn
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from conftest import Classifier, FilterMonitor, RandomImages, pl, read_events, trainer_kwargs
+from conftest import Classifier, FilterMonitor, RandomImages, pl, read_events, resnet18_channels_last, trainer_kwargs
 import lightning_filterviz
 from lightning_filterviz import FilterVisualizer
 
@@ -110,11 +109,6 @@ def test_the_recorder_sees_each_kind_of_host_read():
         (values * 2).amax().neg_()
         values[1:].clamp(min=0)
     assert recorder.seen == []
-
-
-def resnet18_channels_last() -> tuple[nn.Module, Tensor]:
-    model = torchvision.models.resnet18(num_classes=8).to(memory_format=torch.channels_last)
-    return model, torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
 
 
 def test_snapshots_after_the_first_read_nothing_on_the_training_thread(tmp_path):

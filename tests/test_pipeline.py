@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks
+from conftest import FunctionalNet, conv_bn_relu_stack, count_hooks, randomize_bn
 from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.capture.probe_capture import capture_snapshot, start_capture
 from lightning_filterviz.capture.conv_layers import select_conv_layers
@@ -83,17 +83,9 @@ MODELS = {
 }
 
 
-def randomized(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return model
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_planned_probe_pass_gives_exactly_what_tracing_gives(name):
-    model = randomized(MODELS[name]())
+    model = randomize_bn(MODELS[name]())
     layers = select_conv_layers(model)
     probe = torch.randn(3, 3, 12, 12)
     peaks = [layer.name for layer in layers]
@@ -124,7 +116,7 @@ def test_taps_are_the_modules_in_front_of_each_relu():
 
 
 def test_a_planned_probe_pass_leaves_what_the_model_computes_as_it_was():
-    model = randomized(ReadAgainBlock()).eval()
+    model = randomize_bn(ReadAgainBlock()).eval()
     layers = select_conv_layers(model)
     probe = torch.randn(2, 3, 8, 8) * 3  # beyond ReLU6's ceiling too
     plan = start_capture(model, probe, layers, 0).plan
@@ -164,7 +156,7 @@ def test_later_snapshots_of_a_relu_model_trace_no_op(tmp_path, monkeypatch):
 
 
 def test_a_conv_called_three_times_weighs_each_call_the_same():
-    model = randomized(SharedConvNet()).eval()
+    model = randomize_bn(SharedConvNet()).eval()
     probe = torch.randn(2, 3, 8, 8)
     snapshot = capture_snapshot(model, probe, select_conv_layers(model), 0)
     with torch.no_grad():
