@@ -73,14 +73,9 @@ from lightning_filterviz.core.png import EncodedImage  # noqa: E402
 from lightning_filterviz.capture.probe import model_input  # noqa: E402
 from lightning_filterviz.core.records import Table  # noqa: E402
 from lightning_filterviz.publishing.sinks.group import SinkGroup  # noqa: E402
-from lightning_filterviz.publishing.sinks.base import (  # noqa: E402
-    DirectorySink,
-    Sink,
-    TensorBoardSink,
-    write_images,
-    write_scalars,
-    write_table,
-)
+from lightning_filterviz.publishing.sinks.base import Sink, write_images, write_scalars, write_table  # noqa: E402
+from lightning_filterviz.publishing.sinks.directory import DirectorySink  # noqa: E402
+from lightning_filterviz.publishing.sinks.tensorboard import TensorBoardSink  # noqa: E402
 from lightning_filterviz.core.tiles import Image  # noqa: E402
 
 
@@ -606,7 +601,7 @@ def bench_sinks(root: Path) -> Iterator[dict[str, Sink]]:
     import wandb
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
-    from lightning_filterviz.publishing.sinks.loggers import LoggerMetricsSink, MLflowSink, WandbSink
+    from lightning_filterviz import LoggerMetricsSink, MLflowSink, WandbSink
 
     os.environ["WANDB_DIR"] = str(root)
     writer = SummaryWriter(str(root / "tensorboard"))
@@ -921,7 +916,7 @@ def cuda_report(quick: bool) -> None:
     import lightning
     import torchvision
 
-    from lightning_filterviz.publishing.sinks.base import _c_crc32c
+    from lightning_filterviz.publishing.sinks.checksums import _c_crc32c
 
     device = torch.device("cuda")
     print(

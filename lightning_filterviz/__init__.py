@@ -21,6 +21,7 @@ __all__ = [
     "LoggerMetricsSink",
     "MLflowSink",
     "NullSink",
+    "Sink",
     "SinkGroup",
     "Snapshot",
     "TensorBoardSink",
@@ -28,23 +29,26 @@ __all__ = [
     "build_report",
     "capture_snapshot",
     "load_history",
+    "sink_for_logger",
 ]
 
 # Public name -> the module that defines it.
 _HOMES = {
-    "DirectorySink": "lightning_filterviz.publishing.sinks.base",
+    "DirectorySink": "lightning_filterviz.publishing.sinks.directory",
     "FilterVisualizer": "lightning_filterviz.engine.visualizer",
     "LayerCapture": "lightning_filterviz.core.records",
-    "LoggerMetricsSink": "lightning_filterviz.publishing.sinks.loggers",
-    "MLflowSink": "lightning_filterviz.publishing.sinks.loggers",
-    "NullSink": "lightning_filterviz.publishing.sinks.base",
+    "LoggerMetricsSink": "lightning_filterviz.publishing.sinks.metrics",
+    "MLflowSink": "lightning_filterviz.publishing.sinks.mlflow",
+    "NullSink": "lightning_filterviz.publishing.sinks.null",
+    "Sink": "lightning_filterviz.publishing.sinks.base",
     "SinkGroup": "lightning_filterviz.publishing.sinks.group",
     "Snapshot": "lightning_filterviz.core.records",
-    "TensorBoardSink": "lightning_filterviz.publishing.sinks.base",
-    "WandbSink": "lightning_filterviz.publishing.sinks.loggers",
+    "TensorBoardSink": "lightning_filterviz.publishing.sinks.tensorboard",
+    "WandbSink": "lightning_filterviz.publishing.sinks.wandb",
     "build_report": "lightning_filterviz.report.build",
     "capture_snapshot": "lightning_filterviz.capture.probe_capture",
     "load_history": "lightning_filterviz.core.history",
+    "sink_for_logger": "lightning_filterviz.publishing.sinks.registry",
 }
 
 

@@ -1,7 +1,10 @@
-"""Read back what a W&B offline run and an MLflow store hold, with the packages' own formats."""
+"""Read back what each logger's own records hold (a W&B offline run, an MLflow store, a CSV
+logger's metrics file, a directory of PNG files), in its own format; and the loggers
+themselves, made to write locally."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import struct
@@ -9,10 +12,13 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from conftest import pl
 
 # A W&B run file: a 7-byte header, then LevelDB-log records in 32 KiB blocks.
 WANDB_HEADER = 7
@@ -29,6 +35,32 @@ class LoggedRecords:
     images: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     scalars: dict[str, dict[int, float]] = field(default_factory=dict)
     tables: dict[str, dict[int, Any]] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- loggers, writing locally
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield wandb
+    wandb.finish()
+
+
+def wandb_logger(tmp_path: Path) -> Any:
+    return pl.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="filterviz-tests")
+
+
+def mlflow_logger(tmp_path: Path) -> Any:
+    return pl.loggers.MLFlowLogger(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "mlflow-artifacts")
+    )
+
+
+# ---------------------------------------------------------------- reading back
 
 
 def read_wandb_run(run: Any) -> LoggedRecords:
@@ -142,5 +174,35 @@ def read_mlflow_run(tracking_uri: str, run_id: str) -> LoggedRecords:
     return records
 
 
-def _rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+def read_csv_metrics(log_dir: str) -> LoggedRecords:
+    """The scalars in a CSVLogger's ``metrics.csv``, by column and step."""
+    records = LoggedRecords()
+    with open(Path(log_dir) / "metrics.csv") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key != "step" and value:
+                    records.scalars.setdefault(key, {})[int(row["step"])] = float(value)
+    return records
+
+
+def read_png_directory(root: Path) -> LoggedRecords:
+    """What a DirectorySink wrote: ``<tag>/step_<step>.png`` files (the tag without its
+    ``filterviz/`` prefix), ``scalars.csv`` and the Markdown of ``text.md``."""
+    records = LoggedRecords()
+    for path in root.rglob("step_*.png"):
+        tag = "filterviz/" + path.parent.relative_to(root).as_posix()
+        records.images.setdefault(tag, {})[int(path.stem.removeprefix("step_"))] = _rgb(path)
+    if (root / "scalars.csv").exists():
+        with open(root / "scalars.csv") as handle:
+            for row in csv.DictReader(handle):
+                records.scalars.setdefault(row["tag"], {})[int(row["step"])] = float(row["value"])
+    if (root / "text.md").exists():
+        sections = re.finditer(r"^## (?P<tag>.+) \(step (?P<step>\d+)\)\n\n(?P<text>.*?)\n\n(?=## |\Z)",
+                               (root / "text.md").read_text(), flags=re.MULTILINE | re.DOTALL)
+        for section in sections:
+            records.tables.setdefault(section["tag"], {})[int(section["step"])] = section["text"]
+    return records
+
+
+def _rgb(file: Any) -> np.ndarray:
+    return np.asarray(Image.open(file).convert("RGB"))

@@ -1,5 +1,6 @@
-"""Every logger gets every snapshot in its own records: W&B (offline), MLflow (local store),
-TensorBoard, CSV, several at once, and the others go on when one of them fails."""
+"""Every logger gets every snapshot of a fit in its own records: W&B (offline), MLflow (local
+store), TensorBoard, CSV, several at once, and the others go on when one of them fails. What
+each sink writes through the Sink API alone is held to one contract in test_sink_contract.py."""
 
 from __future__ import annotations
 
@@ -13,31 +14,18 @@ import numpy as np
 import pytest
 
 from conftest import Classifier, FilterMonitor, NoValidation, RandomImages, pl, read_events, trainer_kwargs
-from logger_records import LoggedRecords, read_mlflow_run, read_wandb_run
+from logger_records import (
+    LoggedRecords,
+    mlflow_logger,
+    offline_wandb,  # noqa: F401  (a fixture)
+    read_mlflow_run,
+    read_wandb_run,
+    wandb_logger,
+)
 
 SNAPSHOT_STEPS = [0, 2, 4]  # every_n_steps=2 over one epoch of 4 batches
 CONTRACT_IMAGE_TAGS = {"filterviz/weights/net.0", "filterviz/activations/net.0", "filterviz/weights/net.3"}
 CONTRACT_SCALAR_TAGS = {"filterviz/dead_fraction/net.0", "filterviz/dead_fraction/net.3"}
-
-
-@pytest.fixture
-def offline_wandb(monkeypatch):
-    import wandb
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield wandb
-    wandb.finish()
-
-
-def wandb_logger(tmp_path: Path):
-    return pl.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="filterviz-tests")
-
-
-def mlflow_logger(tmp_path: Path):
-    return pl.loggers.MLFlowLogger(
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "mlflow-artifacts")
-    )
 
 
 def fit(tmp_path: Path, loggers: list, model=None, callbacks=()) -> None:
@@ -163,10 +151,10 @@ def test_a_logger_without_images_gets_the_scalars_a_message_and_png_files(tmp_pa
     assert list(tmp_path.rglob("filterviz/weights/net.0/step_00000000.png"))
 
 
-def test_importing_the_package_and_its_callback_imports_no_logger_package():
+def test_importing_the_package_its_callback_and_every_sink_imports_no_logger_package():
     code = (
         "import sys, lightning_filterviz; from lightning_filterviz import FilterMonitor, FilterVisualizer; "
-        "import lightning_filterviz.publishing.sinks.loggers; "
+        "from lightning_filterviz.publishing.sinks.registry import registered_sinks; registered_sinks(); "
         "print(sorted(name for name in ('wandb', 'mlflow') if name in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -1,7 +1,9 @@
-"""TensorBoard writing: the C checksum gives the very bytes TensorBoard's own writer would."""
+"""TensorBoard writing (the C checksum gives the very bytes TensorBoard's own writer would), a
+user's own sink, and one snapshot handed to several sinks."""
 
 from __future__ import annotations
 
+import doctest
 import io
 import os
 import struct
@@ -18,7 +20,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import conv_bn_relu_stack, read_events
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.publishing.sinks.base import TensorBoardSink, masked_crc32c, use_fast_checksums
+from lightning_filterviz.publishing.sinks import base, null
+from lightning_filterviz.publishing.sinks.base import Sink
+from lightning_filterviz.publishing.sinks.checksums import masked_crc32c, use_fast_checksums
+from lightning_filterviz.publishing.sinks.directory import DirectorySink
+from lightning_filterviz.publishing.sinks.group import SinkGroup
+from lightning_filterviz.publishing.sinks.tensorboard import TensorBoardSink
+from lightning_filterviz.core.png import EncodedImage
 from lightning_filterviz.core.tiles import IndexedImage
 
 
@@ -93,7 +101,7 @@ def test_a_reopened_writer_gets_the_c_checksum_too(tmp_path):
 
 
 class PlainSink:
-    """A user's own sink with only the four required methods (no add_scalars, no add_image_group)."""
+    """A user's own sink with only the four methods a SummaryWriter has (as_sink wraps it in a UserSink)."""
 
     def __init__(self) -> None:
         self.scalars: dict[str, dict[int, float]] = {}
@@ -158,29 +166,41 @@ def test_a_snapshots_images_go_to_tensorboard_as_one_event(tmp_path):
     assert sorted(images_per_event[1]) == sorted(later)
 
 
-def test_a_sink_group_encodes_each_image_once_and_every_sink_gets_the_same_bytes(tmp_path, monkeypatch):
-    from lightning_filterviz.core import png
-    from lightning_filterviz.publishing.sinks.group import SinkGroup
-    from lightning_filterviz.publishing.sinks.base import DirectorySink
+class ReceivedImages(Sink):
+    """Keeps every EncodedImage it is handed, and reads its PNG bytes as a sink that writes them would."""
 
-    encoded = []
-    original = png.encode_png
-    monkeypatch.setattr(png, "encode_png", lambda image: encoded.append(1) or original(image))
+    takes_images = True
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, int, EncodedImage]] = []
+
+    def add_images(self, images, step) -> None:
+        for tag, image in images.items():
+            self.received.append((tag, step, image))
+            image.png
+
+
+def test_a_sink_group_hands_every_sink_the_same_encoded_image_and_every_sink_gets_the_same_bytes(tmp_path):
+    spies = ReceivedImages(), ReceivedImages()
     writer = SummaryWriter(str(tmp_path / "tb"))
-    group = SinkGroup({"A": DirectorySink(tmp_path / "a"), "B": DirectorySink(tmp_path / "b"), "TB": TensorBoardSink(writer)})
+    group = SinkGroup(
+        {"A": DirectorySink(tmp_path / "a"), "spy": spies[0], "TB": TensorBoardSink(writer), "spy 2": spies[1]}
+    )
     visualizer = FilterVisualizer(group)
     for step in range(2):
         visualizer.snapshot(conv_bn_relu_stack(), torch.randn(4, 3, 10, 10), step)
     visualizer.close()
     writer.close()
-    files = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*.png"))
-    assert len(files) > 4 and len(encoded) == len(files)
+    first, second = spies[0].received, spies[1].received
+    assert len(first) > 4 and [(tag, step) for tag, step, _ in first] == [(tag, step) for tag, step, _ in second]
+    # The very same object, so its PNG bytes (a cached property) were encoded once for all sinks.
+    assert all(mine is theirs for (_, _, mine), (_, _, theirs) in zip(first, second))
+    assert all(image.png is image.png for _, _, image in first)
     events = read_events(tmp_path / "tb")
-    for path in files:
-        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
-        tag, step = f"filterviz/{path.parent.as_posix()}", int(path.stem.removeprefix("step_"))
-        picture = np.asarray(PILImage.open(tmp_path / "a" / path).convert("RGB"))
-        np.testing.assert_array_equal(picture, events.images[tag][step])
+    for tag, step, image in first:
+        path = tmp_path / "a" / tag.removeprefix("filterviz/") / f"step_{step:08d}.png"
+        assert path.read_bytes() == image.png
+        np.testing.assert_array_equal(np.asarray(PILImage.open(path).convert("RGB")), events.images[tag][step])
 
 
 class BrokenAfterFirstSnapshot(PlainSink):
@@ -191,9 +211,6 @@ class BrokenAfterFirstSnapshot(PlainSink):
 
 
 def test_a_failing_sink_in_a_group_is_told_once_and_left_out_while_the_others_go_on(tmp_path):
-    from lightning_filterviz.publishing.sinks.group import SinkGroup
-    from lightning_filterviz.publishing.sinks.base import DirectorySink
-
     broken = BrokenAfterFirstSnapshot()
     group = SinkGroup({"the broken sink": broken, "PNG files": DirectorySink(tmp_path)})
     visualizer = FilterVisualizer(group)
@@ -210,3 +227,9 @@ def test_a_failing_sink_in_a_group_is_told_once_and_left_out_while_the_others_go
     assert sorted(path.name for path in (tmp_path / "weights" / "0").iterdir()) == [
         f"step_{step:08d}.png" for step in range(4)
     ]
+
+
+@pytest.mark.parametrize("module", [base, null], ids=lambda module: module.__name__)
+def test_the_examples_in_the_sink_docstrings_run(module):
+    failed, run = doctest.testmod(module)
+    assert run > 0 and failed == 0

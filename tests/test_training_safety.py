@@ -24,6 +24,7 @@ from conftest import (
     read_events,
     trainer_kwargs,
 )
+from lightning_filterviz import DirectorySink, sink_for_logger
 
 
 def dropout_bn_net() -> nn.Sequential:
@@ -208,15 +209,25 @@ def test_a_failing_renderer_warns_once_and_training_finishes(tmp_path, monkeypat
     assert monitor.dead_filters["net.3"] == [1]  # statistics went on after writing stopped
 
 
-def test_a_full_disk_under_the_png_sink_warns_once_and_training_finishes(tmp_path, monkeypatch):
-    from lightning_filterviz.publishing.sinks import base as sinks
+class FullDiskCSVLogger(pl.loggers.CSVLogger):
+    """A CSVLogger on a disk that is full by the time the monitor writes its PNG files."""
 
-    def no_space(self, data):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sinks.Path, "write_bytes", no_space)
+@sink_for_logger("FullDiskCSVLogger")
+class FullDiskPNGFiles(DirectorySink):
+    """The PNG files beside that logger: writing any of them fails as on a full disk."""
+
+    @classmethod
+    def from_logger(cls, logger):
+        return cls(Path(logger.log_dir) / "filterviz")
+
+    def add_images(self, images, step):
+        raise OSError(28, "No space left on device")  # ENOSPC
+
+
+def test_a_full_disk_under_the_png_sink_warns_once_and_training_finishes(tmp_path):
     model = Classifier()
-    logger = pl.loggers.CSVLogger(str(tmp_path))
+    logger = FullDiskCSVLogger(str(tmp_path))
     with pytest.warns(UserWarning, match="No space left on device") as record:
         pl.Trainer(callbacks=[FilterMonitor(every_n_steps=1)], **trainer_kwargs(tmp_path, logger=logger)).fit(
             model, datamodule=RandomImages()

@@ -19,12 +19,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_filterviz.core.history import history_dir_of, point_to_history
-from lightning_filterviz.publishing.sinks.loggers import sinks_for_loggers
+from lightning_filterviz.publishing.sinks.registry import sinks_for_loggers
 from lightning_filterviz.capture.probe import pin_memory, probe_from_loader, take_first, to_cpu
 from lightning_filterviz.capture.rng import initialized_cuda_devices, untouched_random_state
 from lightning_filterviz.core.settings import check_positive_int
 from lightning_filterviz.publishing.sinks.group import SinkGroup
-from lightning_filterviz.publishing.sinks.base import TensorBoardSink
+from lightning_filterviz.publishing.sinks.tensorboard import TensorBoardSink
 
 __all__ = [
     "FixedProbe",
@@ -172,7 +172,7 @@ def fit_destination(
     trainer: Any, log_dir: str, save_history: bool, every_n_epochs: Optional[int], every_n_steps: Optional[int]
 ) -> tuple[SinkGroup, Optional[Path]]:
     """Where this fit's snapshots go: a sink for each of the trainer's loggers (see
-    :func:`~lightning_filterviz.publishing.sinks.loggers.sinks_for_loggers`) and, with ``save_history``,
+    :func:`~lightning_filterviz.publishing.sinks.registry.sinks_for_loggers`) and, with ``save_history``,
     the history directory ``<output dir>/filterviz/history`` in the directory of the first
     TensorBoard logger (else the CSV logger's, else ``log_dir``), to which a note in the other
     loggers' directories points. Warns when TensorBoard would show only part of the planned
