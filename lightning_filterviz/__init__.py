@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "CometSink",
     "DirectorySink",
     "FilterMonitor",
     "FilterVisualizer",
@@ -34,6 +35,7 @@ __all__ = [
 
 # Public name -> the module that defines it.
 _HOMES = {
+    "CometSink": "lightning_filterviz.publishing.sinks.comet",
     "DirectorySink": "lightning_filterviz.publishing.sinks.directory",
     "FilterVisualizer": "lightning_filterviz.engine.visualizer",
     "LayerCapture": "lightning_filterviz.core.records",

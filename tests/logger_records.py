@@ -1,14 +1,16 @@
-"""Read back what each logger's own records hold (a W&B offline run, an MLflow store, a CSV
-logger's metrics file, a directory of PNG files), in its own format; and the loggers
-themselves, made to write locally."""
+"""Read back what each logger's own records hold (a W&B offline run, an MLflow store, a Comet
+offline archive, a CSV logger's metrics file, a directory of PNG files), in its own format;
+and the loggers themselves, made to write locally."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import struct
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,19 @@ def offline_wandb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     wandb.finish()
 
 
+@pytest.fixture
+def offline_comet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # In Lightning 2.6.6 CometLogger(online=False) disables the experiment (Lightning#21617);
+    # Comet's own setting starts it offline.
+    monkeypatch.setenv("COMET_START_ONLINE", "0")
+    yield
+    import comet_ml
+
+    experiment = comet_ml.get_global_experiment()
+    if experiment is not None:  # a test that failed before ending its experiment
+        experiment.end()
+
+
 def wandb_logger(tmp_path: Path) -> Any:
     return pl.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="filterviz-tests")
 
@@ -57,6 +72,21 @@ def wandb_logger(tmp_path: Path) -> Any:
 def mlflow_logger(tmp_path: Path) -> Any:
     return pl.loggers.MLFlowLogger(
         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "mlflow-artifacts")
+    )
+
+
+def comet_logger(tmp_path: Path) -> Any:
+    """An offline CometLogger (under the ``offline_comet`` fixture) whose archive goes to
+    ``<tmp_path>/comet`` when its experiment ends; it logs no code, environment or console."""
+    return pl.loggers.CometLogger(
+        offline_directory=str(tmp_path / "comet"),
+        project="filterviz-tests",
+        log_code=False,
+        log_git_metadata=False,
+        log_git_patch=False,
+        log_env_details=False,
+        auto_output_logging=False,
+        display_summary_level=0,
     )
 
 
@@ -171,6 +201,28 @@ def read_mlflow_run(tracking_uri: str, run_id: str) -> LoggedRecords:
     for path in (artifact_root / "filterviz").rglob("step_*.md"):
         tag = path.parent.relative_to(artifact_root).as_posix()
         records.tables.setdefault(tag, {})[int(path.stem.removeprefix("step_"))] = path.read_text()
+    return records
+
+
+def read_comet_archive(offline_directory: Path) -> LoggedRecords:
+    """What an ended offline Comet experiment's archive holds: the images logged with
+    ``log_image`` (by name and step), every metric logged with a step, and the texts logged
+    with a ``tag`` in their metadata (by tag and step)."""
+    (archive,) = Path(offline_directory).glob("*.zip")
+    records = LoggedRecords()
+    with zipfile.ZipFile(archive) as zipped:
+        for line in zipped.read("messages.json").splitlines():
+            message = json.loads(line)
+            payload = message["payload"]
+            if message["type"] == "metric_msg" and payload["metric"]["step"] is not None:
+                metric = payload["metric"]
+                records.scalars.setdefault(metric["metricName"], {})[metric["step"]] = float(metric["metricValue"])
+            elif message["type"] == "file_upload" and payload["upload_type"] == "visualization":
+                params, data = payload["additional_params"], zipped.read(payload["file_path"])
+                records.images.setdefault(params["figName"], {})[params["step"]] = _rgb(io.BytesIO(data))
+            elif message["type"] == "file_upload" and "tag" in (payload.get("metadata") or {}):
+                step, text = payload["additional_params"]["step"], zipped.read(payload["file_path"]).decode()
+                records.tables.setdefault(payload["metadata"]["tag"], {})[step] = text
     return records
 
 

@@ -1,6 +1,7 @@
 """Every logger gets every snapshot of a fit in its own records: W&B (offline), MLflow (local
-store), TensorBoard, CSV, several at once, and the others go on when one of them fails. What
-each sink writes through the Sink API alone is held to one contract in test_sink_contract.py."""
+store), Comet (offline), TensorBoard, CSV, several at once, and the others go on when one of
+them fails. What each sink writes through the Sink API alone is held to one contract in
+test_sink_contract.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pytest
 from conftest import Classifier, FilterMonitor, NoValidation, RandomImages, pl, read_events, trainer_kwargs
 from logger_records import (
     LoggedRecords,
+    comet_logger,
     mlflow_logger,
+    offline_comet,  # noqa: F401  (a fixture)
     offline_wandb,  # noqa: F401  (a fixture)
+    read_comet_archive,
     read_mlflow_run,
     read_wandb_run,
     wandb_logger,
@@ -65,16 +69,36 @@ def test_mlflow_alone_gets_images_by_key_and_step_and_scalars_as_metrics(tmp_pat
     assert "val_loss" in records.scalars  # the filterviz scalars sit beside the run's own metrics
 
 
-def test_tensorboard_wandb_and_mlflow_at_once_hold_the_same_pixels_and_values(tmp_path, offline_wandb):
-    loggers = [pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"), wandb_logger(tmp_path), mlflow_logger(tmp_path)]
+def test_comet_alone_gets_images_by_name_and_step_scalars_as_metrics_and_tables_as_text(tmp_path, offline_comet):
+    logger = comet_logger(tmp_path)
+    fit(tmp_path, [logger])
+    logger.experiment.end()  # writes the offline archive
+    records = read_comet_archive(tmp_path / "comet")
+    assert_holds_every_snapshot(records)
+    assert records.tables["filterviz/layers"][0].startswith("| conv | filters | activation |")
+    assert "val_loss" in records.scalars  # the filterviz scalars sit beside the run's own metrics
+    assert not list(tmp_path.rglob("weights/net.0/step_*.png"))
+
+
+def test_tensorboard_wandb_mlflow_and_comet_at_once_hold_the_same_pixels_and_values(
+    tmp_path, offline_wandb, offline_comet
+):
+    loggers = [
+        pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
+        wandb_logger(tmp_path),
+        mlflow_logger(tmp_path),
+        comet_logger(tmp_path),
+    ]
     fit(tmp_path, loggers)
     loggers[1].experiment.finish()
+    loggers[3].experiment.end()
     tensorboard = read_events(loggers[0].log_dir)
     wandb_records = read_wandb_run(loggers[1].experiment)
     mlflow_records = read_mlflow_run(loggers[2]._tracking_uri, loggers[2].run_id)
+    comet_records = read_comet_archive(tmp_path / "comet")
     image_tags = {tag for tag in tensorboard.images if tag.startswith("filterviz/")}
     assert CONTRACT_IMAGE_TAGS <= image_tags
-    for records in (wandb_records, mlflow_records):
+    for records in (wandb_records, mlflow_records, comet_records):
         assert_holds_every_snapshot(records)
         assert set(records.images) == image_tags
         for tag in image_tags:
@@ -155,6 +179,6 @@ def test_importing_the_package_its_callback_and_every_sink_imports_no_logger_pac
     code = (
         "import sys, lightning_filterviz; from lightning_filterviz import FilterMonitor, FilterVisualizer; "
         "from lightning_filterviz.publishing.sinks.registry import registered_sinks; registered_sinks(); "
-        "print(sorted(name for name in ('wandb', 'mlflow') if name in sys.modules))"
+        "print(sorted(name for name in ('wandb', 'mlflow', 'comet_ml') if name in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -1,6 +1,7 @@
 """One contract for every sink: the same images, scalars and table, written through the Sink
 API alone, read back from each backend's own records (event files, a W&B offline run, an
-MLflow store, a CSV logger's metrics file, PNG files, a user's own object) with the same pixels, values and steps; and a SinkGroup's seams: a failing sink is
+MLflow store, a CSV logger's metrics file, a Comet offline archive, PNG files, a user's own
+object) with the same pixels, values and steps; and a SinkGroup's seams: a failing sink is
 left out and reported, and every sink gets the very same encoded image."""
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from torch.utils.tensorboard import SummaryWriter
 from conftest import pl, read_events
 from logger_records import (
     LoggedRecords,
+    comet_logger,
     mlflow_logger,
+    offline_comet,  # noqa: F401  (a fixture)
     offline_wandb,  # noqa: F401  (a fixture)
+    read_comet_archive,
     read_csv_metrics,
     read_mlflow_run,
     read_png_directory,
@@ -25,6 +29,7 @@ from logger_records import (
     wandb_logger,
 )
 from lightning_filterviz import (
+    CometSink,
     DirectorySink,
     LoggerMetricsSink,
     MLflowSink,
@@ -165,6 +170,16 @@ def csv_backend(tmp_path: Path) -> Backend:
     return Backend(LoggerMetricsSink.from_logger(logger), read_back, frozenset({SCALARS}))
 
 
+def comet_backend(tmp_path: Path) -> Backend:
+    logger = comet_logger(tmp_path)
+
+    def read_back() -> list[LoggedRecords]:
+        logger.experiment.end()  # writes the offline archive
+        return [read_comet_archive(tmp_path / "comet")]
+
+    return Backend(CometSink.from_logger(logger), read_back, frozenset({IMAGES, SCALARS, TABLES}))
+
+
 def directory_backend(tmp_path: Path) -> Backend:
     read_back = lambda: [read_png_directory(tmp_path / "png")]  # noqa: E731
     return Backend(DirectorySink(tmp_path / "png"), read_back, frozenset({IMAGES, SCALARS, TABLES}))
@@ -196,6 +211,7 @@ BACKENDS = {
     "wandb": wandb_backend,
     "mlflow": mlflow_backend,
     "csv": csv_backend,
+    "comet": comet_backend,
     "directory": directory_backend,
     "null": null_backend,
     "group": group_backend,
@@ -204,7 +220,7 @@ BACKENDS = {
 
 
 @pytest.fixture(params=list(BACKENDS))
-def backend(request, tmp_path, offline_wandb) -> Backend:
+def backend(request, tmp_path, offline_wandb, offline_comet) -> Backend:
     return BACKENDS[request.param](tmp_path)
 
 
@@ -228,7 +244,7 @@ def test_every_sink_holds_the_same_pixels_values_and_steps_in_its_own_records(ba
 def test_the_registered_sinks_are_the_ones_the_contract_runs_over() -> None:
     from lightning_filterviz.publishing.sinks.registry import registered_sinks
 
-    covered = {TensorBoardSink, WandbSink, MLflowSink, LoggerMetricsSink}
+    covered = {TensorBoardSink, WandbSink, MLflowSink, LoggerMetricsSink, CometSink}
     # Other tests register sinks of their own for loggers of their own.
     package_sinks = {cls for cls in registered_sinks().values() if cls.__module__.startswith("lightning_filterviz.")}
     assert package_sinks == covered

@@ -39,6 +39,7 @@ SINK_MODULES = (
     "lightning_filterviz.publishing.sinks.metrics",
     "lightning_filterviz.publishing.sinks.wandb",
     "lightning_filterviz.publishing.sinks.mlflow",
+    "lightning_filterviz.publishing.sinks.comet",
 )
 # A logger of another class whose experiment is a SummaryWriter gets the sink registered for this one.
 TENSORBOARD_LOGGER = "TensorBoardLogger"
