@@ -183,6 +183,21 @@ def count_hooks(model: nn.Module) -> int:
     )
 
 
+def function_modes_seen(module: nn.Module) -> list[list[str]]:
+    """From now on, at each call of ``module``, the class names of the active
+    ``TorchFunctionMode``s other than torch's own (``torch.device``'s, say): a mode of the
+    monitor's, such as its tracer, sees every torch call of the forward, which is what
+    training forwards must be spared. The list is appended to as ``module`` is called."""
+    seen: list[list[str]] = []
+
+    def hook(module: nn.Module, args: Any) -> None:
+        modes = torch.overrides._get_current_function_mode_stack()
+        seen.append([type(mode).__name__ for mode in modes if not type(mode).__module__.startswith("torch.")])
+
+    module.register_forward_pre_hook(hook)
+    return seen
+
+
 # ---------------------------------------------------------------- event files
 
 

@@ -10,9 +10,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from conftest import Classifier, FilterMonitor, FunctionalNet, RandomImages, conv_bn_relu_stack, pl, read_events, trainer_kwargs
+from conftest import (
+    Classifier,
+    FilterMonitor,
+    FunctionalNet,
+    RandomImages,
+    conv_bn_relu_stack,
+    function_modes_seen,
+    pl,
+    read_events,
+    trainer_kwargs,
+)
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.capture import tracking
 from lightning_filterviz.state.stats import dormant_indices, dormant_scores
 
 
@@ -252,22 +261,15 @@ def _silu_then_relu_stack() -> nn.Sequential:
         (_silu_then_relu_stack, 0.0, False),
     ],
 )
-def test_tracking_traces_only_the_relu_convs_no_hook_can_decide(make_model, threshold, traced, monkeypatch, tmp_path):
+def test_tracking_traces_only_the_relu_convs_no_hook_can_decide(make_model, threshold, traced, tmp_path):
     model, probe = make_model(), torch.randn(2, 3, 32, 32)
     visualizer = FilterVisualizer(str(tmp_path), dead_threshold=threshold)
     visualizer.snapshot(model, probe, 0)
-    tracers = []
-    real_tracer = tracking.ActivationTracer
-
-    def counted(*args, **kwargs):
-        tracers.append(real_tracer(*args, **kwargs))
-        return tracers[-1]
-
-    monkeypatch.setattr(tracking, "ActivationTracer", counted)
+    modes = function_modes_seen(model)
     model.train()
     with visualizer.training_batch(model):
         model(torch.randn(2, 3, 32, 32))
-    assert len(tracers) == int(traced)
+    assert len(modes) == 1 and bool(modes[0]) == traced  # a tracer intercepts every torch call of the forward
     snapshot = visualizer.snapshot(model, probe, 1)
     judged = {name for name, layer in snapshot.layers.items() if layer.zeroing}
     assert judged and {name for name, layer in snapshot.layers.items() if layer.training_max is not None} == judged
