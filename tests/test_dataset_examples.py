@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -253,25 +256,48 @@ def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
             assert (tile(image, row, column, K, size=16) == [255, 0, 0]).all(axis=-1).mean() > 0.9
 
 
-@pytest.mark.parametrize("breaking", ["_merge", "model_input"], ids=["inside the forward", "before it"])
-def test_a_failure_while_collecting_costs_the_examples_not_the_run(breaking, tmp_path, monkeypatch):
-    import lightning_filterviz.capture.dataset_examples as dataset_examples
-    import lightning_filterviz.integration.validation_examples as validation_examples
+class BrighterCopiesInValidation(Classifier):
+    """Validates on each batch and a brighter copy of it in one forward (test-time
+    augmentation by concatenation): the hooks collecting examples see twice the images the
+    batch holds, and the strongest responses, in the copies, have no pixels or dataset index
+    to be taken from."""
 
-    calls = []
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(torch.cat([images, 2 * images]))[: len(images)]
+        self.log("val_loss", F.cross_entropy(logits, labels))
 
-    def broken(*args, **kwargs):
-        calls.append(1)
-        raise IndexError("collecting broke")
 
-    owner = dataset_examples.ExampleCollector if breaking == "_merge" else validation_examples
-    monkeypatch.setattr(owner, breaking, broken)
-    model = Classifier(planted_detector(), lr=0.0)
+def images_of_the_probe_only(failures: list) -> Callable[[Any], Any]:
+    """A ``batch_key`` that finds the images in the probe (4 images) and fails on the
+    validation batches (8), noting each failure in ``failures``."""
+
+    def images(batch: Any) -> Any:
+        if len(batch[0]) != 4:
+            failures.append(len(batch[0]))
+            raise IndexError("no images in this batch")
+        return batch[0]
+
+    return images
+
+
+@pytest.mark.parametrize("where", ["inside the forward", "before it"])
+def test_a_failure_while_collecting_costs_the_examples_not_the_run(where, tmp_path):
+    failures: list = []
+    if where == "inside the forward":
+        model = BrighterCopiesInValidation(planted_detector(), lr=0.0)
+        monitor = FilterMonitor(probe_size=4, examples_k=K)
+        cause = "IndexError"  # batch 0's planted image 7, brighter, is among the copies: no pixels to take
+    else:
+        model = Classifier(planted_detector(), lr=0.0)
+        monitor = FilterMonitor(probe_size=4, examples_k=K, batch_key=images_of_the_probe_only(failures))
+        cause = "IndexError: no images in this batch"
     before = count_hooks(model)
-    monitor = FilterMonitor(probe_size=4, examples_k=K)
-    with pytest.warns(UserWarning, match="collecting dataset examples failed: IndexError: collecting broke"):
+    with pytest.warns(UserWarning, match=f"collecting dataset examples failed: {cause}") as caught:
         _, trainer = fit_planted(tmp_path, monitor, model=model, max_epochs=2)
     assert trainer.current_epoch == 2 and count_hooks(model) == before
-    assert len(calls) == 2  # once per validation run: nothing more is tried in a run after a failure
+    # Once per validation run: nothing more is tried in a run after a failure.
+    assert sum("collecting dataset examples failed" in str(warning.message) for warning in caught) == 2
+    assert len(failures) == (2 if where == "before it" else 0)
     assert monitor.dataset_examples == {}
     assert "filterviz/examples/net.0" not in read_events(trainer.logger.log_dir).images
