@@ -73,7 +73,7 @@ from lightning_filterviz.core.png import EncodedImage  # noqa: E402
 from lightning_filterviz.capture.probe import model_input  # noqa: E402
 from lightning_filterviz.core.records import Table  # noqa: E402
 from lightning_filterviz.publishing.sinks.group import SinkGroup  # noqa: E402
-from lightning_filterviz.publishing.sinks.base import Sink, write_images, write_scalars, write_table  # noqa: E402
+from lightning_filterviz.publishing.sinks.base import Sink  # noqa: E402
 from lightning_filterviz.publishing.sinks.directory import DirectorySink  # noqa: E402
 from lightning_filterviz.publishing.sinks.tensorboard import TensorBoardSink  # noqa: E402
 from lightning_filterviz.core.tiles import Image  # noqa: E402
@@ -693,11 +693,11 @@ def replay(sink: Sink, calls: Calls, pngs: Mapping[str, bytes], step_offset: int
     for call in calls:
         kind, step = call[0], call[-1] + step_offset
         if kind == "images":
-            write_images(sink, images.pop(0), step)
+            sink.add_images(images.pop(0), step)
         elif kind == "scalars":
-            write_scalars(sink, call[1], step)
+            sink.add_scalars(call[1], step)
         elif kind == "table":
-            write_table(sink, call[1], call[2], step)
+            sink.add_table(call[1], call[2], step)
         else:
             sink.add_text(call[1], call[2], step)
     sink.flush()

@@ -117,7 +117,7 @@ def save_first_and_last_filters(log_dir: Path) -> None:
 
 def save_through_the_layers(log_dir: Path) -> None:
     from lightning_filterviz.core.history import load_history
-    from lightning_filterviz.views.responses import through_the_layers
+    from lightning_filterviz.drawing.responses import through_the_layers
 
     last = sorted((log_dir / "filterviz" / "history").glob("step_*.npz"))[-1]
     arrays = load_history(last)

@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "CapturedSnapshot",
     "CometSink",
     "DirectorySink",
     "FilterMonitor",
@@ -22,6 +23,7 @@ __all__ = [
     "LoggerMetricsSink",
     "MLflowSink",
     "NullSink",
+    "PendingSnapshot",
     "Sink",
     "SinkGroup",
     "Snapshot",
@@ -35,6 +37,8 @@ __all__ = [
 
 # Public name -> the module that defines it.
 _HOMES = {
+    "CapturedSnapshot": "lightning_filterviz.core.records",
+    "PendingSnapshot": "lightning_filterviz.engine.delivery",
     "CometSink": "lightning_filterviz.publishing.sinks.comet",
     "DirectorySink": "lightning_filterviz.publishing.sinks.directory",
     "FilterVisualizer": "lightning_filterviz.engine.visualizer",

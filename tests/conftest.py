@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import importlib
 
@@ -229,6 +230,32 @@ def read_events(log_dir: str | os.PathLike) -> Events:
             event.step: event.tensor_proto.string_val[0].decode() for event in accumulator.Tensors(tag)
         }
     return events
+
+
+# ---------------------------------------------------------------- views
+
+
+@contextlib.contextmanager
+def registered(view: type) -> Iterator[None]:
+    """Draw ``view`` (a View subclass) for the duration, through the public registry."""
+    from lightning_filterviz.views.registry import register_view, unregister_view
+
+    register_view(view)
+    try:
+        yield
+    finally:
+        unregister_view(view)
+
+
+def failing_view(message: str) -> type:
+    """A view whose drawing of every snapshot raises ``RuntimeError(message)``."""
+    from lightning_filterviz.views.registry import View
+
+    class FailingView(View):
+        def at_snapshot(self, snapshot: Any, context: Any) -> None:
+            raise RuntimeError(message)
+
+    return FailingView
 
 
 @pytest.fixture(autouse=True)

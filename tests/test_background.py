@@ -11,11 +11,9 @@ import weakref
 import pytest
 import torch
 
-import lightning_filterviz.views.snapshot_views as views_module
-from conftest import REPO, FunctionalNet, conv_bn_relu_stack
+from conftest import REPO, FunctionalNet, conv_bn_relu_stack, failing_view, registered
 from lightning_filterviz import FilterVisualizer
-from lightning_filterviz.capture.probe_capture import InFlightSnapshot
-from lightning_filterviz.core.records import Snapshot
+from lightning_filterviz.views.registry import View
 from lightning_filterviz.engine.writer_thread import BackgroundWriter
 
 
@@ -54,16 +52,12 @@ def test_background_images_equal_synchronous_images(tmp_path):
     assert (tmp_path / "sync/scalars.csv").read_text() == (tmp_path / "background/scalars.csv").read_text()
 
 
-def test_an_exception_in_the_worker_is_one_warning_and_statistics_go_on(tmp_path, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("worker broke")
-
-    monkeypatch.setattr(views_module, "weight_grid", broken)
+def test_an_exception_in_the_worker_is_one_warning_and_statistics_go_on(tmp_path):
     model = conv_bn_relu_stack()
     with torch.no_grad():
         model[3].bias[0] = -1e4
     visualizer = FilterVisualizer(str(tmp_path), background=True)
-    with pytest.warns(UserWarning, match="RuntimeError: worker broke") as record:
+    with registered(failing_view("worker broke")), pytest.warns(UserWarning, match="RuntimeError: worker broke") as record:
         for step in range(4):
             visualizer.snapshot(model, torch.randn(2, 3, 8, 8), step)
         visualizer.close()
@@ -87,37 +81,45 @@ def test_a_full_queue_blocks_the_caller_instead_of_dropping(tmp_path):
     assert done == [1, 2, 3]
 
 
-def test_no_activation_tensor_or_grid_outlives_its_snapshot(tmp_path, monkeypatch):
-    grids: list[weakref.ref] = []
-    for name in ("weight_grid", "activation_grid"):
-        original = getattr(views_module, name)
+class KeepsWeakReferences:
+    """A sink (duck-typed) that keeps a weak reference to the pixels of every image it gets."""
 
-        def keeping_a_weak_reference(*args, _original=original, **kwargs):
-            image = _original(*args, **kwargs)
-            grids.append(weakref.ref(getattr(image, "indices", image)))  # the pixels of an IndexedImage
-            return image
+    def __init__(self) -> None:
+        self.images: list[weakref.ref] = []
 
-        monkeypatch.setattr(views_module, name, keeping_a_weak_reference)
+    def add_image(self, tag: str, image: object, step: int) -> None:
+        self.images.append(weakref.ref(getattr(image, "indices", image)))  # the pixels of an IndexedImage
 
-    captured: list[weakref.ref] = []
-    original_wait = InFlightSnapshot.wait
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        pass
 
-    def arrived(in_flight: InFlightSnapshot) -> Snapshot:  # the snapshot's tensors, as they land on the writer
-        snapshot = original_wait(in_flight)
-        captured.extend(weakref.ref(layer.maps) for layer in snapshot.layers.values())
-        captured.extend(weakref.ref(layer.channel_max) for layer in snapshot.layers.values())
-        return snapshot
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        pass
 
-    monkeypatch.setattr(InFlightSnapshot, "wait", arrived)
+    def flush(self) -> None:
+        pass
+
+
+def test_no_activation_tensor_or_image_outlives_its_snapshot(tmp_path):
+    arrived: list[weakref.ref] = []
+
+    class KeepsWeakReferencesToTheArrivedTensors(View):
+        def at_snapshot(self, snapshot, context):  # the snapshot's tensors, as they land on the writer
+            arrived.extend(weakref.ref(layer.maps) for layer in snapshot.layers.values())
+            arrived.extend(weakref.ref(layer.channel_max) for layer in snapshot.layers.values())
+
+    sink = KeepsWeakReferences()
     model = conv_bn_relu_stack()
-    visualizer = FilterVisualizer(str(tmp_path), background=True)
-    for step in range(5):
-        snapshot = visualizer.snapshot(model, torch.randn(4, 3, 16, 16), step)
-        del snapshot
-    visualizer.flush()
+    visualizer = FilterVisualizer(sink, background=True)
+    with registered(KeepsWeakReferencesToTheArrivedTensors):
+        for step in range(5):
+            snapshot = visualizer.snapshot(model, torch.randn(4, 3, 16, 16), step)
+            del snapshot
+        visualizer.flush()
     gc.collect()
-    assert len(grids) == 5 * 4 and len(captured) == 5 * 4
-    assert [ref for ref in grids + captured if ref() is not None] == []
+    # Weights and activations of 2 convs per snapshot, and the first one's views.
+    assert len(sink.images) >= 5 * 4 and len(arrived) == 5 * 4
+    assert [ref for ref in sink.images + arrived if ref() is not None] == []
 
 
 def test_snapshots_still_queued_when_a_script_ends_are_written(tmp_path):

@@ -22,7 +22,7 @@ from conftest import (
     read_events,
     trainer_kwargs,
 )
-from lightning_filterviz.core.tags import LOGGED_TAGS
+from lightning_filterviz.views.registry import logged_tags
 from lightning_filterviz.core.tiles import FRAME_PIXELS, GRID_PADDING
 
 LAYERS = ["net.0", "net.3"]
@@ -52,7 +52,7 @@ def pattern_of(tag: str) -> str:
 
 
 def documented_kind(tag: str) -> str | None:
-    return next((each.kind for each in LOGGED_TAGS if each.tag == pattern_of(tag)), None)
+    return next((each.kind for each in logged_tags() if each.tag == pattern_of(tag)), None)
 
 
 def grid_size(tiles: int, tile_pixels: int) -> tuple[int, int]:
@@ -84,7 +84,7 @@ def test_every_contract_tag_at_step_zero_and_later_with_planted_dead_filters(tmp
     }
     ours = {tag: kind for tag, kind in written.items() if tag.startswith("filterviz/")}
     assert {tag: documented_kind(tag) for tag in ours} == ours
-    assert {pattern_of(tag) for tag in ours} == {each.tag for each in LOGGED_TAGS}
+    assert {pattern_of(tag) for tag in ours} == {each.tag for each in logged_tags()}
 
     # Image sizes: 6 RGB 3x3 filters upscaled to 24 px in a 3-column grid; 8 in a 3-column grid.
     assert events.images["filterviz/weights/net.0"][0].shape == (*grid_size(6, 24), 3)

@@ -51,7 +51,7 @@ def test_drift_strips_come_with_the_views_and_for_the_last_snapshot(tmp_path, ba
     for step in range(4):  # views at the first and the third snapshot
         with torch.no_grad():
             model[0].weight.mul_(-1.0 if step == 3 else 1.5)
-        snapshots.append(visualizer.snapshot(model, probe, step * 10))
+        snapshots.append(visualizer.snapshot(model, probe, step * 10).result())
     visualizer.finish(35)
     visualizer.close()
 
@@ -107,7 +107,7 @@ def test_history_npz_files_load_without_pickle_and_round_trip(tmp_path):
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
     snapshots = []
     original = monitor.engine.snapshot
-    monitor.engine.snapshot = lambda *args, **kwargs: snapshots.append(original(*args, **kwargs)) or snapshots[-1]
+    monitor.engine.snapshot = lambda *args, **kwargs: snapshots.append(original(*args, **kwargs).result()) or snapshots[-1]
     trainer.fit(model, datamodule=RandomImages())
 
     files = sorted((tmp_path / "tb" / "version_0" / "filterviz" / "history").glob(HISTORY_PATTERN))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 import subprocess
@@ -64,11 +65,10 @@ def write_history(log_dir: Path, drop_drift: tuple[str, ...] = ()) -> Path:
     history = log_dir / "filterviz" / "history"
     writer = HistoryWriter(history)
     for step in STEPS:
-        snapshot = visualizer.snapshot(model, probe, step, publish=False)
-        for name in drop_drift:
-            snapshot.drift.pop(name, None)
-            snapshot.weight_norm_ratio.pop(name, None)
-        writer.write(snapshot)
+        snapshot = visualizer.snapshot(model, probe, step, publish=False).result()
+        kept = {name: drift for name, drift in snapshot.drift.items() if name not in drop_drift}
+        ratios = {name: ratio for name, ratio in snapshot.weight_norm_ratio.items() if name not in drop_drift}
+        writer.write(dataclasses.replace(snapshot, drift=kept, weight_norm_ratio=ratios))
         with torch.no_grad():  # "training": the filters turn a little between snapshots
             for parameter in model.parameters():
                 parameter.add_(0.2 * torch.randn_like(parameter))
@@ -264,7 +264,7 @@ def test_module_entry_point_reports_a_foreign_file_on_one_line(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"filterviz report: {path} is not a lightning_filterviz history file (format 'lightning_filterviz.core.history/1')"
+        f"filterviz report: {path} is not a lightning_filterviz history file (format 'lightning_filterviz.history/1')"
     ]
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from conftest import conv_bn_relu_stack, count_hooks
 from lightning_filterviz.capture.receptive_fields import receptive_field
 from lightning_filterviz.core.records import ReceptiveField
-from lightning_filterviz.views.responses import (
+from lightning_filterviz.drawing.responses import (
     pair_columns,
     peak_indices,
     peak_patches,

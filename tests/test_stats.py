@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from lightning_filterviz.core.records import LayerCapture, Snapshot
+from lightning_filterviz.core.records import CapturedSnapshot, LayerCapture
 from lightning_filterviz.state.stats import DeadFilterTracker
 
 
-def snapshot(step: int, channel_max: list[float], zeroing: bool = True) -> Snapshot:
-    layer = LayerCapture("conv", len(channel_max), torch.zeros(len(channel_max), 1, 1, 1))
-    layer.activation, layer.zeroing = ("relu" if zeroing else "silu"), zeroing
-    layer.channel_max = torch.tensor(channel_max)
-    return Snapshot(step, {"conv": layer})
+def snapshot(step: int, channel_max: list[float], zeroing: bool = True) -> CapturedSnapshot:
+    layer = LayerCapture(
+        "conv",
+        len(channel_max),
+        torch.zeros(len(channel_max), 1, 1, 1),
+        activation="relu" if zeroing else "silu",
+        zeroing=zeroing,
+        channel_max=torch.tensor(channel_max),
+    )
+    return CapturedSnapshot(step, {"conv": layer})
 
 
 def test_dead_after_patience_consecutive_off_snapshots():

@@ -137,7 +137,7 @@ def test_zoo_model_in_a_trainer(name, tmp_path, monkeypatch):
 
     net = model.net.eval()
     expected_activation, convs, traced = activation_nodes(net)
-    snapshot = snapshots[-1]
+    snapshot = snapshots[-1].result()
     assert snapshot.step == 2
     assert list(snapshot.layers) == [f"net.{conv}" for conv in convs]
     images = read_events(trainer.logger.log_dir).images

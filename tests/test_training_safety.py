@@ -20,8 +20,10 @@ from conftest import (
     RandomImages,
     conv_bn_relu_stack,
     count_hooks,
+    failing_view,
     pl,
     read_events,
+    registered,
     trainer_kwargs,
 )
 from lightning_filterviz import DirectorySink, sink_for_logger
@@ -191,18 +193,12 @@ def test_channels_last_model_works(tmp_path):
     assert set(read_events(trainer.logger.log_dir).images["filterviz/weights/net.0"]) == {0, 2, 4}
 
 
-def test_a_failing_renderer_warns_once_and_training_finishes(tmp_path, monkeypatch):
-    import lightning_filterviz.views.snapshot_views as views
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("renderer broke")
-
-    monkeypatch.setattr(views, "activation_grid", broken)
+def test_a_failing_renderer_warns_once_and_training_finishes(tmp_path):
     model = Classifier()
     with torch.no_grad():
         model.net[3].bias[1] = -1e4
     monitor = FilterMonitor(every_n_steps=1)
-    with pytest.warns(UserWarning, match="RuntimeError: renderer broke") as record:
+    with registered(failing_view("renderer broke")), pytest.warns(UserWarning, match="RuntimeError: renderer broke") as record:
         pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, datamodule=RandomImages())
     assert len([w for w in record if "renderer broke" in str(w.message)]) == 1
     assert model.global_step == 8

@@ -1,4 +1,7 @@
-"""The probe pass, the one stage that runs on the training thread.
+"""One probe forward and what it captures, on the model's device.
+
+:class:`~lightning_filterviz.capture.probe_pass.ProbePass` decides what a snapshot captures
+and when; this module runs the pass.
 
 One eval forward of the probe with hooks in: per-layer reductions (per-channel maximum
 and mean ``|activation|``, capped and area-downsampled feature maps, peak positions) are
@@ -14,9 +17,11 @@ state are restored, whether the pass succeeds or raises.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Any, Callable, Collection, ContextManager, Iterator, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 from lightning_filterviz.capture.activations import ActivationRecorder, ActivationTap, ProbePlan
 from lightning_filterviz.capture.conv_layers import ConvLayer
 from lightning_filterviz.capture.discovery import NOT_RUN, ActivationTracer
-from lightning_filterviz.core.records import PRE_ACTIVATION, LayerCapture, Snapshot
+from lightning_filterviz.core.records import PRE_ACTIVATION, CapturedSnapshot, LayerCapture, ReceptiveField
 from lightning_filterviz.capture.rng import untouched_random_state
 from lightning_filterviz.capture.transfer import HostBuffer, TransferPacker
 
@@ -32,6 +37,7 @@ __all__ = [
     "CapturedProbe",
     "ForwardFn",
     "InFlightSnapshot",
+    "SnapshotDraft",
     "capture_snapshot",
     "side_pass",
     "start_capture",
@@ -43,25 +49,77 @@ ForwardFn = Callable[[nn.Module, Any], Any]
 MAX_MAP_SIZE = 48
 
 
+# Who a shipped tensor belongs to: the snapshot itself, or one of its layers by name.
+SNAPSHOT = ("snapshot",)
+
+
+def _layer_owner(name: str) -> tuple[str, str]:
+    return ("layer", name)
+
+
+class SnapshotDraft:
+    """A snapshot while the training thread still gathers it: never handed to another thread.
+
+    Each layer is a frozen :class:`~lightning_filterviz.core.records.LayerCapture` without its
+    tensors, replaced as the pass learns more of it; the tensors travel apart, in the one
+    copy to host memory, and join the layers in :meth:`InFlightSnapshot.wait`.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.layers: dict[str, LayerCapture] = {}
+        self.receptive_fields: dict[str, ReceptiveField] = {}
+        self.draw_views = False
+        self.filmstrip_layers: tuple[str, ...] = ()
+
+    def update_layer(self, name: str, **changes: Any) -> None:
+        self.layers[name] = dataclasses.replace(self.layers[name], **changes)
+
+    def without_tensors(self) -> CapturedSnapshot:
+        """What the draft knows, frozen: the record the shipped tensors complete."""
+        return CapturedSnapshot(
+            step=self.step,
+            layers=self.layers,
+            receptive_fields=self.receptive_fields,
+            draw_views=self.draw_views,
+            filmstrip_layers=self.filmstrip_layers,
+        )
+
+
 class InFlightSnapshot:
     """A snapshot whose tensors are on their way to host memory.
 
-    Attributes:
-        snapshot: the :class:`~lightning_filterviz.core.records.Snapshot`; its tensor fields are
-            set, to CPU views into host memory, by :meth:`wait` (on the writer thread).
+    Args:
+        metadata: the snapshot without its tensors.
+        host: the copy on its way.
     """
 
-    def __init__(self, snapshot: Snapshot, host: HostBuffer) -> None:
-        self.snapshot = snapshot
+    def __init__(self, metadata: CapturedSnapshot, host: HostBuffer) -> None:
+        self.step = metadata.step
+        self._metadata = metadata
         self._host = host
 
-    def wait(self) -> Snapshot:
-        """Block until the copy to host memory has completed; return the snapshot, its
-        tensor fields set to views into host memory."""
+    def wait(self) -> CapturedSnapshot:
+        """Block until the copy to host memory has completed; return the whole snapshot."""
         self._host.wait()
+        # Keyword arguments of dataclasses.replace, typed loosely: each names a tensor field.
+        arrived: dict[Any, dict[str, Any]] = {}
         for owner, field, tensor in self._host.views():
-            setattr(owner, field, tensor)
-        return self.snapshot
+            arrived.setdefault(owner, {})[field] = tensor
+        layers = {
+            name: _with_nchw_weight(dataclasses.replace(layer, **arrived.get(_layer_owner(name), {})))
+            for name, layer in self._metadata.layers.items()
+        }
+        return dataclasses.replace(self._metadata, layers=layers, **arrived.get(SNAPSHOT, {}))
+
+
+def _with_nchw_weight(layer: LayerCapture) -> LayerCapture:
+    """The layer with its weights laid out in NCHW order: they arrive in the model's memory
+    order (channels_last, say), and drift, the drawn slices and the history read them as NCHW."""
+    if layer.weight.is_contiguous():
+        return layer
+    weight = torch.from_numpy(np.ascontiguousarray(layer.weight.numpy()))  # NumPy: no torch thread pool here
+    return dataclasses.replace(layer, weight=weight)
 
 
 class CapturedProbe:
@@ -70,37 +128,38 @@ class CapturedProbe:
     More tensors (the probe images, say) may be added with :meth:`add` until :meth:`ship`.
 
     Attributes:
-        snapshot: the snapshot's metadata (layer names, activations, shapes); its tensor
-            fields are set by the shipped snapshot's :meth:`InFlightSnapshot.wait`.
+        draft: the snapshot as gathered so far (layer names, activations, shapes).
         plan: how the activations were observed, for the next pass (``None``: trace anew).
     """
 
-    def __init__(self, snapshot: Snapshot, packer: TransferPacker, plan: Optional[ProbePlan]) -> None:
-        self.snapshot = snapshot
+    def __init__(self, draft: SnapshotDraft, packer: TransferPacker, plan: Optional[ProbePlan]) -> None:
+        self.draft = draft
         self.plan = plan
         self._packer = packer
 
-    def add(self, owner: Any, field: str, tensor: Tensor) -> None:
-        """Ship ``tensor`` with the rest; it lands as ``owner.<field>``."""
-        self._packer.add(owner, field, tensor)
+    def add(self, field: str, tensor: Tensor) -> None:
+        """Ship ``tensor`` with the rest; it lands as the snapshot's ``field``."""
+        self._packer.add(SNAPSHOT, field, tensor)
 
-    def carries(self, owner: Any, field: str) -> bool:
-        """Whether ``owner.<field>`` is among what :meth:`ship` will ship."""
-        return self._packer.holds(owner, field)
+    def carries(self, field: str) -> bool:
+        """Whether the snapshot's ``field`` is among what :meth:`ship` will ship."""
+        return self._packer.holds(SNAPSHOT, field)
 
     def ship(self) -> InFlightSnapshot:
         """Start the one copy to host memory and return at once."""
-        return InFlightSnapshot(self.snapshot, self._packer.ship())
+        return InFlightSnapshot(self.draft.without_tensors(), self._packer.ship())
 
 
-def capture_snapshot(model: nn.Module, inputs: Any, layers: Sequence[ConvLayer], step: int, **options: Any) -> Snapshot:
+def capture_snapshot(
+    model: nn.Module, inputs: Any, layers: Sequence[ConvLayer], step: int, **options: Any
+) -> CapturedSnapshot:
     """Run the probe through ``model`` once and return the captured layers, on the CPU.
 
     The synchronous form of :func:`start_capture` (which takes the same arguments): it
     waits for the copy to host memory.
 
     Returns:
-        A :class:`~lightning_filterviz.core.records.Snapshot` of small detached float32 CPU tensors.
+        A :class:`~lightning_filterviz.core.records.CapturedSnapshot` of small detached CPU tensors.
     """
     return start_capture(model, inputs, layers, step, **options).ship().wait()
 
@@ -143,10 +202,10 @@ def start_capture(
     Returns:
         A :class:`CapturedProbe`; call its ``ship()`` to start the copy to host memory.
     """
-    snapshot = Snapshot(step=step)
+    draft = SnapshotDraft(step)
     packer = TransferPacker()
     with side_pass(model):
-        _capture_weights(snapshot, layers, packer, max_filters)
+        _capture_weights(draft, layers, packer, max_filters)
         if capture_activations and layers:
             recorder = ActivationRecorder(
                 lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size),
@@ -156,26 +215,26 @@ def start_capture(
             with _observation(model, layers, plan, recorder) as observed, context:
                 (forward_fn or _call_model)(model, inputs)
             plan = observed.finish()
-            _collect_activations(snapshot, recorder, observed.no_activation, packer, max_filters)
+            _collect_activations(draft, recorder, observed.no_activation, packer, max_filters)
             for name, ops in (plan.through if plan is not None else {}).items():
-                snapshot.layers[name].through = ops
+                draft.update_layer(name, through=ops)
     for name, maxima in (training_maxima or {}).items():
-        if name in snapshot.layers:
-            packer.add(snapshot.layers[name], "training_max", maxima, fresh=True)  # handed over, never updated again
-    return CapturedProbe(snapshot, packer, plan)
+        if name in draft.layers:
+            packer.add(_layer_owner(name), "training_max", maxima, fresh=True)  # handed over, never updated again
+    return CapturedProbe(draft, packer, plan)
 
 
-def _capture_weights(snapshot: Snapshot, layers: Sequence[ConvLayer], packer: TransferPacker, max_filters: int) -> None:
+def _capture_weights(draft: SnapshotDraft, layers: Sequence[ConvLayer], packer: TransferPacker, max_filters: int) -> None:
     # Called inside the eval, no-grad pass: a parametrized weight is computed the way the
     # model's eval forward computes it, with no power-iteration step or buffer update.
     for layer in layers:
         module = layer.module
         rgb = module.in_channels == 3 and module.groups == 1
-        capture = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
-        snapshot.layers[layer.name] = capture
+        # The weight arrives with the copy to host memory (InFlightSnapshot.wait).
+        draft.layers[layer.name] = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
         weight = module.weight
         # Sliced only where there is something to cut: each slice is a dispatched op, per layer.
-        packer.add(capture, "weight", weight if weight.shape[0] <= max_filters else weight[:max_filters])
+        packer.add(_layer_owner(layer.name), "weight", weight if weight.shape[0] <= max_filters else weight[:max_filters])
 
 
 class _Observation:
@@ -231,31 +290,31 @@ def _observation(
 
 
 def _collect_activations(
-    snapshot: Snapshot,
+    draft: SnapshotDraft,
     recorder: ActivationRecorder,
     no_activation: Mapping[str, str],
     packer: TransferPacker,
     max_filters: int,
 ) -> None:
-    for name, capture in snapshot.layers.items():
+    for name in draft.layers:
         record = recorder.records.get(name)
         if record is None or record.function == PRE_ACTIVATION:
-            capture.no_activation_reason = no_activation.get(name, NOT_RUN)
+            draft.update_layer(name, no_activation_reason=no_activation.get(name, NOT_RUN))
         if record is None:
             continue
         if record.function == PRE_ACTIVATION:
-            capture.pre_activation = True
+            draft.update_layer(name, pre_activation=True)
         else:
-            capture.activation = record.function
-            capture.zeroing = record.zeroing
+            draft.update_layer(name, activation=record.function, zeroing=record.zeroing)
+        owner = _layer_owner(name)
         # Computed by this pass alone: on the CPU they need no copy.
         if record.channel_max is not None:
-            packer.add(capture, "channel_max", record.channel_max, fresh=True)
-        packer.add(capture, "channel_mean_abs", record.channel_mean_abs, fresh=True)
-        packer.add(capture, "maps", record.maps, fresh=True)
+            packer.add(owner, "channel_max", record.channel_max, fresh=True)
+        packer.add(owner, "channel_mean_abs", record.channel_mean_abs, fresh=True)
+        packer.add(owner, "maps", record.maps, fresh=True)
         if record.peak_index is not None:
-            packer.add(capture, "peak_index", record.peak_index[:max_filters], fresh=True)
-            capture.output_hw = record.output_hw
+            packer.add(owner, "peak_index", record.peak_index[:max_filters], fresh=True)
+            draft.update_layer(name, output_hw=record.output_hw)
 
 
 def _call_model(model: nn.Module, inputs: Any) -> Any:

@@ -21,12 +21,12 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 from lightning_filterviz.capture.activations import ActivationTap, ProbePlan
-from lightning_filterviz.capture.probe_capture import CapturedProbe, start_capture
+from lightning_filterviz.capture.probe_capture import CapturedProbe, SnapshotDraft, start_capture
 from lightning_filterviz.capture.conv_layers import ConvLayer, select_conv_layers
 from lightning_filterviz.core.layer_names import resolve_layer_patterns, unmatched_patterns
 from lightning_filterviz.capture.probe import model_input, pin_memory, to_device
 from lightning_filterviz.capture.receptive_fields import receptive_field
-from lightning_filterviz.core.records import ReceptiveField, Snapshot
+from lightning_filterviz.core.records import ReceptiveField
 from lightning_filterviz.core.settings import VisualizerSettings
 
 __all__ = ["ProbePass"]
@@ -53,6 +53,7 @@ class ProbePass:
         self.training_maxima: dict[str, Tensor] = {}
         self.response_layers: list[str] = []
         self.examples_layers: list[str] = []
+        self.filmstrip_layers: list[str] = []
         self.receptive_fields: dict[str, Optional[ReceptiveField]] = {}
         self._pinned_probe: Optional[tuple[Any, Any]] = None
 
@@ -78,6 +79,7 @@ class ProbePass:
                     "use their names or fnmatch patterns, or [] for none."
                 )
         filmstrips = resolve_layer_patterns(self.settings.filmstrip_layers, names) if self.settings.log_weights else []
+        self.filmstrip_layers = filmstrips  # each snapshot carries them to the run state
         self.response_layers = resolve_layer_patterns(self.settings.response_layers, names)
         self.examples_layers = resolve_layer_patterns(self.settings.examples_layers, names)
         return filmstrips
@@ -111,10 +113,11 @@ class ProbePass:
             )
         inputs = self._probe_inputs(model, batch, convert_input)
         captured = self._start_capture(model, inputs, step, forward_context, draw_views)
-        captured.snapshot.draw_views = draw_views
+        captured.draft.draw_views = draw_views
+        captured.draft.filmstrip_layers = tuple(self.filmstrip_layers)
         images = _first_images(inputs)
         if probe_images and images is not None:
-            captured.add(captured.snapshot, "probe_images", images[: self.settings.max_images])
+            captured.add("probe_images", images[: self.settings.max_images])
         # Measured at the pass's first capture whether or not it draws the views, so that the
         # dataset examples have them from the first validation run after it.
         if draw_views or not self.receptive_fields:
@@ -178,12 +181,12 @@ class ProbePass:
         )
         if self.settings.log_activations:
             if captured.plan is not None and captured.plan is not self.plan:
-                _note_how_layers_are_watched(captured.snapshot, captured.plan, model)
+                _note_how_layers_are_watched(captured.draft, captured.plan, model)
             self.plan = captured.plan
         return captured
 
     def _attach_receptive_fields(self, captured: CapturedProbe, model: nn.Module, inputs: Any) -> None:
-        snapshot = captured.snapshot
+        draft = captured.draft
         wanted_names = {*self.response_layers, *self.examples_layers}
         wanted = [layer for layer in self.layers if layer.name in wanted_names]
         if not wanted or not _looks_like_images(inputs):
@@ -199,20 +202,21 @@ class ProbePass:
                 self.receptive_fields[layer.name] = field
             field = self.receptive_fields[layer.name]
             drawn = layer.name in self.response_layers
-            if drawn and field is not None and snapshot.layers[layer.name].output_hw is not None:
-                snapshot.receptive_fields[layer.name] = field
-        if snapshot.receptive_fields:
-            captured.add(snapshot, "probe_inputs", inputs)
+            if drawn and field is not None and draft.layers[layer.name].output_hw is not None:
+                draft.receptive_fields[layer.name] = field
+        if draft.receptive_fields:
+            captured.add("probe_inputs", inputs)
 
 
-def _note_how_layers_are_watched(snapshot: Snapshot, plan: ProbePlan, model: nn.Module) -> None:
+def _note_how_layers_are_watched(draft: SnapshotDraft, plan: ProbePlan, model: nn.Module) -> None:
     """For the layer table: where training batches are watched for each conv with a ReLU-family activation."""
     names = {module: name for name, module in model.named_modules()}
-    for layer, capture in snapshot.layers.items():
+    for layer, capture in list(draft.layers.items()):
         if not capture.zeroing:
             continue
         tap = plan.taps.get(layer)
-        capture.watched_by = f"hook on `{names.get(tap.module, type(tap.module).__name__)}`" if tap else "tracer"
+        watched_by = f"hook on `{names.get(tap.module, type(tap.module).__name__)}`" if tap else "tracer"
+        draft.update_layer(layer, watched_by=watched_by)
 
 
 def _first_images(inputs: Any) -> Optional[Tensor]:

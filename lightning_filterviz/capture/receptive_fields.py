@@ -7,7 +7,7 @@ pools pass the gradient to every input they could have passed it to, so the fiel
 architecture's rather than this probe's.
 
 Torch code, run on the training thread; the drawing of what a field covers lives in
-:mod:`lightning_filterviz.views.responses`.
+:mod:`lightning_filterviz.drawing.responses`.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ class TransferPacker:
     def holds(self, owner: Any, field: str) -> bool:
         """Whether a tensor for ``owner.<field>`` waits to be shipped."""
         entries = [entry for device_entries in self._pending.values() for entry in device_entries] + self._kept
-        return any(o is owner and f == field for o, f, _ in entries)
+        return any(o == owner and f == field for o, f, _ in entries)
 
     def ship(self) -> HostBuffer:
         """Pack each device's tensors into one buffer and start its copy to host memory."""

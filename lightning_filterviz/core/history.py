@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 import numpy as np
 
 from lightning_filterviz.core.filters import displayed_filters
+from lightning_filterviz.core.records import HistoryFile
 from lightning_filterviz.core.tiles import resize_nearest
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ __all__ = [
     "pointed_history_dirs",
 ]
 
-HISTORY_FORMAT = "lightning_filterviz.core.history/1"
+HISTORY_FORMAT = "lightning_filterviz.history/1"
 HISTORY_PATTERN = "step_*.npz"
 EXAMPLES_PATTERN = "validation_examples_*.npz"
 # Dataset-example patches are kept in the history at this size (RGB uint8, every other pixel).
@@ -106,11 +107,20 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
     return arrays
 
 
-class HistoryWriter:
-    """Saves each snapshot as ``<directory>/step_<step>.npz``.
+def snapshot_history_file(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> HistoryFile:
+    """One snapshot's file, ``step_<step>.npz``: :func:`history_arrays` (``drawn`` as there)."""
+    return HistoryFile(f"step_{snapshot.step:08d}.npz", history_arrays(snapshot, drawn))
 
-    A file appears whole or not at all: it is built in memory (one write instead of a seek
-    per array) and renamed into place, so a reader never sees half of one.
+
+def write_history_file(directory: Union[str, os.PathLike], file: HistoryFile) -> Path:
+    """Save ``file`` in ``directory`` (created when missing), whole or not at all: it is built
+    in memory (one write instead of a seek per array) and renamed into place, so a reader
+    never sees half of one."""
+    return _write_whole(Path(directory) / file.name, file.arrays)
+
+
+class HistoryWriter:
+    """Saves each snapshot as ``<directory>/step_<step>.npz`` (see :func:`write_history_file`).
 
     Args:
         directory: created when missing.
@@ -121,22 +131,19 @@ class HistoryWriter:
 
     def write(self, snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> Path:
         """Save one snapshot; ``drawn`` as in :func:`history_arrays`."""
-        return _write_whole(self.directory / f"step_{snapshot.step:08d}.npz", history_arrays(snapshot, drawn))
+        return write_history_file(self.directory, snapshot_history_file(snapshot, drawn))
 
 
-def write_examples_history(
-    directory: Union[str, os.PathLike], step: int, examples: Mapping[str, Any], tiles: Mapping[str, np.ndarray]
-) -> Path:
-    """Save one validation run's dataset examples as ``<directory>/validation_examples_<step>.npz``:
+def examples_history_file(step: int, examples: Mapping[str, Any], tiles: Mapping[str, np.ndarray]) -> HistoryFile:
+    """One validation run's dataset examples as ``validation_examples_<step>.npz``:
     ``layers`` (names), and per layer ``<layer>/values`` ``(F, k)`` (``-inf`` where a filter
     has fewer examples), ``<layer>/indices`` ``(F, k)`` (``-1`` where unknown),
     ``<layer>/positions`` ``(F, k, 2)`` input pixels ``(y, x)`` and ``<layer>/patches``
     ``(F, k, 16, 16, 3)`` ``uint8``, the drawn patches at :data:`HISTORY_PATCH_PIXELS`.
 
     Args:
-        directory: created when missing.
         step: the training step of the validation run.
-        examples: conv name -> :class:`~lightning_filterviz.capture.dataset_examples.LayerExamples` on the host.
+        examples: conv name -> :class:`~lightning_filterviz.core.records.LayerExamples` on the host.
         tiles: conv name -> its drawn patches ``(F, k, P, P, 3)`` ``uint8``.
     """
     arrays: dict[str, np.ndarray] = {
@@ -150,7 +157,7 @@ def write_examples_history(
         arrays[f"{name}/positions"] = found.positions.numpy()
         patch = HISTORY_PATCH_PIXELS
         arrays[f"{name}/patches"] = resize_nearest(tiles[name], patch, patch, first_axis=2)
-    return _write_whole(Path(directory) / f"validation_examples_{step:08d}.npz", arrays)
+    return HistoryFile(f"validation_examples_{step:08d}.npz", arrays)
 
 
 def _write_whole(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:

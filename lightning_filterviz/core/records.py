@@ -1,17 +1,44 @@
-"""The data one snapshot carries from the probe pass to the writer: plain records, no logic.
+"""The records a snapshot becomes on its way, each made whole by one stage and frozen.
 
+- :class:`CapturedSnapshot` (with its :class:`LayerCapture` per conv): what the training
+  thread captured, made once the one copy to host memory has arrived;
+- :class:`Snapshot`: that, with the run state's verdicts (dead, dormant, drift, ranges);
+  it is what :meth:`~lightning_filterviz.FilterVisualizer.snapshot` returns;
+- :class:`DatasetExamples` (with its :class:`LayerExamples` per conv): one validation run's
+  dataset examples; :class:`RunEnding`: what the end of a run draws;
+- :class:`Rendered`: what the views made of one of those at one step (images, scalars,
+  tables, history files), which publishing writes.
+
+Mappings in them are read-only and their attributes cannot be assigned, so a record handed
+from the training thread to the writer thread, or to the user, never changes afterwards.
 A leaf module: it imports nothing else of the package, so every stage can use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
 
-__all__ = ["NO_INDEX", "PRE_ACTIVATION", "LayerCapture", "LayerExamples", "ReceptiveField", "Snapshot", "Table"]
+__all__ = [
+    "NO_INDEX",
+    "PRE_ACTIVATION",
+    "CapturedSnapshot",
+    "DatasetExamples",
+    "HistoryFile",
+    "LayerCapture",
+    "LayerExamples",
+    "ReceptiveField",
+    "Rendered",
+    "RunEnding",
+    "Snapshot",
+    "Table",
+]
 
 # What a conv without an activation is recorded as: its output through normalization.
 PRE_ACTIVATION = "pre-activation"
@@ -19,13 +46,33 @@ PRE_ACTIVATION = "pre-activation"
 NO_INDEX = -1
 
 
-@dataclass
-class LayerCapture:
-    """One conv layer at one snapshot.
+def read_only(mapping: Optional[Mapping[Any, Any]] = None) -> Mapping[Any, Any]:
+    """A read-only copy of ``mapping`` (an empty one for ``None``)."""
+    return MappingProxyType(dict(mapping or {}))
 
-    The tensors are float32 CPU tensors (views into the snapshot's one host buffer, see
-    :mod:`lightning_filterviz.capture.transfer`); on a GPU they hold their values once the copy
-    has completed, which the writer waits for.
+
+def _no_entries() -> Mapping[Any, Any]:
+    return read_only()
+
+
+class _Frozen:
+    """Makes the mappings a record was given read-only copies, so that its maker keeps no
+    handle to change them through."""
+
+    def __post_init__(self) -> None:
+        for each in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, each.name)
+            if isinstance(value, dict):
+                object.__setattr__(self, each.name, read_only(value))
+
+
+@dataclass(frozen=True)
+class LayerCapture(_Frozen):
+    """One conv layer at one snapshot, as the probe pass captured it.
+
+    Made whole, once the snapshot's copy to host memory has arrived: the tensors are CPU
+    tensors (float32, ``peak_index`` int64), views into the snapshot's one host buffer or
+    copies (see :mod:`lightning_filterviz.capture.transfer`), the weights laid out NCHW.
 
     Attributes:
         name: the conv's qualified module name.
@@ -106,48 +153,73 @@ class ReceptiveField:
         return top, left, top + self.size[0], left + self.size[1]
 
 
-@dataclass
-class Snapshot:
-    """Everything captured at one training step, and what the run state made of it.
+@dataclass(frozen=True)
+class CapturedSnapshot(_Frozen):
+    """What the probe pass captured at one training step, complete once its copy has arrived.
 
-    The probe pass fills ``step``, ``layers``, ``probe_images``, ``probe_inputs``,
-    ``receptive_fields`` and ``draw_views``; the run state (on the writer thread when
-    writing in the background) fills the statistics and the progress fields.
+    Attributes:
+        step: the training step.
+        layers: conv name -> what was captured of it, in the order of the watched convs.
+        probe_images: the probe's input images ``(N, C, H, W)``, when they are to be drawn
+            (the first snapshot of a run).
+        probe_inputs: the probe images ``(N, C, H, W)``, when peak patches are drawn.
+        receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
+        draw_views: whether the costlier views (peak patches, through the layers, strips) are drawn.
+        filmstrip_layers: the convs whose filters are kept for a filmstrip.
+    """
+
+    step: int
+    layers: Mapping[str, LayerCapture] = field(default_factory=_no_entries)
+    probe_images: Optional[Tensor] = None
+    probe_inputs: Optional[Tensor] = None
+    receptive_fields: Mapping[str, ReceptiveField] = field(default_factory=_no_entries)
+    draw_views: bool = False
+    filmstrip_layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot(_Frozen):
+    """A captured snapshot and what the run state made of it: the record a snapshot's views
+    are drawn from, and what :meth:`~lightning_filterviz.FilterVisualizer.snapshot` returns.
 
     Attributes:
         step: the training step.
         layers: conv name -> what was captured of it.
         probe_images: the probe's input images ``(N, C, H, W)``, when they are to be drawn.
-        dead_filters: conv name -> dead filter indices after this snapshot.
+        probe_inputs: the probe images ``(N, C, H, W)``, when peak patches are drawn.
+        receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
+        draw_views: whether the costlier views (peak patches, through the layers, strips) are drawn.
+        dead_filters: conv name -> dead filter indices after this snapshot (the convs judged).
         dormant_filters: conv name -> dormant filter indices at this snapshot.
         symmetric_ranges: conv name -> the fixed half-range of ``"symmetric"`` normalization.
-        layer_table: the watched convs and their activations, when the table is to be
-            logged (the first snapshot).
-        drift: conv name -> per-filter cosine distance from the initial filters.
-        weight_norm_ratio: conv name -> per-filter weight norm over the initial one.
-        filmstrips: conv name -> rows of the filmstrip, when it is to be drawn.
-        probe_inputs: the probe images ``(N, C, H, W)`` on the CPU, when peak patches are drawn.
-        receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
-        draw_views: whether the costlier views (peak patches, through the layers) are drawn.
+        drift: conv name -> per-filter cosine distance from the initial filters, ``(F,)``.
+        weight_norm_ratio: conv name -> per-filter weight norm over the initial one, ``(F,)``.
+        filmstrips: conv name -> the filmstrip's rows so far, when it is drawn with this snapshot.
+        describes_layers: whether this snapshot logs the table of watched convs (the first of a run).
     """
 
     step: int
-    layers: dict[str, LayerCapture] = field(default_factory=dict)
+    layers: Mapping[str, LayerCapture] = field(default_factory=_no_entries)
     probe_images: Optional[Tensor] = None
-    dead_filters: dict[str, list[int]] = field(default_factory=dict)
-    dormant_filters: dict[str, list[int]] = field(default_factory=dict)
-    symmetric_ranges: dict[str, float] = field(default_factory=dict)
-    layer_table: Optional[Table] = None
-    drift: dict[str, Tensor] = field(default_factory=dict)
-    weight_norm_ratio: dict[str, Tensor] = field(default_factory=dict)
-    filmstrips: dict[str, list[Any]] = field(default_factory=dict)
     probe_inputs: Optional[Tensor] = None
-    receptive_fields: dict[str, ReceptiveField] = field(default_factory=dict)
+    receptive_fields: Mapping[str, ReceptiveField] = field(default_factory=_no_entries)
     draw_views: bool = False
+    dead_filters: Mapping[str, tuple[int, ...]] = field(default_factory=_no_entries)
+    dormant_filters: Mapping[str, tuple[int, ...]] = field(default_factory=_no_entries)
+    symmetric_ranges: Mapping[str, float] = field(default_factory=_no_entries)
+    drift: Mapping[str, Tensor] = field(default_factory=_no_entries)
+    weight_norm_ratio: Mapping[str, Tensor] = field(default_factory=_no_entries)
+    filmstrips: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=_no_entries)
+    describes_layers: bool = False
+
+    def result(self, timeout: Optional[float] = None) -> Snapshot:
+        """The snapshot itself: what :meth:`~lightning_filterviz.FilterVisualizer.snapshot`
+        returns has a ``result()`` whether it ran at once or on the writer thread."""
+        return self
 
 
-@dataclass
-class LayerExamples:
+@dataclass(frozen=True)
+class LayerExamples(_Frozen):
     """The strongest examples of a layer's drawn filters, strongest first.
 
     Attributes:
@@ -180,6 +252,74 @@ class LayerExamples:
         for values, where in zip(self.values.tolist(), self.positions.tolist()):
             positions.append([(y, x) for value, (y, x) in zip(values, where) if value != float("-inf")])
         return positions
+
+
+@dataclass(frozen=True)
+class DatasetExamples(_Frozen):
+    """One validation run's dataset examples, on the host.
+
+    Attributes:
+        step: the training step of the validation run.
+        layers: conv name -> its examples.
+        weights: conv name -> its drawn filters' weights ``(F, C_in / groups, kH, kW)``, NCHW.
+        rgb: conv name -> whether its filters are drawn in colour.
+    """
+
+    step: int
+    layers: Mapping[str, LayerExamples] = field(default_factory=_no_entries)
+    weights: Mapping[str, Tensor] = field(default_factory=_no_entries)
+    rgb: Mapping[str, bool] = field(default_factory=_no_entries)
+
+
+@dataclass(frozen=True)
+class RunEnding(_Frozen):
+    """What the end of a run draws.
+
+    Attributes:
+        step: the last training step.
+        filmstrips: conv name -> every row of its filmstrip.
+        latest: the latest snapshot, when it did not draw its drift strips (they are drawn
+            at its own step).
+    """
+
+    step: int
+    filmstrips: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=_no_entries)
+    latest: Optional[Snapshot] = None
+
+
+@dataclass(frozen=True)
+class HistoryFile(_Frozen):
+    """One file of a run's history, as arrays (see :mod:`lightning_filterviz.core.history`).
+
+    Attributes:
+        name: the file's name in the history directory.
+        arrays: array name -> array.
+    """
+
+    name: str
+    arrays: Mapping[str, np.ndarray] = field(default_factory=_no_entries)
+
+
+@dataclass(frozen=True)
+class Rendered(_Frozen):
+    """What the views made of a snapshot, a validation run or a run's end, at one step.
+
+    Attributes:
+        step: the step it is logged at.
+        images: tag -> image (``(H, W, 3)`` ``uint8`` or an indexed image).
+        scalars: tag -> value.
+        tables: tag -> table.
+        history: files for the run's history directory.
+    """
+
+    step: int
+    images: Mapping[str, Any] = field(default_factory=_no_entries)
+    scalars: Mapping[str, float] = field(default_factory=_no_entries)
+    tables: Mapping[str, Table] = field(default_factory=_no_entries)
+    history: tuple[HistoryFile, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.images or self.scalars or self.tables or self.history)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The pictures of a snapshot: filter grids, feature-map grids, filmstrips and drift strips.
 
 Knows no logger. Rendering runs on the background writer's thread, so it is written in
-NumPy: a torch op on a second thread starts a second OpenMP team, whose spinning
-threads take CPU from training on a small machine.
+NumPy: a torch op large enough to run in parallel, made on a second thread, starts a second
+OpenMP team, whose spinning threads take CPU from training on a small machine. (The run
+state's few torch ops on per-channel vectors, see :mod:`lightning_filterviz.state.stats`,
+stay below torch's parallel grain size.)
 
 Filter grids are ``(H, W, 3)`` ``uint8`` arrays; feature-map grids are
 :class:`~lightning_filterviz.core.tiles.IndexedImage` (colormap levels plus a 256-colour

@@ -6,18 +6,17 @@ filter's strongest activation on the probe; :func:`response_grid` draws each fil
 its patch. :func:`through_the_layers` shows one probe image's busiest feature maps from the
 first layer to the deepest.
 
-The drawing functions are NumPy only (like :mod:`lightning_filterviz.drawing.render`), so they can
-run on the background writer's thread; tensors are converted at their start.
+NumPy only (like :mod:`lightning_filterviz.drawing.render`), so it runs on the background
+writer's thread and in the report; tensors are converted at the start, through their own
+methods (no torch import).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from lightning_filterviz.core.records import ReceptiveField
 from lightning_filterviz.core.filters import displayed_filters, normalize_filters
@@ -42,7 +41,10 @@ from lightning_filterviz.core.tiles import (
 
 __all__ = ["pair_columns", "peak_indices", "peak_patches", "response_grid", "through_the_layers"]
 
-ArrayLike = Union[Tensor, np.ndarray]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+ArrayLike = Union["Tensor", np.ndarray]
 
 
 def peak_indices(activation: Tensor) -> Tensor:
@@ -168,7 +170,7 @@ def pair_columns(count: int) -> int:
 
 
 def through_the_layers(
-    maps: dict[str, ArrayLike], channels: int = 4, height: int = 48, colormap: str = "viridis"
+    maps: Mapping[str, ArrayLike], channels: int = 4, height: int = 48, colormap: str = "viridis"
 ) -> IndexedImage:
     """One probe image's busiest feature maps, one column per layer, early layers left.
 
@@ -218,10 +220,11 @@ def through_the_layers(
 # ---------------------------------------------------------------- helpers
 
 
-def _to_numpy(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, Tensor):
+def _to_numpy(values: Any) -> np.ndarray:
+    # A tensor is read through its own methods, so that drawing imports no torch.
+    if hasattr(values, "detach"):
         values = values.detach()
-        if values.dtype == torch.bfloat16:  # NumPy has no bfloat16
+        if str(values.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
             values = values.float()
         return values.cpu().numpy()
     return np.asarray(values)

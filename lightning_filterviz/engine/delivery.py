@@ -1,40 +1,71 @@
-"""The writer side of the engine: what the training thread shipped becomes results and images.
+"""The writer side of the engine: what the training thread shipped becomes results and outputs.
 
 :class:`Delivery` receives a snapshot (or a validation run's dataset examples) on its way
 to host memory, and on the writer thread (or at once, without ``background``) waits for
-the copy, judges it into the run state (run_state.py) and publishes it (publishing.py).
-It owns the run state, the writer thread, the publisher, and the gate where readers of
-the results (dead filters, dataset examples) wait for what is still being judged.
+the copy, has the run state judge it (state/), the views render it (views/) and the
+publisher write what they rendered (publishing/). Each stage hands the next a frozen
+record. It owns the run state, the writer thread, the publisher, and the gate where readers
+of the results (dead filters, dataset examples) wait for what is still being judged; every
+change to the run state goes through the writer's queue, in order with the snapshots.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Optional, Union
+from concurrent.futures import Future
+from typing import Any, Callable, Mapping, Optional, Union
 
-import numpy as np
-import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_filterviz.capture.probe_capture import InFlightSnapshot
 from lightning_filterviz.capture.dataset_examples import InFlightExamples
+from lightning_filterviz.capture.probe_capture import InFlightSnapshot
 from lightning_filterviz.core.pickling import RebuiltWhenUnpickled
-from lightning_filterviz.publishing.publisher import Publisher
-from lightning_filterviz.core.records import Snapshot
-from lightning_filterviz.state.run_state import RunState
+from lightning_filterviz.core.records import DatasetExamples, Snapshot
 from lightning_filterviz.core.settings import VisualizerSettings
-from lightning_filterviz.publishing.sinks.base import Sink
 from lightning_filterviz.engine.writer_thread import BackgroundWriter, StatisticsGate
+from lightning_filterviz.publishing.publisher import Publisher
+from lightning_filterviz.publishing.sinks.base import Sink
+from lightning_filterviz.state.run_state import RunState
+from lightning_filterviz.views.registry import ViewContext, render_ending, render_examples, render_snapshot
 
-__all__ = ["Delivery"]
+__all__ = ["Delivery", "PendingSnapshot"]
+
+
+class PendingSnapshot:
+    """A snapshot being judged on the writer thread (``background=True``).
+
+    Attributes:
+        step: the training step it was taken at.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._future: Future[Snapshot] = Future()
+
+    def result(self, timeout: Optional[float] = None) -> Snapshot:
+        """Wait until the snapshot is judged and return it, frozen (its images may still be
+        being drawn).
+
+        Args:
+            timeout: seconds to wait at most; ``None``: as long as it takes.
+
+        Raises:
+            TimeoutError: if it is not judged within ``timeout``.
+            Exception: what judging it raised.
+        """
+        return self._future.result(timeout)
+
+    def done(self) -> bool:
+        """Whether :meth:`result` returns at once."""
+        return self._future.done()
 
 
 class Delivery(RebuiltWhenUnpickled):
-    """Judges and publishes shipped snapshots, in order, off the training thread.
+    """Judges, renders and publishes shipped snapshots, in order, off the training thread.
 
     Args:
         settings: the engine's settings (``max_pending``: snapshots that may wait for the writer thread).
-        sink: where images, scalars and text go.
+        sink: where images, scalars and tables go.
         history_dir: where each snapshot's arrays are saved; ``None``: nowhere.
         background: run the work on a writer thread; ``False``: at once, on the caller's thread.
     """
@@ -56,27 +87,41 @@ class Delivery(RebuiltWhenUnpickled):
         self._results = StatisticsGate()
         self._publishing = True
 
-    def attach(self, sink: Sink, history_dir: Optional[Union[str, os.PathLike]]) -> None:
-        """Publish to ``sink`` from now on, after what is queued for the previous one."""
+    def attach(self, sink: Sink, history_dir: Optional[Union[str, os.PathLike]], *, new_run: bool) -> None:
+        """Publish to ``sink`` from now on, after what is queued for the previous one. With
+        ``new_run``, the next snapshot describes the layers again, for the new destination."""
         if self._writer is not None:
             self._writer.drain()
         self.publisher = Publisher(sink, history_dir)
+        if new_run:
+            self._run(self._forget_description)
 
     def reset(self) -> None:
         """Write what is queued, then start a new run state."""
         self.flush()
         self.state = RunState(self.settings)
 
-    def submit_snapshot(self, in_flight: InFlightSnapshot, publish: bool) -> None:
-        """Judge the snapshot once its copy has arrived, then (with ``publish``) draw and write it."""
-        self._submit(lambda: self._judge_and_publish(in_flight, publish))
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore the run state from a checkpoint, in order with what is queued; returns once done."""
+        self._submit(lambda: self._judging(lambda: self.state.load_state_dict(state)))
+        self.wait_for_results()
+
+    def submit_snapshot(self, in_flight: InFlightSnapshot, publish: bool) -> Union[Snapshot, PendingSnapshot]:
+        """Judge the snapshot once its copy has arrived, then (with ``publish``) render and write it.
+
+        Returns:
+            The judged snapshot when there is no writer thread; else a handle to it.
+        """
+        pending = PendingSnapshot(in_flight.step)
+        self._submit(lambda: self._judge_and_publish(in_flight, publish, pending))
+        return pending.result() if self._writer is None else pending
 
     def submit_examples(self, in_flight: InFlightExamples, step: int, rgb: Mapping[str, bool]) -> None:
-        """Keep a validation run's dataset examples once their copy has arrived, then draw and write them."""
+        """Keep a validation run's dataset examples once their copy has arrived, then render and write them."""
         self._submit(lambda: self._keep_and_publish_examples(in_flight, step, rgb))
 
     def submit_ending(self, step: int) -> None:
-        """Draw the filmstrips as they stand at ``step``, and the latest drift strips not drawn yet."""
+        """Render what the end of the run at ``step`` shows (filmstrips, the latest drift strips not drawn yet)."""
         self._run(lambda: self._publish_ending(step))
 
     def wait_for_results(self) -> None:
@@ -133,42 +178,48 @@ class Delivery(RebuiltWhenUnpickled):
 
     # Below: on the writer thread (with background=True).
 
-    def _judge_and_publish(self, in_flight: InFlightSnapshot, publish: bool) -> None:
+    def _judging(self, judge: Callable[[], Any]) -> Any:
+        # Readers of the results are let go whether judging succeeds or raises.
         try:
-            snapshot = _with_contiguous_weights(in_flight.wait())
-            self.state.update(snapshot)
+            return judge()
         finally:
             self._results.done()
+
+    def _judge_and_publish(self, in_flight: InFlightSnapshot, publish: bool, pending: PendingSnapshot) -> None:
+        try:
+            snapshot = self._judging(lambda: self.state.judge(in_flight.wait()))
+        except BaseException as error:
+            pending._future.set_exception(error)
+            raise
+        pending._future.set_result(snapshot)
         if publish and self._may_write():
-            self.publisher.publish(snapshot, self.settings)
+            self.publisher.publish(render_snapshot(snapshot, self._view_context()))
 
     def _keep_and_publish_examples(self, in_flight: InFlightExamples, step: int, rgb: Mapping[str, bool]) -> None:
         # A failure here costs the dataset examples only, not the snapshots' images and scalars.
         try:
-            try:
-                examples, weights = in_flight.wait()
-                self.state.keep_examples(examples)
-            finally:
-                self._results.done()
+            examples = self._judging(lambda: self._keep_examples(in_flight, step, rgb))
             if self._may_write():
-                self.publisher.publish_examples(step, examples, weights, rgb)
+                self.publisher.publish(render_examples(examples, self._view_context()))
         except Exception as error:
             self.state.warn(f"filterviz: the dataset examples at step {step} failed: {type(error).__name__}: {error}")
 
+    def _keep_examples(self, in_flight: InFlightExamples, step: int, rgb: Mapping[str, bool]) -> DatasetExamples:
+        layers, weights = in_flight.wait()
+        examples = DatasetExamples(step=step, layers=layers, weights=weights, rgb=rgb)
+        self.state.keep_examples(examples)
+        return examples
+
     def _publish_ending(self, step: int) -> None:
-        ending = Snapshot(step=step, filmstrips=self.state.filmstrip_rows())
-        latest_drift, self.state.undrawn_drift = self.state.undrawn_drift, None
-        if self.settings.log_weights and (ending.filmstrips or latest_drift is not None) and self._may_write():
-            self.publisher.publish_ending(ending, latest_drift, self.settings.colormap)
+        ending = self.state.ending(step)
+        if self._may_write():
+            self.publisher.publish(render_ending(ending, self._view_context()))
+
+    def _forget_description(self) -> None:
+        self.state.described = False
+
+    def _view_context(self) -> ViewContext:
+        return ViewContext(self.settings, keeps_history=self.publisher.keeps_history)
 
     def _may_write(self) -> bool:
         return self._publishing and (self._writer is None or self._writer.failure is None)
-
-
-def _with_contiguous_weights(snapshot: Snapshot) -> Snapshot:
-    """Lay each layer's weights out in NCHW order once: they arrive in the model's memory order
-    (channels_last, say), and drift, the drawn slices and the history all read them as NCHW."""
-    for layer in snapshot.layers.values():
-        if not layer.weight.is_contiguous():
-            layer.weight = torch.from_numpy(np.ascontiguousarray(layer.weight.numpy()))  # NumPy: no torch thread pool
-    return snapshot

@@ -3,13 +3,18 @@
 :class:`FilterVisualizer` serves plain PyTorch loops and notebooks; the Lightning
 callback :class:`~lightning_filterviz.FilterMonitor` is a thin adapter over it.
 
-A snapshot flows one way::
+A snapshot flows one way, each stage handing the next a frozen record::
 
-    training thread                     | writer thread (background=True)
-    probe_pass: the probe input, the    | delivery: waits for the copy, then
-      capture (reductions on the        |   run_state: dead, dormant, drift, filmstrip rows
-      device, one transfer to host)     |   views: the snapshot's images and scalars
-      (capture.py, transfer.py)  ---->  |   publishing: sink and history file
+    training thread                         | writer thread (background=True)
+    capture/: the probe pass (probe_pass,   | engine/delivery: waits for the copy, then
+      probe_capture: reductions on the      |   state/: judges it -> Snapshot (dead,
+      device), one transfer to host         |     dormant, drift, filmstrip rows)
+      (transfer) -> CapturedSnapshot  ----> |   views/: renders it -> Rendered (images,
+                                            |     scalars, tables, history arrays)
+                                            |   publishing/: writes them (sinks, history)
+
+Each public method hands over to the probe pass (training thread) or the delivery (writer
+thread); whatever changes the run state goes through the writer's queue.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from lightning_filterviz.core.arguments import VISUALIZER, with_args_section
 from lightning_filterviz.capture.probe_capture import ForwardFn
 from lightning_filterviz.capture.dataset_examples import ExampleCollector, InFlightExamples
 from lightning_filterviz.core.records import LayerExamples
-from lightning_filterviz.engine.delivery import Delivery
+from lightning_filterviz.engine.delivery import Delivery, PendingSnapshot
 from lightning_filterviz.capture.conv_layers import ConvLayer
 from lightning_filterviz.capture.probe import BatchKey
 from lightning_filterviz.core.pickling import RebuiltWhenUnpickled
@@ -36,8 +41,8 @@ from lightning_filterviz.core.filters import WeightNormalization
 from lightning_filterviz.state.run_state import RunState
 from lightning_filterviz.core.settings import VisualizerSettings, check_bool
 from lightning_filterviz.publishing.sinks.base import Sink, as_sink
-from lightning_filterviz.core.tags import with_logged_tags
 from lightning_filterviz.capture.tracking import TrainingBatchWatch
+from lightning_filterviz.views.registry import with_logged_tags
 
 __all__ = ["FilterVisualizer"]
 
@@ -87,7 +92,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
 
     # Longer than this package's other classes for a reason: it is the public API, and more
     # than half of it is that API's documentation. Each method hands over in a few lines, to
-    # the probe pass (training thread) or the delivery (writer thread).
+    # the probe pass (training thread) or the delivery (writer thread), which alone changes
+    # the run state.
 
     # A spawned process watches its own model afresh.
     rebuilt_when_unpickled = {"_probe_pass": lambda: None}
@@ -208,10 +214,9 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         ``new_run``, the next snapshot also writes the probe images and the layer table,
         which a new destination has not seen.
         """
-        self._delivery.attach(as_sink(sink), history_dir)
+        self._delivery.attach(as_sink(sink), history_dir, new_run=new_run)
         if new_run:
             self._probe_logged = False
-            self.state.described = False
 
     def reset(self) -> None:
         """Forget the run so far (statistics, drift baselines, filmstrips, the watched model),
@@ -231,7 +236,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         """
         self._reset_watch()
         self._probe_pass = ProbePass(model, self.settings)
-        self.state.progress.filmstrip_layers = self._probe_pass.resolve_layer_arguments()
+        self._probe_pass.resolve_layer_arguments()  # the filmstrip layers travel with each snapshot
         return self._probe_pass.layers
 
     def snapshot(
@@ -243,7 +248,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
         convert_input: Optional[Callable[[Tensor], Tensor]] = None,
         publish: bool = True,
-    ) -> Snapshot:
+    ) -> Union[Snapshot, PendingSnapshot]:
         """Capture the watched layers on ``batch`` at training step ``step`` and log them.
 
         Args:
@@ -257,9 +262,11 @@ class FilterVisualizer(RebuiltWhenUnpickled):
                 ``False`` only captures and updates the statistics.
 
         Returns:
-            The :class:`~lightning_filterviz.core.records.Snapshot`. With ``background=True``
-            its tensors (once their copy to host memory has arrived), statistics and
-            progress fields are filled in on the writer thread: read it after :meth:`flush`.
+            The judged :class:`~lightning_filterviz.core.records.Snapshot`, frozen and complete.
+            With ``background=True``, a :class:`~lightning_filterviz.engine.delivery.PendingSnapshot`
+            whose ``result()`` waits for the writer thread to judge it and returns it; the
+            snapshot has a ``result()`` too (itself), so ``visualizer.snapshot(...).result()``
+            works either way.
 
         Raises:
             ValueError: if a requested layer matches no conv, the batch has no model input
@@ -282,12 +289,11 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             draw_views=draw_views,
             probe_images=not self._probe_logged,
         )
-        self._probe_logged = self._probe_logged or captured.carries(captured.snapshot, "probe_images")
+        self._probe_logged = self._probe_logged or captured.carries("probe_images")
         in_flight = captured.ship()
         self._snapshot_count += 1
         # Writer thread (or here, with background=False): run state, views, publishing.
-        self._delivery.submit_snapshot(in_flight, publish)
-        return captured.snapshot
+        return self._delivery.submit_snapshot(in_flight, publish)
 
     @contextlib.contextmanager
     def training_batch(self, model: nn.Module) -> Iterator[None]:
@@ -379,8 +385,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         return {**self.state.state_dict(), "probe_logged": self._probe_logged, "snapshot_count": self._snapshot_count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._delivery.wait_for_results()
-        self.state.load_state_dict(state)
+        self._delivery.load_state(state)
         self._probe_logged = bool(state.get("probe_logged", False))
         self._snapshot_count = int(state.get("snapshot_count", 0))
 

@@ -24,7 +24,7 @@ from lightning_filterviz.core.filters import WeightNormalization
 from lightning_filterviz.core.settings import check_bool
 from lightning_filterviz.publishing.sinks.null import NullSink
 from lightning_filterviz.integration.snapshot_schedule import SnapshotSchedule
-from lightning_filterviz.core.tags import with_logged_tags
+from lightning_filterviz.views.registry import with_logged_tags
 from lightning_filterviz.integration.trainer_reading import (
     PROBE_SPLITS,
     FixedProbe,

@@ -6,18 +6,18 @@ filter that kept its direction, 1 for one that turned orthogonal and 2 for a neg
 the weight norm beside it says how much it grew or shrank.
 
 Everything here runs on the writer thread (with ``background=True``) on small CPU arrays,
-in NumPy: a torch op on a second thread starts a second OpenMP team. Everything it keeps
-across snapshots is capped by ``max_filters``.
+in NumPy (see :mod:`lightning_filterviz.drawing.render` for why; the tensors made here only
+wrap NumPy arrays). Everything it keeps across snapshots is capped by ``max_filters``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from lightning_filterviz.core.records import Snapshot
+from lightning_filterviz.core.records import CapturedSnapshot
 from lightning_filterviz.core.filters import WeightNormalization, displayed_filters, normalize_filters
 from lightning_filterviz.core.tiles import to_uint8
 
@@ -51,35 +51,38 @@ def drift_and_norm_ratio(weight: ArrayLike, initial: ArrayLike) -> tuple[np.ndar
 
 
 class ProgressTracker:
-    """Keeps what the progress views need from one snapshot to the next.
+    """Keeps what the progress views need from one snapshot to the next: each conv's initial
+    filters, and the filmstrip rows of the convs a snapshot names (``filmstrip_layers``)."""
 
-    Args:
-        filmstrip_layers: layers whose filters are kept for the filmstrip, one row per snapshot.
-    """
-
-    def __init__(self, filmstrip_layers: Sequence[str] = ()) -> None:
-        self.filmstrip_layers = list(filmstrip_layers)
+    def __init__(self) -> None:
         self._initial: dict[str, np.ndarray] = {}
         self._filmstrips: dict[str, list[np.ndarray]] = {}
 
     def update(
         self,
-        snapshot: Snapshot,
+        captured: CapturedSnapshot,
         normalization: WeightNormalization,
-        symmetric_ranges: dict[str, float],
-    ) -> None:
-        """Set ``snapshot.drift`` and ``snapshot.weight_norm_ratio``; add this snapshot's filmstrip rows."""
-        for name, layer in snapshot.layers.items():
+        symmetric_ranges: Mapping[str, float],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Add this snapshot's filmstrip rows; return its per-filter drift and weight norm
+        ratio, by conv name."""
+        drifts, ratios = {}, {}
+        for name, layer in captured.layers.items():
             weight = layer.weight.numpy()
             initial = self._initial.get(name)
             if initial is None or initial.shape != weight.shape:
                 initial = self._initial[name] = weight.copy()
             drift, ratio = drift_and_norm_ratio(weight, initial)
-            snapshot.drift[name], snapshot.weight_norm_ratio[name] = torch.from_numpy(drift), torch.from_numpy(ratio)
-            if name in self.filmstrip_layers:
+            drifts[name], ratios[name] = torch.from_numpy(drift), torch.from_numpy(ratio)
+            if name in captured.filmstrip_layers:
                 shown = displayed_filters(weight, layer.rgb)
                 unit = normalize_filters(shown, normalization, symmetric_ranges.get(name))
                 self._filmstrips.setdefault(name, []).append(to_uint8(unit).transpose(0, 2, 3, 1))
+        return drifts, ratios
+
+    def filmstrips(self) -> dict[str, tuple[np.ndarray, ...]]:
+        """Per conv with a filmstrip, its rows so far."""
+        return {name: tuple(rows) for name, rows in self._filmstrips.items() if rows}
 
     def filmstrip_rows(self, layer: str) -> list[np.ndarray]:
         """The layer's filters at every snapshot so far: ``(F, kh, kw, C)`` ``uint8`` each."""

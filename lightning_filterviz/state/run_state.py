@@ -2,28 +2,28 @@
 
 Dead-filter streaks, dormant filters, the symmetric normalization ranges, the initial
 filters drift is measured from, the filmstrip rows, which layers were warned about, the
-latest dataset examples, and the checkpoint state of all of it (examples aside). With
-``background=True`` every method here runs on the writer thread, so the training thread
-pays none of it; messages for the user are queued and emitted on the training thread
-(see :meth:`RunState.take_messages`).
+latest dataset examples, and the checkpoint state of all of it (examples aside). Each
+captured snapshot comes in frozen and goes out as a new frozen
+:class:`~lightning_filterviz.core.records.Snapshot` with the verdicts; nothing it was given
+is changed. With ``background=True`` every method here runs on the writer thread, so the
+training thread pays none of it; messages for the user are queued and emitted on the
+training thread (see :meth:`RunState.take_messages`).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from lightning_filterviz.state.progress import ProgressTracker
-from lightning_filterviz.core.records import Snapshot, Table
+from lightning_filterviz.core.layer_table import layer_table
+from lightning_filterviz.core.records import CapturedSnapshot, DatasetExamples, RunEnding, Snapshot
 from lightning_filterviz.core.settings import VisualizerSettings
 from lightning_filterviz.state.stats import DeadFilterTracker, dormant_indices
 
-if TYPE_CHECKING:
-    from lightning_filterviz.core.records import LayerExamples
-
-__all__ = ["DEAD_FRACTION_WARNING", "Message", "RunState", "layer_table"]
+__all__ = ["DEAD_FRACTION_WARNING", "Message", "RunState"]
 
 # Past this dead fraction a layer is in trouble; say so once.
 DEAD_FRACTION_WARNING = 0.5
@@ -33,7 +33,7 @@ Message = tuple[str, str]
 
 
 class RunState:
-    """The statistics and progress of one run, updated snapshot by snapshot.
+    """The statistics and progress of one run, judged snapshot by snapshot.
 
     Args:
         settings: the engine's settings.
@@ -47,41 +47,56 @@ class RunState:
         self.symmetric_ranges: dict[str, float] = {}
         self.warned_dead: set[str] = set()
         self.described = False
-        # The latest snapshot's drift when its strips were not drawn with it (see finish()).
+        # The latest snapshot, when its drift strips were not drawn with it (see ending()).
         self.undrawn_drift: Optional[Snapshot] = None
         # The latest validation run's dataset examples, per conv and drawn filter, strongest first.
         self.dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
         self.dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
         self._messages: collections.deque[Message] = collections.deque()
 
-    def update(self, snapshot: Snapshot) -> None:
-        """Judge one snapshot and fill in its statistics and progress fields."""
-        self.tracker.update(snapshot)
+    def judge(self, captured: CapturedSnapshot) -> Snapshot:
+        """Fold one captured snapshot into the run; return it with the run's verdicts."""
+        self.tracker.update(captured)
         self.dormant = {
             name: dormant_indices(layer.channel_mean_abs, self.settings.dormant_tau)
-            for name, layer in snapshot.layers.items()
+            for name, layer in captured.layers.items()
             if layer.channel_mean_abs is not None
         }
-        snapshot.dead_filters = self.tracker.dead_filters
-        snapshot.dormant_filters = {name: list(indices) for name, indices in self.dormant.items()}
-        snapshot.symmetric_ranges = self._symmetric_ranges_for(snapshot)
-        self.progress.update(snapshot, self.settings.weight_normalization, snapshot.symmetric_ranges)
-        if snapshot.draw_views and self.settings.log_weights:
-            snapshot.filmstrips = self.filmstrip_rows()
-        # Kept (drift only, no maps) so that the end of the run can draw the last snapshot's drift strips.
+        symmetric_ranges = self._symmetric_ranges_for(captured)
+        drift, weight_norm_ratio = self.progress.update(captured, self.settings.weight_normalization, symmetric_ranges)
+        describes_layers = not self.described and self.settings.log_activations
+        snapshot = Snapshot(
+            step=captured.step,
+            layers=captured.layers,
+            probe_images=captured.probe_images,
+            probe_inputs=captured.probe_inputs,
+            receptive_fields=captured.receptive_fields,
+            draw_views=captured.draw_views,
+            dead_filters={name: tuple(indices) for name, indices in self.tracker.dead_filters.items()},
+            dormant_filters={name: tuple(indices) for name, indices in self.dormant.items()},
+            symmetric_ranges=symmetric_ranges,
+            drift=drift,
+            weight_norm_ratio=weight_norm_ratio,
+            filmstrips=self.progress.filmstrips() if captured.draw_views and self.settings.log_weights else {},
+            describes_layers=describes_layers,
+        )
+        # Kept (drift only: no maps stay alive) so that the end of the run can draw the last snapshot's drift strips.
         self.undrawn_drift = None if snapshot.draw_views else _drift_of(snapshot)
-        self._describe_once(snapshot)
+        if describes_layers:
+            self._describe(snapshot)
         self._warn_on_dying_layers(snapshot.step)
+        return snapshot
 
-    def keep_examples(self, examples: Mapping[str, LayerExamples]) -> None:
+    def ending(self, step: int) -> RunEnding:
+        """What the end of the run at ``step`` draws: every filmstrip row, and the latest
+        snapshot when it did not draw its drift strips (they are drawn once)."""
+        latest, self.undrawn_drift = self.undrawn_drift, None
+        return RunEnding(step=step, filmstrips=self.progress.filmstrips(), latest=latest)
+
+    def keep_examples(self, examples: DatasetExamples) -> None:
         """Keep a validation run's dataset examples (on the host) as lists."""
-        self.dataset_examples = {name: found.as_lists() for name, found in examples.items()}
-        self.dataset_example_positions = {name: found.position_lists() for name, found in examples.items()}
-
-    def filmstrip_rows(self) -> dict[str, list[np.ndarray]]:
-        """Per filmstrip layer with at least one row, its rows so far."""
-        rows = {name: self.progress.filmstrip_rows(name) for name in self.progress.filmstrip_layers}
-        return {name: layer_rows for name, layer_rows in rows.items() if layer_rows}
+        self.dataset_examples = {name: found.as_lists() for name, found in examples.layers.items()}
+        self.dataset_example_positions = {name: found.position_lists() for name, found in examples.layers.items()}
 
     def warn(self, text: str) -> None:
         """Queue a warning for the user (shown on the training thread)."""
@@ -110,7 +125,7 @@ class RunState:
         self.dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
         self.progress.load_state_dict(state.get("progress", {}))
 
-    def _symmetric_ranges_for(self, snapshot: Snapshot) -> dict[str, float]:
+    def _symmetric_ranges_for(self, snapshot: CapturedSnapshot) -> dict[str, float]:
         if self.settings.weight_normalization != "symmetric":
             return {}
         for name, layer in snapshot.layers.items():
@@ -131,12 +146,9 @@ class RunState:
                     "snapshots in a row). A lower learning rate, a different init or a leaky activation may help.",
                 ))
 
-    def _describe_once(self, snapshot: Snapshot) -> None:
-        if self.described or not self.settings.log_activations:
-            return
+    def _describe(self, snapshot: Snapshot) -> None:
         self.described = True
-        snapshot.layer_table = layer_table(snapshot)
-        table = snapshot.layer_table.markdown()
+        table = layer_table(snapshot).markdown()
         self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + table))
         not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
         if not_relu:
@@ -147,24 +159,7 @@ class RunState:
             ))
 
 
-def layer_table(snapshot: Snapshot) -> Table:
-    """Each watched conv, the activation it maps to (or why it has none), and how
-    ``track_training_batches`` watches it: a hook on the module in front of its ReLU, or
-    the tracer (which costs more per step)."""
-    rows = []
-    for name, layer in snapshot.layers.items():
-        activation = layer.activation or f"none: {layer.no_activation_reason or 'activations not captured'}"
-        if layer.pre_activation:
-            activation += "; its output is drawn, signed (pre-activation)"
-        if layer.activation and layer.through:
-            activation += f" (through {', '.join(layer.through)})"
-        judged = "yes" if layer.zeroing else "no"
-        rows.append((name, str(layer.out_channels), activation, judged, layer.watched_by or "-"))
-    columns = ("conv", "filters", "activation", "dead judged", "training batches watched by")
-    return Table(columns=columns, rows=tuple(rows))
-
-
 def _drift_of(snapshot: Snapshot) -> Optional[Snapshot]:
     if not snapshot.drift:
         return None
-    return Snapshot(step=snapshot.step, drift=dict(snapshot.drift), weight_norm_ratio=dict(snapshot.weight_norm_ratio))
+    return Snapshot(step=snapshot.step, drift=snapshot.drift, weight_norm_ratio=snapshot.weight_norm_ratio)

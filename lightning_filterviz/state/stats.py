@@ -1,4 +1,9 @@
-"""Dead-filter statistics and their persistence over snapshots."""
+"""Dead-filter statistics and their persistence over snapshots.
+
+They run on the writer thread (with ``background=True``) in torch, on per-channel vectors
+small enough that torch runs them on the calling thread alone (below its parallel grain
+size), so they start no second OpenMP team beside training.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_filterviz.core.records import Snapshot
+from lightning_filterviz.core.records import CapturedSnapshot
 
 __all__ = ["DeadFilterTracker", "dormant_indices", "dormant_scores"]
 
@@ -36,7 +41,7 @@ class DeadFilterTracker:
         self.patience = patience
         self._off_streak: dict[str, Tensor] = {}
 
-    def update(self, snapshot: Snapshot) -> None:
+    def update(self, snapshot: CapturedSnapshot) -> None:
         """Fold one snapshot into the streaks.
 
         A filter is off when its activation stayed ``<= threshold`` on the probe and, where

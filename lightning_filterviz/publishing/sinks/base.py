@@ -23,9 +23,6 @@ __all__ = [
     "as_encoded",
     "as_sink",
     "is_summary_writer",
-    "write_images",
-    "write_scalars",
-    "write_table",
 ]
 
 # What an object of the user's own must have to be written to (a SummaryWriter has them too).
@@ -213,21 +210,6 @@ def is_summary_writer(target: Any) -> bool:
 def as_encoded(image: Union[Image, EncodedImage]) -> EncodedImage:
     """``image`` as an :class:`~lightning_filterviz.core.png.EncodedImage` (one is returned as it is)."""
     return image if isinstance(image, EncodedImage) else EncodedImage(image)
-
-
-def write_images(sink: Sink, images: Mapping[str, EncodedImage], step: int) -> None:
-    """``sink.add_images(images, step)``; kept for the publisher until it calls that itself."""
-    sink.add_images(images, step)
-
-
-def write_scalars(sink: Sink, values: Mapping[str, float], step: int) -> None:
-    """``sink.add_scalars(values, step)``; kept for the publisher until it calls that itself."""
-    sink.add_scalars(values, step)
-
-
-def write_table(sink: Sink, tag: str, table: Table, step: int) -> None:
-    """``sink.add_table(tag, table, step)``; kept for the publisher until it calls that itself."""
-    sink.add_table(tag, table, step)
 
 
 def _has_user_sink_methods(target: Any) -> bool:
