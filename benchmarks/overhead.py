@@ -549,24 +549,22 @@ def logger_versions() -> str:
     )
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """Keeps what the engine writes, one list of calls per snapshot (a flush ends one), to be
     replayed into other sinks; images are kept as pixels, to be encoded afresh for each replay."""
+
+    takes_images = True
 
     def __init__(self) -> None:
         self.snapshots: list[Calls] = [[]]
 
-    def add_encoded_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
-        self.snapshots[-1].append(("images", {tag: image.pixels for tag, image in images.items()}, step))
-
-    def add_image(self, tag: str, image: Image, step: int) -> None:
-        self.snapshots[-1].append(("images", {tag: image}, step))
+    def add_images(self, images: Mapping[str, EncodedImage], step: int) -> None:
+        if images:
+            self.snapshots[-1].append(("images", {tag: image.pixels for tag, image in images.items()}, step))
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> None:
-        self.snapshots[-1].append(("scalars", dict(values), step))
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.add_scalars({tag: value}, step)
+        if values:
+            self.snapshots[-1].append(("scalars", dict(values), step))
 
     def add_table(self, tag: str, table: Table, step: int) -> None:
         self.snapshots[-1].append(("table", tag, table, step))

@@ -1,6 +1,6 @@
 """Bad constructor arguments fail fast with a message naming the argument and what it accepts;
 every argument of FilterMonitor and FilterVisualizer has a case here, one description in
-lightning_filterviz/arguments.py (which both docstrings show) and, for the monitor, a row in README."""
+lightning_filterviz/core/arguments.py (which both docstrings show) and, for the monitor, a row in README."""
 
 from __future__ import annotations
 
