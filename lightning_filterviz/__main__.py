@@ -125,7 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args is None:
         return code
     if args.command is None:
-        parser.print_usage(sys.stderr)
+        # No command: show the commands there are, not only a usage line.
+        parser.print_help(sys.stderr)
         return 2
     return run_report(args)
 

@@ -253,9 +253,11 @@ def test_build_report_raises_report_error(tmp_path):
     assert issubclass(ReportError, ValueError)
 
 
-def test_no_arguments_prints_usage_and_exits_2(capsys):
+def test_no_arguments_prints_the_commands_and_exits_2(capsys):
     assert main([]) == 2
-    assert capsys.readouterr().err.startswith("usage: python -m lightning_filterviz")
+    printed = capsys.readouterr().err
+    assert printed.startswith("usage: python -m lightning_filterviz")
+    assert "report    write a self-contained HTML report" in printed
 
 
 def test_module_entry_point_reports_a_foreign_file_on_one_line(tmp_path):
