@@ -340,6 +340,15 @@ class Table:
         lines.extend(_markdown_row(row) for row in self.rows)
         return "\n".join(lines)
 
+    def text(self) -> str:
+        """The table as aligned plain-text columns, for a console (Markdown's backticks dropped)."""
+        cells = [self.columns, *self.rows]
+        cells = [tuple(cell.replace("`", "") for cell in row) for row in cells]
+        widths = [max(len(row[column]) for row in cells) for column in range(len(self.columns))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        return "\n".join(lines)
+
 
 def _markdown_row(cells: tuple[str, ...]) -> str:
     return "| " + " | ".join(cells) + " |"

@@ -11,9 +11,11 @@ change to the run state goes through the writer's queue, in order with the snaps
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from concurrent.futures import Future
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, ContextManager, Mapping, Optional, Union
 
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -142,10 +144,12 @@ class Delivery(RebuiltWhenUnpickled):
         show the messages queued for the user."""
         if self._publishing:
             self.publisher.on_training_thread()
-        for kind, text in self.state.take_messages():
-            (rank_zero_warn if kind == "warn" else rank_zero_info)(text)
-        for text in self.publisher.take_messages():
-            rank_zero_warn(text)
+        messages = self.state.take_messages() + [("warn", text) for text in self.publisher.take_messages()]
+        if not messages:
+            return
+        with _clear_of_progress_bars():
+            for kind, text in messages:
+                (rank_zero_warn if kind == "warn" else rank_zero_info)(text)
 
     def close(self) -> None:
         """Flush, then stop the writer thread (the next submission starts it again)."""
@@ -223,3 +227,14 @@ class Delivery(RebuiltWhenUnpickled):
 
     def _may_write(self) -> bool:
         return self._publishing and (self._writer is None or self._writer.failure is None)
+
+
+def _clear_of_progress_bars() -> ContextManager[Any]:
+    """Where a tqdm progress bar is on screen (Lightning's, or a plain loop's), lift it while
+    messages are written and draw it again below them, so each message stands on its own
+    lines instead of being written into the middle of the bar."""
+    tqdm = sys.modules.get("tqdm")  # no bar can be on screen unless tqdm was imported
+    if tqdm is None:
+        return contextlib.nullcontext()
+    return tqdm.tqdm.external_write_mode(file=sys.stderr)
+

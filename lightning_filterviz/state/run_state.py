@@ -148,7 +148,7 @@ class RunState:
 
     def _describe(self, snapshot: Snapshot) -> None:
         self.described = True
-        table = layer_table(snapshot).markdown()
+        table = layer_table(snapshot).text()
         self._messages.append(("info", "filterviz: watched conv layers and their activations\n" + table))
         not_relu = [name for name, layer in snapshot.layers.items() if layer.activation and not layer.zeroing]
         if not_relu:
