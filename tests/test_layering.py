@@ -1,9 +1,9 @@
 """The package's stages, held to the direction a snapshot flows in.
 
-Each subpackage is one stage (see the package's README section "How the code is laid
-out"); a stage may import only the stages listed for it here. The rule lives in this test,
-not in a comment: an import against the flow fails it, wherever in a module it is written
-(at the top, inside a function, or under ``TYPE_CHECKING``).
+Each subpackage is one stage (see "How it works" in docs/how-it-works.md); a stage may
+import only the stages listed for it here. The rule lives in this test, not in a comment:
+an import against the flow fails it, wherever in a module it is written (at the top,
+inside a function, or under ``TYPE_CHECKING``).
 """
 
 from __future__ import annotations
