@@ -30,6 +30,7 @@ from lightning_filterviz.capture.activations import ActivationRecorder, Activati
 from lightning_filterviz.capture.conv_layers import ConvLayer
 from lightning_filterviz.capture.discovery import NOT_RUN, ActivationTracer
 from lightning_filterviz.core.records import PRE_ACTIVATION, CapturedSnapshot, LayerCapture, ReceptiveField
+from lightning_filterviz.capture.buffers import untouched_buffers
 from lightning_filterviz.capture.rng import untouched_random_state
 from lightning_filterviz.capture.transfer import HostBuffer, TransferPacker
 
@@ -323,17 +324,21 @@ def _call_model(model: nn.Module, inputs: Any) -> Any:
 
 @contextlib.contextmanager
 def side_pass(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
-    """Eval mode, untouched random generators and (unless ``grad``) no autograd for the duration.
+    """Eval mode, untouched random generators and buffers, and (unless ``grad``) no autograd
+    for the duration.
 
     Compiled modules run as plain Python, so hooks fire and nothing is (re)compiled. Every
-    module's train/eval flag is restored afterwards, so a user's frozen BatchNorm stays frozen.
+    module's train/eval flag is restored afterwards, so a user's frozen BatchNorm stays frozen,
+    and every buffer (see :func:`~lightning_filterviz.capture.buffers.untouched_buffers`), so
+    observers and counters that record in eval mode too are as the training steps left them.
     """
     modes = [(module, module.training) for module in model.modules()]
     autograd = torch.enable_grad() if grad else torch.no_grad()
     try:
         with untouched_random_state(_cuda_devices(model)), autograd, _eager():
             _evaluation_mode(model, [module for module, _ in modes])
-            yield
+            with untouched_buffers(model):
+                yield
     finally:
         for module, training in modes:
             if module.training != training:
