@@ -27,6 +27,7 @@ from conftest import (
     trainer_kwargs,
 )
 from lightning_filterviz import DirectorySink, sink_for_logger
+from lightning_filterviz.integration.probe_storage import rebuilt_probe
 
 
 def dropout_bn_net() -> nn.Sequential:
@@ -124,11 +125,11 @@ def test_two_monitors_keep_separate_state(tmp_path):
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
     kwargs = trainer_kwargs(tmp_path, max_epochs=1, enable_checkpointing=True)
     pl.Trainer(callbacks=[every_two, second_layer, checkpoint], **kwargs).fit(Classifier(), datamodule=RandomImages())
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
     assert saved[every_two.state_key]["last_snapshot_step"] == 4
     assert saved[second_layer.state_key]["last_snapshot_step"] == 4
-    assert len(saved[every_two.state_key]["probe"][0]) == 8
-    assert len(saved[second_layer.state_key]["probe"][0]) == 2
+    assert len(rebuilt_probe(saved[every_two.state_key]["probe"])[0]) == 8
+    assert len(rebuilt_probe(saved[second_layer.state_key]["probe"])[0]) == 2
 
 
 class CompiledSubmodule(Classifier):

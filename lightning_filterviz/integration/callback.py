@@ -258,7 +258,7 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "probe": self._probe.batch,
+            "probe": self._probe.stored(),  # plain containers: the checkpoint loads with weights_only=True
             "last_snapshot_step": self._schedule.last_step,
             "engine": self.engine.state_dict(),
         }

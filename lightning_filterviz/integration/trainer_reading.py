@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_filterviz.core.history import history_dir_of, point_to_history
+from lightning_filterviz.integration.probe_storage import is_stored_probe, rebuilt_probe, stored_probe
 from lightning_filterviz.publishing.sinks.registry import sinks_for_loggers
 from lightning_filterviz.capture.probe import pin_memory, probe_from_loader, take_first, to_cpu
 from lightning_filterviz.capture.rng import initialized_cuda_devices, untouched_random_state
@@ -77,6 +78,7 @@ class FixedProbe:
         self.split = split
         self._given = given is not None
         self._pinned: Optional[Any] = None
+        self._stored: Optional[tuple[Any, dict[str, Any]]] = None  # the batch and its stored form
 
     def choose(self, trainer: Any) -> Any:
         """The probe, taken from the fit's data if there is none yet."""
@@ -84,9 +86,20 @@ class FixedProbe:
             self.batch = probe_from_data(trainer, self.split, self.size)
         return self.batch
 
-    def restore(self, batch: Any) -> None:
-        """Use ``batch`` (a probe saved in a checkpoint) from now on."""
-        self.batch = batch
+    def stored(self) -> Optional[dict[str, Any]]:
+        """The probe as a checkpoint holds it: plain containers and tensors, stored compactly
+        and losslessly (see :mod:`~lightning_filterviz.integration.probe_storage`); ``None``
+        before one is chosen. Made once per probe."""
+        if self.batch is None:
+            return None
+        if self._stored is None or self._stored[0] is not self.batch:
+            self._stored = (self.batch, stored_probe(self.batch))
+        return self._stored[1]
+
+    def restore(self, saved: Any) -> None:
+        """Use the probe saved in a checkpoint (as :meth:`stored` gave it, or an older
+        version's batch as it was) from now on."""
+        self.batch = rebuilt_probe(saved) if is_stored_probe(saved) else saved
         self._pinned = None
 
     def forget(self) -> None:
