@@ -9,6 +9,16 @@ synchronization per batch, no activation kept. The results cross to the host in 
 non-blocking copy at the end of the run, read on the writer thread; under DDP every rank's,
 merged there (:func:`merge_ranks`).
 
+Which forwards are collected, so that every example's position and patch belong to one
+input the model saw: on each validation batch, only each tap's first call, and only if it
+takes the batch's images as they are (as many as the batch holds). A validation step that
+runs the model again on the same batch (test-time augmentation: a flipped copy) is collected
+from its first forward only; one that runs the batch concatenated with copies (twice the
+images) gives that batch nothing, as nothing tells the copies from the originals. The
+collector notes each kind of call it skipped (:attr:`ExampleCollector.skipped`), for the
+caller to say once. A non-finite response (a NaN or Inf pixel, an overflow) is never an
+example: those positions rank below every finite one.
+
 The patches are stored at the receptive field's size, capped at ``patch_pixels`` per side
 (the field sampled nearest), so memory is at most ``max_filters * k * patch_pixels**2 *
 channels`` floats per layer whatever the layer's depth.
@@ -32,6 +42,11 @@ from lightning_filterviz.capture.transfer import TransferPacker
 __all__ = ["NO_INDEX", "ExampleCollector", "InFlightExamples", "LayerExamples", "merge_ranks"]
 
 PATCH_PIXELS = 32
+_INF = float("inf")
+
+# Why a tap's call was not collected (see ExampleCollector.skipped).
+CALLED_AGAIN = "called again on the same batch"
+OTHER_BATCH_SIZE = "called on another number of images than the batch holds"
 
 
 class InFlightExamples:
@@ -119,6 +134,11 @@ class ExampleCollector:
         k: examples per filter.
         patch_pixels: the most pixels per side a stored patch keeps of its field.
 
+    Attributes:
+        skipped: why calls of the taps were not collected in this pass
+            (:data:`CALLED_AGAIN`, :data:`OTHER_BATCH_SIZE`); empty if every call was.
+        collected_any: whether any call was collected in this pass.
+
     Example::
 
         collector = ExampleCollector({"conv1": (tap, field)}, max_filters=16, k=9)
@@ -143,13 +163,16 @@ class ExampleCollector:
         self._best: dict[str, LayerExamples] = {}
         self._inputs: Optional[Tensor] = None
         self._indices: Optional[Tensor] = None
+        self._called: set[str] = set()  # the taps already called on this batch
+        self.skipped: set[str] = set()
+        self.collected_any = False
         self._guard = HookGuard()  # the hooks run inside the user's forward: they never raise there
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[None]:
         """Hook every chosen tap for the duration; every hook is removed on the way out,
         also on an exception."""
-        self._best = {}
+        self._best, self.skipped, self.collected_any = {}, set(), False
         with contextlib.ExitStack() as hooks:
             for name, (tap, field) in self.layers.items():
                 handle = tap.module.register_forward_hook(self._hook(name, tap, field))
@@ -163,6 +186,11 @@ class ExampleCollector:
         """The model input of the batch about to run (on the model's device), and each of its
         images' dataset index (``-1`` where unknown; moved to the input's device if elsewhere)."""
         self._inputs, self._indices = inputs, dataset_indices.to(inputs.device, non_blocking=True)
+        self._called = set()
+
+    def pause(self) -> None:
+        """Collect nothing until the next :meth:`next_batch` (a batch that is not to be collected)."""
+        self._inputs = self._indices = None
 
     def results(self) -> dict[str, LayerExamples]:
         """Each layer's examples, on the device where they were collected.
@@ -179,19 +207,33 @@ class ExampleCollector:
         def merge(module: nn.Module, args: Any, output: Any) -> None:
             if self._inputs is None or not torch.is_tensor(output) or output.dim() != 4:
                 return  # a forward outside the batches we were told about
+            if name in self._called:
+                self.skipped.add(CALLED_AGAIN)  # a copy of the batch (augmented) or a reused layer
+                return
+            self._called.add(name)
             with torch.no_grad():
+                if output.shape[0] != self._inputs.shape[0]:
+                    # Copies joined to the batch: no telling which images are the batch's.
+                    self.skipped.add(OTHER_BATCH_SIZE)
+                    self._ensure_slots(name, field, output)
+                    return
                 self._merge(name, tap, field, output)
+                self.collected_any = True
 
         return self._guard.wrap(merge)
 
     def _merge(self, name: str, tap: ActivationTap, field: ReceptiveField, output: Tensor) -> None:
         assert self._inputs is not None and self._indices is not None
-        maps = output[:, : self.max_filters].detach()
+        # A non-finite response is never an example: it ranks below every finite one (on the
+        # device, no check on the host), so an image is kept at its strongest finite position.
+        maps = output[:, : self.max_filters].detach().nan_to_num(nan=-_INF, posinf=-_INF, neginf=-_INF)
         filters, width = maps.shape[1], maps.shape[3]
-        # Each image once per filter, at its strongest position: the peaks first (no copy of
-        # the maps), the position only for the images that make the top k.
-        peak = tap.activation(maps.amax(dim=(2, 3)).float())  # (N, F)
-        best = self._best.get(name) or self._empty(filters, field, maps.device)
+        # Each image once per filter, at its strongest position: the peaks first, the position
+        # only for the images that make the top k.
+        strongest = maps.amax(dim=(2, 3)).float()  # (N, F)
+        # An image without a finite response stays at -inf, an empty slot, whatever the activation.
+        peak = torch.where(strongest == -_INF, strongest, tap.activation(strongest))
+        best = self._ensure_slots(name, field, output)
         values = torch.cat([best.values, peak.t()], dim=1)  # (F, k + N)
         kept_values, kept = values.topk(self.k, dim=1)
         from_batch = kept >= self.k
@@ -232,6 +274,13 @@ class ExampleCollector:
         pixels = inputs[image[..., None, None], :, at_rows, at_cols]  # (F, k, h, w, C)
         pixels = torch.where(inside[..., None], pixels, torch.full_like(pixels, float("nan")))
         return top + field.size[0] // 2, left + field.size[1] // 2, pixels.permute(0, 1, 4, 2, 3)
+
+    def _ensure_slots(self, name: str, field: ReceptiveField, output: Tensor) -> LayerExamples:
+        """The examples kept so far for ``name``; empty slots at its first batch (so that every
+        rank has every layer's, also a rank none of whose batches could be collected)."""
+        if name not in self._best:
+            self._best[name] = self._empty(min(output.shape[1], self.max_filters), field, output.device)
+        return self._best[name]
 
     def _empty(self, filters: int, field: ReceptiveField, device: torch.device) -> LayerExamples:
         # Fixed shapes from the start (k slots, empty ones at -inf), so that every rank's

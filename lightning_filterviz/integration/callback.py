@@ -134,7 +134,11 @@ class FilterMonitorLogic(_CallbackBase):
         """Conv name -> per drawn filter, ``[(dataset_index, value), ...]`` of the validation
         images it fired on most in the latest validation run, strongest first.
         ``dataset_index`` is the sample's index in the validation dataset, or ``None`` when
-        the loader does not read it in order (shuffled, or an ``IterableDataset``)."""
+        the loader does not read it in order (shuffled, or an ``IterableDataset``).
+        Only the first validation dataloader is read, and of each batch only each conv's
+        first forward on the batch's own images (test-time augmentation copies run after
+        it are left out; a batch concatenated with copies gives none); a non-finite
+        response is never an example. A warning says once per fit what was left out."""
         return self.engine.dataset_examples
 
     @property
@@ -232,8 +236,9 @@ class FilterMonitorLogic(_CallbackBase):
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._examples.active and dataloader_idx == 0:
-            self._examples.next_batch(batch, self.engine.batch_key)
+        # Only the first loader's batches are collected; the others' forwards are left out.
+        if self._examples.active:
+            self._examples.next_batch(batch, self.engine.batch_key, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
