@@ -43,3 +43,26 @@ def test_sync_batchnorm_model_needs_no_collective_for_the_probe_pass(tmp_path):
     snapshot = FilterVisualizer(str(tmp_path)).snapshot(model, torch.randn(2, 3, 8, 8), step=0)
     assert snapshot.layers["0"].activation == "relu"
     assert model.training and model[1].training
+
+
+def test_ddp_spawn_hands_the_results_back_to_the_main_process(tmp_path):
+    """The fit runs in spawned processes; the monitor the user holds gets rank 0's results."""
+    import os
+
+    import torch
+
+    from conftest import image_dataset
+
+    model = Classifier()
+    with torch.no_grad():
+        model.net[3].bias[2] = -1e4  # planted: filter 2 of net.3 never fires
+    monitor = FilterMonitor(every_n_steps=1, probe_size=4, dead_patience=2)
+    kwargs = trainer_kwargs(tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn")
+    pl.Trainer(callbacks=[monitor], **kwargs).fit(model, datamodule=RandomImages())
+
+    assert monitor.dead_filters == {"net.0": [], "net.3": [2]}
+    assert torch.equal(monitor.probe[0], image_dataset(16, seed=2).tensors[0][:4])  # type: ignore[attr-defined]
+    examples = monitor.dataset_examples["net.0"]
+    assert examples and all(index in range(16) for filter_examples in examples for index, _ in filter_examples)
+    assert len(monitor.dataset_example_positions["net.0"]) == len(examples)
+    assert not os.path.exists(monitor._worker_results.path)  # read once, then removed

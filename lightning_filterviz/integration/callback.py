@@ -35,6 +35,7 @@ from lightning_filterviz.integration.trainer_reading import (
     log_dir_of,
 )
 from lightning_filterviz.integration.validation_examples import ValidationExamples
+from lightning_filterviz.integration.worker_results import WorkerResults
 
 __all__ = ["PROBE_SPLITS", "FilterMonitorLogic"]
 
@@ -118,15 +119,19 @@ class FilterMonitorLogic(_CallbackBase):
         # What the previous fit watched, so that a fit of another model or on other data starts afresh.
         self._previous_fit = FitIdentity()
         self._enabled = True
+        # Where a copy of the monitor in a spawned or forked process (ddp_spawn) leaves its results.
+        self._worker_results = WorkerResults()
 
     @property
     def dead_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices now dead."""
+        self._take_results_from_workers()
         return self.engine.dead_filters
 
     @property
     def dormant_filters(self) -> dict[str, list[int]]:
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
+        self._take_results_from_workers()
         return self.engine.dormant_filters
 
     @property
@@ -139,12 +144,14 @@ class FilterMonitorLogic(_CallbackBase):
         first forward on the batch's own images (test-time augmentation copies run after
         it are left out; a batch concatenated with copies gives none); a non-finite
         response is never an example. A warning says once per fit what was left out."""
+        self._take_results_from_workers()
         return self.engine.dataset_examples
 
     @property
     def dataset_example_positions(self) -> dict[str, list[list[tuple[int, int]]]]:
         """Like :attr:`dataset_examples`: the input pixel ``(y, x)`` where each example peaks
         (the centre of the receptive field there)."""
+        self._take_results_from_workers()
         return self.engine.dataset_example_positions
 
     @property
@@ -158,6 +165,7 @@ class FilterMonitorLogic(_CallbackBase):
     @property
     def probe(self) -> Optional[Any]:
         """The fixed probe batch (on the CPU), once chosen."""
+        self._take_results_from_workers()
         return self._probe.batch
 
     @property
@@ -258,10 +266,14 @@ class FilterMonitorLogic(_CallbackBase):
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero and self._worker_results.away_from_home():
+            # ddp_spawn and the like: the monitor the user holds is in another process.
+            self._worker_results.send(self._results_for_home(), trainer.default_root_dir)
         self.engine.close()
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._take_results_from_workers()
         return {
             "probe": self._probe.stored(),  # plain containers: the checkpoint loads with weights_only=True
             "last_snapshot_step": self._schedule.last_step,
@@ -296,6 +308,34 @@ class FilterMonitorLogic(_CallbackBase):
             probe = probe if probe is not None else self._probe.on_device(trainer)
             if not _snapshot_of_fit(self.engine, trainer, pl_module, probe):
                 self._enabled = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for a spawned fit: it goes on from what an earlier spawned fit handed back.
+        self._take_results_from_workers()
+        return self.__dict__.copy()
+
+    def _results_for_home(self) -> dict[str, Any]:
+        """What the monitor in the process that made it gets back: its checkpoint state and the
+        latest dataset examples, as tensors, numbers, strings and plain containers."""
+        try:
+            return {
+                "state": self.state_dict(),
+                "dataset_examples": self.engine.dataset_examples,
+                "dataset_example_positions": self.engine.dataset_example_positions,
+            }
+        except Exception as error:  # monitoring must never end a training run
+            rank_zero_warn(f"filterviz: the results could not be gathered: {type(error).__name__}: {error}")
+            return {}
+
+    def _take_results_from_workers(self) -> None:
+        """Take over the results a copy of this monitor left from another process, if any."""
+        results = self._worker_results.receive()
+        if not results:
+            return
+        self.load_state_dict(results["state"])
+        state = self.engine.state  # the writer thread is idle: load_state_dict waited for it
+        state.dataset_examples = results["dataset_examples"]
+        state.dataset_example_positions = results["dataset_example_positions"]
 
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
