@@ -80,16 +80,19 @@ class ActivationRecorder:
         values = activation.detach() if activation.requires_grad else activation
         dims = [dim for dim in range(values.dim()) if dim != 1]
         channel_max: Optional[Tensor]
+        finite: Optional[Tensor] = None
         if self._reduce_maps is None:  # training-batch tracking needs the maxima only
             channel_max = channel_mean_abs = values.amax(dim=dims)
         else:
-            channel_max, channel_mean_abs = _channel_statistics(values, dims, function, nonnegative)
+            finite = torch.isfinite(values)
+            channel_max, channel_mean_abs = _channel_statistics(values, finite, dims, function, nonnegative)
         previous = self.records.get(layer)
         if previous is not None:
             # A conv called several times per forward (weight sharing): every call weighs the same.
             previous.calls += 1
             if previous.channel_max is not None and channel_max is not None:
-                previous.channel_max = torch.maximum(previous.channel_max, channel_max)
+                # fmax: a call with no finite value in a channel (NaN there) leaves the other's maximum.
+                previous.channel_max = torch.fmax(previous.channel_max, channel_max)
             # Tracking reads the maxima only (and its calls' dtypes may differ under autocast).
             if self._reduce_maps is not None:
                 weight = 1.0 / previous.calls
@@ -97,25 +100,51 @@ class ActivationRecorder:
             return
         maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
         record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
-        if self._reduce_maps is not None and values.dim() == 4 and layer in self._peak_layers:
-            record.peak_index = values.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
+        if finite is not None and values.dim() == 4 and layer in self._peak_layers:
+            record.peak_index = _finite_peak_indices(values, finite)
             record.output_hw = (values.shape[2], values.shape[3])
         self.records[layer] = record
 
 
 def _channel_statistics(
-    values: Tensor, dims: list[int], function: str, nonnegative: bool
+    values: Tensor, finite: Tensor, dims: list[int], function: str, nonnegative: bool
 ) -> tuple[Optional[Tensor], Tensor]:
     """Per channel, the maximum (in the activation's dtype: exact in any, and converted on
     arrival, not by a kernel here) and the mean of ``|h|`` (in float32 whatever the autocast
-    dtype). A pre-activation gets no maximum: without a floor it decides no "dead", and
-    nothing draws it (a kernel fewer per layer and snapshot)."""
-    # Where every value is >= 0, |h| is h: no temporary for it. Accumulated in float32 by the
-    # reduction itself, not by a float32 copy of a half-precision activation first.
-    channel_mean_abs = (values if nonnegative else values.abs()).mean(dim=dims, dtype=torch.float32)
+    dtype), both over the positions where ``finite`` holds. A pre-activation gets no maximum:
+    without a floor it decides no "dead", and nothing draws it (a kernel fewer per layer and
+    snapshot).
+
+    A NaN or Inf position (a non-finite probe pixel, an overflow) is left out of both, so that
+    it neither hides a dead filter nor swamps a layer's mean; a channel without a single
+    finite position gets NaN for both (not judged). Everything stays on the device: no value
+    is read on the host. Where every position is finite, the results are bitwise those of a
+    plain ``amax`` and ``mean``.
+    """
+    # Where every value is >= 0, |h| is h: no temporary for it.
+    magnitudes = values if nonnegative else values.abs()
+    kept = torch.where(finite, magnitudes, 0)
+    finite_count = finite.sum(dim=dims)
+    positions = values.numel() // max(1, values.shape[1])
+    # The mean over all positions with the non-finite ones at 0, scaled to the finite ones:
+    # the scale is exactly 1.0 when all are finite, so the mean is the plain one to the bit.
+    # Accumulated in float32 by the reduction itself, not by a float32 copy of a
+    # half-precision activation first.
+    channel_mean_abs = kept.mean(dim=dims, dtype=torch.float32) * (positions / finite_count)
     if function == PRE_ACTIVATION:
         return None, channel_mean_abs
-    return values.amax(dim=dims), channel_mean_abs
+    # An activation known to be >= 0 has its maximum among the kept values (a 0 put in for
+    # a non-finite one never exceeds it); any other needs the non-finite ones at -inf.
+    ranked = kept if nonnegative else torch.where(finite, values, float("-inf"))
+    channel_max = ranked.amax(dim=dims)
+    return torch.where(finite_count > 0, channel_max, float("nan")), channel_mean_abs
+
+
+def _finite_peak_indices(values: Tensor, finite: Tensor) -> Tensor:
+    """Per channel, the flat index into ``(N, H, W)`` of its largest finite value: a NaN or
+    Inf position is never a peak (it is, only where a channel has no finite value at all)."""
+    ranked = torch.where(finite, values, float("-inf"))
+    return ranked.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
 
 
 # Training-batch tracking keeps no maps.

@@ -15,7 +15,7 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
-from lightning_utilities.core.rank_zero import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
@@ -28,6 +28,7 @@ from lightning_filterviz.capture.probe import model_input, pin_memory, to_device
 from lightning_filterviz.capture.receptive_fields import receptive_field
 from lightning_filterviz.core.records import ReceptiveField
 from lightning_filterviz.core.settings import VisualizerSettings
+from lightning_filterviz.core.tiles import drawn_channels_text
 
 __all__ = ["ProbePass"]
 
@@ -56,6 +57,7 @@ class ProbePass:
         self.filmstrip_layers: list[str] = []
         self.receptive_fields: dict[str, Optional[ReceptiveField]] = {}
         self._pinned_probe: Optional[tuple[Any, Any]] = None
+        self._described_channels: Optional[int] = None
 
     def watches(self, model: nn.Module) -> bool:
         """Whether this pass is for ``model`` (the very object, still alive)."""
@@ -116,8 +118,13 @@ class ProbePass:
         captured.draft.draw_views = draw_views
         captured.draft.filmstrip_layers = tuple(self.filmstrip_layers)
         images = _first_images(inputs)
+        if images is not None:
+            self._say_how_channels_are_drawn(images)
         if probe_images and images is not None:
             captured.add("probe_images", images[: self.settings.max_images])
+            # Checked once per run, with the images: per probe image, its NaN and Inf values,
+            # counted on the device and read on the host with the rest (see RunState.judge).
+            captured.add("probe_non_finite", torch.isfinite(images).logical_not().sum(dim=(1, 2, 3)))
         # Measured at the pass's first capture whether or not it draws the views, so that the
         # dataset examples have them from the first validation run after it.
         if draw_views or not self.receptive_fields:
@@ -135,6 +142,14 @@ class ProbePass:
             if tap is not None and field is not None:
                 layers[name] = (tap, field)
         return layers
+
+    def _say_how_channels_are_drawn(self, images: Tensor) -> None:
+        """Once per channel count: how images of neither 1 nor 3 channels are drawn."""
+        channels = images.shape[1]
+        if channels in (1, 3) or channels == self._described_channels:
+            return
+        self._described_channels = channels
+        rank_zero_info(f"filterviz: the probe images have {channels} channels; {drawn_channels_text(channels)}.")
 
     def _probe_inputs(self, model: nn.Module, batch: Any, convert_input: Optional[Callable[[Tensor], Tensor]]) -> Any:
         inputs = model_input(batch, self.settings.batch_key)
@@ -220,7 +235,8 @@ def _note_how_layers_are_watched(draft: SnapshotDraft, plan: ProbePlan, model: n
 
 
 def _first_images(inputs: Any) -> Optional[Tensor]:
-    """The model input if it is a batch of images, else the first batch of images among several inputs."""
+    """The model input if it is a batch of images, else the first batch of images among several
+    inputs (see :func:`_looks_like_images`)."""
     if _looks_like_images(inputs):
         return inputs
     candidates = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (list, tuple)) else ()
@@ -228,7 +244,15 @@ def _first_images(inputs: Any) -> Optional[Tensor]:
 
 
 def _looks_like_images(inputs: Any) -> bool:
-    return isinstance(inputs, Tensor) and inputs.dim() == 4 and inputs.shape[1] in (1, 3)
+    """Whether ``inputs`` is a batch of images ``(N, C, H, W)``: any number of channels (an
+    image with its mask, RGBA, multispectral bands; see
+    :func:`~lightning_filterviz.core.tiles.drawn_channels` for how they are drawn), but no
+    more channels than pixels along each side beyond 1 and 3, so that a batch laid out
+    ``(N, H, W, C)`` is not read as ``H`` channels."""
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        return False
+    channels, height, width = inputs.shape[1:]
+    return channels in (1, 3) or 1 <= channels <= min(height, width)
 
 
 def _stored_weight(module: nn.Module) -> Tensor:

@@ -87,7 +87,8 @@ def receptive_field(
         raise ValueError("receptive_field needs a floating-point input tensor to differentiate w.r.t.")
     name = _module_name(model, conv)
     with side_pass(model, grad=True), torch.inference_mode(False):
-        x = inputs[:1].detach().clone().requires_grad_(True)
+        # Non-finite pixels at 0: a NaN would turn every gradient it reaches into NaN.
+        x = inputs[:1].detach().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).requires_grad_(True)
         centre, sums = _centre_sums(model, x, conv, forward_fn or _call_model, name)
         boxes = [_gradient_box(total, x, name) for total in sums]
     fields = [

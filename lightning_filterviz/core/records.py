@@ -163,6 +163,8 @@ class CapturedSnapshot(_Frozen):
         probe_images: the probe's input images ``(N, C, H, W)``, when they are to be drawn
             (the first snapshot of a run).
         probe_inputs: the probe images ``(N, C, H, W)``, when peak patches are drawn.
+        probe_non_finite: per probe image, how many of its values are NaN or Inf ``(N,)``,
+            int64; shipped with ``probe_images``.
         receptive_fields: conv name -> its receptive field, for the layers whose peak patches are drawn.
         draw_views: whether the costlier views (peak patches, through the layers, strips) are drawn.
         filmstrip_layers: the convs whose filters are kept for a filmstrip.
@@ -172,6 +174,7 @@ class CapturedSnapshot(_Frozen):
     layers: Mapping[str, LayerCapture] = field(default_factory=_no_entries)
     probe_images: Optional[Tensor] = None
     probe_inputs: Optional[Tensor] = None
+    probe_non_finite: Optional[Tensor] = None
     receptive_fields: Mapping[str, ReceptiveField] = field(default_factory=_no_entries)
     draw_views: bool = False
     filmstrip_layers: tuple[str, ...] = ()

@@ -46,6 +46,7 @@ class RunState:
         self.dormant: dict[str, list[int]] = {}
         self.symmetric_ranges: dict[str, float] = {}
         self.warned_dead: set[str] = set()
+        self.warned_non_finite_probe = False
         self.described = False
         # The latest snapshot, when its drift strips were not drawn with it (see ending()).
         self.undrawn_drift: Optional[Snapshot] = None
@@ -85,6 +86,8 @@ class RunState:
         if describes_layers:
             self._describe(snapshot)
         self._warn_on_dying_layers(snapshot.step)
+        if captured.probe_non_finite is not None:
+            self._warn_on_non_finite_probe(captured.probe_non_finite.tolist())
         return snapshot
 
     def ending(self, step: int) -> RunEnding:
@@ -92,6 +95,18 @@ class RunState:
         snapshot when it did not draw its drift strips (they are drawn once)."""
         latest, self.undrawn_drift = self.undrawn_drift, None
         return RunEnding(step=step, filmstrips=self.progress.filmstrips(), latest=latest)
+
+    def _warn_on_non_finite_probe(self, counts: list[int]) -> None:
+        """Say once per run which probe images hold NaN or Inf values (``counts`` per image)."""
+        images = [index for index, count in enumerate(counts) if count]
+        if not images or self.warned_non_finite_probe:
+            return
+        self.warned_non_finite_probe = True
+        self.warn(
+            f"filterviz: probe image(s) {images} hold NaN or Inf values ({sum(counts)} in all). Each conv's "
+            "statistics (dead, dormant, maxima, means) leave the activation positions that are not finite out, "
+            "no peak is found there, and they are drawn magenta; replace those values in the probe to use all of it."
+        )
 
     def keep_examples(self, examples: DatasetExamples) -> None:
         """Keep a validation run's dataset examples (on the host) as lists."""
