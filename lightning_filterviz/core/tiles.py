@@ -4,6 +4,11 @@ NumPy only (see :mod:`~lightning_filterviz.drawing.render` for why). Grids follo
 :func:`torchvision.utils.make_grid`'s layout; each tile gets a one-pixel frame whose colour
 says what the tile is (grey, red for dead, magenta for NaN or Inf). A palette image
 (:class:`IndexedImage`) keeps the colormap's levels first, then those frame colours.
+
+Input images (the probe, peak patches, dataset examples) are drawn from their first
+channel in grey when they have one or two, from their first three as RGB when they have
+three or more (:func:`drawn_channels`); a pixel with a NaN or an Inf in any channel is
+drawn magenta (:data:`NON_FINITE_COLOUR`), and left out of the image's normalization.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ __all__ = [
     "OUTSIDE_GREY",
     "PANEL_PADDING",
     "colormap_palette",
+    "drawn_channels",
+    "drawn_channels_text",
+    "finite_unit",
+    "image_tiles",
+    "non_finite_pixels",
     "frame_kinds",
     "frame_tiles",
     "resize_nearest",
@@ -168,3 +178,61 @@ def _colormap_levels(name: str, levels: int) -> np.ndarray:
 def rgb_colour(colour: Sequence[float]) -> np.ndarray:
     """An RGB colour given in [0, 1] as 3 ``uint8`` values."""
     return to_uint8(np.asarray(colour, dtype=np.float32))
+
+
+def drawn_channels(images: np.ndarray) -> np.ndarray:
+    """The channels ``(N, C, H, W)`` images are drawn with: all of them for 1 (grey) or 3
+    (RGB), the first for 2 (an image and its mask: the image, in grey), the first three for
+    more (RGBA, multispectral bands: as RGB). Statistics always use every channel."""
+    channels = images.shape[1]
+    if channels in (1, 3):
+        return images
+    return images[:, :1] if channels < 3 else images[:, :3]
+
+
+def drawn_channels_text(channels: int) -> str:
+    """How images of ``channels`` channels are drawn (see :func:`drawn_channels`), in words."""
+    if channels in (1, 3):
+        return "drawn in grey" if channels == 1 else "drawn as RGB"
+    shown = "the first channel in grey" if channels < 3 else "the first three as RGB"
+    return f"the probe images, peak patches and dataset examples show {shown} (every statistic uses all {channels})"
+
+
+def non_finite_pixels(images: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` images to ``(N, H, W)``: where a pixel holds a NaN or an Inf in any
+    channel (the hidden ones too: the statistics saw them)."""
+    return ~np.isfinite(images).all(axis=1)
+
+
+def finite_unit(values: np.ndarray) -> np.ndarray:
+    """Each item along the first axis min-max normalized to [0, 1] over its finite values,
+    in float32; non-finite values become 0, a constant (or wholly non-finite) item 0. Where
+    every value is finite this is ``normalize_filters(values, "filter")`` to the bit."""
+    values = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(values)
+    flat, flat_finite = values.reshape(len(values), -1), finite.reshape(len(values), -1)
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    low = np.where(flat_finite, flat, np.inf).min(axis=1, initial=np.inf).reshape(shape)
+    high = np.where(flat_finite, flat, -np.inf).max(axis=1, initial=-np.inf).reshape(shape)
+    if not finite.all():  # rare: a copy only then
+        values = np.where(finite, values, np.float32(0.0))
+        empty = ~np.isfinite(low)
+        low, high = np.where(empty, 0.0, low).astype(np.float32), np.where(empty, 0.0, high).astype(np.float32)
+    span = np.asarray(high - low, dtype=np.float32)
+    safe_span = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (values - low) / safe_span, 0.0).astype(np.float32)
+
+
+def image_tiles(images: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` images to ``(N, H, W, 3)`` ``uint8`` tiles: the channels
+    :func:`drawn_channels` picks, each image min-max normalized over its finite values, grey
+    repeated to RGB, and every pixel with a NaN or an Inf in any channel in
+    :data:`NON_FINITE_COLOUR` (magenta)."""
+    images = np.asarray(images, dtype=np.float32)
+    unit = finite_unit(drawn_channels(images))
+    tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit).transpose(0, 2, 3, 1)
+    bad = non_finite_pixels(images)
+    if bad.any():
+        tiles = tiles.copy()
+        tiles[bad] = rgb_colour(NON_FINITE_COLOUR)
+    return tiles

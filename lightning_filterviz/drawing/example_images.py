@@ -13,9 +13,12 @@ from lightning_filterviz.core.tiles import (
     FRAME_COLOUR,
     FRAME_INDEX,
     GRID_PADDING,
+    NON_FINITE_COLOUR,
     OUTSIDE_GREY,
+    drawn_channels,
     frame_kinds,
     frame_tiles,
+    non_finite_pixels,
     resize_nearest,
     rgb_colour,
     tile_grid,
@@ -51,9 +54,9 @@ def examples_grid(weight: np.ndarray, rgb: bool, tiles: np.ndarray) -> np.ndarra
 
 
 def example_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """``(F, k, C, h, w)`` float patches (NaN outside the image; ``C`` 1 or 3) and ``(F, k)``
-    whether each example exists, to ``(F, k, T, T, 3)`` ``uint8`` tiles of
-    :data:`EXAMPLE_TILE_PIXELS` (see :func:`patch_tiles`; scaled nearest)."""
+    """``(F, k, C, h, w)`` float patches (NaN outside the image; any ``C``, drawn as
+    :func:`patch_tiles` says) and ``(F, k)`` whether each example exists, to
+    ``(F, k, T, T, 3)`` ``uint8`` tiles of :data:`EXAMPLE_TILE_PIXELS` (scaled nearest)."""
     filters, k = patches.shape[:2]
     flat = patch_tiles(patches.reshape(filters * k, *patches.shape[2:]), found.reshape(-1))
     tiles = resize_nearest(flat, EXAMPLE_TILE_PIXELS, EXAMPLE_TILE_PIXELS, first_axis=1)
@@ -62,19 +65,48 @@ def example_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 def patch_tiles(patches: np.ndarray, found: np.ndarray) -> np.ndarray:
     """``(N, C, P, P)`` float patches to ``(N, P, P, 3)`` ``uint8`` tiles, each min-max
-    normalized over its pixels inside the image; outside grey, missing ones white."""
+    normalized over its finite pixels inside the image; outside grey, missing ones white.
+
+    The channels drawn are those of
+    :func:`~lightning_filterviz.core.tiles.drawn_channels`: grey for 1 channel, the first
+    in grey for 2, the first three as RGB for 3 or more. The part of the field outside the
+    image is what the capture filled with NaN: the rows and columns along the patch's
+    edges that are NaN in every channel and every pixel (the image is a rectangle inside
+    the field). Any other pixel holding a NaN or an Inf is the image's own and drawn
+    magenta (:data:`~lightning_filterviz.core.tiles.NON_FINITE_COLOUR`).
+    """
     patches = np.asarray(patches, dtype=np.float32)
+    outside = _outside_the_image(patches)
+    bad = non_finite_pixels(patches) & ~outside
+    patches = drawn_channels(patches)
     inside = np.isfinite(patches)
-    low = np.where(inside, patches, np.inf).reshape(len(patches), -1).min(axis=1)
-    high = np.where(inside, patches, -np.inf).reshape(len(patches), -1).max(axis=1)
+    low = np.where(inside, patches, np.inf).reshape(len(patches), -1).min(axis=1, initial=np.inf)
+    high = np.where(inside, patches, -np.inf).reshape(len(patches), -1).max(axis=1, initial=-np.inf)
     span = np.where(high > low, high - low, 1.0)
     low, high = np.where(np.isfinite(low), low, 0.0), np.where(np.isfinite(high), high, 0.0)
     unit = (np.where(inside, patches, 0.0) - low[:, None, None, None]) / span[:, None, None, None]
     unit = np.where(inside, np.where((high > low)[:, None, None, None], unit, 0.0), OUTSIDE_GREY)
     tiles = to_uint8(unit).transpose(0, 2, 3, 1)
     tiles = np.repeat(tiles, 3, axis=-1) if tiles.shape[-1] == 1 else tiles
+    tiles[bad] = rgb_colour(NON_FINITE_COLOUR)
     tiles[~np.asarray(found, dtype=bool)] = 255
     return tiles
+
+
+def _outside_the_image(patches: np.ndarray) -> np.ndarray:
+    """``(N, C, P, P)`` patches to ``(N, P, P)``: the edge rows and columns that are NaN in
+    every channel and pixel (see :func:`patch_tiles`)."""
+    empty = np.isnan(patches).all(axis=1)  # (N, P, P)
+    rows, columns = empty.all(axis=2), empty.all(axis=1)  # (N, P) each
+    return (_from_the_edges(rows)[:, :, None] | _from_the_edges(columns)[:, None, :])
+
+
+def _from_the_edges(empty: np.ndarray) -> np.ndarray:
+    """``(N, P)`` per-line emptiness to the lines in the unbroken runs of empty ones that
+    start at either edge."""
+    from_start = np.logical_and.accumulate(empty, axis=1)
+    from_end = np.logical_and.accumulate(empty[:, ::-1], axis=1)[:, ::-1]
+    return from_start | from_end
 
 
 def examples_history_image(tiles: np.ndarray) -> np.ndarray:

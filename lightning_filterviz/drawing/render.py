@@ -37,6 +37,7 @@ from lightning_filterviz.core.tiles import (
     colormap_palette,
     frame_kinds,
     frame_tiles,
+    image_tiles,
     rgb_colour,
     square_columns,
     tile_grid,
@@ -115,7 +116,9 @@ def activation_grid(
     """Draw feature maps: one panel per probe image, each a grid of its channels.
 
     Values are normalized over the whole layer (not per channel), so a silent channel
-    looks silent next to a busy one.
+    looks silent next to a busy one. A NaN or Inf value is drawn magenta
+    (:data:`~lightning_filterviz.core.tiles.NON_FINITE_COLOUR`, left out of the range), and
+    its channel framed magenta.
 
     Args:
         maps: ``(images, channels, H, W)`` activations (a CPU tensor or an array).
@@ -129,15 +132,21 @@ def activation_grid(
         An :class:`IndexedImage`; ``.to_rgb()`` gives the ``(H, W, 3)`` ``uint8`` pixels.
     """
     maps = np.asarray(maps, dtype=np.float32)
-    non_finite = np.flatnonzero(~np.isfinite(maps).all(axis=(0, 2, 3))).tolist()
-    if non_finite:  # a copy only when there is something to replace
-        maps = np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    finite = np.isfinite(maps)
+    non_finite = np.flatnonzero(~finite.all(axis=(0, 2, 3))).tolist()
+    if non_finite:  # a copy only when there is something to replace; the range is the finite values'
+        maps = np.where(finite, maps, np.float32(0.0))
     images, channels = maps.shape[:2]
-    low, high = maps.min(), maps.max()
+    low = maps.min(where=finite, initial=np.inf) if non_finite else maps.min()
+    high = maps.max(where=finite, initial=-np.inf) if non_finite else maps.max()
+    if not np.isfinite(low):  # no finite value at all
+        low = high = np.float32(0.0)
     if signed:
         high = max(float(np.abs(maps).max()), 1e-12)
         low = -high
     levels = _colormap_indices(maps, low, high)
+    if non_finite:  # each NaN or Inf value in the non-finite colour of the palette
+        levels[~finite] = NON_FINITE_INDEX
     kinds = frame_kinds(channels, marked, non_finite)
     panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
@@ -168,10 +177,20 @@ def _indexed_grid(levels: np.ndarray, kinds: np.ndarray, min_pixels: int) -> np.
 
 
 def probe_image_grid(images: Any) -> np.ndarray:
-    """The probe's input images, each min-max normalized, side by side: ``(H, W, 3)`` ``uint8``."""
-    images = np.nan_to_num(np.asarray(images, dtype=np.float32))
-    unit = normalize_filters(images, "filter")
-    tiles = to_uint8(np.repeat(unit, 3, axis=1) if unit.shape[1] == 1 else unit[:, :3]).transpose(0, 2, 3, 1)
+    """The probe's input images, each min-max normalized over its finite values, side by side.
+
+    Images of 1 channel are drawn in grey and of 3 in colour; of 2 channels (an image and
+    its mask), the first in grey; of more (RGBA, multispectral), the first three as RGB.
+    A pixel holding a NaN or an Inf in any channel is drawn magenta
+    (:data:`~lightning_filterviz.core.tiles.NON_FINITE_COLOUR`).
+
+    Args:
+        images: ``(N, C, H, W)`` images (a CPU tensor or an array).
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image.
+    """
+    tiles = image_tiles(np.asarray(images, dtype=np.float32))
     return tile_grid(tiles, len(tiles), GRID_PADDING, rgb_colour(BACKGROUND_COLOUR))
 
 

@@ -27,12 +27,17 @@ from lightning_filterviz.core.tiles import (
     FRAME_COLOUR,
     FRAME_INDEX,
     GRID_PADDING,
+    NON_FINITE_COLOUR,
+    NON_FINITE_INDEX,
     OUTSIDE_GREY,
     PANEL_PADDING,
     IndexedImage,
     colormap_palette,
+    drawn_channels,
+    finite_unit,
     frame_kinds,
     frame_tiles,
+    non_finite_pixels,
     resize_nearest,
     rgb_colour,
     tile_grid,
@@ -74,7 +79,9 @@ def peak_patches(
     NumPy only: tensors are converted at the start, so this can run on a background thread.
 
     Args:
-        images: the probe images ``(N, C, H, W)``, ``C`` 1 or 3.
+        images: the probe images ``(N, C, H, W)``, any ``C``: drawn from the first channel in
+            grey for 1 or 2 channels, from the first three as RGB for 3 or more (see
+            :func:`~lightning_filterviz.core.tiles.drawn_channels`).
         peak_index: ``(F,)`` per filter, the flat index into ``(N, H_out, W_out)`` of its
             maximal activation (see :func:`peak_indices`).
         output_hw: ``(H_out, W_out)``, the conv's output size.
@@ -84,35 +91,43 @@ def peak_patches(
     Returns:
         ``(F, patch_pixels, patch_pixels, 3)`` ``uint8``: each patch is the field's box cut
         from that probe image (the part outside the image grey), min-max normalized over the
-        part inside, grey images repeated to RGB, resized (nearest) to ``patch_pixels``. Row
-        ``i`` of a patch shows box row ``i * box_height // patch_pixels``, and likewise for
-        columns.
+        finite values of the part inside, grey images repeated to RGB, resized (nearest) to
+        ``patch_pixels``; a pixel with a NaN or an Inf in any channel is magenta
+        (:data:`~lightning_filterviz.core.tiles.NON_FINITE_COLOUR`). Row ``i`` of a patch
+        shows box row ``i * box_height // patch_pixels``, and likewise for columns.
 
     Raises:
-        ValueError: for images that are not ``(N, 1 or 3, H, W)``, a non-positive
+        ValueError: for images that are not ``(N, C, H, W)``, a non-positive
             ``patch_pixels``, or a peak index outside ``(N, H_out, W_out)``.
     """
-    images = np.nan_to_num(_to_numpy(images).astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    images = _to_numpy(images).astype(np.float32, copy=False)
     indices = _to_numpy(peak_index).astype(np.int64, copy=False).reshape(-1)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"peak_patches needs (N, 1 or 3, H, W) images, got shape {images.shape}.")
+    if images.ndim != 4 or images.shape[1] < 1:
+        raise ValueError(f"peak_patches needs (N, C, H, W) images, got shape {images.shape}.")
     if patch_pixels < 1:
         raise ValueError(f"patch_pixels must be positive, got {patch_pixels}.")
     count, _, height, width = images.shape
     positions = count * output_hw[0] * output_hw[1]
     if indices.size and (indices.min() < 0 or indices.max() >= positions):
         raise ValueError(f"Peak indices must lie in [0, {positions}) for {count} images of {output_hw} outputs.")
+    bad_pixels = non_finite_pixels(images)
+    images = drawn_channels(images)
+    marked = rgb_colour(NON_FINITE_COLOUR)
     patches = np.empty((len(indices), patch_pixels, patch_pixels, 3), dtype=np.uint8)
     for filter_index, (image, y, x) in enumerate(zip(*np.unravel_index(indices, (count, *output_hw)))):
         top, left, bottom, right = field.box(int(y), int(x))
         patch = np.full((3, bottom - top, right - left), OUTSIDE_GREY, dtype=np.float32)
+        bad = np.zeros((bottom - top, right - left), dtype=bool)
         inner_top, inner_left = max(top, 0), max(left, 0)
         inner_bottom, inner_right = min(bottom, height), min(right, width)
         if inner_bottom > inner_top and inner_right > inner_left:
+            rows, columns = slice(inner_top - top, inner_bottom - top), slice(inner_left - left, inner_right - left)
             crop = images[image, :, inner_top:inner_bottom, inner_left:inner_right]
-            unit = normalize_filters(crop[None], "filter")[0]
-            patch[:, inner_top - top : inner_bottom - top, inner_left - left : inner_right - left] = unit
+            patch[:, rows, columns] = finite_unit(crop[None])[0]
+            bad[rows, columns] = bad_pixels[image, inner_top:inner_bottom, inner_left:inner_right]
         patches[filter_index] = to_uint8(resize_nearest(patch.transpose(1, 2, 0), patch_pixels, patch_pixels))
+        if bad.any():
+            patches[filter_index][resize_nearest(bad, patch_pixels, patch_pixels)] = marked
     return patches
 
 
@@ -176,7 +191,7 @@ def through_the_layers(
 
     Per layer the ``channels`` channels with the largest mean activation are shown, the
     largest at the top, normalized together (min..max over the shown channels of that
-    layer) and coloured with ``colormap``. Tiles are ``GRID_PADDING`` white pixels apart;
+    layer) and coloured with ``colormap``; a NaN or Inf value is drawn magenta. Tiles are ``GRID_PADDING`` white pixels apart;
     a layer with fewer channels leaves white space below its column.
 
     Args:
@@ -203,10 +218,12 @@ def through_the_layers(
         values = _to_numpy(layer_maps).astype(np.float32, copy=False)
         if values.ndim != 3 or values.shape[0] == 0:
             raise ValueError(f"through_the_layers needs (C, H, W) maps; layer {name!r} has shape {values.shape}.")
+        finite = np.isfinite(values)
         values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         busiest = np.argsort(-values.mean(axis=(1, 2)), kind="stable")[:channels]
         shown = normalize_filters(values[busiest][None], "layer")[0]
         levels = np.rint(shown * (COLORMAP_LEVELS - 1)).astype(np.uint8)
+        levels[~finite[busiest]] = NON_FINITE_INDEX  # a NaN or Inf value in the palette's non-finite colour
         columns.append([resize_nearest(level[..., None], height, height) for level in levels])
     rows = max(len(column) for column in columns)
     # A palette image: a third of the bytes of RGB, and the colormap is its palette.

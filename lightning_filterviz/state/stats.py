@@ -89,9 +89,11 @@ def dormant_scores(channel_mean_abs: Tensor) -> Tensor:
     """ReDo's score (Sokar et al. 2023): each channel's mean ``|h|`` over the layer's average.
 
     A layer whose channels are all zero scores 0 everywhere (every filter dormant) rather
-    than dividing by zero.
+    than dividing by zero. A channel without a single finite value on the probe (its mean is
+    NaN, see the probe pass) scores NaN, so it is never dormant, and is left out of the
+    layer's average.
     """
-    layer_mean = channel_mean_abs.mean()
+    layer_mean = channel_mean_abs.nanmean()
     if layer_mean <= 0:
         return torch.zeros_like(channel_mean_abs)
     return channel_mean_abs / layer_mean
