@@ -107,10 +107,10 @@ def _random_images(count: int, seed: int) -> TensorDataset:
 
 
 def reference_monitor() -> Any:
-    """Snapshots at steps 0, 3 and 6; the views at the first and every second snapshot
-    (steps 0 and 3) and the drift strips and filmstrips again at the end of fit, so that each
-    view is drawn more than once; filmstrips, responses and examples of every conv, not only
-    the first; dataset examples at both validation runs (steps 4 and 8)."""
+    """Snapshots at steps 0, 3 and 6 and, at the end of fit, one of the trained state at
+    step 8; the views at the 1st and 2nd snapshot (steps 0 and 3) and with every view at the
+    end, so that each view is drawn more than once; filmstrips, responses and examples of
+    every conv, not only the first; dataset examples at both validation runs (steps 4 and 8)."""
     return FilterMonitor(
         every_n_steps=3,
         probe_size=3,

@@ -43,10 +43,12 @@ def test_background_images_equal_synchronous_images(tmp_path):
 
     sync_files = sorted(path.relative_to(tmp_path / "sync") for path in (tmp_path / "sync").rglob("*.png"))
     background_files = sorted(path.relative_to(tmp_path / "background") for path in (tmp_path / "background").rglob("*.png"))
-    # Per snapshot: weights and activations of 2 convs; at the first: their drift strips,
-    # the probe, the first conv's peak patches and filmstrip, 2 probe images through the
-    # layers; at the end: the filmstrip and the last snapshot's drift strips.
-    assert sync_files == background_files and len(sync_files) == 3 * 2 * 2 + 2 + 1 + 1 + 1 + 2 + 1 + 2
+    # Per snapshot: weights and activations of 2 convs; at the first two (the views): their
+    # drift strips, the first conv's peak patches and filmstrip, 2 probe images through the
+    # layers, and at the first the probe; at the end: the filmstrip, the last snapshot's
+    # drift strips and the probe again.
+    views = 2 + 1 + 1 + 2
+    assert sync_files == background_files and len(sync_files) == 3 * 2 * 2 + (views + 1) + views + (1 + 2 + 1)
     for relative in sync_files:
         assert (tmp_path / "sync" / relative).read_bytes() == (tmp_path / "background" / relative).read_bytes()
     assert (tmp_path / "sync/scalars.csv").read_text() == (tmp_path / "background/scalars.csv").read_text()

@@ -127,13 +127,13 @@ def test_first_snapshot_shows_the_random_init(tmp_path):
 def test_step_cadence(tmp_path):
     trainer = fit(tmp_path, FilterMonitor(every_n_steps=3), max_epochs=2)
     events = read_events(trainer.logger.log_dir)
-    assert set(events.images["filterviz/weights/net.0"]) == {0, 3, 6}
+    assert set(events.images["filterviz/weights/net.0"]) == {0, 3, 6, 8}  # and the trained state at the end
 
 
 def test_epoch_cadence(tmp_path):
     trainer = fit(tmp_path, FilterMonitor(every_n_epochs=2), max_epochs=3)
     events = read_events(trainer.logger.log_dir)
-    assert set(events.images["filterviz/weights/net.0"]) == {0, 2 * STEPS_PER_EPOCH}
+    assert set(events.images["filterviz/weights/net.0"]) == {0, 2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH}  # and the end
 
 
 def test_sanity_check_and_validate_take_no_snapshot(tmp_path, monkeypatch):

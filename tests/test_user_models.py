@@ -338,7 +338,7 @@ def test_a_monitor_reused_for_another_model_and_data_starts_afresh(tmp_path, rec
     assert monitor.probe[0].shape[-2:] == (16, 16)  # the new data's probe
     events = read_events(second.logger.log_dir)
     assert events.scalars["filterviz/drift/net.0"][0] == pytest.approx(0.0, abs=1e-6)  # from the new model's init
-    assert set(events.images["filterviz/probe"]) == {0} and set(events.texts["filterviz/layers"]) == {0}
+    assert set(events.images["filterviz/probe"]) == {0, 4} and set(events.texts["filterviz/layers"]) == {0}  # probe: start, end
     assert filterviz_warnings(recwarn) == []
 
 
@@ -355,7 +355,7 @@ def test_a_second_fit_of_the_same_model_continues_and_its_new_log_dir_is_introdu
     drift_at_the_end_of_the_first_fit = read_events(first.logger.log_dir).scalars["filterviz/drift/net.0"][4]
     assert drift_at_the_end_of_the_first_fit > 0  # so the next line tells continuing from starting afresh
     assert events.scalars["filterviz/drift/net.0"][0] == pytest.approx(drift_at_the_end_of_the_first_fit)
-    assert set(events.images["filterviz/probe"]) == {0} and set(events.texts["filterviz/layers"]) == {0}
+    assert set(events.images["filterviz/probe"]) == {0, 4} and set(events.texts["filterviz/layers"]) == {0}  # probe: start, end
     assert filterviz_warnings(recwarn) == []
 
 

@@ -126,9 +126,9 @@ ARGUMENTS: dict[str, Argument] = {
         "snapshot in one image; ``None``: the first watched conv; ``[]``: none."
     ),
     "views_every": Argument(
-        "write the drift-strip, filmstrip, peak-patch and through-the-layers images at the first "
-        "snapshot and every this many snapshots (the drift strips and filmstrip also at the end: "
-        "FilterMonitor's at the end of ``fit``, FilterVisualizer's at "
+        "write the drift-strip, filmstrip, peak-patch and through-the-layers images at the 1st, "
+        "2nd, 4th, 8th ... snapshot and every this many snapshots, and at the trained state at "
+        "the end (FilterMonitor's at the end of ``fit``, however it ends; FilterVisualizer's at "
         ":meth:`~FilterVisualizer.finish`): they cost more than the rest, and the filmstrip grows."
     ),
     "response_layers": Argument(

@@ -280,14 +280,22 @@ class RunEnding(_Frozen):
 
     Attributes:
         step: the last training step.
-        filmstrips: conv name -> every row of its filmstrip.
+        filmstrips: conv name -> every row of its filmstrip (empty when a snapshot at ``step``
+            drew them already).
         latest: the latest snapshot, when it did not draw its drift strips (they are drawn
             at its own step).
+        final: the trained model's last look, when the snapshot at ``step`` did not draw the
+            costlier views: captured with them, judged with the verdicts as they stand (it
+            is not another snapshot: no statistic counts it), drawn at ``step``.
+        probe_images: the run's probe images ``(N, C, H, W)``, drawn again at ``step`` so that
+            every image of the run's first step has one at its last.
     """
 
     step: int
     filmstrips: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=_no_entries)
     latest: Optional[Snapshot] = None
+    final: Optional[Snapshot] = None
+    probe_images: Optional[Tensor] = None
 
 
 @dataclass(frozen=True)

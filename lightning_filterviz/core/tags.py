@@ -72,6 +72,6 @@ class LoggedTag:
 
 
 # Phrases the views' tag descriptions share.
-AT_VIEWS = "at the first and every ``views_every``-th snapshot"
+AT_VIEWS = "at the 1st, 2nd, 4th, 8th ... and every ``views_every``-th snapshot and at the end"
 EACH_LAYER = "<layer>"
 FIRST_CONV_BY_DEFAULT = "(the first conv by default)"

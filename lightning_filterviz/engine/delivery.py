@@ -122,9 +122,11 @@ class Delivery(RebuiltWhenUnpickled):
         """Keep a validation run's dataset examples once their copy has arrived, then render and write them."""
         self._submit(lambda: self._keep_and_publish_examples(in_flight, step, rgb))
 
-    def submit_ending(self, step: int) -> None:
-        """Render what the end of the run at ``step`` shows (filmstrips, the latest drift strips not drawn yet)."""
-        self._run(lambda: self._publish_ending(step))
+    def submit_ending(self, step: int, final: Optional[InFlightSnapshot] = None) -> None:
+        """Render what the end of the run at ``step`` shows: the filmstrips, the latest drift
+        strips not drawn yet, and the views of the ``final`` look at the trained model, once
+        its copy has arrived (see :meth:`RunState.look`)."""
+        self._run(lambda: self._publish_ending(step, final))
 
     def wait_for_results(self) -> None:
         """Wait until every submitted snapshot and set of examples is judged (not drawn)."""
@@ -214,8 +216,8 @@ class Delivery(RebuiltWhenUnpickled):
         self.state.keep_examples(examples)
         return examples
 
-    def _publish_ending(self, step: int) -> None:
-        ending = self.state.ending(step)
+    def _publish_ending(self, step: int, final: Optional[InFlightSnapshot]) -> None:
+        ending = self.state.ending(step, self.state.look(final.wait()) if final is not None else None)
         if self._may_write():
             self.publisher.publish(render_ending(ending, self._view_context()))
 

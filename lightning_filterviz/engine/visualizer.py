@@ -154,6 +154,12 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._probe_logged = False
         self._training_batches = TrainingBatchWatch()  # off for good once it failed
         self._reset_watch()
+        self._forget_steps()
+
+    def _forget_steps(self) -> None:
+        # The step of the latest snapshot, and of the latest that drew the costlier views (see finish()).
+        self._last_step: Optional[int] = None
+        self._views_step: Optional[int] = None
 
     def _reset_watch(self) -> None:
         # The watched model, its convs, plan, training maxima and receptive fields.
@@ -226,6 +232,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._probe_logged = False
         self._training_batches = TrainingBatchWatch()  # a new run watches training batches again
         self._reset_watch()
+        self._forget_steps()
 
     def watch(self, model: nn.Module) -> list[ConvLayer]:
         """Resolve which conv layers of ``model`` are watched.
@@ -248,6 +255,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
         convert_input: Optional[Callable[[Tensor], Tensor]] = None,
         publish: bool = True,
+        draw_views: Optional[bool] = None,
     ) -> Union[Snapshot, PendingSnapshot]:
         """Capture the watched layers on ``batch`` at training step ``step`` and log them.
 
@@ -260,6 +268,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             convert_input: a dtype conversion applied to the probe's tensors.
             publish: render and write (in the background writer when ``background=True``);
                 ``False`` only captures and updates the statistics.
+            draw_views: whether this snapshot draws the costlier views (peak patches, through
+                the layers, drift strips, filmstrips); ``None``: as ``views_every`` says.
 
         Returns:
             The judged :class:`~lightning_filterviz.core.records.Snapshot`, frozen and complete.
@@ -279,7 +289,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self.poll()
         # Training thread: the probe pass, reductions on the device, one copy to host memory.
         probe_pass = self._probe_pass_of(model)
-        draw_views = self._snapshot_count == 0 or (self._snapshot_count + 1) % self.settings.views_every == 0
+        if draw_views is None:
+            draw_views = views_due(self._snapshot_count + 1, self.settings.views_every)
         captured = probe_pass.capture(
             model,
             batch,
@@ -292,6 +303,8 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._probe_logged = self._probe_logged or captured.carries("probe_images")
         in_flight = captured.ship()
         self._snapshot_count += 1
+        self._last_step = step
+        self._views_step = step if draw_views else self._views_step
         # Writer thread (or here, with background=False): run state, views, publishing.
         return self._delivery.submit_snapshot(in_flight, publish)
 
@@ -360,10 +373,52 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
         self._delivery.submit_examples(InFlightExamples(examples, weights, gathered=gathered), step, rgb)
 
-    def finish(self, step: int) -> None:
-        """Write the filmstrips as they stand at ``step`` (the end of training) and the drift
-        strips of the latest snapshot, when it did not draw them; then flush."""
-        self._delivery.submit_ending(_as_step(step))
+    def finish(
+        self,
+        step: int,
+        model: Optional[nn.Module] = None,
+        batch: Any = None,
+        *,
+        forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
+        convert_input: Optional[Callable[[Tensor], Tensor]] = None,
+    ) -> None:
+        """Write what the end of training at ``step`` shows, then flush.
+
+        With ``model`` and its probe ``batch``, every view is drawn at its trained state at
+        ``step``: when the latest snapshot is older, one more snapshot is taken there, with
+        every view; when the snapshot at ``step`` did not draw the costlier views, the model
+        is looked at once more to draw them (that look counts in no statistic). Without a
+        model, the filmstrips as they stand and the latest snapshot's drift strips are written.
+
+        Args:
+            step: the last training step.
+            model: the trained network, or ``None``.
+            batch: the probe batch, as given to :meth:`snapshot`.
+            forward_context: as in :meth:`snapshot`.
+            convert_input: as in :meth:`snapshot`.
+
+        Raises:
+            TypeError: if ``step`` is not an integer.
+        """
+        step = _as_step(step)
+        final = None
+        if model is not None and self._probe_pass is not None and self._last_step is not None:
+            if self._last_step != step:
+                self.snapshot(
+                    model, batch, step, forward_context=forward_context, convert_input=convert_input, draw_views=True
+                )
+            elif self._views_step != step:
+                final = self._probe_pass_of(model).capture(
+                    model,
+                    batch,
+                    step,
+                    forward_context=forward_context,
+                    convert_input=convert_input,
+                    draw_views=True,
+                    probe_images=False,
+                ).ship()
+                self._views_step = step
+        self._delivery.submit_ending(step, final)
         self.flush()
 
     def flush(self) -> None:
@@ -401,6 +456,13 @@ if FilterVisualizer.__doc__ is not None:
     FilterVisualizer.__doc__ = with_args_section(
         with_logged_tags(FilterVisualizer.__doc__), FilterVisualizer.__init__, VISUALIZER
     )
+
+
+def views_due(count: int, views_every: int) -> bool:
+    """Whether the ``count``-th snapshot of a run (from 1) draws the costlier views: the 1st,
+    2nd, 4th, 8th ... (so that a short run shows them at several steps) and every
+    ``views_every``-th (so that a long one shows them all along, at a bounded cost)."""
+    return count & (count - 1) == 0 or count % views_every == 0
 
 
 def _as_step(step: Any) -> int:

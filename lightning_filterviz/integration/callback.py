@@ -255,12 +255,15 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self._enabled and trainer.is_global_zero:
-            self.engine.finish(trainer.global_step)
+            self._finish(trainer, pl_module)
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._batch_watch.close()  # no hook may outlive the run
         self._examples.stop()
+        # Stopped by the user (Ctrl-C): the views at the state training reached, as at a normal end.
+        if isinstance(exception, KeyboardInterrupt) and self._enabled and trainer.is_global_zero:
+            self._finish(trainer, pl_module)
         # Write what was captured before the run broke off.
         self.engine.close()
 
@@ -308,6 +311,25 @@ class FilterMonitorLogic(_CallbackBase):
             probe = probe if probe is not None else self._probe.on_device(trainer)
             if not _snapshot_of_fit(self.engine, trainer, pl_module, probe):
                 self._enabled = False
+
+    def _finish(self, trainer: Any, pl_module: Any) -> None:
+        """Draw every view at the trained state, at the last step, however the fit ended."""
+        step = trainer.global_step
+        try:
+            self.engine.finish(
+                step,
+                pl_module,
+                self._probe.on_device(trainer),
+                forward_context=trainer.precision_plugin.forward_context,
+                convert_input=input_converter(trainer),
+            )
+        except Exception as error:  # monitoring must never end a training run
+            rank_zero_warn(
+                f"filterviz: the views at the end of training (step {step}) could not be drawn. "
+                f"Cause: {type(error).__name__}: {error}"
+            )
+            return
+        self._schedule.last_step = step
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a spawned fit: it goes on from what an earlier spawned fit handed back.

@@ -80,6 +80,18 @@ class ProgressTracker:
                 self._filmstrips.setdefault(name, []).append(to_uint8(unit).transpose(0, 2, 3, 1))
         return drifts, ratios
 
+    def drift(self, captured: CapturedSnapshot) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per conv of ``captured`` whose initial filters are known: its per-filter drift and
+        weight norm ratio, leaving the filmstrips as they are."""
+        drifts, ratios = {}, {}
+        for name, layer in captured.layers.items():
+            initial = self._initial.get(name)
+            weight = layer.weight.numpy()
+            if initial is not None and initial.shape == weight.shape:
+                drift, ratio = drift_and_norm_ratio(weight, initial)
+                drifts[name], ratios[name] = torch.from_numpy(drift), torch.from_numpy(ratio)
+        return drifts, ratios
+
     def filmstrips(self) -> dict[str, tuple[np.ndarray, ...]]:
         """Per conv with a filmstrip, its rows so far."""
         return {name: tuple(rows) for name, rows in self._filmstrips.items() if rows}

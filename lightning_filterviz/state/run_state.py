@@ -50,6 +50,9 @@ class RunState:
         self.described = False
         # The latest snapshot, when its drift strips were not drawn with it (see ending()).
         self.undrawn_drift: Optional[Snapshot] = None
+        # The step of the latest snapshot that drew the costlier views, and the run's probe images (see ending()).
+        self.views_drawn_at: Optional[int] = None
+        self.probe_images: Optional[Snapshot] = None  # the snapshot that carried them, its probe images only
         # The latest validation run's dataset examples, per conv and drawn filter, strongest first.
         self.dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
         self.dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
@@ -83,6 +86,10 @@ class RunState:
         )
         # Kept (drift only: no maps stay alive) so that the end of the run can draw the last snapshot's drift strips.
         self.undrawn_drift = None if snapshot.draw_views else _drift_of(snapshot)
+        if snapshot.draw_views:
+            self.views_drawn_at = snapshot.step
+        if snapshot.probe_images is not None:
+            self.probe_images = Snapshot(step=snapshot.step, probe_images=snapshot.probe_images)
         if describes_layers:
             self._describe(snapshot)
         self._warn_on_dying_layers(snapshot.step)
@@ -90,11 +97,38 @@ class RunState:
             self._warn_on_non_finite_probe(captured.probe_non_finite.tolist())
         return snapshot
 
-    def ending(self, step: int) -> RunEnding:
-        """What the end of the run at ``step`` draws: every filmstrip row, and the latest
-        snapshot when it did not draw its drift strips (they are drawn once)."""
+    def look(self, captured: CapturedSnapshot) -> Snapshot:
+        """The trained model's last look: ``captured`` with the verdicts as they stand and its
+        drift from the initial filters, folded into nothing (no statistic, filmstrip row or
+        warning counts it; it is not another snapshot)."""
+        drift, weight_norm_ratio = self.progress.drift(captured)
+        return Snapshot(
+            step=captured.step,
+            layers=captured.layers,
+            probe_inputs=captured.probe_inputs,
+            receptive_fields=captured.receptive_fields,
+            draw_views=True,
+            dead_filters={name: tuple(indices) for name, indices in self.tracker.dead_filters.items()},
+            dormant_filters={name: tuple(indices) for name, indices in self.dormant.items()},
+            symmetric_ranges={name: rng for name, rng in self.symmetric_ranges.items() if name in captured.layers},
+            drift=drift,
+            weight_norm_ratio=weight_norm_ratio,
+        )
+
+    def ending(self, step: int, final: Optional[Snapshot] = None) -> RunEnding:
+        """What the end of the run at ``step`` draws: every filmstrip row (unless a snapshot
+        at ``step`` drew it), the latest snapshot's drift strips when it did not draw them
+        (they are drawn once), and the ``final`` look (see :meth:`look`), which draws the
+        costlier views at ``step`` and the drift strips with them."""
         latest, self.undrawn_drift = self.undrawn_drift, None
-        return RunEnding(step=step, filmstrips=self.progress.filmstrips(), latest=latest)
+        drawn_at_step = self.views_drawn_at == step  # that snapshot drew the filmstrip as it stands
+        if final is not None:
+            latest = final
+            self.views_drawn_at = step
+        filmstrips = {} if drawn_at_step else self.progress.filmstrips()
+        shown = self.probe_images
+        probe_images = shown.probe_images if shown is not None and shown.step != step else None
+        return RunEnding(step=step, filmstrips=filmstrips, latest=latest, final=final, probe_images=probe_images)
 
     def _warn_on_non_finite_probe(self, counts: list[int]) -> None:
         """Say once per run which probe images hold NaN or Inf values (``counts`` per image)."""

@@ -14,7 +14,7 @@ from lightning_filterviz.views.registry import View, ViewContext, register_view
 class DriftStrip(View):
     tags = (
         LoggedTag(
-            layer_tag(DRIFT_STRIP, EACH_LAYER), "image", f"drift and norm ratio per filter, {AT_VIEWS} and at the end"
+            layer_tag(DRIFT_STRIP, EACH_LAYER), "image", f"drift and norm ratio per filter, {AT_VIEWS}"
         ),
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lightning_filterviz.core.records import Rendered, Snapshot
+from lightning_filterviz.core.records import Rendered, RunEnding, Snapshot
 from lightning_filterviz.core.tags import AT_VIEWS, EACH_LAYER, FIRST_CONV_BY_DEFAULT, RESPONSES, LoggedTag, layer_tag
 from lightning_filterviz.drawing.responses import peak_patches, response_grid
 from lightning_filterviz.views.registry import View, ViewContext, register_view
@@ -29,3 +29,7 @@ class Responses(View):
             patches = peak_patches(snapshot.probe_inputs, layer.peak_index, layer.output_hw, field)
             images[layer_tag(RESPONSES, name)] = response_grid(layer.weight, layer.rgb, patches)
         return Rendered(snapshot.step, images=images)
+
+    def at_ending(self, ending: RunEnding, context: ViewContext) -> Optional[Rendered]:
+        # The trained model's last look, when the snapshot at the last step did not draw this view.
+        return self.at_snapshot(ending.final, context) if ending.final is not None else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lightning_filterviz.core.records import Rendered, Snapshot
+from lightning_filterviz.core.records import Rendered, RunEnding, Snapshot
 from lightning_filterviz.core.tags import AT_VIEWS, TAG_PREFIX, THROUGH_THE_LAYERS, LoggedTag, layer_tag
 from lightning_filterviz.drawing.responses import through_the_layers
 from lightning_filterviz.views.registry import View, ViewContext, register_view
@@ -29,3 +29,7 @@ class ThroughTheLayers(View):
             seen = {name: maps[image] for name, maps in with_maps.items()}
             images[layer_tag(THROUGH_THE_LAYERS, str(image))] = through_the_layers(seen, colormap=context.settings.colormap)
         return Rendered(snapshot.step, images=images)
+
+    def at_ending(self, ending: RunEnding, context: ViewContext) -> Optional[Rendered]:
+        # The trained model's last look, when the snapshot at the last step did not draw this view.
+        return self.at_snapshot(ending.final, context) if ending.final is not None else None
