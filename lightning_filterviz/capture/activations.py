@@ -165,7 +165,10 @@ class ActivationTap:
     :data:`~lightning_filterviz.core.records.PRE_ACTIVATION` and the bounds are infinite.
 
     Attributes:
-        module: the conv itself, or the normalization module after it.
+        module: the conv itself, the normalization, pooling, upsampling or padding module
+            after it (whose output positions are then the activation's), or a fused conv
+            that applies its ReLU itself (its output is the activation: a ReLU of it changes
+            nothing).
         function: the activation's name (``"relu"``, ``"hardtanh"``, ...).
         floor: its lower bound (0 for ReLU).
         ceiling: its upper bound (``inf`` for ReLU, 6 for ReLU6).
@@ -203,8 +206,10 @@ class ProbePlan:
         traced: convs with an activation that only the tracer can follow (a non-ReLU
             activation, a functional normalization in between, a module shared with others).
         no_activation: convs without an activation, and why.
-        through: per conv, the elementwise arithmetic followed between it and its activation
-            (``("mul", "add")`` for a FrozenBatchNorm2d), where there was any.
+        through: per conv, what was followed between it and its activation besides
+            normalization and dropout: elementwise arithmetic (``("mul", "add")`` for a
+            FrozenBatchNorm2d), pooling, resampling and padding (``("max_pool2d",)``), or
+            ``("fused ConvReLU2d",)`` for a fused conv with its own ReLU; where there was any.
         zeroing: convs with a ReLU-family activation, the ones "dead" is judged for (and so
             the only ones training batches are watched for).
     """

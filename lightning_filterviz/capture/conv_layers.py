@@ -12,7 +12,9 @@ import difflib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import torch
 from torch import nn
+from torch.ao.nn.intrinsic import qat as fused_qat
 from torch.nn.parameter import is_lazy
 
 from lightning_filterviz.core.layer_names import matches
@@ -22,6 +24,8 @@ __all__ = [
     "ConvLayer",
     "has_compiled_module",
     "has_lazy_weights",
+    "has_own_relu",
+    "scripted_conv_layers",
     "select_conv_layers",
     "unsupported_conv_layers",
 ]
@@ -66,7 +70,8 @@ def select_conv_layers(model: nn.Module, layers: Optional[Sequence[str]] = None)
         matched = [name for name in modules if matches(name, requested)]
         matched_convs = [name for name in matched if name in convs]
         if not matched_convs:
-            raise ValueError(_unknown_layer_message(requested, matched, list(convs)))
+            scripted = [name for name in matched if name in scripted_conv_layers(model)]
+            raise ValueError(_unknown_layer_message(requested, matched, list(convs), scripted))
         chosen.update(matched_convs)
     return [ConvLayer(name, module) for name, module in convs.items() if name in chosen]
 
@@ -75,6 +80,32 @@ def unsupported_conv_layers(model: nn.Module) -> list[str]:
     """Names of conv modules the monitor does not draw (1-d, 3-d and transposed convs)."""
     unsupported = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     return [_display_name(name) for name, module in model.named_modules() if isinstance(module, unsupported)]
+
+
+# Fused convs (quantization-aware training) that apply their ReLU inside their own forward:
+# what the module returns is the activation. ``ConvBn2d`` has no ReLU, so it is not among them.
+_CONVS_WITH_OWN_RELU = (fused_qat.ConvReLU2d, fused_qat.ConvBnReLU2d)
+
+
+def has_own_relu(module: nn.Module) -> bool:
+    """Whether ``module`` is a fused conv whose output is already its ReLU's (``torch.ao.nn.intrinsic.qat``
+    ``ConvReLU2d`` and ``ConvBnReLU2d``, what ``prepare_qat`` makes of a fused conv and ReLU)."""
+    return isinstance(module, _CONVS_WITH_OWN_RELU)
+
+
+def scripted_conv_layers(model: nn.Module) -> list[str]:
+    """Names of the convs inside TorchScript modules (``torch.jit.script`` or ``torch.jit.trace``),
+    which the monitor cannot watch: a scripted module takes no Python hooks, and its forward
+    runs no Python code a tracer could follow."""
+    return [
+        _display_name(name)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") in _CONV_NAMES
+    ]
+
+
+# The class names a scripted conv keeps (``RecursiveScriptModule.original_name``).
+_CONV_NAMES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})
 
 
 def has_lazy_weights(model: nn.Module) -> bool:
@@ -91,7 +122,13 @@ def _display_name(name: str) -> str:
     return name.replace(COMPILED_PREFIX, "")
 
 
-def _unknown_layer_message(requested: str, matched: list[str], conv_names: list[str]) -> str:
+def _unknown_layer_message(requested: str, matched: list[str], conv_names: list[str], scripted: list[str]) -> str:
+    if scripted:
+        return (
+            f"`layers` entry {requested!r} matches {scripted[:3]}, convs inside a TorchScript module "
+            "(torch.jit.script or torch.jit.trace), which takes no Python hooks, so the monitor cannot watch "
+            "them. Watch the module before scripting it, or name other conv layers."
+        )
     if matched:
         problem = f"`layers` entry {requested!r} matches {matched[:3]} but none of them is an nn.Conv2d"
     else:

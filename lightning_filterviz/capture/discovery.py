@@ -1,8 +1,10 @@
 """Where each watched conv's activation is observed.
 
 The activation of a conv is the output of the first activation function applied
-to that conv's output, through normalization layers, as the model really computes
-it. Module hooks alone cannot see ``F.relu`` in a ``forward``, and a reused
+to that conv's output, through normalization layers and per-channel operations
+(pooling, upsampling, padding, dropout, a per-channel affine map), as the model
+really computes it: with ``F.relu(F.max_pool2d(conv(x), 2))`` it is the pooled ReLU
+output, and dead, dormant, the maps and the peaks are judged on that tensor. Module hooks alone cannot see ``F.relu`` in a ``forward``, and a reused
 ``nn.ReLU`` fires once per call site, so the activation is found at run time
 instead: a :class:`~torch.overrides.TorchFunctionMode` follows each conv's output
 tensor through the torch functions that consume it, whichever way they are called
@@ -20,10 +22,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_filterviz.capture.activations import ActivationRecord, ActivationRecorder, ActivationTap, ProbePlan
+from lightning_filterviz.capture.conv_layers import has_own_relu
 from lightning_filterviz.capture.hook_guard import HookGuard
 from lightning_filterviz.core.records import PRE_ACTIVATION
 
-__all__ = ["ActivationTracer", "NOT_RUN"]
+__all__ = ["ActivationTracer", "NOT_RUN", "moves_positions"]
 
 # Why a watched conv has no activation when it never ran.
 NOT_RUN = "the conv did not run on the probe"
@@ -34,6 +37,21 @@ _NORMALIZATIONS = frozenset(
 )
 _PASS_THROUGH = _NORMALIZATIONS | frozenset(
     {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "contiguous"}
+)
+# Per-channel operations that move or merge positions, each channel on its own: followed, and
+# named in the layer table, since the activation then has other positions than the conv's output.
+_POSITIONAL = frozenset(
+    {
+        "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+        "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+        "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+        "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "pad",
+    }
+)
+# Those of them that return ``(values, indices)`` (``return_indices=True``): the values are followed.
+_WITH_INDICES = frozenset(
+    {"max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+     "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices"}
 )
 # Elementwise arithmetic that, by a number or a per-channel constant, keeps a conv's output
 # "the same signal" (an affine map per channel: FrozenBatchNorm2d's ``x * scale + bias``).
@@ -112,8 +130,23 @@ class ActivationTracer(TorchFunctionMode):
         return self.recorder.records
 
     def track(self, layer: str, output: Tensor, tap: Optional[nn.Module] = None, through: tuple[str, ...] = ()) -> None:
-        self._tracked[id(output)] = _Tracked(layer, output, tap, through)
+        """Follow ``output`` of conv ``layer`` from here; ``tap`` is the module that returned it
+        (the conv itself, from its forward hook), ``through`` what was followed to reach it."""
         self._note_from_data(output)
+        if tap is not None and has_own_relu(tap):
+            self._record_fused_relu(layer, output, tap)
+            return
+        self._tracked[id(output)] = _Tracked(layer, output, tap, through)
+
+    def _record_fused_relu(self, layer: str, output: Tensor, module: nn.Module) -> None:
+        """A fused conv with its own ReLU (quantization-aware training) returns the activation
+        itself: it is recorded as such, the module is its tap, and nothing is followed further."""
+        self.through[layer] = (f"fused {type(module).__name__}",)
+        self.recorder.record(layer, "relu", True, output, nonnegative=True)
+        self.no_activation.pop(layer, None)
+        self._taps_seen.setdefault(layer, []).append(module)
+        tap_kind = ("relu", 0.0, math.inf)
+        self._bounds[layer] = tap_kind if self._bounds.get(layer, tap_kind) == tap_kind else None
 
     def note_module_output(self, module: nn.Module, output: Any) -> None:
         """Note that ``module`` returned ``output``: the innermost module returning a tracked
@@ -134,9 +167,12 @@ class ActivationTracer(TorchFunctionMode):
         except Exception as error:
             self._keep_or_raise(error)
         result = func(*args, **kwargs)
-        if isinstance(result, Tensor):  # metadata queries (size, dim, shape) consume nothing
+        values = result
+        if name in _WITH_INDICES and isinstance(result, tuple) and result:
+            values = result[0]  # a pool's (values, indices): the values go on to the activation
+        if isinstance(values, Tensor):  # metadata queries (size, dim, shape) consume nothing
             try:
-                self._after_call(name, args, kwargs, leaves, result)
+                self._after_call(name, args, kwargs, leaves, values)
             except Exception as error:
                 self._keep_or_raise(error)
         return result
@@ -247,8 +283,11 @@ class ActivationTracer(TorchFunctionMode):
         zeroing = _is_zeroing(name, args, kwargs)
         for entry in consumed:
             layer = entry.layer
+            positional = _positional_label(name, args, kwargs, entry.tensor)
             if name in _PASS_THROUGH:
                 self.track(layer, result, through=entry.through)
+            elif positional is not None:
+                self.track(layer, result, through=entry.through + (positional,))
             elif _is_channel_affine(name, args, entry.tensor, self._is_from_data):
                 self.track(layer, result, through=entry.through + (name.strip("_").removeprefix("r"),))
             elif zeroing is not None:
@@ -264,7 +303,47 @@ class ActivationTracer(TorchFunctionMode):
                     self._bounds[layer] = tap_kind if self._bounds.get(layer, tap_kind) == tap_kind else None
             elif layer not in self.records or self.records[layer].function == PRE_ACTIVATION:
                 self._record_pre_activations(name, args, kwargs, [entry])  # intact: the call was not in place
-                self.no_activation.setdefault(layer, f"output goes to `{name}` before any activation")
+                self.no_activation.setdefault(layer, _not_followed_reason(name, args, kwargs))
+
+
+def moves_positions(through: Sequence[str]) -> bool:
+    """Whether what was followed between a conv and its activation (:attr:`ActivationTracer.through`)
+    pools, resamples or pads it, so that the activation's positions are not the conv output's."""
+    return any(step in _POSITIONAL for step in through)
+
+
+def _positional_label(name: str, args: tuple, kwargs: dict, tracked: Tensor) -> Optional[str]:
+    """The name a per-channel pooling, resampling or padding of ``tracked`` is listed under
+    in the layer table, or ``None`` when ``name(*args)`` is none of them.
+
+    Each channel of the result comes from the same channel of ``tracked`` alone, so the
+    activation after it is still the conv's, filter by filter; "dead" and "dormant" are
+    judged on that activation as the model computes it (pooled, resampled, padded). A
+    constant padding with a fill above zero is not followed: the ReLU would fire on the
+    fill, on positions the conv never produced.
+    """
+    base = name.removesuffix("_with_indices")
+    if base not in _POSITIONAL or not args or args[0] is not tracked:
+        return None
+    if base == "pad" and _padding_fill(args, kwargs) > 0:
+        return None
+    return base
+
+
+def _padding_fill(args: tuple, kwargs: dict) -> float:
+    """The fill value of ``F.pad(x, pad, mode, value)``; 0 for the modes that copy values."""
+    mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+    value = args[3] if len(args) > 3 else kwargs.get("value")
+    return float(value) if mode == "constant" and value is not None else 0.0
+
+
+def _not_followed_reason(name: str, args: tuple, kwargs: dict) -> str:
+    if name == "pad":
+        return (
+            f"output goes to `pad` with the fill value {_padding_fill(args, kwargs):g} before any activation "
+            "(a fill above zero makes the ReLU fire where the conv has no output, so it is not followed)"
+        )
+    return f"output goes to `{name}` before any activation"
 
 
 def _is_in_place(name: str) -> bool:

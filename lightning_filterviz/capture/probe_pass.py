@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from lightning_filterviz.capture.activations import ActivationTap, ProbePlan
 from lightning_filterviz.capture.probe_capture import CapturedProbe, SnapshotDraft, start_capture
-from lightning_filterviz.capture.conv_layers import ConvLayer, select_conv_layers
+from lightning_filterviz.capture.conv_layers import ConvLayer, scripted_conv_layers, select_conv_layers
 from lightning_filterviz.core.layer_names import resolve_layer_patterns, unmatched_patterns
 from lightning_filterviz.capture.probe import model_input, pin_memory, to_device
 from lightning_filterviz.capture.receptive_fields import receptive_field
@@ -48,6 +48,7 @@ class ProbePass:
     def __init__(self, model: nn.Module, settings: VisualizerSettings) -> None:
         self.settings = settings
         self.layers: list[ConvLayer] = select_conv_layers(model, settings.layers)
+        _warn_about_scripted_convs(model)
         self._model = weakref.ref(model)
         # How each conv's activation is observed, learned by the first probe pass of this model.
         self.plan: Optional[ProbePlan] = None
@@ -232,6 +233,16 @@ def _note_how_layers_are_watched(draft: SnapshotDraft, plan: ProbePlan, model: n
         tap = plan.taps.get(layer)
         watched_by = f"hook on `{names.get(tap.module, type(tap.module).__name__)}`" if tap else "tracer"
         draft.update_layer(layer, watched_by=watched_by)
+
+
+def _warn_about_scripted_convs(model: nn.Module) -> None:
+    scripted = scripted_conv_layers(model)
+    if scripted:
+        rank_zero_warn(
+            f"filterviz: skipping {len(scripted)} conv layer(s) inside TorchScript modules (torch.jit.script or "
+            f"torch.jit.trace): {scripted[:5]}{' ...' if len(scripted) > 5 else ''}. A scripted module takes no "
+            "Python hooks, so they are not watched; watch the model before scripting it to see them."
+        )
 
 
 def _first_images(inputs: Any) -> Optional[Tensor]:

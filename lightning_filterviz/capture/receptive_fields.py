@@ -6,6 +6,11 @@ calls in ``forward``). During those backward passes a dispatch mode makes gates 
 pools pass the gradient to every input they could have passed it to, so the field is the
 architecture's rather than this probe's.
 
+The field is that of the conv's activation's positions, the ones its maps, peaks and
+dataset examples are found at: where a pool, an upsampling or a padding sits between the
+conv and its ReLU (``F.relu(F.max_pool2d(conv(x), 2))``), it is measured at the pooled
+activation, found by the :class:`~lightning_filterviz.capture.discovery.ActivationTracer`.
+
 Torch code, run on the training thread; the drawing of what a field covers lives in
 :mod:`lightning_filterviz.drawing.responses`.
 """
@@ -17,9 +22,13 @@ from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lightning_filterviz.capture.activations import ActivationRecorder
+from lightning_filterviz.capture.discovery import ActivationTracer, moves_positions
+from lightning_filterviz.capture.hook_guard import HookGuard
 from lightning_filterviz.capture.probe_capture import ForwardFn, side_pass
 from lightning_filterviz.core.records import ReceptiveField
 
@@ -64,6 +73,11 @@ def receptive_field(
     zero anyway (weights or BatchNorm scales that are exactly zero, an adaptive max pool,
     a clamp) can make it smaller than the architectural one.
 
+    Where the conv's activation comes after a per-channel pool, upsampling or padding, the
+    positions are the activation's (see the module's docstring). A reentrant
+    ``torch.utils.checkpoint`` (``use_reentrant=True``) runs its function without a graph,
+    so for this one forward it runs the function directly, which is what it computes.
+
     No parameter's ``.grad`` is touched; every module's train/eval flag, the RNG state
     and the hooks are as they were afterwards.
 
@@ -79,14 +93,15 @@ def receptive_field(
         The conv's :class:`ReceptiveField`.
 
     Raises:
-        ValueError: when the conv does not run on the probe, its output is not
-            ``(N, C, H, W)`` of at least 3x3, its output does not depend on the input, or
-            the field reaches past the image on both sides so it cannot be measured.
+        ValueError: when the conv does not run on the probe, its output (or activation) is
+            not ``(N, C, H, W)`` of at least 3x3, it does not depend on the input (autograd
+            switched off inside the forward, say), or the field reaches past the image on both
+            sides so it cannot be measured.
     """
     if not torch.is_tensor(inputs) or not torch.is_floating_point(inputs):
         raise ValueError("receptive_field needs a floating-point input tensor to differentiate w.r.t.")
     name = _module_name(model, conv)
-    with side_pass(model, grad=True), torch.inference_mode(False):
+    with side_pass(model, grad=True), torch.inference_mode(False), _reentrant_checkpoints_inline():
         # Non-finite pixels at 0: a NaN would turn every gradient it reaches into NaN.
         x = inputs[:1].detach().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).requires_grad_(True)
         centre, sums = _centre_sums(model, x, conv, forward_fn or _call_model, name)
@@ -110,40 +125,107 @@ def _call_model(model: nn.Module, x: Any) -> Any:
 def _centre_sums(
     model: nn.Module, x: Tensor, conv: nn.Module, run: ForwardFn, name: str
 ) -> tuple[tuple[int, int], list[Tensor]]:
-    """Run the model on ``x`` once; the conv's output centre ``(cy, cx)`` and, for the output
-    positions ``(cy + s, cx + s)``, ``s`` in -1, 0, 1, the sum over channels (still in the graph).
+    """Run the model on ``x`` once; the centre ``(cy, cx)`` of the conv's positions and, for
+    the positions ``(cy + s, cx + s)``, ``s`` in -1, 0, 1, the sum over channels (still in
+    the graph). The positions are the conv's output's, or its activation's where a pool, an
+    upsampling or a padding comes between them.
 
     Raises:
-        ValueError: the conv did not run, or its output is not ``(N, C, H, W)`` of at least 3x3.
+        ValueError: the conv did not run, its output (or activation) is not ``(N, C, H, W)`` of
+            at least 3x3, or autograd was off where it ran.
     """
-    picked: dict[str, Any] = {}
+    at_output: dict[str, Any] = {}
+    at_activation = _CentreSums()
+    tracer = ActivationTracer(at_activation, guard=HookGuard())  # a failure leaves the conv's output
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        if "shape" in picked:  # a conv called twice: its first call
+        if at_output:  # a conv called twice: its first call
             return
-        picked["shape"] = tuple(output.shape) if isinstance(output, Tensor) else None
-        if isinstance(output, Tensor) and output.dim() == 4 and min(output.shape[-2:]) >= 3:
-            cy, cx = output.shape[-2] // 2, output.shape[-1] // 2
-            # Reduced now, before any in-place op (an inplace ReLU) can change the output.
-            picked["centre"] = (cy, cx)
-            picked["sums"] = [output[0, :, cy + step, cx + step].sum() for step in (-1, 0, 1)]
+        # Reduced now, before any in-place op (an inplace ReLU) can change the output, and
+        # before the tracer follows it (the reductions would count as consuming it).
+        at_output.update(_sums_at_centre(output))
+        if isinstance(output, Tensor):
+            tracer.track(name, output, tap=module)
 
     with _user_hooks_hidden(model):
         handle = conv.register_forward_hook(hook)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), tracer:
                 run(model, x)
         finally:
             handle.remove()
-    if "shape" not in picked:
+    tracer.finish()
+    picked, where = at_output, "output"
+    through = tracer.through.get(name, ())
+    if at_activation.found and moves_positions(through):
+        picked, where = at_activation.found, f"activation (after {', '.join(through)})"
+    if not picked:
         raise ValueError(f"Conv {name!r} did not run on the probe, so its receptive field cannot be measured.")
     if "sums" not in picked:
         raise ValueError(
-            f"Conv {name!r} gives an output of shape {picked['shape']} on a probe of shape "
-            f"{tuple(x.shape)}; measuring its receptive field needs an (N, C, H, W) output of at "
-            "least 3x3: use a larger input."
+            f"Conv {name!r} gives an {where} of shape {picked['shape']} on a probe of shape "
+            f"{tuple(x.shape)}; measuring its receptive field needs an (N, C, H, W) {where.split()[0]} of at "
+            "least 3x3: use a larger input (unless a pool there has a fixed output size)."
+        )
+    if not picked["grad_enabled"]:
+        raise ValueError(
+            f"Conv {name!r} runs with autograd switched off inside the model's forward (a torch.no_grad block "
+            "there), so its receptive field cannot be measured by gradient: it gets no peak patches and no "
+            "dataset examples."
         )
     return picked["centre"], picked["sums"]
+
+
+def _sums_at_centre(output: Any) -> dict[str, Any]:
+    """The shape of ``output`` and, where it is ``(N, C, H, W)`` of at least 3x3, its centre and
+    the sums over channels of the first image at the centre and one diagonal step either side."""
+    found: dict[str, Any] = {"shape": tuple(output.shape) if isinstance(output, Tensor) else None}
+    if isinstance(output, Tensor) and output.dim() == 4 and min(output.shape[-2:]) >= 3:
+        cy, cx = output.shape[-2] // 2, output.shape[-1] // 2
+        found["centre"] = (cy, cx)
+        found["sums"] = [output[0, :, cy + step, cx + step].sum() for step in (-1, 0, 1)]
+        found["grad_enabled"] = torch.is_grad_enabled()
+    return found
+
+
+class _CentreSums(ActivationRecorder):
+    """An activation recorder that also keeps the centre sums of the first activation it is
+    given (the tracer only follows the one conv being measured)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: dict[str, Any] = {}
+
+    def record(self, layer: str, function: str, zeroing: bool, activation: Tensor, nonnegative: bool = False) -> None:
+        if not self.found:
+            self.found = _sums_at_centre(activation)
+        super().record(layer, function, zeroing, activation, nonnegative)
+
+
+class _InlineCheckpoint:
+    """Stands in for ``torch.utils.checkpoint.CheckpointFunction`` during a receptive-field
+    forward: the function runs directly, in the graph, as a checkpoint's forward computes it
+    (the reentrant one runs it with autograd off, and recomputes it only in a ``.backward()``)."""
+
+    @staticmethod
+    def apply(run_function: Any, preserve_rng_state: bool, *args: Any) -> Any:
+        return run_function(*args)
+
+
+@contextlib.contextmanager
+def _reentrant_checkpoints_inline() -> Iterator[None]:
+    """Reentrant checkpoints run their function directly for the duration. Only this side
+    pass's one forward and backward on one image see it: the gradient is the same, and the
+    activations kept for it are freed with the measurement."""
+    original = getattr(torch.utils.checkpoint, "CheckpointFunction", None)
+    if original is None:  # a torch without it: a reentrant checkpoint says so (see _centre_sums)
+        yield
+        return
+    torch.utils.checkpoint.CheckpointFunction = _InlineCheckpoint  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        torch.utils.checkpoint.CheckpointFunction = original  # type: ignore[misc]
 
 
 @contextlib.contextmanager
@@ -264,7 +346,7 @@ def _axis_field(
     if stride is not None and stride < 1:
         raise ValueError(
             f"Neighbouring outputs of conv {name!r} do not see inputs a whole number of pixels apart along "
-            f"its {label} (an upsampling before it?), so its receptive field is not a regular grid."
+            f"its {label} (an upsampling before it or before its activation?), so its receptive field is not a regular grid."
         )
     start: Optional[int] = starts[middle]
     end: Optional[int] = ends[middle]

@@ -138,7 +138,7 @@ def _running_maximum(name: str, maxima: dict[str, Tensor]) -> Callable[[nn.Modul
 def _tracer_feed(name: str, tracer: ActivationTracer) -> Callable[[nn.Module, Any, Any], None]:
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, Tensor):
-            tracer.track(name, output)
+            tracer.track(name, output, tap=module)  # the module tells a fused conv with its own ReLU
 
     return hook
 
