@@ -97,8 +97,10 @@ class LayerCapture(_Frozen):
             previous snapshot (``track_training_batches``), ``(out_channels,)``.
         watched_by: how training batches are watched for this conv's dead filters (a hook
             on a named module, or the tracer); set at the snapshot that found it.
-        through: the elementwise arithmetic between the conv and its activation that was
-            followed as normalization (``("mul", "add")`` for a FrozenBatchNorm2d).
+        through: what was followed between the conv and its activation besides normalization
+            and dropout: elementwise arithmetic (``("mul", "add")`` for a FrozenBatchNorm2d),
+            pooling, resampling or padding (``("max_pool2d",)``: the activation, its statistics
+            and maps are the pooled ones), or ``("fused ConvReLU2d",)`` for a fused conv.
     """
 
     name: str
