@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
-from lightning_filterviz.report.build import ReportError, build_report
+from lightning_filterviz.report.build import ReportError, ReportWarning, build_report
 
 __all__ = ["main"]
 
@@ -96,11 +97,20 @@ def run_report(args: argparse.Namespace) -> int:
         0 on success, 2 for bad input.
     """
     try:
-        path = build_report(args.log_dir, args.output, args.filmstrip_layers, args.examples_filter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ReportWarning)
+            path = build_report(args.log_dir, args.output, args.filmstrip_layers, args.examples_filter)
     except ReportError as error:
         # One line, no traceback: bad input is the user's to fix, not a bug to debug.
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 2
+    finally:
+        # A damaged file costs its part of the report: one line each, naming it, and the rest is drawn.
+        for warning in caught:
+            if issubclass(warning.category, ReportWarning):
+                print(f"{PROGRAM}: {warning.message}", file=sys.stderr)
+            else:  # not the report's own: shown as it would have been
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(path)
     return 0
 

@@ -2,17 +2,24 @@
 
 This module owns the file format and the path, for the writer and for the report alike.
 It needs NumPy only, so that reading a run's history loads no torch.
+
+A history file is never written over another: when its name is taken (an earlier fit into
+the same log directory, a second snapshot at the same step) it is saved as
+``step_<step>-2.npz``, ``-3``, ... (see :mod:`lightning_filterviz.core.files`), and
+:func:`history_files` lists a directory's files by step, then in the order they were written.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
 
+from lightning_filterviz.core.files import copy_order, write_new_file
 from lightning_filterviz.core.filters import displayed_filters
 from lightning_filterviz.core.records import HistoryFile
 from lightning_filterviz.core.tiles import resize_nearest
@@ -28,6 +35,7 @@ __all__ = [
     "HistoryWriter",
     "history_arrays",
     "history_dir_of",
+    "history_files",
     "load_history",
     "point_to_history",
     "pointed_history_dirs",
@@ -40,6 +48,8 @@ EXAMPLES_PATTERN = "validation_examples_*.npz"
 HISTORY_PATCH_PIXELS = 16
 # Where a run's history lies, relative to its log directory.
 HISTORY_DIR = Path("filterviz", "history")
+# The step in a history file's name: ``step_00000010.npz``, ``validation_examples_00000010-2.npz``.
+_STEP_IN_NAME = re.compile(r"_(\d+)(?:-\d+)?\.npz$")
 
 
 # Left in another logger's directory, naming where the run's history went instead.
@@ -114,9 +124,31 @@ def snapshot_history_file(snapshot: Snapshot, drawn: Optional[Mapping[str, np.nd
 
 def write_history_file(directory: Union[str, os.PathLike], file: HistoryFile) -> Path:
     """Save ``file`` in ``directory`` (created when missing), whole or not at all: it is built
-    in memory (one write instead of a seek per array) and renamed into place, so a reader
-    never sees half of one."""
+    in memory (one write instead of a seek per array) and linked into place, so a reader
+    never sees half of one, and never over another file.
+
+    Returns:
+        The path written: ``<directory>/<file.name>``, or, when that name was taken, the
+        first free copy of it (``step_00000010-2.npz``).
+
+    Raises:
+        OSError: if it cannot be written; no partial file is left behind.
+    """
     return _write_whole(Path(directory) / file.name, file.arrays)
+
+
+def history_files(directory: Union[str, os.PathLike], pattern: str = HISTORY_PATTERN) -> list[Path]:
+    """The history files in ``directory`` matching ``pattern``, by the step in their name,
+    then in the order they were written (``step_00000010.npz`` before ``step_00000010-2.npz``).
+
+    Args:
+        directory: a history directory.
+        pattern: :data:`HISTORY_PATTERN` (snapshots) or ``EXAMPLES_PATTERN`` (validation runs).
+
+    Returns:
+        The files; empty when there is none.
+    """
+    return sorted((path for path in Path(directory).glob(pattern) if path.is_file()), key=_step_then_copy)
 
 
 class HistoryWriter:
@@ -130,7 +162,11 @@ class HistoryWriter:
         self.directory = Path(directory)
 
     def write(self, snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]] = None) -> Path:
-        """Save one snapshot; ``drawn`` as in :func:`history_arrays`."""
+        """Save one snapshot; ``drawn`` as in :func:`history_arrays`.
+
+        Returns:
+            The path written; a snapshot at a step already saved gets ``step_<step>-2.npz``.
+        """
         return write_history_file(self.directory, snapshot_history_file(snapshot, drawn))
 
 
@@ -161,14 +197,17 @@ def examples_history_file(step: int, examples: Mapping[str, Any], tiles: Mapping
 
 
 def _write_whole(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    # A file appears whole or not at all: built in memory and renamed into place.
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A file appears whole or not at all: built in memory, then written and linked into place.
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # keys are array names
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(buffer.getbuffer())
-    os.replace(partial, path)
-    return path
+    return write_new_file(path, buffer.getbuffer())
+
+
+def _step_then_copy(path: Path) -> tuple[int, int, str]:
+    # The step from the name, not the name itself: 8 digits in the name overflow past 10**8 steps.
+    found = _STEP_IN_NAME.search(path.name)
+    name, copy = copy_order(path)
+    return (int(found.group(1)) if found else -1), copy, name
 
 
 def load_history(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
@@ -177,7 +216,8 @@ def load_history(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
     Raises:
         ValueError: if the file is not a lightning_filterviz history file.
     """
-    with np.load(path, allow_pickle=False) as data:
+    # Opened here, so that it is closed also when NumPy cannot read it (a truncated file).
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     if str(arrays.get("format", "")) != HISTORY_FORMAT:
         raise ValueError(f"{path} is not a lightning_filterviz history file (no format {HISTORY_FORMAT!r}).")

@@ -38,6 +38,10 @@ class Publisher(RebuiltWhenUnpickled):
         self.sink = sink
         self.history_dir = Path(history_dir) if history_dir is not None else None
         self._failures: collections.deque[tuple[str, Exception]] = collections.deque()
+        # What went on writing but should be told, such as a file saved beside one of the same name.
+        self._notices: collections.deque[str] = collections.deque()
+        self._history_copied = False
+        self._told_of_copies = False
         # Held while a snapshot is written, so that what fails in one snapshot is told in one message.
         self._writing = threading.Lock()
 
@@ -62,14 +66,23 @@ class Publisher(RebuiltWhenUnpickled):
     def take_messages(self) -> list[str]:
         """One message naming what has failed since the last call (sinks of a
         :class:`~lightning_filterviz.publishing.sinks.group.SinkGroup`, the history files) and
-        why. Nothing while a snapshot is being written: its failures are told together, later."""
+        why, and one with what the sink and the history have to tell (files kept beside
+        files of the same name). Nothing while a snapshot is being written: what happens in
+        one snapshot is told together, later."""
         if not self._writing.acquire(blocking=False):
             return []
         try:
             failures = list(self.sink.take_failures())
             while self._failures:
                 failures.append(self._failures.popleft())
-            return [_failure_message(failures)] if failures else []
+            notices = list(self.sink.take_notices())
+            while self._notices:
+                notices.append(self._notices.popleft())
+            messages = [_failure_message(failures)] if failures else []
+            if notices and not self._told_of_copies:  # once per run, whichever part kept a copy first
+                self._told_of_copies = True
+                messages.append(_notice_message(notices))
+            return messages
         finally:
             self._writing.release()
 
@@ -89,10 +102,14 @@ class Publisher(RebuiltWhenUnpickled):
         if self.history_dir is None:  # a history write failed earlier in this run
             return
         try:
-            write_history_file(self.history_dir, file)
+            written = write_history_file(self.history_dir, file)
         except Exception as error:  # the images and scalars still go to the loggers
             self._failures.append((f"the history files in {self.history_dir}", error))
             self.history_dir = None
+            return
+        if written.name != file.name and not self._history_copied:  # noted for the first file, not each
+            self._history_copied = True
+            self._notices.append(f"the history files in {self.history_dir} ({file.name} saved as {written.name})")
 
 
 def _failure_message(failures: list[tuple[str, Exception]]) -> str:
@@ -103,6 +120,17 @@ def _failure_message(failures: list[tuple[str, Exception]]) -> str:
     return (
         f"filterviz: writing to {names} failed, so {verb} no more snapshots in this run; "
         f"the other loggers still get every one, and `dead_filters` is kept up to date. Cause: {causes}"
+    )
+
+
+def _notice_message(places: list[str]) -> str:
+    # One warning for files kept beside older ones, wherever they lie (history and PNG files alike).
+    return (
+        f"filterviz: files of the same names were there already in {' and '.join(places)}: from an earlier fit "
+        "into the same log directory, another monitor of the same trainer, or an earlier snapshot at the same "
+        "step. Nothing is overwritten: the new "
+        "files get a suffix -2, -3, ..., and filterviz-report reads them by step, then in the order written. "
+        "Give each fit a log directory of its own to keep them apart."
     )
 
 

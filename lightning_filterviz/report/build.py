@@ -21,6 +21,7 @@ from lightning_filterviz.report.html import page_html, run_html
 from lightning_filterviz.report.runs import (
     PathLike,
     ReportError,
+    ReportWarning,
     Run,
     SnapshotRecord,
     drift_series,
@@ -33,6 +34,7 @@ from lightning_filterviz.report.runs import (
 __all__ = [
     "REPORT_FILENAME",
     "ReportError",
+    "ReportWarning",
     "Run",
     "SnapshotRecord",
     "build_report",
@@ -66,6 +68,11 @@ def build_report(
 
     Raises:
         ReportError: for bad input (see :func:`load_runs`) or an output that cannot be written.
+
+    Warns:
+        ReportWarning: once for each history file skipped (corrupt, not a history file) and
+            each layer left out of a file that lacks its arrays, naming the file and what is
+            missing; the page lists them too, and draws the rest.
     """
     runs = load_runs(log_dir)
     target = Path(output) if output is not None else Path(log_dir) / REPORT_FILENAME

@@ -81,10 +81,13 @@ def page_html(title: str, body: Sequence[str]) -> str:
 
 
 def _run_intro(run: Run) -> list[str]:
-    """The run's heading and a line on its snapshots, steps and where they lie."""
+    """The run's heading, what of its history is left out (damaged files), and a line on
+    its snapshots, steps and where they lie."""
     steps, last = run.steps, run.records[-1]
+    left_out = "".join(f"<li>{html.escape(problem)}</li>" for problem in run.problems)
     return [
         f"<h2>Run: {html.escape(run.label)}</h2>",
+        *([f'<p class="none">Left out of this report:</p><ul class="none">{left_out}</ul>'] if left_out else []),
         f"<p>{len(steps)} snapshot{'s' if len(steps) != 1 else ''} "
         f"in <code>{html.escape(str(run.history_dir))}</code>; "
         f"steps: {html.escape(', '.join(str(step) for step in steps))}. Layers at step {last.step}:</p>",

@@ -5,16 +5,22 @@ Each snapshot lies in ``<log dir>/filterviz/history/step_<step>.npz`` (see
 run under a directory and reads its snapshots, keeping what the page needs and dropping
 the feature maps; :func:`fraction_series` and :func:`drift_series` turn a run into the
 lines of its charts. NumPy only: the report loads no torch.
+
+A damaged history costs only what is damaged: a file that cannot be read is skipped, and a
+layer whose arrays a file lacks is left out of that file, each with a :class:`ReportWarning`
+naming the file and what is missing; the rest of the run is drawn. Only a run with no
+readable snapshot at all is an error.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Callable, TypeVar, Union
 
 import numpy as np
 
@@ -23,6 +29,7 @@ from lightning_filterviz.core.history import (
     HISTORY_DIR,
     HISTORY_FORMAT,
     HISTORY_PATTERN,
+    history_files,
     load_history,
     pointed_history_dirs,
 )
@@ -32,6 +39,7 @@ __all__ = [
     "ExamplesRecord",
     "PathLike",
     "ReportError",
+    "ReportWarning",
     "Run",
     "SnapshotRecord",
     "drift_series",
@@ -48,10 +56,15 @@ __all__ = [
 EXPECTED_HISTORY = f"{HISTORY_DIR.as_posix()}/{HISTORY_PATTERN} written by FilterMonitor"
 
 PathLike = Union[str, os.PathLike]
+Record = TypeVar("Record", "SnapshotRecord", "ExamplesRecord")
 
 
 class ReportError(ValueError):
     """Bad input for a report; the message is one line, meant for the user."""
+
+
+class ReportWarning(UserWarning):
+    """Part of the history could not be read and is left out of the report (one line, naming the file)."""
 
 
 @dataclass
@@ -67,6 +80,7 @@ class SnapshotRecord:
         drift: layer -> per-filter cosine distance from the initial weights.
         dead: layer -> dead filter indices (only layers with a ReLU-family activation).
         dormant: layer -> dormant filter indices (only layers whose activation was captured).
+        problems: what the file lacks and the report leaves out, one line each.
     """
 
     path: Path
@@ -77,6 +91,7 @@ class SnapshotRecord:
     drift: dict[str, np.ndarray] = field(default_factory=dict)
     dead: dict[str, np.ndarray] = field(default_factory=dict)
     dormant: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,12 +103,14 @@ class ExamplesRecord:
         indices: layer -> ``(F, k)`` dataset index of each example, ``-1`` where unknown.
         values: layer -> ``(F, k)`` the filter's peak on each example, ``-inf`` where missing.
         patches: layer -> ``(F, k, S, S, 3)`` ``uint8`` drawn patches.
+        problems: what the file lacks and the report leaves out, one line each.
     """
 
     step: int
     indices: dict[str, np.ndarray] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
     patches: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -103,14 +120,19 @@ class Run:
     Attributes:
         label: how the run is named on the page (its log dir, relative to the report's input).
         history_dir: the directory holding the history files.
-        records: one per history file, by increasing step.
+        records: one per readable history file, by increasing step (files of one step in
+            the order they were written).
         examples: one per validation run with dataset examples, by increasing step.
+        problems: the files skipped and the parts left out, one line each, naming the file.
     """
 
     label: str
     history_dir: Path
     records: list[SnapshotRecord]
     examples: list[ExamplesRecord] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    # Why each skipped file could not be read, as a ReportError says it.
+    unreadable: list[str] = field(default_factory=list, repr=False)
 
     @property
     def layers(self) -> list[str]:
@@ -136,11 +158,12 @@ def load_runs(log_dir: PathLike) -> list[Run]:
         log_dir: a history, filterviz, trainer log or parent directory.
 
     Returns:
-        The runs, each with at least one snapshot.
+        The runs, each with at least one snapshot. Each file skipped and each part left
+        out (see :attr:`Run.problems`) is warned about, as a :class:`ReportWarning`.
 
     Raises:
-        ReportError: ``log_dir`` is missing or not a directory, holds no history, or a
-            history file cannot be read.
+        ReportError: ``log_dir`` is missing or not a directory, holds no history, or no
+            history file under it can be read (the message says why the first one cannot).
     """
     root = Path(log_dir)
     if not root.exists():
@@ -150,7 +173,14 @@ def load_runs(log_dir: PathLike) -> list[Run]:
     history_dirs = find_history_dirs(root)
     if not history_dirs:
         raise ReportError(f"no history under {root}: expected {EXPECTED_HISTORY}")
-    return [read_run(directory, run_label(directory, root)) for directory in history_dirs]
+    runs = [read_run(directory, run_label(directory, root)) for directory in history_dirs]
+    readable = [run for run in runs if run.records]
+    if not readable:
+        raise ReportError(next(iter(runs[0].unreadable), f"no snapshot in {runs[0].history_dir} can be read"))
+    for run in runs:
+        for problem in run.problems:
+            warnings.warn(problem, ReportWarning, stacklevel=2)
+    return readable
 
 
 def find_history_dirs(log_dir: PathLike) -> list[Path]:
@@ -185,35 +215,58 @@ def read_run(history_dir: Path, label: str) -> Run:
         label: the run's name on the page.
 
     Returns:
-        The run, snapshots sorted by their step.
-
-    Raises:
-        ReportError: for a history file that cannot be read.
+        The run, snapshots sorted by their step, then in the order written; the files that
+        cannot be read are left out, each named in :attr:`Run.problems`.
     """
-    records = [read_snapshot(path) for path in sorted(history_dir.glob(HISTORY_PATTERN)) if path.is_file()]
-    # Sort by the recorded step, not the name: 8 digits in the name overflow past 10**8 steps.
-    records.sort(key=lambda record: record.step)
-    examples = [read_examples(path) for path in sorted(history_dir.glob(EXAMPLES_PATTERN)) if path.is_file()]
-    examples.sort(key=lambda record: record.step)
-    return Run(label=label, history_dir=history_dir, records=records, examples=examples)
+    run = Run(label=label, history_dir=history_dir, records=[])
+    snapshots = _read_each(history_files(history_dir, HISTORY_PATTERN), read_snapshot, run)
+    # A file whose every layer is damaged adds nothing but its problems, already noted.
+    run.records = [record for record in snapshots if record.layers]
+    run.examples = _read_each(history_files(history_dir, EXAMPLES_PATTERN), read_examples, run)
+    # A stable sort by the recorded step keeps the order written among files of one step.
+    run.records.sort(key=lambda record: record.step)
+    run.examples.sort(key=lambda record: record.step)
+    return run
+
+
+def _read_each(paths: list[Path], read: Callable[[Path], Record], run: Run) -> list[Record]:
+    """What ``read`` makes of each path; the run notes what could not be read, and what was left out."""
+    records = []
+    for path in paths:
+        try:
+            record = read(path)
+        except ReportError as error:
+            run.unreadable.append(str(error))
+            run.problems.append(f"{error}; the file is skipped")
+            continue
+        records.append(record)
+        run.problems.extend(record.problems)
+    return records
 
 
 def read_examples(path: Path) -> ExamplesRecord:
-    """Read one validation run's dataset examples.
+    """Read one validation run's dataset examples; a layer whose arrays the file lacks is
+    left out (named in :attr:`ExamplesRecord.problems`).
 
     Raises:
-        ReportError: for a file that cannot be read or is not a history file.
+        ReportError: for a file that cannot be read, is not a history file, or lacks its
+            step or its list of layers.
     """
-    try:
-        arrays = load_history(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise ReportError(f"cannot read {path}: {one_line(error)}") from error
+    arrays = _load(path)
+    missing = [key for key in ("step", "layers") if key not in arrays]
+    if missing:
+        raise ReportError(f"{path} is an incomplete history file: it lacks {', '.join(missing)}")
     record = ExamplesRecord(step=int(arrays["step"]))
     for layer in (str(name) for name in arrays["layers"]):
+        lacking = [f"{layer}/{key}" for key in ("indices", "values", "patches") if f"{layer}/{key}" not in arrays]
+        if lacking:
+            record.problems.append(
+                f"{path} lacks {', '.join(lacking)}: the dataset examples of {layer} at step {record.step} are left out"
+            )
+            continue
         record.indices[layer] = arrays[f"{layer}/indices"]
         record.values[layer] = arrays[f"{layer}/values"]
-        if f"{layer}/patches" in arrays:
-            record.patches[layer] = arrays[f"{layer}/patches"]
+        record.patches[layer] = arrays[f"{layer}/patches"]
     return record
 
 
@@ -224,37 +277,57 @@ def read_snapshot(path: Path) -> SnapshotRecord:
         path: a ``step_*.npz`` file.
 
     Returns:
-        The snapshot's step, layers, filters and statistics.
+        The snapshot's step, layers, filters and statistics; a layer whose filters or
+        filter count the file lacks is left out (named in :attr:`SnapshotRecord.problems`).
 
     Raises:
-        ReportError: the file is not a history file, is damaged, or lacks a required array.
+        ReportError: the file is not a history file, is damaged, or lacks its step or its
+            list of layers.
     """
-    try:
-        arrays = load_history(path)
-    except ValueError as error:  # load_history's foreign-file check, and NumPy's refusal of pickles
-        raise ReportError(f"{path} is not a lightning_filterviz history file (format {HISTORY_FORMAT!r})") from error
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise ReportError(f"{path} is corrupt: {one_line(error)}") from error
+    arrays = _load(path)
     try:
         return _record_from_arrays(path, arrays)
     except (KeyError, ValueError, TypeError) as error:
         raise ReportError(f"{path} is an incomplete history file: {one_line(error)}") from error
 
 
+def _load(path: Path) -> dict[str, np.ndarray]:
+    """One history file's arrays, or a ReportError naming it and what is wrong with it."""
+    try:
+        return load_history(path)
+    except ValueError as error:  # load_history's foreign-file check, and NumPy's refusal of pickles
+        raise ReportError(f"{path} is not a lightning_filterviz history file (format {HISTORY_FORMAT!r})") from error
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise ReportError(f"{path} is corrupt: {one_line(error)}") from error
+
+
 def _record_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> SnapshotRecord:
-    """Pick the report's arrays out of one loaded history file (KeyError when one is missing)."""
-    record = SnapshotRecord(path=path, step=int(arrays["step"]), layers=[str(name) for name in arrays["layers"]])
-    for name in record.layers:
-        filters = arrays[f"{name}/filters"]
-        if filters.ndim != 4:
-            raise ValueError(f"{name}/filters has shape {filters.shape}, expected (F, C, kh, kw)")
-        record.filters[name] = filters
+    """Pick the report's arrays out of one loaded history file (KeyError without a step or layers)."""
+    record = SnapshotRecord(path=path, step=int(arrays["step"]), layers=[])
+    for name in (str(name) for name in arrays["layers"]):
+        problem = _layer_problem(arrays, name)
+        if problem:
+            record.problems.append(f"{path} {problem}: {name} at step {record.step} is left out")
+            continue
+        record.layers.append(name)
+        record.filters[name] = arrays[f"{name}/filters"]
         record.out_channels[name] = int(arrays[f"{name}/out_channels"])
         # Optional arrays: drift may be missing (older writers) and dead/dormant need an activation.
         for key, target in (("drift", record.drift), ("dead", record.dead), ("dormant", record.dormant)):
             if f"{name}/{key}" in arrays:
                 target[name] = arrays[f"{name}/{key}"]
     return record
+
+
+def _layer_problem(arrays: dict[str, np.ndarray], name: str) -> str:
+    """What keeps a layer of a history file out of the report ("" when nothing does)."""
+    lacking = [f"{name}/{key}" for key in ("filters", "out_channels") if f"{name}/{key}" not in arrays]
+    if lacking:
+        return f"lacks {', '.join(lacking)}"
+    filters = arrays[f"{name}/filters"]
+    if filters.ndim != 4:
+        return f"holds {name}/filters of shape {filters.shape}, not (F, C, kh, kw)"
+    return ""
 
 
 def run_label(history_dir: Path, root: Path) -> str:

@@ -111,6 +111,12 @@ class Sink:
         name, with what they raised; by default, none (a sink that fails raises)."""
         return []
 
+    def take_notices(self) -> list[str]:
+        """What the user should know of this sink's writing since the last call (it went
+        on writing), one phrase each, e.g. that files were saved under a new name rather
+        than over older ones; by default, none."""
+        return []
+
 
 class UserSink(Sink):
     """A sink of the user's own that does not derive from :class:`Sink` but has
@@ -170,6 +176,10 @@ class UserSink(Sink):
 
     def take_failures(self) -> list[tuple[str, Exception]]:
         take = getattr(self.target, "take_failures", None)
+        return list(take()) if take is not None else []
+
+    def take_notices(self) -> list[str]:
+        take = getattr(self.target, "take_notices", None)
         return list(take()) if take is not None else []
 
 

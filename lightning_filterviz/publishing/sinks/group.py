@@ -73,6 +73,10 @@ class SinkGroup(Sink):
             taken.extend(sink.take_failures())
         return taken
 
+    def take_notices(self) -> list[str]:
+        """What the sinks still here have to tell since the last call (see :meth:`Sink.take_notices`)."""
+        return [notice for sink in list(self._sinks.values()) for notice in sink.take_notices()]
+
     def _each(self, call: Callable[[Sink], None]) -> None:
         # A copy: the writer thread and the training thread may both be here, and either may
         # leave a failed sink out.

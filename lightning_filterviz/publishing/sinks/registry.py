@@ -145,7 +145,8 @@ def sinks_for_loggers(loggers: Sequence[Any], log_dir: str) -> tuple[SinkGroup, 
     output_dir = _first_log_dir(tensorboard_loggers) or _first_log_dir(csv_loggers) or log_dir
     if without_images or not any(sink.takes_images for sink in sinks.values()):
         directory = os.path.join(output_dir, PNG_FOLDER)
-        sinks["PNG files"] = DirectorySink(directory)
+        # Made at the first write: a directory that cannot be made costs the images, with one warning, not the fit.
+        sinks["PNG files"] = DirectorySink(directory, create_now=False)
         _explain_png_files(directory, without_images)
     return SinkGroup(sinks), output_dir
 
