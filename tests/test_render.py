@@ -13,6 +13,7 @@ from lightning_filterviz import FilterVisualizer
 from lightning_filterviz.core.filters import displayed_filters
 from lightning_filterviz.drawing.render import activation_grid, weight_grid
 from lightning_filterviz.core.tiles import (
+    COLORMAP_LEVELS,
     DEAD_COLOUR,
     FRAME_COLOUR,
     FRAME_PIXELS,
@@ -130,9 +131,9 @@ def test_dead_filters_are_framed_in_red():
     maps = torch.rand(1, 4, 4, 4)
     maps[0, 1] = 0.0
     drawn = activation_grid(maps, marked=[1]).to_rgb()
-    top, left = tile_origin(1, 16, 16, nrow=2)
+    top, left = tile_origin(1, 32, 32, nrow=2)
     assert np.array_equal(drawn[top - FRAME_PIXELS, left], RED)
-    top, left = tile_origin(0, 16, 16, nrow=2)
+    top, left = tile_origin(0, 32, 32, nrow=2)
     assert np.array_equal(drawn[top - FRAME_PIXELS, left], GREY)
 
 
@@ -144,10 +145,22 @@ def test_feature_maps_are_scaled_over_the_layer_and_colour_mapped():
     maps[0, 1, 0, 0] = 1.0
     image = activation_grid(maps, colormap="gray").to_rgb()
     gray = matplotlib.colormaps["gray"]
-    assert np.array_equal(tile(image, 0, 16, nrow=2)[0, 0], [255, 255, 255])
+    assert np.array_equal(tile(image, 0, 32, nrow=2)[0, 0], [255, 255, 255])
     half = np.round(np.array(gray(0.5)[:3]) * 255)
-    assert np.abs(tile(image, 1, 16, nrow=2)[0, 0].astype(int) - half).max() <= 1
-    assert np.array_equal(tile(image, 1, 16, nrow=2)[8, 8], [0, 0, 0])
+    assert np.abs(tile(image, 1, 32, nrow=2)[0, 0].astype(int) - half).max() <= 1
+    assert np.array_equal(tile(image, 1, 32, nrow=2)[16, 16], [0, 0, 0])
+
+
+def test_a_few_bright_positions_do_not_wash_out_the_layer():
+    maps = torch.zeros(1, 4, 8, 8)
+    maps[0, 0] = 1.0  # a busy channel
+    maps[0, 1, 3, 3] = 1000.0  # one position far brighter than everything else
+    levels = activation_grid(maps, colormap="gray").indices
+    first, silent = tile(levels[..., None], 0, 32, nrow=2)[..., 0], tile(levels[..., None], 3, 32, nrow=2)[..., 0]
+    # Under a min..max range the busy channel would sit at 1/1000 of the scale: black.
+    assert (first >= COLORMAP_LEVELS - 1).all()  # at the 99.5th percentile, so at the top
+    assert (silent == 0).all()  # a silent channel still looks silent
+    assert tile(levels[..., None], 1, 32, nrow=2)[3 * 4, 3 * 4, 0] == COLORMAP_LEVELS - 1  # the bright one saturates
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -176,14 +176,14 @@ def test_feature_maps_draw_non_finite_values_magenta() -> None:
     maps[0, 1, 2, 2] = np.inf
     grid = activation_grid(maps)
     assert (grid.palette[NON_FINITE_INDEX] == MAGENTA).all()
-    # Maps of 4x4 are drawn 16 pixels wide (4 per value), 2 columns of channels per image
-    # panel, panels side by side: each non-finite value is exactly its own 4x4 block.
+    # Maps of 4x4 are drawn 32 pixels wide (8 per value), 2 columns of channels per image
+    # panel, panels side by side: each non-finite value is exactly its own 8x8 block.
     panel_width = activation_grid(maps[:1]).indices.shape[1]
     expected = np.zeros(grid.indices.shape, dtype=bool)
     for image, channel, row, column in ((1, 2, 0, 3), (0, 1, 2, 2)):
-        top, left = tile_origin(channel, 16, 16, 2)
-        top, left = top + PANEL_PADDING + 4 * row, left + PANEL_PADDING + image * (panel_width + PANEL_PADDING) + 4 * column
-        expected[top : top + 4, left : left + 4] = True
+        top, left = tile_origin(channel, 32, 32, 2)
+        top, left = top + PANEL_PADDING + 8 * row, left + PANEL_PADDING + image * (panel_width + PANEL_PADDING) + 8 * column
+        expected[top : top + 8, left : left + 8] = True
     frames = activation_grid(np.nan_to_num(maps, nan=0.0, posinf=0.0)).indices == FRAME_INDEX
     np.testing.assert_array_equal((grid.indices == NON_FINITE_INDEX) & ~frames, expected)
 

@@ -57,7 +57,12 @@ __all__ = [
 
 # A 3x3 kernel is drawn at least this many pixels wide.
 MIN_WEIGHT_TILE_PIXELS = 24
-MIN_MAP_TILE_PIXELS = 16
+# A feature map is drawn at least this many pixels wide, so that the 8x8 maps of a deep layer
+# read as cells (each 4 pixels) and not as a blur once a browser scales the image.
+MIN_MAP_TILE_PIXELS = 32
+# Feature maps saturate above this percentile of the layer's values: the few brightest
+# positions then take the top colour instead of washing every other channel into the bottom.
+MAP_DISPLAY_PERCENTILE = 99.5
 # Diverging, white at zero: for a conv's output before any activation, which has a sign.
 SIGNED_COLORMAP = "RdBu_r"
 
@@ -115,8 +120,11 @@ def activation_grid(
 ) -> IndexedImage:
     """Draw feature maps: one panel per probe image, each a grid of its channels.
 
-    Values are normalized over the whole layer (not per channel), so a silent channel
-    looks silent next to a busy one. A NaN or Inf value is drawn magenta
+    Values are mapped on one range for the whole layer (not per channel), so a silent
+    channel looks silent next to a busy one: from the layer's minimum to its
+    :data:`MAP_DISPLAY_PERCENTILE`-th percentile, above which values saturate, so that a few
+    bright positions do not wash every other channel into the colormap's bottom (with
+    viridis: dark purple is the minimum, yellow the percentile and above). A NaN or Inf value is drawn magenta
     (:data:`~lightning_filterviz.core.tiles.NON_FINITE_COLOUR`, left out of the range), and
     its channel framed magenta.
 
@@ -124,7 +132,7 @@ def activation_grid(
         maps: ``(images, channels, H, W)`` activations (a CPU tensor or an array).
         marked: channel indices to frame in red (dead filters).
         colormap: a matplotlib colormap name.
-        signed: map ``-m .. m`` (``m`` the largest ``|value|``), so that zero is the
+        signed: map ``-m .. m`` (``m`` the percentile of ``|value|``), so that zero is the
             colormap's middle: for a conv's output before any activation, drawn with a
             diverging colormap (:data:`SIGNED_COLORMAP`).
 
@@ -137,13 +145,13 @@ def activation_grid(
     if non_finite:  # a copy only when there is something to replace; the range is the finite values'
         maps = np.where(finite, maps, np.float32(0.0))
     images, channels = maps.shape[:2]
-    low = maps.min(where=finite, initial=np.inf) if non_finite else maps.min()
-    high = maps.max(where=finite, initial=-np.inf) if non_finite else maps.max()
-    if not np.isfinite(low):  # no finite value at all
-        low = high = np.float32(0.0)
+    values = maps[finite] if non_finite else maps.reshape(-1)
     if signed:
-        high = max(float(np.abs(maps).max()), 1e-12)
+        high = _display_high(np.abs(values), 0.0)
         low = -high
+    else:
+        low = float(values.min()) if values.size else 0.0
+        high = _display_high(values, low)
     levels = _colormap_indices(maps, low, high)
     if non_finite:  # each NaN or Inf value in the non-finite colour of the palette
         levels[~finite] = NON_FINITE_INDEX
@@ -152,6 +160,16 @@ def activation_grid(
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
     grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
     return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
+
+
+def _display_high(values: np.ndarray, low: float) -> float:
+    """The top of the display range: the values' :data:`MAP_DISPLAY_PERCENTILE`-th percentile,
+    or their maximum where that percentile is no higher than ``low`` (a layer that is almost
+    all zeros still shows its few positive positions)."""
+    if not values.size:
+        return low
+    high = float(np.percentile(values, MAP_DISPLAY_PERCENTILE))
+    return high if high > low else float(values.max())
 
 
 def _colormap_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -229,12 +247,56 @@ def drift_strip(drift: Any, norm_ratio: Any, colormap: str = "viridis") -> Index
 
     The top row maps cosine distance 0..1 from the initial filter (1: turned orthogonal;
     beyond saturates); the bottom row maps the norm relative to the initial one, 0..2
-    (the middle colour: unchanged).
+    (the middle colour: unchanged). A legend below the cells gives each row's colour bar
+    and the values at its ends.
     """
     drift = np.clip(np.asarray(drift, dtype=np.float32), 0.0, 1.0)
     ratio = np.clip(np.asarray(norm_ratio, dtype=np.float32) / 2.0, 0.0, 1.0)
     levels = np.rint(np.concatenate([drift, ratio]) * (COLORMAP_LEVELS - 1)).astype(np.uint8)
     cells = np.broadcast_to(levels[:, None, None, None], (len(levels), STRIP_CELL_PIXELS, STRIP_CELL_PIXELS, 1))
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
-    grid = tile_grid(np.ascontiguousarray(cells), len(drift), 1, background)
-    return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
+    grid = tile_grid(np.ascontiguousarray(cells), len(drift), 1, background)[..., 0]
+    legend = [_colour_bar_line("0", "1", "top: drift from the initial filter"), _colour_bar_line("0", "2", "bottom: norm / initial")]
+    return IndexedImage(_stacked([grid, *legend]), colormap_palette(colormap))
+
+
+# The legend's colour bars: this many pixels wide and high.
+LEGEND_BAR_PIXELS = (64, 8)
+
+
+def _colour_bar_line(low: str, high: str, label: str) -> np.ndarray:
+    """One legend line as palette indices: ``low``, a colour bar over the whole colormap, ``high``, ``label``."""
+    width, height = LEGEND_BAR_PIXELS
+    bar = np.repeat(np.linspace(0, COLORMAP_LEVELS - 1, width).round().astype(np.uint8)[None], height, axis=0)
+    parts = [_text(low), bar, _text(high), _text("  " + label)]
+    line_height = max(part.shape[0] for part in parts)
+    gap = np.full((line_height, 3), BACKGROUND_INDEX, dtype=np.uint8)
+    centred = []
+    for part in parts:
+        above = (line_height - part.shape[0]) // 2
+        below = line_height - part.shape[0] - above
+        centred += [np.pad(part, ((above, below), (0, 0)), constant_values=BACKGROUND_INDEX), gap]
+    return np.concatenate(centred, axis=1)
+
+
+def _text(text: str) -> np.ndarray:
+    """``text`` in Pillow's built-in font, as palette indices: the frame's dark grey on the background."""
+    from PIL import Image as PILImage, ImageDraw, ImageFont
+
+    # The built-in bitmap font: crisp at one size, so its pixels need no anti-aliasing
+    # (Pillow 10.1 and later name it apart from the scalable default).
+    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+    left, top, right, bottom = font.getbbox(text)
+    mask = PILImage.new("L", (max(right, 1), max(bottom, 1)))
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    inked = np.asarray(mask) >= 128
+    return np.where(inked, np.uint8(FRAME_INDEX), np.uint8(BACKGROUND_INDEX))
+
+
+def _stacked(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Index images one below the other, left-aligned, a few background rows apart."""
+    width = max(part.shape[1] for part in parts)
+    rows = []
+    for part in parts:
+        rows.append(np.pad(part, ((0, 3), (0, width - part.shape[1])), constant_values=BACKGROUND_INDEX))
+    return np.ascontiguousarray(np.concatenate(rows, axis=0))
