@@ -9,7 +9,9 @@ import dataclasses
 import inspect
 import math
 import re
+import typing
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,11 +25,15 @@ from lightning_filterviz.views.registry import logged_tags
 SHARED = [
     (dict(layers="net.0"), TypeError, r"`layers` must be a list of module names or patterns, got the string 'net.0'"),
     (dict(layers=[0]), TypeError, r"`layers` must hold module names or patterns \(strings\), got 0"),
+    (dict(layers=[]), ValueError, r"`layers` is an empty list, so no layer would be watched. Pass None to watch"),
     (dict(max_filters=0), ValueError, r"`max_filters` must be an integer >= 1, got 0"),
+    (dict(max_filters=4.0), ValueError, r"`max_filters` must be an integer >= 1, got 4.0"),
+    (dict(max_filters=np.int64(0)), ValueError, r"`max_filters` must be an integer >= 1, got (np.int64\()?0"),
     (dict(max_images=0), ValueError, r"`max_images` must be an integer >= 1, got 0"),
     (dict(dead_threshold="0"), ValueError, r"`dead_threshold` must be a finite number, got '0'"),
     (dict(dead_threshold=math.nan), ValueError, r"`dead_threshold` must be a finite number, got nan"),
     (dict(dead_patience=0), ValueError, r"`dead_patience` must be an integer >= 1, got 0"),
+    (dict(dead_patience=True), ValueError, r"`dead_patience` must be an integer >= 1, got True"),
     (dict(dormant_tau=-0.1), ValueError, r"`dormant_tau` must be a number >= 0, got -0.1"),
     (
         dict(weight_normalization="minmax"),
@@ -236,3 +242,68 @@ def test_every_setting_argument_reaches_the_settings_by_its_name(owner, not_take
         settings = built.settings if owner is FilterVisualizer else built.engine.settings
         held = {field: getattr(settings, field) for field in fields}
         assert held == {**fields, name: as_held(value)}, name
+
+
+# Valid values, none of them a default, for the numeric arguments NON_DEFAULT_SETTINGS lacks.
+NON_DEFAULT_MONITOR_NUMBERS = dict(every_n_epochs=3, every_n_steps=7, probe_size=5)
+
+
+def numeric_arguments(owner: type) -> dict[str, type]:
+    """Each constructor argument that takes a number: name -> int or float (an int where both would do)."""
+    numbers = {}
+    for name, parameter in inspect.signature(owner.__init__, eval_str=True).parameters.items():
+        kinds = {parameter.annotation, *typing.get_args(parameter.annotation)}
+        for kind in (int, float):
+            if kind in kinds:
+                numbers[name] = kind
+                break
+    return numbers
+
+
+def numpy_variants(kind: type, value) -> list:
+    """``value`` as the NumPy numbers a config or a sweep gives: any integral one where an int
+    belongs, any real one (integral ones too) where a float does."""
+    if kind is int:
+        return [np.int64(value), np.int32(value), np.uint8(value)]
+    return [np.float32(value), np.float64(value), np.float16(value), np.int64(round(value) or 1)]
+
+
+def held_value(built, owner: type, name: str):
+    """How the constructed object holds an argument: in its settings, or as its own attribute."""
+    settings = built.settings if owner is FilterVisualizer else built.engine.settings
+    return getattr(settings, name) if hasattr(settings, name) else getattr(built, name)
+
+
+NUMPY_CASES = [
+    (owner, name, variant)
+    for owner in (FilterMonitor, FilterVisualizer)
+    for name, kind in numeric_arguments(owner).items()
+    for variant in numpy_variants(kind, {**NON_DEFAULT_SETTINGS, **NON_DEFAULT_MONITOR_NUMBERS}[name])
+]
+
+
+def test_the_numeric_arguments_are_the_expected_ones():
+    """The list the NumPy cases are generated from misses no number argument."""
+    monitor, visualizer = numeric_arguments(FilterMonitor), numeric_arguments(FilterVisualizer)
+    shared = {"max_filters": int, "max_images": int, "dead_patience": int, "views_every": int, "examples_k": int,
+              "batch_key": int, "dead_threshold": float, "dormant_tau": float}
+    assert monitor == {**shared, **dict.fromkeys(NON_DEFAULT_MONITOR_NUMBERS, int)}
+    assert visualizer == {**shared, "max_pending": int}
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "value"),
+    NUMPY_CASES,
+    ids=[f"{owner.__name__}-{name}-{type(value).__name__}" for owner, name, value in NUMPY_CASES],
+)
+def test_numpy_numbers_are_accepted_and_held_as_plain_ones(owner, name, value, tmp_path):
+    built = owner(str(tmp_path), **{name: value}) if owner is FilterVisualizer else owner(**{name: value})
+    held = held_value(built, owner, name)
+    plain = int(value) if numeric_arguments(owner)[name] is int else float(value)
+    assert type(held) is type(plain) and held == plain
+
+
+def test_a_monitor_given_numpy_numbers_has_the_state_key_of_plain_ones():
+    """Its checkpoint state is found again whether a config gave 10 or np.int64(10)."""
+    assert FilterMonitor(every_n_steps=np.int64(10)).state_key == FilterMonitor(every_n_steps=10).state_key
+    assert FilterMonitor(every_n_epochs=np.int32(2)).state_key == FilterMonitor(every_n_epochs=2).state_key

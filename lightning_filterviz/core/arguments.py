@@ -59,7 +59,8 @@ ARGUMENTS: dict[str, Argument] = {
     ),
     "layers": Argument(
         'module names or fnmatch patterns (``"features.*"``) over the model\'s ``named_modules()`` '
-        "(for FilterMonitor, the LightningModule's); ``None`` watches every ``nn.Conv2d``. A name or "
+        "(for FilterMonitor, the LightningModule's); ``None`` watches every ``nn.Conv2d`` (an empty "
+        "list is refused: it would watch nothing). A name or "
         "pattern that matches no conv layer raises ``ValueError`` when the model is first watched "
         "(FilterMonitor: at setup, before any step), naming the closest conv layers."
     ),
@@ -90,10 +91,14 @@ ARGUMENTS: dict[str, Argument] = {
     "probe": _only(
         MONITOR,
         "a probe batch to use instead of one taken from the data: a tensor, or a batch shaped "
-        "like the training batches (tuple, list or dict).",
+        "like the training batches (tuple, list or dict); a list of same-size images ``(C, H, W)`` "
+        "is stacked into one batch. A model input (see ``batch_key``) that is one image (a 3-d "
+        "tensor with the channels of the model's first ``nn.Conv2d``) or one value per sample "
+        "(the labels, say) fails at setup, before any step, unless ``forward_fn`` is given.",
     ),
     "batch_key": Argument(
-        "where the model input is in a batch: an index into a tuple/list, a key into a dict, or "
+        "where the model input is in a batch: an index into a tuple/list (negative ones count "
+        "from the end, as in Python), a key into a dict, or "
         "a function of the batch that returns the input (for a model of several inputs: "
         "``lambda batch: (batch[0], batch[1])`` with "
         "``forward_fn=lambda module, inputs: module(*inputs)``). ``None``: the batch itself, or "
@@ -199,7 +204,8 @@ MONITOR_DOCSTRING_WITHOUT_ARGS = """Watch a CNN learn: conv filters, feature map
 
     Raises:
         ValueError: at construction, for an argument outside its allowed values; at setup,
-            for a layer name or pattern that matches no conv layer.
+            for a layer name or pattern that matches no conv layer, or a probe whose model
+            input is not a batch (one image, or one value per sample); both before any step.
 
     Example::
 

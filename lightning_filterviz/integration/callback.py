@@ -19,9 +19,9 @@ from lightning_filterviz.core.arguments import MONITOR, MONITOR_DOCSTRING_WITHOU
 from lightning_filterviz.capture.conv_layers import has_compiled_module, has_lazy_weights, unsupported_conv_layers
 from lightning_filterviz.engine.visualizer import FilterVisualizer
 from lightning_filterviz.integration.fit_identity import FitIdentity
-from lightning_filterviz.capture.probe import model_input
+from lightning_filterviz.capture.probe import ImageInput, check_probe_input, image_input_of, model_input
 from lightning_filterviz.core.filters import WeightNormalization
-from lightning_filterviz.core.settings import check_bool
+from lightning_filterviz.core.settings import check_bool, check_cadence
 from lightning_filterviz.publishing.sinks.null import NullSink
 from lightning_filterviz.integration.snapshot_schedule import SnapshotSchedule
 from lightning_filterviz.views.registry import with_logged_tags
@@ -83,11 +83,12 @@ class FilterMonitorLogic(_CallbackBase):
         save_history: bool = True,
     ) -> None:
         super().__init__()
+        # NumPy numbers (from a config or a sweep) are held as plain ones, in the state key too.
+        every_n_epochs, every_n_steps = check_cadence(every_n_epochs, every_n_steps)
         self._schedule = SnapshotSchedule(every_n_epochs, every_n_steps)
         check_bool("track_training_batches", track_training_batches)
         check_bool("save_history", save_history)
         self.layers = layers
-        self.probe_size = probe_size
         self.probe_split = probe_split
         self.save_history = save_history
         self.track_training_batches = track_training_batches
@@ -113,6 +114,9 @@ class FilterMonitorLogic(_CallbackBase):
             examples_k=examples_k,
         )
         self._probe = FixedProbe(probe, probe_size, probe_split)
+        self.probe_size = self._probe.size
+        # What the model's first conv takes, to tell one image from a batch (known at setup).
+        self._image_input: Optional[ImageInput] = None
         self._batch_watch = contextlib.ExitStack()
         self._examples = ValidationExamples()
         self._track_requested = track_training_batches
@@ -186,6 +190,8 @@ class FilterMonitorLogic(_CallbackBase):
         if self._enabled and not self.engine.watch(pl_module):
             self._enabled = False
             rank_zero_warn("filterviz: the model has no nn.Conv2d layer, so FilterMonitor has nothing to show.")
+        # A forward_fn decides itself how the probe reaches the model: nothing is guessed then.
+        self._image_input = image_input_of(pl_module) if self.engine.settings.forward_fn is None else None
         self.track_training_batches = self._enabled and self._track_requested and _can_track(pl_module)
 
     @override
@@ -194,16 +200,16 @@ class FilterMonitorLogic(_CallbackBase):
             return
         if self._previous_fit.new_data_source(data_source(trainer)):
             self._start_afresh()  # the same model on other data: a new probe, new statistics
-        self._probe.choose(trainer)
+        self._probe.choose(trainer, self._image_input, self.engine.batch_key)
         # Every rank asks: Trainer.log_dir broadcasts rank 0's directory, a collective.
         log_dir = log_dir_of(trainer)
         new_log_dir = self._previous_fit.new_log_dir(log_dir)
         if not trainer.is_global_zero:
-            model_input(self._probe.batch, self.engine.batch_key)  # the same check as on rank 0, before any step
+            self._check_probe(self._probe.batch)  # the same check as on rank 0, before any step
             self._snapshot(trainer, pl_module)
             return
         probe = self._probe.on_device(trainer)
-        model_input(probe, self.engine.batch_key)  # a wrong batch_key fails here, before any step
+        self._check_probe(probe)  # a wrong batch_key or an unbatched probe fails here, before any step
         destination = fit_destination(trainer, log_dir, self.save_history, self.every_n_epochs, self.every_n_steps)
         self.engine.attach(*destination, new_run=new_log_dir)
         self._snapshot(trainer, pl_module, probe)
@@ -330,6 +336,12 @@ class FilterMonitorLogic(_CallbackBase):
             )
             return
         self._schedule.last_step = step
+
+    def _check_probe(self, probe: Any) -> None:
+        """Raise ``ValueError`` if ``batch_key`` finds no model input in ``probe``, or one image
+        where the model's first conv takes a batch."""
+        key = self.engine.batch_key
+        check_probe_input(model_input(probe, key), probe, self._image_input, key)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a spawned fit: it goes on from what an earlier spawned fit handed back.

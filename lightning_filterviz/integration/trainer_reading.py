@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader
 from lightning_filterviz.core.history import history_dir_of, point_to_history
 from lightning_filterviz.integration.probe_storage import is_stored_probe, rebuilt_probe, stored_probe
 from lightning_filterviz.publishing.sinks.registry import sinks_for_loggers
-from lightning_filterviz.capture.probe import pin_memory, probe_from_loader, take_first, to_cpu
+from lightning_filterviz.capture.probe import (
+    ImageInput,
+    check_given_probe,
+    given_probe,
+    pin_memory,
+    probe_from_loader,
+    to_cpu,
+)
 from lightning_filterviz.capture.rng import initialized_cuda_devices, untouched_random_state
 from lightning_filterviz.core.settings import check_positive_int
 from lightning_filterviz.publishing.sinks.group import SinkGroup
@@ -61,29 +68,52 @@ class FixedProbe:
     asynchronous.
 
     Args:
-        given: a batch passed by the user (its first ``size`` samples are kept), or ``None``.
+        given: a batch passed by the user (its first ``size`` samples are kept, once
+            :meth:`choose` knows the model), or ``None``.
         size: the most samples the probe holds.
         split: where a probe taken from the data comes from (see :func:`probe_from_data`).
 
     Raises:
-        ValueError: if ``size`` is not a positive integer or ``split`` not one of :data:`PROBE_SPLITS`.
+        ValueError: if ``size`` is not a positive integer, ``split`` not one of
+            :data:`PROBE_SPLITS`, or ``given`` holds no sample (see
+            :func:`~lightning_filterviz.capture.probe.check_given_probe`).
     """
 
     def __init__(self, given: Optional[Any], size: int, split: str) -> None:
-        check_positive_int("probe_size", size)
+        size = check_positive_int("probe_size", size)
         if split not in PROBE_SPLITS:
             raise ValueError(f"`probe_split` must be one of {PROBE_SPLITS}, got {split!r}.")
-        self.batch: Optional[Any] = take_first(to_cpu(given), size) if given is not None else None
+        check_given_probe(given)
+        self.batch: Optional[Any] = to_cpu(given) if given is not None else None
+        # A given batch is cut to size by choose(): whether a list in it is a list of images
+        # (a sample each) or of fields (a batch each) takes the model's first conv to tell.
+        self._uncut = given is not None
         self.size = size
         self.split = split
         self._given = given is not None
         self._pinned: Optional[Any] = None
         self._stored: Optional[tuple[Any, dict[str, Any]]] = None  # the batch and its stored form
 
-    def choose(self, trainer: Any) -> Any:
-        """The probe, taken from the fit's data if there is none yet."""
+    def choose(self, trainer: Any, images: Optional[ImageInput] = None, batch_key: Any = None) -> Any:
+        """The probe, taken from the fit's data if there is none yet; a given one cut to
+        ``size`` samples the first time (a list of same-size images stacked, see
+        :func:`~lightning_filterviz.capture.probe.given_probe`).
+
+        Args:
+            trainer: the fit's Trainer.
+            images: what the model's first conv takes, to tell a list of images from a
+                batch of fields; ``None``: every list is a batch of fields.
+            batch_key: the monitor's ``batch_key``.
+
+        Raises:
+            ValueError: if the fit has no data to take a probe from, or a given list of
+                images cannot be stacked.
+        """
         if self.batch is None:
-            self.batch = probe_from_data(trainer, self.split, self.size)
+            self.batch = probe_from_data(trainer, self.split, self.size, images)
+        elif self._uncut:
+            self.batch = given_probe(self.batch, self.size, images, batch_key)
+        self._uncut = False
         return self.batch
 
     def stored(self) -> Optional[dict[str, Any]]:
@@ -100,6 +130,7 @@ class FixedProbe:
         """Use the probe saved in a checkpoint (as :meth:`stored` gave it, or an older
         version's batch as it was) from now on."""
         self.batch = rebuilt_probe(saved) if is_stored_probe(saved) else saved
+        self._uncut = False  # as the snapshots before the checkpoint ran it
         self._pinned = None
 
     def forget(self) -> None:
@@ -121,9 +152,10 @@ class FixedProbe:
             return trainer.strategy.batch_to_device(probe)
 
 
-def probe_from_data(trainer: Any, probe_split: str, probe_size: int) -> Any:
+def probe_from_data(trainer: Any, probe_split: str, probe_size: int, images: Optional[ImageInput] = None) -> Any:
     """The first ``probe_size`` samples of the fit's ``probe_split`` (``"val"``, falling back
-    to ``"train"`` when there is no validation data, or ``"train"``), on the CPU.
+    to ``"train"`` when there is no validation data, or ``"train"``), on the CPU (``images``:
+    see :func:`~lightning_filterviz.capture.probe.probe_from_loader`).
 
     Raises:
         ValueError: if the fit has no DataLoader to take them from.
@@ -135,7 +167,7 @@ def probe_from_data(trainer: Any, probe_split: str, probe_size: int) -> Any:
         loader = first_loader(trainer.train_dataloader)
     if loader is None:
         raise ValueError("FilterMonitor found no DataLoader to take a probe batch from; pass `probe=`.")
-    batch, count = probe_from_loader(loader, probe_size)
+    batch, count = probe_from_loader(loader, probe_size, images)
     if count < probe_size:
         rank_zero_warn(f"filterviz: the dataset has only {count} samples; the probe batch holds {count}.")
     return batch
