@@ -89,8 +89,8 @@ def test_every_contract_tag_at_step_zero_and_later_with_planted_dead_filters(tmp
     # Image sizes: 6 RGB 3x3 filters upscaled to 24 px in a 3-column grid; 8 in a 3-column grid.
     assert events.images["filterviz/weights/net.0"][0].shape == (*grid_size(6, 24), 3)
     assert events.images["filterviz/weights/net.3"][0].shape == (*grid_size(8, 24), 3)
-    # Feature maps: 12x12 maps upscaled to 24 px, one panel per probe image (2 drawn).
-    panel_height, panel_width = grid_size(6, 24)
+    # Feature maps: 12x12 maps upscaled by 3 to reach 32 px (36), one panel per probe image (2 drawn).
+    panel_height, panel_width = grid_size(6, 36)
     assert events.images["filterviz/activations/net.0"][0].shape == (panel_height + 12, 2 * panel_width + 18, 3)
 
     assert monitor.dead_filters == {"net.0": [1], "net.3": [2]}

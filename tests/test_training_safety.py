@@ -266,7 +266,7 @@ def test_non_finite_weights_and_activations_render_and_are_marked(tmp_path):
     top, left = tile_origin(1, 24, 24, nrow=3)
     assert list(weights[top - FRAME_PIXELS, left]) == magenta
     activations = np.asarray(Image.open(tmp_path / "activations/0/step_00000000.png").convert("RGB"))
-    top, left = tile_origin(1, 16, 16, nrow=3)
+    top, left = tile_origin(1, 32, 32, nrow=3)
     assert list(activations[top - FRAME_PIXELS, left]) == magenta  # channel 1's maps are NaN too
 
 

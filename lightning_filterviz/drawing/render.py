@@ -286,7 +286,7 @@ def _text(text: str) -> np.ndarray:
     # The built-in bitmap font: crisp at one size, so its pixels need no anti-aliasing
     # (Pillow 10.1 and later name it apart from the scalable default).
     font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
-    left, top, right, bottom = font.getbbox(text)
+    right, bottom = (int(edge) for edge in font.getbbox(text)[2:])
     mask = PILImage.new("L", (max(right, 1), max(bottom, 1)))
     ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
     inked = np.asarray(mask) >= 128
