@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from conftest import Classifier, FilterMonitor, RandomImages, image_dataset, pl, trainer_kwargs
 from lightning_filterviz.integration.probe_storage import is_stored_probe, rebuilt_probe, stored_probe

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from conftest import Classifier, FilterMonitor, RandomImages, pl, trainer_kwargs
 from lightning_filterviz import FilterVisualizer, Sink
 from lightning_filterviz.core.png import EncodedImage
 from lightning_filterviz.core.records import ReceptiveField
@@ -139,6 +140,36 @@ def test_non_finite_probe_pixels_hide_no_dead_filter_and_are_never_peaks() -> No
     # Sanity control: a plain maximum is NaN for every channel of the first layer, which
     # is what hid the dead filters.
     assert truth["0"].transpose(0, 1).reshape(6, -1).amax(dim=1).isnan().all()
+
+
+def test_a_probe_given_nan_in_place_after_clean_snapshots_is_judged_on_its_finite_values() -> None:
+    """A probe found finite takes plain reductions; written in place afterwards, it is checked
+    again, so the NaN it now holds hides no dead filter."""
+    model, probe = planted_model(3), probe_with_non_finite(3).nan_to_num(0.0, 0.0, 0.0)
+    visualizer = FilterVisualizer(Collected(), background=False, max_images=4)
+    clean = [visualizer.snapshot(model, probe, step) for step in range(2)][-1]  # dead: 2 in a row
+    assert clean.dead_filters == {name: tuple(dead) for name, dead in DEAD.items()}
+
+    probe[NAN_AT] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dirty = visualizer.snapshot(model, probe, 2)
+    assert dirty.dead_filters == clean.dead_filters
+    for name, activation in relu_outputs(model, probe).items():
+        assert not activation.isfinite().all()
+        assert torch.equal(dirty.layers[name].channel_max, finite_statistics(activation)[0])
+
+
+def test_the_callback_judges_a_probe_with_nan_on_its_finite_values(tmp_path) -> None:
+    """The callback tells the engine whether its probe is finite (checked in host memory, since
+    on a GPU the engine sees only the device copy): a probe with NaN and Inf is told apart."""
+    net = nn.Sequential(planted_model(3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    monitor = FilterMonitor(probe=probe_with_non_finite(3), every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(net, lr=0.0), datamodule=RandomImages())
+    assert monitor.dead_filters == {f"net.0.{name}": dead for name, dead in DEAD.items()}
 
 
 def test_one_warning_names_the_non_finite_probe_images() -> None:

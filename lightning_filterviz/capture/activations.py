@@ -58,13 +58,22 @@ class ActivationRecorder:
         reduce_maps: turns an activation ``(N, C, H, W)`` into the small maps to keep;
             ``None`` keeps only the per-channel maxima (training-batch tracking).
         peak_layers: layers for which each channel's strongest position is recorded.
+        finite_input: whether the forward's input is known to hold no NaN or Inf. Then the
+            statistics are plain reductions, two kernels per layer instead of about a dozen
+            that leave non-finite positions out; a non-finite activation can then only come
+            from the model itself (an overflow, NaN weights), and makes its channel's
+            statistics NaN or Inf (a NaN channel is not judged), as any plain reduction would.
     """
 
     def __init__(
-        self, reduce_maps: Optional[Callable[[Tensor], Tensor]] = None, peak_layers: Iterable[str] = ()
+        self,
+        reduce_maps: Optional[Callable[[Tensor], Tensor]] = None,
+        peak_layers: Iterable[str] = (),
+        finite_input: bool = False,
     ) -> None:
         self._reduce_maps = reduce_maps
         self._peak_layers = frozenset(peak_layers)
+        self._finite_input = finite_input
         self.records: dict[str, ActivationRecord] = {}
 
     def record(self, layer: str, function: str, zeroing: bool, activation: Tensor, nonnegative: bool = False) -> None:
@@ -83,6 +92,8 @@ class ActivationRecorder:
         finite: Optional[Tensor] = None
         if self._reduce_maps is None:  # training-batch tracking needs the maxima only
             channel_max = channel_mean_abs = values.amax(dim=dims)
+        elif self._finite_input:
+            channel_max, channel_mean_abs = _plain_channel_statistics(values, dims, function, nonnegative)
         else:
             finite = torch.isfinite(values)
             channel_max, channel_mean_abs = _channel_statistics(values, finite, dims, function, nonnegative)
@@ -100,10 +111,19 @@ class ActivationRecorder:
             return
         maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
         record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
-        if finite is not None and values.dim() == 4 and layer in self._peak_layers:
-            record.peak_index = _finite_peak_indices(values, finite)
+        if self._reduce_maps is not None and values.dim() == 4 and layer in self._peak_layers:
+            record.peak_index = _peak_indices(values, finite)
             record.output_hw = (values.shape[2], values.shape[3])
         self.records[layer] = record
+
+
+def _plain_channel_statistics(
+    values: Tensor, dims: list[int], function: str, nonnegative: bool
+) -> tuple[Optional[Tensor], Tensor]:
+    """:func:`_channel_statistics` where every input position is finite: the same values, bitwise."""
+    magnitudes = values if nonnegative else values.abs()
+    channel_mean_abs = magnitudes.mean(dim=dims, dtype=torch.float32)
+    return (None if function == PRE_ACTIVATION else values.amax(dim=dims)), channel_mean_abs
 
 
 def _channel_statistics(
@@ -140,10 +160,11 @@ def _channel_statistics(
     return torch.where(finite_count > 0, channel_max, float("nan")), channel_mean_abs
 
 
-def _finite_peak_indices(values: Tensor, finite: Tensor) -> Tensor:
-    """Per channel, the flat index into ``(N, H, W)`` of its largest finite value: a NaN or
-    Inf position is never a peak (it is, only where a channel has no finite value at all)."""
-    ranked = torch.where(finite, values, float("-inf"))
+def _peak_indices(values: Tensor, finite: Optional[Tensor]) -> Tensor:
+    """Per channel, the flat index into ``(N, H, W)`` of its largest value; with ``finite``,
+    of its largest finite value: a NaN or Inf position is never a peak (it is, only where a
+    channel has no finite value at all)."""
+    ranked = values if finite is None else torch.where(finite, values, float("-inf"))
     return ranked.transpose(0, 1).reshape(values.shape[1], -1).argmax(dim=1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -251,6 +251,17 @@ def _is_image_list(batch: Any, images: Optional[ImageInput]) -> bool:
     if images is None or not isinstance(batch, (list, tuple)) or hasattr(batch, "_fields") or not batch:
         return False
     return all(images.is_image(item) for item in batch)
+
+
+def finite_on_host(inputs: Any) -> Optional[bool]:
+    """Whether every floating-point value of ``inputs`` is finite; ``None`` (not known) where
+    any of its tensors is not in host memory, since reading the answer there would wait for
+    the device."""
+    tensors: list[Tensor] = []
+    apply_to_collection(inputs, Tensor, tensors.append)
+    if any(tensor.device.type != "cpu" for tensor in tensors):
+        return None
+    return all(bool(torch.isfinite(tensor).all()) for tensor in tensors if tensor.is_floating_point())
 
 
 def pin_memory(batch: Any) -> Any:

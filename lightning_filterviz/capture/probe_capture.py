@@ -180,6 +180,7 @@ def start_capture(
     peak_layers: Collection[str] = (),
     training_maxima: Optional[Mapping[str, Tensor]] = None,
     plan: Optional[ProbePlan] = None,
+    finite_input: bool = False,
 ) -> CapturedProbe:
     """Run the probe through ``model`` once and capture the watched conv layers on their device.
 
@@ -199,6 +200,8 @@ def start_capture(
             since the previous snapshot, shipped along as ``training_max``.
         plan: how the activations were found last time (:attr:`CapturedProbe.plan`);
             ``None``: trace every conv and make a plan (with hooks on every module).
+        finite_input: whether ``inputs`` are known to hold no NaN or Inf, so that the
+            statistics need not leave such positions out (see :class:`ActivationRecorder`).
 
     Returns:
         A :class:`CapturedProbe`; call its ``ship()`` to start the copy to host memory.
@@ -211,6 +214,7 @@ def start_capture(
             recorder = ActivationRecorder(
                 lambda activation: _reduce_maps(activation, max_images, max_filters, max_map_size),
                 peak_layers=peak_layers,
+                finite_input=finite_input,
             )
             context = forward_context() if forward_context is not None else contextlib.nullcontext()
             with _observation(model, layers, plan, recorder) as observed, context:

@@ -256,6 +256,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         convert_input: Optional[Callable[[Tensor], Tensor]] = None,
         publish: bool = True,
         draw_views: Optional[bool] = None,
+        probe_finite: Optional[bool] = None,
     ) -> Union[Snapshot, PendingSnapshot]:
         """Capture the watched layers on ``batch`` at training step ``step`` and log them.
 
@@ -270,6 +271,11 @@ class FilterVisualizer(RebuiltWhenUnpickled):
                 ``False`` only captures and updates the statistics.
             draw_views: whether this snapshot draws the costlier views (peak patches, through
                 the layers, drift strips, filmstrips); ``None``: as ``views_every`` says.
+            probe_finite: whether the batch's model input is known to hold no NaN or Inf, for
+                a caller that checked it in host memory before moving it to the GPU.
+                ``None``: checked here, once per probe, where it is in host memory. Where it
+                is not known, the statistics leave non-finite positions out (about a dozen
+                kernels per layer instead of two).
 
         Returns:
             The judged :class:`~lightning_filterviz.core.records.Snapshot`, frozen and complete.
@@ -299,6 +305,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             convert_input=convert_input,
             draw_views=draw_views,
             probe_images=not self._probe_logged,
+            probe_finite=probe_finite,
         )
         self._probe_logged = self._probe_logged or captured.carries("probe_images")
         in_flight = captured.ship()
@@ -381,6 +388,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         *,
         forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
         convert_input: Optional[Callable[[Tensor], Tensor]] = None,
+        probe_finite: Optional[bool] = None,
     ) -> None:
         """Write what the end of training at ``step`` shows, then flush.
 
@@ -396,6 +404,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             batch: the probe batch, as given to :meth:`snapshot`.
             forward_context: as in :meth:`snapshot`.
             convert_input: as in :meth:`snapshot`.
+            probe_finite: as in :meth:`snapshot`.
 
         Raises:
             TypeError: if ``step`` is not an integer.
@@ -405,7 +414,13 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         if model is not None and self._probe_pass is not None and self._last_step is not None:
             if self._last_step != step:
                 self.snapshot(
-                    model, batch, step, forward_context=forward_context, convert_input=convert_input, draw_views=True
+                    model,
+                    batch,
+                    step,
+                    forward_context=forward_context,
+                    convert_input=convert_input,
+                    draw_views=True,
+                    probe_finite=probe_finite,
                 )
             elif self._views_step != step:
                 final = self._probe_pass_of(model).capture(
@@ -416,6 +431,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
                     convert_input=convert_input,
                     draw_views=True,
                     probe_images=False,
+                    probe_finite=probe_finite,
                 ).ship()
                 self._views_step = step
         self._delivery.submit_ending(step, final)

@@ -314,8 +314,10 @@ class FilterMonitorLogic(_CallbackBase):
             lazy_weights=has_lazy_weights(pl_module),
         )
         if taken:
+            # The probe on the device is the FixedProbe's, told finite (or not known) on the host.
+            finite = self._probe.finite(self.engine.batch_key) or None
             probe = probe if probe is not None else self._probe.on_device(trainer)
-            if not _snapshot_of_fit(self.engine, trainer, pl_module, probe):
+            if not _snapshot_of_fit(self.engine, trainer, pl_module, probe, finite):
                 self._enabled = False
 
     def _finish(self, trainer: Any, pl_module: Any) -> None:
@@ -328,6 +330,7 @@ class FilterMonitorLogic(_CallbackBase):
                 self._probe.on_device(trainer),
                 forward_context=trainer.precision_plugin.forward_context,
                 convert_input=input_converter(trainer),
+                probe_finite=self._probe.finite(self.engine.batch_key) or None,
             )
         except Exception as error:  # monitoring must never end a training run
             rank_zero_warn(
@@ -378,7 +381,9 @@ class FilterMonitorLogic(_CallbackBase):
         self._schedule.restart()
 
 
-def _snapshot_of_fit(engine: FilterVisualizer, trainer: Any, model: nn.Module, probe: Any) -> bool:
+def _snapshot_of_fit(
+    engine: FilterVisualizer, trainer: Any, model: nn.Module, probe: Any, probe_finite: Optional[bool]
+) -> bool:
     """Take a snapshot as the trainer runs the model (its precision, its input conversion);
     rank 0 publishes it. Whether it worked: a failure is warned about, never raised."""
     step = trainer.global_step
@@ -390,6 +395,7 @@ def _snapshot_of_fit(engine: FilterVisualizer, trainer: Any, model: nn.Module, p
             forward_context=trainer.precision_plugin.forward_context,
             convert_input=input_converter(trainer),
             publish=trainer.is_global_zero,
+            probe_finite=probe_finite,
         )
     except Exception as error:  # monitoring must never end a training run
         rank_zero_warn(

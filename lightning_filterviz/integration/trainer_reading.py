@@ -24,7 +24,9 @@ from lightning_filterviz.publishing.sinks.registry import sinks_for_loggers
 from lightning_filterviz.capture.probe import (
     ImageInput,
     check_given_probe,
+    finite_on_host,
     given_probe,
+    model_input,
     pin_memory,
     probe_from_loader,
     to_cpu,
@@ -93,6 +95,7 @@ class FixedProbe:
         self._given = given is not None
         self._pinned: Optional[Any] = None
         self._stored: Optional[tuple[Any, dict[str, Any]]] = None  # the batch and its stored form
+        self._finite: Optional[tuple[Any, bool]] = None  # the batch and whether its model input is finite
 
     def choose(self, trainer: Any, images: Optional[ImageInput] = None, batch_key: Any = None) -> Any:
         """The probe, taken from the fit's data if there is none yet; a given one cut to
@@ -125,6 +128,21 @@ class FixedProbe:
         if self._stored is None or self._stored[0] is not self.batch:
             self._stored = (self.batch, stored_probe(self.batch))
         return self._stored[1]
+
+    def finite(self, batch_key: Any) -> bool:
+        """Whether the probe's model input holds no NaN or Inf, checked once per probe in host
+        memory (the GPU copy each snapshot runs is never read on the host). What the
+        LightningModule's batch-transfer hooks make of it is not checked: a NaN made there
+        leaves the channels it reaches with NaN statistics (not judged)."""
+        if self.batch is None:
+            return False
+        if self._finite is None or self._finite[0] is not self.batch:
+            try:
+                finite = bool(finite_on_host(model_input(self.batch, batch_key)))
+            except (KeyError, IndexError, TypeError, ValueError):
+                finite = False  # not known: the snapshot itself says what is wrong with batch_key
+            self._finite = (self.batch, finite)
+        return self._finite[1]
 
     def restore(self, saved: Any) -> None:
         """Use the probe saved in a checkpoint (as :meth:`stored` gave it, or an older
