@@ -9,6 +9,7 @@ too high (so that filters die), and writes into docs/:
   through_the_layers.png                   one probe image's feature maps, early to deep
   dead_filters.png                         a feature-map grid with dead filters framed in red
   filmstrip.png                            the first layer's filters at every snapshot
+  dataset_examples.png                     the first layer's dataset examples at the last validation run
   report.png                               the offline report (headless Chromium screenshot)
   tensorboard.png                          TensorBoard showing the monitor's images (likewise)
 The screenshots need Debian's `chromium` package (apt-get install chromium).
@@ -51,10 +52,13 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="filterviz-docs-"))
 
+    start = time.perf_counter()
     log_dir = train(workdir, name="example", extra=[])
+    print(f"the example trained with configs/default.yaml in {time.perf_counter() - start:.0f} s")
     save_first_and_last_filters(log_dir)
     save_through_the_layers(log_dir)
     save_filmstrip(log_dir)
+    save_dataset_examples(log_dir)
 
     dying = train(workdir, name="too_high_lr", extra=["--model.lr", "0.3", "--trainer.max_epochs", "3"])
     save_dead_filter_grid(dying)
@@ -128,6 +132,11 @@ def save_through_the_layers(log_dir: Path) -> None:
 def save_filmstrip(log_dir: Path) -> None:
     strips = images_of(log_dir, "filterviz/filmstrip/net.0")
     save(strips[max(strips)], "filmstrip.png")
+
+
+def save_dataset_examples(log_dir: Path) -> None:
+    examples = images_of(log_dir, "filterviz/examples/net.0")
+    save(examples[max(examples)], "dataset_examples.png")
 
 
 def save_dead_filter_grid(log_dir: Path) -> None:
