@@ -261,3 +261,18 @@ def failing_view(message: str) -> type:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def in_the_outline(picture: np.ndarray) -> np.ndarray:
+    """``(n, 3)``: the pixels of a drawn dataset example inside the outline around its
+    receptive field (the outline's own pixels left out, whatever its thickness)."""
+    from lightning_filterviz.core.tiles import rgb_colour
+    from lightning_filterviz.drawing.example_images import OUTLINE_COLOUR
+
+    outline = (picture == rgb_colour(OUTLINE_COLOUR)).all(axis=-1)
+    rows, columns = np.nonzero(outline)
+    assert rows.size, "no outline"
+    box = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
+    inside = picture[box][~outline[box]]
+    assert inside.size, "nothing inside the outline"
+    return inside

@@ -282,8 +282,13 @@ def test_dataset_examples_are_the_pooled_activations_patches(tmp_path):
         y, x = divmod(int(activation[image, channel].flatten().argmax()), 6)
         top, left = -1 + 2 * y, -1 + 2 * x  # in input pixels; +1 in the padded image
         crop = padded[image, :, top + 1 : top + 5, left + 1 : left + 5]
-        assert torch.equal(examples.patches[channel, 0].isnan(), crop.isnan())
-        assert torch.equal(examples.patches[channel, 0].nan_to_num(), crop.nan_to_num())
+        # The example's context window holds the whole 12x12 image; the field lies in it at its box.
+        box_top, box_left, height, width = examples.boxes[channel, 0].tolist()
+        assert (height, width) == (4, 4)
+        field_pixels = examples.patches[channel, 0][:, box_top : box_top + 4, box_left : box_left + 4]
+        assert torch.equal(field_pixels.isnan(), crop.isnan())
+        assert torch.equal(field_pixels.nan_to_num(), crop.nan_to_num())
+        assert int(examples.patches[channel, 0].isfinite().all(dim=0).sum()) == 12 * 12
 
 
 # ---------------------------------------------------------------- activation checkpointing

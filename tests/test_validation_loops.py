@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import Classifier, FilterMonitor, count_hooks, pl, trainer_kwargs
+from conftest import Classifier, FilterMonitor, count_hooks, in_the_outline, pl, trainer_kwargs
 
 IMAGES, SIZE, BATCH = 16, 12, 4
 RED = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
@@ -82,16 +82,17 @@ def examples_file(log_dir: Path) -> dict[str, np.ndarray]:
 
 def assert_the_planted_block_is_filter_0s_only_example(monitor: FilterMonitor, log_dir: Path, index: Any) -> None:
     """Filter 0's examples: the planted image once, at the block's centre, value 8, its
-    patch pure red; nothing else fired (every other image is black: value 0)."""
+    field pure red; nothing else fired (every other image is black: value 0), and the black
+    images, all the same pixels, are one place: one example."""
     (first, *others) = monitor.dataset_examples["net.0"][0]
     assert first == (index, pytest.approx(8.0))
-    assert [value for _, value in others] == [0.0] * (K - 1)
+    assert [value for _, value in others] == [0.0]
     assert index is None or index not in [found for found, _ in others]  # the image once
     assert monitor.dataset_example_positions["net.0"][0][0] == PLANTED_CENTRE
     arrays = examples_file(log_dir)
     assert arrays["net.0/positions"][0, 0].tolist() == list(PLANTED_CENTRE)
-    red = (arrays["net.0/patches"][0, 0] == [255, 0, 0]).all(axis=-1)
-    assert red.all(), "the patch is not cut where the block is"
+    red = (in_the_outline(arrays["net.0/patches"][0, 0]) == [255, 0, 0]).all(axis=-1)
+    assert red.all(), "the field is not where the block is"
 
 
 class Plain(Classifier):
@@ -195,8 +196,9 @@ def test_non_finite_pixels_are_never_examples(tmp_path):
         assert all(np.isfinite(value) for _, value in row)
     # Filter 1 fires nowhere on finite pixels; -inf * -1 is +inf there, which must not count.
     assert all(value == 0.0 for _, value in monitor.dataset_examples["net.0"][1])
-    arrays = examples_file(log_dir)
-    assert np.isfinite(arrays["net.0/values"]).all()
+    values = examples_file(log_dir)["net.0/values"]
+    assert (np.isfinite(values) | (values == -np.inf)).all()  # -inf: a slot left empty (fewer distinct places)
+    assert np.isfinite(values[:, 0]).all()
 
 
 def test_an_image_without_any_finite_response_is_no_example_at_all():
@@ -243,6 +245,11 @@ def test_the_first_forward_decides_when_a_layer_is_called_again_and_patches_come
         collector.next_batch(images, torch.tensor([30, 31]))
         conv(torch.cat([images, 5 * images]))
         assert collector.skipped == {CALLED_AGAIN, OTHER_BATCH_SIZE}
-    found = collector.results()["conv"]
-    assert found.as_lists() == [[(21, 1.0)]] and found.position_lists() == [[(1, 0)]]
-    assert found.patches.flatten().tolist() == [1.0]
+    found = collector.results()["conv"]  # every candidate: image 21, then 20 (nothing); the batch of 30, 31 not collected
+    assert found.as_lists()[0][0] == (21, 1.0) and found.position_lists()[0][0] == (1, 0)
+    assert [index for index, _ in found.as_lists()[0]] == [21, 20]
+    # The context window covers all of the 4x4 image (NaN around it); the field is its pixel (1, 0).
+    window = found.patches[0, 0, 0]
+    assert torch.equal(window[window.isfinite()].reshape(4, 4), images[1, 0])
+    top, left, height, width = found.boxes[0, 0].tolist()
+    assert window[top, left] == 1.0 and (height, width) == (1, 1)

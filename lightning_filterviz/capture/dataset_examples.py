@@ -2,12 +2,16 @@
 
 During a validation run, a forward hook on each chosen conv's tap (the module whose output
 is its ReLU-family activation's input, see :class:`~lightning_filterviz.capture.activations.ActivationTap`)
-takes, per image and filter, the spatial maximum and where it is; a running top-k per
-filter keeps the strongest images, each at most once (at its strongest position), with the
-receptive-field patch of the input there. All of it stays on the device: no
-synchronization per batch, no activation kept. The results cross to the host in one
-non-blocking copy at the end of the run, read on the writer thread; under DDP every rank's,
-merged there (:func:`merge_ranks`).
+takes, per image and filter, the spatial maximum and where it is; a running top-``4k`` per
+filter keeps the strongest images as candidates, each at most once (at its strongest
+position), with the input pixels of a context window around it. All of it stays on the
+device: fixed shapes, no synchronization per batch, no activation kept. The results cross
+to the host in one non-blocking copy at the end of the run, read on the writer thread;
+under DDP every rank's, merged there (:func:`merge_ranks`). There the ``k`` examples are
+chosen among the candidates, strongest first, each from a distinct place of the data
+(:func:`~lightning_filterviz.capture.distinct_places.distinct_places`): overlapping crops
+or a repeated image show one place once. More candidates than examples are kept because
+such repeats can fill the top ``k``.
 
 Which forwards are collected, so that every example's position and patch belong to one
 input the model saw: on each validation batch, only each tap's first call, and only if it
@@ -19,9 +23,13 @@ collector notes each kind of call it skipped (:attr:`ExampleCollector.skipped`),
 caller to say once. A non-finite response (a NaN or Inf pixel, an overflow) is never an
 example: those positions rank below every finite one.
 
-The patches are stored at the receptive field's size, capped at ``patch_pixels`` per side
-(the field sampled nearest), so memory is at most ``max_filters * k * patch_pixels**2 *
-channels`` floats per layer whatever the layer's depth.
+Each candidate keeps a context window: ``max(32, field size)`` input pixels a side around
+the receptive field's centre, moved to lie inside the image where the image is at least
+that large (an example at an image's edge still shows 32 pixels of it a side), sampled
+nearest at most ``patch_pixels`` (32) per side, NaN where it lies outside the image; and
+where the field lies in it (:attr:`LayerExamples.boxes`). So the device holds at most
+``max_filters * 4 * k * patch_pixels**2 * channels`` floats per layer whatever the layer's
+depth (64 filters, k = 9, RGB: 28 MB), plus a few numbers per candidate.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_filterviz.capture.activations import ActivationTap
+from lightning_filterviz.capture.distinct_places import distinct_places
 from lightning_filterviz.capture.hook_guard import HookGuard
 from lightning_filterviz.core.records import NO_INDEX, LayerExamples, ReceptiveField
 from lightning_filterviz.capture.transfer import TransferPacker
@@ -42,6 +51,10 @@ from lightning_filterviz.capture.transfer import TransferPacker
 __all__ = ["NO_INDEX", "ExampleCollector", "InFlightExamples", "LayerExamples", "merge_ranks"]
 
 PATCH_PIXELS = 32
+# The least input pixels a side an example shows around its peak.
+CONTEXT_PIXELS = 32
+# Candidates kept per example on the device, so that k distinct places remain after repeats.
+CANDIDATES_PER_EXAMPLE = 4
 _INF = float("inf")
 
 # Why a tap's call was not collected (see ExampleCollector.skipped).
@@ -56,8 +69,11 @@ class InFlightExamples:
     Args:
         examples: conv name -> its examples, on the device where they were collected.
         weights: conv name -> its drawn filters' weights, on the model's device.
-        gathered: ``examples`` hold every rank's, stacked ``(ranks, F, k, ...)``; they are
+        gathered: ``examples`` hold every rank's, stacked ``(ranks, F, slots, ...)``; they are
             merged (:func:`merge_ranks`) once on the host, by :meth:`wait`.
+        k: examples per filter, chosen among the candidates by :meth:`wait`, each from a
+            distinct place (see :func:`~lightning_filterviz.capture.distinct_places.distinct_places`);
+            ``None`` keeps every candidate as it is.
         pack_cpu: pack CPU tensors as for an accelerator (see :class:`TransferPacker`).
     """
 
@@ -67,9 +83,10 @@ class InFlightExamples:
         weights: Mapping[str, Tensor],
         *,
         gathered: bool = False,
+        k: Optional[int] = None,
         pack_cpu: bool = False,
     ) -> None:
-        self._gathered = gathered
+        self._gathered, self._k = gathered, k
         packer = TransferPacker(pack_cpu=pack_cpu)
         for name, found in examples.items():
             for field in dataclasses.fields(found):
@@ -88,25 +105,27 @@ class InFlightExamples:
         examples = {name: LayerExamples(**tensors) for name, tensors in arrived.items() if tensors}
         if self._gathered:
             examples = {name: merge_ranks(found) for name, found in examples.items()}
+        if self._k is not None:
+            examples = {name: distinct_places(found, self._k) for name, found in examples.items()}
         return examples, weights
 
 
 def merge_ranks(gathered: LayerExamples) -> LayerExamples:
-    """One layer's examples from every rank, ``(ranks, F, k, ...)`` on the host, merged into
-    the ``k`` strongest per filter. A sample that two ranks both saw (a ``DistributedSampler``
-    pads the last shard with repeats) is kept once."""
-    ranks, filters, k = gathered.values.shape
+    """One layer's candidates from every rank, ``(ranks, F, slots, ...)`` on the host, merged
+    into the ``slots`` strongest per filter. A sample that two ranks both saw (a
+    ``DistributedSampler`` pads the last shard with repeats) is kept once."""
+    ranks, filters, slots = gathered.values.shape
 
-    def flat(tensor: Tensor) -> Tensor:  # (ranks, F, k, ...) -> (F, ranks * k, ...)
-        return tensor.transpose(0, 1).reshape(filters, ranks * k, *tensor.shape[3:])
+    def flat(tensor: Tensor) -> Tensor:  # (ranks, F, slots, ...) -> (F, ranks * slots, ...)
+        return tensor.transpose(0, 1).reshape(filters, ranks * slots, *tensor.shape[3:])
 
-    values, indices, positions, patches = (
-        flat(tensor) for tensor in (gathered.values, gathered.indices, gathered.positions, gathered.patches)
-    )
+    values, indices = flat(gathered.values), flat(gathered.indices)
     order = values.argsort(dim=1, descending=True, stable=True)
-    chosen = torch.stack([_strongest_distinct(order[f].tolist(), indices[f].tolist(), k) for f in range(filters)])
+    chosen = torch.stack([_strongest_distinct(order[f].tolist(), indices[f].tolist(), slots) for f in range(filters)])
     rows = torch.arange(filters)[:, None]
-    return LayerExamples(values[rows, chosen], indices[rows, chosen], positions[rows, chosen], patches[rows, chosen])
+    return LayerExamples(
+        **{field.name: flat(getattr(gathered, field.name))[rows, chosen] for field in dataclasses.fields(gathered)}
+    )
 
 
 def _strongest_distinct(order: list[int], indices: list[int], k: int) -> Tensor:
@@ -131,8 +150,9 @@ class ExampleCollector:
     Args:
         layers: conv name -> (the tap that sees its activation, its receptive field).
         max_filters: filters per layer (the first ones, as drawn elsewhere).
-        k: examples per filter.
-        patch_pixels: the most pixels per side a stored patch keeps of its field.
+        k: examples per filter; :data:`CANDIDATES_PER_EXAMPLE` times as many candidates
+            are kept (:attr:`slots`), for the host to choose ``k`` distinct places among.
+        patch_pixels: the most pixels per side a stored context window keeps.
 
     Attributes:
         skipped: why calls of the taps were not collected in this pass
@@ -146,7 +166,7 @@ class ExampleCollector:
             for start, (images, labels) in batches:
                 collector.next_batch(images, torch.arange(start, start + len(images)))
                 model(images)
-        collector.results()["conv1"].as_lists()
+        collector.results()["conv1"].as_lists()  # every candidate, strongest first
     """
 
     def __init__(
@@ -159,6 +179,7 @@ class ExampleCollector:
         self.layers = layers
         self.max_filters = max_filters
         self.k = k
+        self.slots = CANDIDATES_PER_EXAMPLE * k
         self.patch_pixels = patch_pixels
         self._best: dict[str, LayerExamples] = {}
         self._inputs: Optional[Tensor] = None
@@ -193,7 +214,8 @@ class ExampleCollector:
         self._inputs = self._indices = None
 
     def results(self) -> dict[str, LayerExamples]:
-        """Each layer's examples, on the device where they were collected.
+        """Each layer's :attr:`slots` candidates per filter, strongest first, on the device
+        where they were collected (:class:`InFlightExamples` with ``k`` chooses the examples).
 
         Raises:
             Exception: what a hook raised while collecting (the forward itself went on, and
@@ -234,46 +256,61 @@ class ExampleCollector:
         # An image without a finite response stays at -inf, an empty slot, whatever the activation.
         peak = torch.where(strongest == -_INF, strongest, tap.activation(strongest))
         best = self._ensure_slots(name, field, output)
-        values = torch.cat([best.values, peak.t()], dim=1)  # (F, k + N)
-        kept_values, kept = values.topk(self.k, dim=1)
-        from_batch = kept >= self.k
-        batch_image = (kept - self.k).clamp(min=0)  # (F, k) into the batch
+        values = torch.cat([best.values, peak.t()], dim=1)  # (F, slots + N)
+        kept_values, kept = values.topk(self.slots, dim=1)
+        from_batch = kept >= self.slots
+        batch_image = (kept - self.slots).clamp(min=0)  # (F, slots) into the batch
         rows = torch.arange(filters, device=maps.device)[:, None]
-        chosen_maps = maps.transpose(0, 1)[rows, batch_image]  # (F, k, H, W)
-        output_position = chosen_maps.flatten(2).argmax(dim=2)  # (F, k) flat index into (H, W)
+        chosen_maps = maps.transpose(0, 1)[rows, batch_image]  # (F, slots, H, W)
+        output_position = chosen_maps.flatten(2).argmax(dim=2)  # (F, slots) flat index into (H, W)
         out_y, out_x = output_position // width, output_position % width
-        centre_y, centre_x, patches = self._patches(batch_image, out_y, out_x, field)
-        positions = torch.stack([centre_y, centre_x], dim=-1)
+        positions, patches, boxes = self._context(batch_image, out_y, out_x, field)
+        found = LayerExamples(kept_values, self._indices[batch_image], positions, patches, boxes)
         self._best[name] = LayerExamples(
-            values=kept_values,
-            indices=torch.where(from_batch, self._indices[batch_image], _take(best.indices, kept)),
-            positions=torch.where(from_batch[..., None], positions, _take(best.positions, kept)),
-            patches=torch.where(from_batch[..., None, None, None], patches, _take(best.patches, kept)),
+            **{
+                each.name: _from_batch_or_kept(from_batch, getattr(found, each.name), getattr(best, each.name), kept)
+                for each in dataclasses.fields(best)
+            }
         )
 
-    def _patch_size(self, field: ReceptiveField) -> tuple[int, int]:
-        # A field smaller than the cap is kept pixel for pixel; drawing scales it up.
-        return min(field.size[0], self.patch_pixels), min(field.size[1], self.patch_pixels)
+    def _window_size(self, field: ReceptiveField) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The context window's input pixels a side ``(y, x)``, and the stored pixels a side."""
+        span = (max(CONTEXT_PIXELS, field.size[0]), max(CONTEXT_PIXELS, field.size[1]))
+        return span, (min(span[0], self.patch_pixels), min(span[1], self.patch_pixels))
 
-    def _patches(
+    def _context(
         self, image: Tensor, out_y: Tensor, out_x: Tensor, field: ReceptiveField
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The receptive field of output ``(out_y, out_x)`` in batch image ``image``, sampled
-        nearest at most ``patch_pixels`` per side; and the field's centre in input pixels."""
+        """For output ``(out_y, out_x)`` of batch image ``image``: the field's centre in input
+        pixels, the context window around it (see the module's docstring) and the field's box
+        in the window, as :class:`LayerExamples` holds them."""
         assert self._inputs is not None
         inputs = self._inputs.float()
         height, width = inputs.shape[-2:]
-        patch_height, patch_width = self._patch_size(field)
+        (span_y, span_x), (side_y, side_x) = self._window_size(field)
         top = field.offset[0] + out_y * field.stride[0]
         left = field.offset[1] + out_x * field.stride[1]
-        steps_y = torch.arange(patch_height, device=inputs.device) * field.size[0] // patch_height
-        steps_x = torch.arange(patch_width, device=inputs.device) * field.size[1] // patch_width
-        rows, cols = top[..., None] + steps_y, left[..., None] + steps_x  # (F, k, h), (F, k, w)
+        window_top = _inside(top + field.size[0] // 2 - span_y // 2, span_y, height)
+        window_left = _inside(left + field.size[1] // 2 - span_x // 2, span_x, width)
+        steps_y = torch.arange(side_y, device=inputs.device) * span_y // side_y
+        steps_x = torch.arange(side_x, device=inputs.device) * span_x // side_x
+        rows, cols = window_top[..., None] + steps_y, window_left[..., None] + steps_x  # (F, s, h), (F, s, w)
         inside = ((rows >= 0) & (rows < height))[..., :, None] & ((cols >= 0) & (cols < width))[..., None, :]
         at_rows, at_cols = rows.clamp(0, height - 1)[..., :, None], cols.clamp(0, width - 1)[..., None, :]
-        pixels = inputs[image[..., None, None], :, at_rows, at_cols]  # (F, k, h, w, C)
+        pixels = inputs[image[..., None, None], :, at_rows, at_cols]  # (F, s, h, w, C)
         pixels = torch.where(inside[..., None], pixels, torch.full_like(pixels, float("nan")))
-        return top + field.size[0] // 2, left + field.size[1] // 2, pixels.permute(0, 1, 4, 2, 3)
+        # The field in the window's stored pixels (floor at the start, at least one pixel long).
+        box = torch.stack(
+            [
+                torch.div((top - window_top) * side_y, span_y, rounding_mode="floor"),
+                torch.div((left - window_left) * side_x, span_x, rounding_mode="floor"),
+                torch.full_like(top, max(1, field.size[0] * side_y // span_y)),
+                torch.full_like(left, max(1, field.size[1] * side_x // span_x)),
+            ],
+            dim=-1,
+        )
+        centre = torch.stack([top + field.size[0] // 2, left + field.size[1] // 2], dim=-1)
+        return centre, pixels.permute(0, 1, 4, 2, 3), box
 
     def _ensure_slots(self, name: str, field: ReceptiveField, output: Tensor) -> LayerExamples:
         """The examples kept so far for ``name``; empty slots at its first batch (so that every
@@ -283,21 +320,29 @@ class ExampleCollector:
         return self._best[name]
 
     def _empty(self, filters: int, field: ReceptiveField, device: torch.device) -> LayerExamples:
-        # Fixed shapes from the start (k slots, empty ones at -inf), so that every rank's
+        # Fixed shapes from the start (every slot, empty ones at -inf), so that every rank's
         # results can be gathered whatever it has seen.
         assert self._inputs is not None
-        channels, k = self._inputs.shape[1], self.k
+        channels, slots = self._inputs.shape[1], self.slots
         return LayerExamples(
-            values=torch.full((filters, k), float("-inf"), device=device),
-            indices=torch.full((filters, k), NO_INDEX, dtype=torch.long, device=device),
-            positions=torch.zeros(filters, k, 2, dtype=torch.long, device=device),
-            patches=torch.full((filters, k, channels, *self._patch_size(field)), float("nan"), device=device),
+            values=torch.full((filters, slots), float("-inf"), device=device),
+            indices=torch.full((filters, slots), NO_INDEX, dtype=torch.long, device=device),
+            positions=torch.zeros(filters, slots, 2, dtype=torch.long, device=device),
+            patches=torch.full((filters, slots, channels, *self._window_size(field)[1]), float("nan"), device=device),
+            boxes=torch.zeros(filters, slots, 4, dtype=torch.long, device=device),
         )
 
 
-def _take(kept_so_far: Tensor, kept: Tensor) -> Tensor:
-    """``kept_so_far[f, kept[f, j]]`` where ``kept`` points into what was kept so far (other
-    entries, which come from the batch, get any row: they are replaced)."""
+def _inside(start: Tensor, span: int, length: int) -> Tensor:
+    """Window starts moved so that ``span`` pixels from there lie inside ``0..length`` where
+    ``length >= span``; where the image is smaller, so that the window covers all of it."""
+    return start.clamp(min(0, length - span), max(0, length - span))
+
+
+def _from_batch_or_kept(from_batch: Tensor, batch: Tensor, kept_so_far: Tensor, kept: Tensor) -> Tensor:
+    """Per slot ``(f, j)``: ``batch[f, j]`` where it comes from the batch, else
+    ``kept_so_far[f, kept[f, j]]`` (``kept`` points into what was kept so far there)."""
     index = kept.clamp(max=kept_so_far.shape[1] - 1)
     rows = torch.arange(kept.shape[0], device=kept.device)[:, None]
-    return kept_so_far[rows, index]
+    where = from_batch.reshape(*from_batch.shape, *([1] * (batch.dim() - 2)))
+    return torch.where(where, batch, kept_so_far[rows, index])

@@ -22,7 +22,6 @@ import numpy as np
 from lightning_filterviz.core.files import copy_order, write_new_file
 from lightning_filterviz.core.filters import displayed_filters
 from lightning_filterviz.core.records import HistoryFile
-from lightning_filterviz.core.tiles import resize_nearest
 
 if TYPE_CHECKING:
     from lightning_filterviz.core.records import Snapshot
@@ -44,8 +43,6 @@ __all__ = [
 HISTORY_FORMAT = "lightning_filterviz.history/1"
 HISTORY_PATTERN = "step_*.npz"
 EXAMPLES_PATTERN = "validation_examples_*.npz"
-# Dataset-example patches are kept in the history at this size (RGB uint8, every other pixel).
-HISTORY_PATCH_PIXELS = 16
 # Where a run's history lies, relative to its log directory.
 HISTORY_DIR = Path("filterviz", "history")
 # The step in a history file's name: ``step_00000010.npz``, ``validation_examples_00000010-2.npz``.
@@ -175,12 +172,14 @@ def examples_history_file(step: int, examples: Mapping[str, Any], tiles: Mapping
     ``layers`` (names), and per layer ``<layer>/values`` ``(F, k)`` (``-inf`` where a filter
     has fewer examples), ``<layer>/indices`` ``(F, k)`` (``-1`` where unknown),
     ``<layer>/positions`` ``(F, k, 2)`` input pixels ``(y, x)`` and ``<layer>/patches``
-    ``(F, k, 16, 16, 3)`` ``uint8``, the drawn patches at :data:`HISTORY_PATCH_PIXELS`.
+    ``(F, k, h, w, 3)`` ``uint8``, the examples as drawn (context window, outline, the
+    filter's scale), at the window's own pixels (32 a side; older files hold the
+    receptive field alone, at 16).
 
     Args:
         step: the training step of the validation run.
         examples: conv name -> :class:`~lightning_filterviz.core.records.LayerExamples` on the host.
-        tiles: conv name -> its drawn patches ``(F, k, P, P, 3)`` ``uint8``.
+        tiles: conv name -> its drawn examples ``(F, k, h, w, 3)`` ``uint8``.
     """
     arrays: dict[str, np.ndarray] = {
         "format": np.array(HISTORY_FORMAT),
@@ -191,8 +190,7 @@ def examples_history_file(step: int, examples: Mapping[str, Any], tiles: Mapping
         arrays[f"{name}/values"] = found.values.numpy()
         arrays[f"{name}/indices"] = found.indices.numpy()
         arrays[f"{name}/positions"] = found.positions.numpy()
-        patch = HISTORY_PATCH_PIXELS
-        arrays[f"{name}/patches"] = resize_nearest(tiles[name], patch, patch, first_axis=2)
+        arrays[f"{name}/patches"] = np.ascontiguousarray(tiles[name], dtype=np.uint8)
     return HistoryFile(f"validation_examples_{step:08d}.npz", arrays)
 
 

@@ -233,15 +233,19 @@ class LayerExamples(_Frozen):
         indices: ``(F, k)`` int64 dataset index of each example, ``-1`` where not known.
         positions: ``(F, k, 2)`` int64 input pixel ``(y, x)`` at the centre of the
             receptive field of the peak.
-        patches: ``(F, k, C, h, w)`` float32 input pixels of each example's receptive field
-            (NaN where the field lies outside the image), ``h`` and ``w`` the field's size
-            capped at ``patch_pixels``.
+        patches: ``(F, k, C, h, w)`` float32 input pixels of each example's context window:
+            at least 32 input pixels a side around the peak (the receptive field, where it
+            is larger), inside the image where the image is large enough, sampled nearest at
+            most ``patch_pixels`` per side; NaN where the window lies outside the image.
+        boxes: ``(F, k, 4)`` int64 the receptive field in the patch's pixels: ``(top, left,
+            height, width)``; it may reach past the patch's edges (a field in the padding).
     """
 
     values: Tensor
     indices: Tensor
     positions: Tensor
     patches: Tensor
+    boxes: Tensor
 
     def as_lists(self) -> list[list[tuple[Optional[int], float]]]:
         """``[[(dataset_index, value), ...] per filter]``, strongest first, only real examples."""

@@ -41,6 +41,7 @@ __all__ = [
     "finite_unit",
     "image_tiles",
     "non_finite_pixels",
+    "outside_the_image",
     "frame_kinds",
     "frame_tiles",
     "resize_nearest",
@@ -236,3 +237,21 @@ def image_tiles(images: np.ndarray) -> np.ndarray:
         tiles = tiles.copy()
         tiles[bad] = rgb_colour(NON_FINITE_COLOUR)
     return tiles
+
+
+def outside_the_image(patches: np.ndarray) -> np.ndarray:
+    """``(N, C, h, w)`` patches to ``(N, h, w)``: the edge rows and columns that are NaN in
+    every channel and pixel: where a context window of a dataset example reaches past
+    the image (the image is a rectangle inside the window; the capture fills the rest with
+    NaN). A NaN of the image's own inside it is not counted."""
+    empty = np.isnan(patches).all(axis=1)  # (N, h, w)
+    rows, columns = empty.all(axis=2), empty.all(axis=1)  # (N, h), (N, w)
+    return _from_the_edges(rows)[:, :, None] | _from_the_edges(columns)[:, None, :]
+
+
+def _from_the_edges(empty: np.ndarray) -> np.ndarray:
+    """``(N, P)`` per-line emptiness to the lines in the unbroken runs of empty ones that
+    start at either edge."""
+    from_start = np.logical_and.accumulate(empty, axis=1)
+    from_end = np.logical_and.accumulate(empty[:, ::-1], axis=1)[:, ::-1]
+    return from_start | from_end

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from lightning_filterviz.core.filters import WeightNormalization, displayed_filters, non_finite_indices, normalize_filters
+from lightning_filterviz.drawing.text import text_mask
 from lightning_filterviz.core.tiles import (
     BACKGROUND_COLOUR,
     BACKGROUND_INDEX,
@@ -281,16 +282,7 @@ def _colour_bar_line(low: str, high: str, label: str) -> np.ndarray:
 
 def _text(text: str) -> np.ndarray:
     """``text`` in Pillow's built-in font, as palette indices: the frame's dark grey on the background."""
-    from PIL import Image as PILImage, ImageDraw, ImageFont
-
-    # The built-in bitmap font: crisp at one size, so its pixels need no anti-aliasing
-    # (Pillow 10.1 and later name it apart from the scalable default).
-    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
-    right, bottom = (int(edge) for edge in font.getbbox(text)[2:])
-    mask = PILImage.new("L", (max(right, 1), max(bottom, 1)))
-    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
-    inked = np.asarray(mask) >= 128
-    return np.where(inked, np.uint8(FRAME_INDEX), np.uint8(BACKGROUND_INDEX))
+    return np.where(text_mask(text), np.uint8(FRAME_INDEX), np.uint8(BACKGROUND_INDEX))
 
 
 def _stacked(parts: Sequence[np.ndarray]) -> np.ndarray:

@@ -370,15 +370,18 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         and write their images (``filterviz/examples/<layer>``) and history file at ``step``.
         They cross to the host in one non-blocking copy, read on the writer thread; call it
         with the model in eval mode (its weights are read as the eval forward computes them).
-        With ``gathered``, ``examples`` hold several ranks' results stacked ``(ranks, F, k, ...)``
+        With ``gathered``, ``examples`` hold several ranks' results stacked ``(ranks, F, slots, ...)``
         (see :func:`~lightning_filterviz.integration.validation_examples.gathered_examples`): the writer
-        thread merges them into the ``k`` strongest per filter, each sample once."""
+        thread merges them, each sample once. There the ``examples_k`` strongest candidates from
+        distinct places of the data are kept per filter (see
+        :func:`~lightning_filterviz.capture.distinct_places.distinct_places`)."""
         step = _as_step(step)
         watched = self._probe_pass.layers if self._probe_pass is not None else []
         convs = {layer.name: layer.module for layer in watched if layer.name in examples}
         weights = {name: conv.weight[: self.settings.max_filters] for name, conv in convs.items()}
         rgb = {name: conv.in_channels == 3 and conv.groups == 1 for name, conv in convs.items()}
-        self._delivery.submit_examples(InFlightExamples(examples, weights, gathered=gathered), step, rgb)
+        in_flight = InFlightExamples(examples, weights, gathered=gathered, k=self.settings.examples_k)
+        self._delivery.submit_examples(in_flight, step, rgb)
 
     def finish(
         self,

@@ -9,6 +9,7 @@ thread merges them, each sample once: :func:`~lightning_filterviz.capture.datase
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import weakref
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -173,7 +174,7 @@ def gathered_examples(examples: dict[str, LayerExamples], strategy: Any) -> dict
     gathered = {}
     for name in sorted(examples):  # the same order on every rank: one collective after another
         found = examples[name]
-        tensors = (found.values, found.indices, found.positions, found.patches)
+        tensors = [getattr(found, field.name) for field in dataclasses.fields(found)]
         stacked = [strategy.all_gather(tensor) for tensor in tensors]
         if any(each.dim() != tensor.dim() + 1 for each, tensor in zip(stacked, tensors)):
             raise ValueError(

@@ -14,6 +14,7 @@ import numpy as np
 from lightning_filterviz.drawing.example_images import examples_history_image
 from lightning_filterviz.core.layer_names import resolve_layer_patterns
 from lightning_filterviz.core.png import encode_png
+from lightning_filterviz.core.tiles import resize_nearest
 from lightning_filterviz.report.images import (
     data_uri,
     filmstrip_image,
@@ -27,7 +28,7 @@ from lightning_filterviz.report.runs import Run, SnapshotRecord, drift_series, f
 __all__ = ["EXAMPLES_DISPLAY_SCALE", "FILMSTRIP_DISPLAY_SCALE", "STYLE", "page_html", "run_html"]
 
 # The filmstrip is shown this many times its pixel size.
-EXAMPLES_DISPLAY_SCALE = 3  # the history keeps 16-pixel patches
+EXAMPLES_DISPLAY_SCALE = 1  # drawn at their loggers' size already (see examples_history_image)
 FILMSTRIP_DISPLAY_SCALE = 2
 
 STYLE = """
@@ -216,7 +217,11 @@ def _examples_sections(run: Run, filter_index: int) -> list[str]:
             count = records[-1].patches[layer].shape[0]
             sections.append(_figure_html(heading, None, f"{layer} has examples for filters 0 to {count - 1}.", heading))
             continue
-        image = examples_history_image(np.stack([record.patches[layer][filter_index] for record in records]))
+        # Files from before the context windows hold smaller tiles: shown at the size of the others.
+        size = max(record.patches[layer].shape[2] for record in records)
+        tiles = np.stack([resize_nearest(record.patches[layer][filter_index], size, size, first_axis=1) for record in records])
+        values = np.stack([record.values[layer][filter_index] for record in records])
+        image = examples_history_image(tiles, values)
         first = [int(index) for index in records[-1].indices[layer][filter_index] if index >= 0]
         caption = (
             f"The validation images where filter {filter_index} of {layer} fires most, strongest first, one row per "

@@ -102,7 +102,7 @@ class ExamplesRecord:
         step: the training step of the validation run.
         indices: layer -> ``(F, k)`` dataset index of each example, ``-1`` where unknown.
         values: layer -> ``(F, k)`` the filter's peak on each example, ``-inf`` where missing.
-        patches: layer -> ``(F, k, S, S, 3)`` ``uint8`` drawn patches.
+        patches: layer -> ``(F, k, S, S, 3)`` ``uint8`` examples as drawn (``S`` 32, 16 in older files).
         problems: what the file lacks and the report leaves out, one line each.
     """
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from lightning_filterviz.core.history import examples_history_file
 from lightning_filterviz.core.records import DatasetExamples, Rendered
 from lightning_filterviz.core.tags import EACH_LAYER, EXAMPLES, FIRST_CONV_BY_DEFAULT, LoggedTag, layer_tag
@@ -25,8 +27,10 @@ class DatasetExampleGrids(View):
     def at_examples(self, examples: DatasetExamples, context: ViewContext) -> Optional[Rendered]:
         images, tiles = {}, {}
         for name, found in examples.layers.items():
-            tiles[name] = example_tiles(found.patches.numpy(), found.values.isfinite().numpy())
-            images[layer_tag(EXAMPLES, name)] = examples_grid(examples.weights[name].numpy(), examples.rgb[name], tiles[name])
+            values = found.values.numpy()
+            tiles[name] = example_tiles(found.patches.numpy(), np.isfinite(values), found.boxes.numpy())
+            weight = examples.weights[name].numpy()
+            images[layer_tag(EXAMPLES, name)] = examples_grid(weight, examples.rgb[name], tiles[name], values)
         # The history keeps the same tiles, so that the report draws what the loggers showed.
         history = (examples_history_file(examples.step, examples.layers, tiles),) if context.keeps_history else ()
         return Rendered(examples.step, images=images, history=history)

@@ -1,0 +1,23 @@
+"""Text in pictures: Pillow's built-in bitmap font, as a mask of inked pixels.
+
+NumPy and Pillow only, for the writer thread and the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["text_mask"]
+
+
+def text_mask(text: str) -> np.ndarray:
+    """``text`` in Pillow's built-in font: an ``(H, W)`` ``bool`` array, ``True`` where inked."""
+    from PIL import Image as PILImage, ImageDraw, ImageFont
+
+    # The built-in bitmap font: crisp at one size, so its pixels need no anti-aliasing
+    # (Pillow 10.1 and later name it apart from the scalable default).
+    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+    right, bottom = (int(edge) for edge in font.getbbox(text)[2:])
+    mask = PILImage.new("L", (max(right, 1), max(bottom, 1)))
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    return np.asarray(mask) >= 128
