@@ -273,13 +273,13 @@ def test_the_report_shows_a_filters_examples_at_each_validation_run(tmp_path):
 
 
 class NoMaximum(torch.Tensor):
-    """A tensor type without a maximum, as a tensor subclass may lack an op: ``amax`` raises,
-    every other op works and gives this type again."""
+    """A tensor type without a maximum, as a tensor subclass may lack an op: ``amax`` and
+    ``max`` raise, every other op works and gives this type again."""
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "amax":
-            raise RuntimeError("no amax for this tensor type")
+        if getattr(func, "__name__", "") in ("amax", "max"):
+            raise RuntimeError("no maximum for this tensor type")
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
@@ -311,7 +311,7 @@ def test_a_failure_while_collecting_costs_the_examples_not_the_run(where, tmp_pa
     if where == "inside the forward":
         model = ValidatesOnTensorsWithoutMaximum(planted_detector(), lr=0.0)
         monitor = FilterMonitor(probe_size=4, examples_k=K)
-        cause = "RuntimeError: no amax for this tensor type"
+        cause = "RuntimeError: no maximum for this tensor type"
     else:
         model = Classifier(planted_detector(), lr=0.0)
         monitor = FilterMonitor(probe_size=4, examples_k=K, batch_key=images_of_the_probe_only(failures))
