@@ -818,9 +818,9 @@ class PhaseClock(Callback):
         return statistics.median(self.steps)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.monitor is not None:  # the monitor's on_train_start has just given its engine this run's publisher
-            publisher = self.monitor.engine._delivery.publisher
-            publisher.publish_examples = self._drawn(publisher.publish_examples)
+        if self.monitor is not None:  # the writer thread keeps, draws and writes each validation run's examples here
+            delivery = self.monitor.engine._delivery
+            delivery._keep_and_publish_examples = self._drawn(delivery._keep_and_publish_examples)
         self._wait_for_writer()  # the first snapshot
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
