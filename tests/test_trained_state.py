@@ -119,3 +119,29 @@ def test_a_later_end_takes_one_more_snapshot_with_every_view(tmp_path):
     for view in ("weights", "responses", "drift_strip", "filmstrip"):
         assert (tmp_path / view / "0" / "step_00000025.png").exists(), view
     assert not (tmp_path / "responses" / "0" / "step_00000020.png").exists()
+
+
+def test_the_last_look_completes_the_last_snapshots_history_file_with_the_trained_maps(tmp_path):
+    from lightning_filterviz import load_history
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    probe = torch.rand(2, 3, 8, 8)
+    history = tmp_path / "history"
+    visualizer = FilterVisualizer(RecordingSink(), history_dir=str(history), views_every=100)
+    for step in (0, 10, 20):
+        visualizer.snapshot(model, probe, step)
+    visualizer.flush()
+    before = load_history(history / "step_00000020.npz")
+    assert "0/maps" not in before  # the 3rd snapshot does not draw the views
+    visualizer.finish(20, model, probe)
+    visualizer.close()
+
+    files = sorted(path.name for path in history.iterdir())
+    assert files == ["step_00000000.npz", "step_00000010.npz", "step_00000020.npz"]  # no copy, nothing half-written
+    after = load_history(history / "step_00000020.npz")
+    with torch.no_grad():
+        trained_maps = model(probe)[0].numpy().astype(np.float16)
+    np.testing.assert_array_equal(after["0/maps"], trained_maps)
+    assert set(after) == set(before) | {"0/maps"}
+    for key, value in before.items():  # the statistics are the snapshot's own
+        np.testing.assert_array_equal(after[key], value, err_msg=key)

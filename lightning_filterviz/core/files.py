@@ -10,6 +10,9 @@ then linked into place under a name no file holds yet, so that
   number, ``step_00000010-2.npz``, ``step_00000010-3.npz``, ...;
 - a write that fails (a full disk) leaves no partial file behind.
 
+:func:`replace_own_file` is the one exception: it replaces, whole, a file the caller wrote
+itself earlier with :func:`write_new_file`.
+
 :func:`copy_order` sorts such names back into the order they were written. Pure Python.
 """
 
@@ -22,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["copy_order", "partial_path", "write_new_file"]
+__all__ = ["copy_order", "partial_path", "replace_own_file", "write_new_file"]
 
 # ``<stem>-<copy><suffix>``: the name a file gets when ``<stem><suffix>`` is taken.
 _COPY = re.compile(r"^(?P<stem>.*?)(?:-(?P<copy>[2-9]|[1-9]\d+))?(?P<suffix>\.[^.]*)?$")
@@ -59,6 +62,23 @@ def write_new_file(path: Union[str, os.PathLike], data: Data) -> Path:
     finally:
         # Linked into place, failed, or renamed by the fallback: the partial name goes either way.
         _remove(partial)
+
+
+def replace_own_file(path: Union[str, os.PathLike], data: Data) -> Path:
+    """Replace ``path``, a file the caller wrote itself, with ``data``; a reader sees the old
+    file or the new one, whole, never half of either.
+
+    Raises:
+        OSError: if it cannot be written; no partial file is left behind and ``path`` is unchanged.
+    """
+    target = Path(path)
+    partial = partial_path(target)
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    finally:
+        _remove(partial)
+    return target
 
 
 def partial_path(path: Union[str, os.PathLike]) -> Path:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
 
-from lightning_filterviz.core.files import copy_order, write_new_file
+from lightning_filterviz.core.files import copy_order, replace_own_file, write_new_file
 from lightning_filterviz.core.filters import displayed_filters
 from lightning_filterviz.core.records import HistoryFile
 
@@ -84,9 +84,10 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
     ``<layer>/out_channels`` and, where the probe saw the conv's activation (or, for a conv
     without one, its output through normalization), ``<layer>/channel_mean_abs``,
     ``<layer>/dormant``, (with an activation) ``<layer>/channel_max``, (ReLU family)
-    ``<layer>/dead`` and, in the snapshots that draw the views (the first and every ``views_every``-th),
-    ``<layer>/maps`` (the first probe image's feature maps, float16): they are most of
-    a file's bytes, and the statistics are what a run's history is read for.
+    ``<layer>/dead`` and, in the snapshots that draw the views (the first and every ``views_every``-th)
+    and in the trained model's last look at the end of a run, ``<layer>/maps`` (the first
+    probe image's feature maps, float16): they are most of a file's bytes, and the
+    statistics are what a run's history is read for.
     """
     arrays: dict[str, np.ndarray] = {
         "format": np.array(HISTORY_FORMAT),
@@ -119,18 +120,29 @@ def snapshot_history_file(snapshot: Snapshot, drawn: Optional[Mapping[str, np.nd
     return HistoryFile(f"step_{snapshot.step:08d}.npz", history_arrays(snapshot, drawn))
 
 
-def write_history_file(directory: Union[str, os.PathLike], file: HistoryFile) -> Path:
+def write_history_file(
+    directory: Union[str, os.PathLike], file: HistoryFile, own: Optional[Path] = None
+) -> Path:
     """Save ``file`` in ``directory`` (created when missing), whole or not at all: it is built
     in memory (one write instead of a seek per array) and linked into place, so a reader
     never sees half of one, and never over another file.
 
+    Args:
+        directory: the history directory.
+        file: what to save.
+        own: for a file that ``completes`` the one saved under its name, the path this run
+            saved that one at (it may be a copy, ``step_00000010-2.npz``): it is replaced,
+            whole. ``None``: the file is saved as a new one.
+
     Returns:
-        The path written: ``<directory>/<file.name>``, or, when that name was taken, the
-        first free copy of it (``step_00000010-2.npz``).
+        The path written: ``own``, or ``<directory>/<file.name>``, or, when that name was
+        taken, the first free copy of it (``step_00000010-2.npz``).
 
     Raises:
         OSError: if it cannot be written; no partial file is left behind.
     """
+    if own is not None:
+        return replace_own_file(own, _npz_bytes(file.arrays))
     return _write_whole(Path(directory) / file.name, file.arrays)
 
 
@@ -196,9 +208,13 @@ def examples_history_file(step: int, examples: Mapping[str, Any], tiles: Mapping
 
 def _write_whole(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
     # A file appears whole or not at all: built in memory, then written and linked into place.
+    return write_new_file(path, _npz_bytes(arrays))
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> memoryview:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # keys are array names
-    return write_new_file(path, buffer.getbuffer())
+    return buffer.getbuffer()
 
 
 def _step_then_copy(path: Path) -> tuple[int, int, str]:

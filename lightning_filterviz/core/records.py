@@ -311,10 +311,14 @@ class HistoryFile(_Frozen):
     Attributes:
         name: the file's name in the history directory.
         arrays: array name -> array.
+        completes: whether it takes the place of the file this run saved under ``name``
+            (the trained model's last look adds the feature maps to the last snapshot's
+            file); a name this run has not saved is written as a new file.
     """
 
     name: str
     arrays: Mapping[str, np.ndarray] = field(default_factory=_no_entries)
+    completes: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class Publisher(RebuiltWhenUnpickled):
         # What went on writing but should be told, such as a file saved beside one of the same name.
         self._notices: collections.deque[str] = collections.deque()
         self._history_copied = False
+        # Where this run saved each history file, for a file that completes one (see HistoryFile).
+        self._saved_at: dict[str, Path] = {}
         self._told_of_copies = False
         # Held while a snapshot is written, so that what fails in one snapshot is told in one message.
         self._writing = threading.Lock()
@@ -102,11 +104,13 @@ class Publisher(RebuiltWhenUnpickled):
         if self.history_dir is None:  # a history write failed earlier in this run
             return
         try:
-            written = write_history_file(self.history_dir, file)
+            own = self._saved_at.get(file.name) if file.completes else None
+            written = write_history_file(self.history_dir, file, own=own)
         except Exception as error:  # the images and scalars still go to the loggers
             self._failures.append((f"the history files in {self.history_dir}", error))
             self.history_dir = None
             return
+        self._saved_at[file.name] = written
         if written.name != file.name and not self._history_copied:  # noted for the first file, not each
             self._history_copied = True
             self._notices.append(f"the history files in {self.history_dir} ({file.name} saved as {written.name})")
