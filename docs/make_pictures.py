@@ -161,18 +161,32 @@ def screenshot_report(chromium: str, log_dir: Path, workdir: Path) -> None:
 def screenshot_tensorboard(chromium: str, log_dir: Path, workdir: Path) -> None:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir), "--port", str(port),
+        # Started in the run's logger directory with a relative --logdir, so that the page
+        # shows the run as a user's own would be shown ("example/version_0"), not a temporary path.
+        [sys.executable, "-m", "tensorboard.main", "--logdir", "lightning_logs", "--port", str(port),
          "--host", "127.0.0.1", "--samples_per_plugin", "images=1000"],
+        cwd=prepare_logdir(log_dir, workdir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(port, seconds=60)
-        url = f"http://127.0.0.1:{port}/?tagFilter=net.0#images"
+        url = f"http://127.0.0.1:{port}/#images&tagFilter=weights"  # the README's way to find the filters
         shoot(chromium, url, workdir, "tensorboard.png", size=(1400, 1000), budget_ms=20000)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def prepare_logdir(log_dir: Path, workdir: Path) -> Path:
+    """A directory holding ``lightning_logs/<run>`` as a link to the run, for TensorBoard's --logdir."""
+    shown = workdir / "shown"
+    (shown / "lightning_logs").mkdir(parents=True, exist_ok=True)
+    link = shown / "lightning_logs" / log_dir.parent.name / log_dir.name
+    link.parent.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(log_dir, target_is_directory=True)
+    return shown
 
 
 def shoot(chromium: str, url: str, workdir: Path, name: str, size: tuple[int, int], budget_ms: int = 5000) -> None:
