@@ -154,7 +154,11 @@ def save_dead_filter_grid(log_dir: Path) -> None:
 def screenshot_report(chromium: str, log_dir: Path, workdir: Path) -> None:
     from lightning_filterviz.report.build import build_report
 
-    page = build_report(log_dir, workdir / "report.html")
+    import contextlib
+
+    # Given as a relative path, so that the page's title names the run as a user's own would.
+    with contextlib.chdir(prepare_logdir(log_dir, workdir)):
+        page = build_report(Path("lightning_logs", log_dir.parent.name, log_dir.name), workdir / "report.html")
     shoot(chromium, page.as_uri(), workdir, "report.png", size=(1200, 1600))
 
 

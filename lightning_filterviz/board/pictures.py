@@ -1,0 +1,92 @@
+"""The Filters tab's pictures of one filter: sprites of frames laid out in rows, as PNG.
+
+Each frame is drawn by the renderer that draws the run's own images
+(:mod:`lightning_filterviz.drawing.render`) and cut out of the grid it draws, so a filter's
+frame at a step has the pixels of its tile in that step's TensorBoard image (filters
+normalized per filter, the default ``weight_normalization``; feature maps on the layer's
+range, from the history's first probe image). NumPy only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from lightning_filterviz.core.tiles import FRAME_PIXELS, GRID_PADDING, square_columns, tile_origin
+from lightning_filterviz.drawing import render
+
+__all__ = ["Sprite", "examples_sprite", "maps_sprite", "weights_sprite"]
+
+# Frames per row of a sprite: a long run's timeline wraps instead of growing one row wide.
+SPRITE_COLUMNS = 50
+WHITE = 255
+
+
+class Sprite:
+    """Frames of one size laid out left to right, then top to bottom, without gaps.
+
+    Attributes:
+        image: the ``(H, W, 3)`` ``uint8`` pixels.
+        tile: a frame's ``(height, width)``.
+        columns: frames per row.
+    """
+
+    def __init__(self, frames: Sequence[np.ndarray], columns: int) -> None:
+        height, width = frames[0].shape[:2]
+        rows = -(-len(frames) // columns)
+        image = np.full((rows * height, min(columns, len(frames)) * width, 3), WHITE, dtype=np.uint8)
+        for index, frame in enumerate(frames):
+            row, column = divmod(index, columns)
+            image[row * height : (row + 1) * height, column * width : (column + 1) * width] = frame
+        self.image = image
+        self.tile = (height, width)
+        self.columns = columns
+
+
+def weights_sprite(filters: np.ndarray) -> Sprite:
+    """One filter at each snapshot: ``filters`` is ``(snapshots, c, h, w)``, its drawn part."""
+    return Sprite([_weight_tile(frame) for frame in filters], SPRITE_COLUMNS)
+
+
+def maps_sprite(layer_maps: Sequence[np.ndarray], channel: int, signed: bool) -> Sprite:
+    """One channel's feature map at each snapshot that kept them, on that snapshot's layer
+    range: ``layer_maps`` holds each snapshot's ``(channels, H, W)`` maps."""
+    return Sprite([_map_tile(maps, channel, signed) for maps in layer_maps], SPRITE_COLUMNS)
+
+
+def examples_sprite(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Sprite:
+    """One row per validation run of its ``(patches (k, h, w, 3), values (k,))``; a rank the
+    filter had no example for (value ``-inf``) stays white."""
+    frames = []
+    for patches, values in runs:
+        for patch, value in zip(patches, values):
+            frames.append(patch if np.isfinite(value) else np.full_like(patch, WHITE))
+    return Sprite(frames, max(len(patches) for patches, _ in runs))
+
+
+def _weight_tile(filter_frame: np.ndarray) -> np.ndarray:
+    # Drawn as a grid of one, so that its pixels are those of its tile in the layer's grid.
+    return _cut_tile(_rgb(render.weight_grid(filter_frame[None])), 0, columns=1, rows=1)
+
+
+def _map_tile(maps: np.ndarray, channel: int, signed: bool) -> np.ndarray:
+    grid = _rgb(
+        render.activation_grid(maps[None], colormap=render.SIGNED_COLORMAP if signed else "viridis", signed=signed)
+    )
+    columns = square_columns(len(maps))
+    return _cut_tile(grid, channel, columns=columns, rows=-(-len(maps) // columns))
+
+
+def _cut_tile(grid: np.ndarray, index: int, columns: int, rows: int) -> np.ndarray:
+    """Tile ``index`` of a grid of framed tiles laid out by
+    :func:`~lightning_filterviz.core.tiles.tile_grid`, without its frame."""
+    tile_height = (grid.shape[0] - GRID_PADDING) // rows - GRID_PADDING - 2 * FRAME_PIXELS
+    tile_width = (grid.shape[1] - GRID_PADDING) // columns - GRID_PADDING - 2 * FRAME_PIXELS
+    top, left = tile_origin(index, tile_height, tile_width, columns)
+    return grid[top : top + tile_height, left : left + tile_width]
+
+
+def _rgb(image: object) -> np.ndarray:
+    to_rgb = getattr(image, "to_rgb", None)
+    return np.asarray(to_rgb() if to_rgb is not None else image)

@@ -1,0 +1,313 @@
+"""The Filters tab's server side: routes under ``data/plugin/filterviz/`` of TensorBoard.
+
+The data comes from each run's history files (:mod:`lightning_filterviz.board.run_history`),
+not from the event files, so the tab sees every snapshot (TensorBoard keeps a sample of each
+image tag) with both of TensorBoard's data loaders. Only runs that TensorBoard itself lists
+are served: a run named in a request must be one of them, and its history directory is the
+one under that run's own directory (or the one its history note names), so no path taken
+from a URL reaches the file system. Routes and their answers: see :meth:`get_plugin_apps`.
+NumPy only: no torch is imported into TensorBoard.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+from tensorboard import context as tb_context
+from tensorboard import plugin_util
+from tensorboard.backend import http_util
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from lightning_filterviz.board import pictures
+from lightning_filterviz.board.run_history import LayerSeries, RunHistory
+from lightning_filterviz.core.history import HISTORY_POINTER, history_dir_of
+from lightning_filterviz.core.png import encode_png
+
+__all__ = ["PLUGIN_NAME", "FilterVizPlugin"]
+
+PLUGIN_NAME = "filterviz"
+# Sprites drawn lately, by what they show: a page polls the same filter while a run trains.
+SPRITES_KEPT = 32
+# A WSGI application: (environ, start_response) -> the body's chunks.
+WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
+Sprite = tuple[bytes, tuple[int, int], int]  # PNG bytes, a frame's (height, width), frames per row
+
+
+class FilterVizPlugin(base_plugin.TBPlugin):
+    """The "Filters" tab: every filter of a run's watched convs over every snapshot.
+
+    Args:
+        context: TensorBoard's :class:`~tensorboard.plugins.base_plugin.TBContext`.
+    """
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        # Nothing is read here: TensorBoard builds every plugin at its start.
+        self._logdir = Path(context.logdir) if context.logdir else None
+        self._data_provider = context.data_provider
+        self._histories: dict[Path, RunHistory] = {}
+        self._sprites: collections.OrderedDict[tuple[Any, ...], Sprite] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_plugin_apps(self) -> dict[str, WSGIApp]:
+        """The routes: ``index.js`` (the page), ``runs``, ``layer?run=&layer=``,
+        ``filter?run=&layer=&filter=`` (JSON) and ``weights.png``, ``maps.png``,
+        ``examples.png`` with the same arguments as ``filter`` (sprites of its frames)."""
+        routes = {
+            "/index.js": self._serve_page,
+            "/runs": self._serve_runs,
+            "/layer": self._serve_layer,
+            "/filter": self._serve_filter,
+            "/weights.png": self._serve_weights,
+            "/maps.png": self._serve_maps,
+            "/examples.png": self._serve_examples,
+        }
+        return {route: _wsgi(handle) for route, handle in routes.items()}
+
+    def is_active(self) -> bool:
+        """Whether a run TensorBoard lists has monitor history (a few ``stat`` calls per run)."""
+        runs = self._listed_runs(tb_context.RequestContext(), "")
+        return any(self._history_dir_of(run) is not None for run in runs)
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Filters")
+
+    def _serve_page(self, request: wrappers.Request) -> wrappers.Response:
+        page = resources.files("lightning_filterviz.board").joinpath("static/index.js").read_bytes()
+        return http_util.Respond(request, page, "text/javascript")
+
+    def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
+        runs = []
+        for run in sorted(self._request_runs(request)):
+            history = self._history_of(run)
+            if history is None:
+                continue
+            steps = history.steps()
+            if steps:
+                runs.append({"run": run, "layers": list(history.layers()), "snapshots": len(steps), "last_step": steps[-1]})
+        return _json(request, {"runs": runs})
+
+    def _serve_layer(self, request: wrappers.Request) -> wrappers.Response:
+        return self._answer(request, self._layer_answer)
+
+    def _serve_filter(self, request: wrappers.Request) -> wrappers.Response:
+        return self._answer(request, self._filter_answer)
+
+    def _serve_weights(self, request: wrappers.Request) -> wrappers.Response:
+        return self._answer(request, self._weights_png)
+
+    def _serve_maps(self, request: wrappers.Request) -> wrappers.Response:
+        return self._answer(request, self._maps_png)
+
+    def _serve_examples(self, request: wrappers.Request) -> wrappers.Response:
+        return self._answer(request, self._examples_png)
+
+    def _answer(self, request: wrappers.Request, make: Callable[[wrappers.Request], wrappers.Response]) -> wrappers.Response:
+        try:
+            return make(request)
+        except _RequestError as error:
+            return _json(request, {"error": str(error)}, code=error.code)
+
+    def _layer_answer(self, request: wrappers.Request) -> wrappers.Response:
+        run, layer, series = self._series(request)
+        answer = {"run": run, "layer": layer, "out_channels": series.out_channels, "drawn": series.drawn}
+        answer.update(_rows(series))
+        answer["maps_steps"] = list(series.maps_steps)
+        answer["examples_steps"] = [step for step, _, _ in self._history(run).examples(layer, 0)]
+        return _json(request, answer)
+
+    def _filter_answer(self, request: wrappers.Request) -> wrappers.Response:
+        run, layer, series = self._series(request)
+        channel = _filter_of(request, series)
+        answer: dict[str, Any] = {"run": run, "layer": layer, "filter": channel}
+        answer.update({key: values[channel] for key, values in _rows(series).items() if key != "steps"})
+        answer["steps"] = list(series.steps)
+        query = f"run={_quoted(run)}&layer={_quoted(layer)}&filter={channel}"
+        weights = self._sprite_of(run, layer, channel, "weights", series)
+        answer["weights"] = _sprite_answer(f"weights.png?{query}", series.steps, weights) if weights else None
+        maps = self._sprite_of(run, layer, channel, "maps", series)
+        answer["maps"] = _sprite_answer(f"maps.png?{query}", series.maps_steps, maps) if maps else None
+        examples = self._history(run).examples(layer, channel)
+        sprite = self._sprite_of(run, layer, channel, "examples", series, examples)
+        steps = tuple(step for step, _, _ in examples)
+        answer["examples"] = _sprite_answer(f"examples.png?{query}", steps, sprite) if sprite else None
+        return _json(request, answer)
+
+    def _weights_png(self, request: wrappers.Request) -> wrappers.Response:
+        return self._png(request, "weights")
+
+    def _maps_png(self, request: wrappers.Request) -> wrappers.Response:
+        return self._png(request, "maps")
+
+    def _examples_png(self, request: wrappers.Request) -> wrappers.Response:
+        return self._png(request, "examples")
+
+    def _png(self, request: wrappers.Request, kind: str) -> wrappers.Response:
+        run, layer, series = self._series(request)
+        channel = _filter_of(request, series)
+        examples = self._history(run).examples(layer, channel) if kind == "examples" else None
+        sprite = self._sprite_of(run, layer, channel, kind, series, examples)
+        if sprite is None:
+            raise _RequestError(404, f"the history of run {run!r} has no {kind} for filter {channel} of {layer!r}")
+        return http_util.Respond(request, sprite[0], "image/png")
+
+    def _sprite_of(
+        self,
+        run: str,
+        layer: str,
+        channel: int,
+        kind: str,
+        series: LayerSeries,
+        examples: Optional[list[tuple[int, np.ndarray, np.ndarray]]] = None,
+    ) -> Optional[Sprite]:
+        """``(png, tile, columns)`` of a filter's sprite of ``kind``, or ``None`` when the
+        history has no frame of it; kept for as long as its frames are the same."""
+        shown = {"weights": series.steps, "maps": series.maps_steps}.get(kind)
+        steps = shown if shown is not None else tuple(step for step, _, _ in examples or ())
+        key = (run, layer, channel, kind, steps)
+        with self._lock:
+            if key in self._sprites:
+                self._sprites.move_to_end(key)
+                return self._sprites[key]
+        sprite = self._draw(run, layer, channel, kind, series, examples)
+        if sprite is None:
+            return None
+        kept = (encode_png(sprite.image), sprite.tile, sprite.columns)
+        with self._lock:
+            self._sprites[key] = kept
+            while len(self._sprites) > SPRITES_KEPT:
+                self._sprites.popitem(last=False)
+        return kept
+
+    def _draw(
+        self,
+        run: str,
+        layer: str,
+        channel: int,
+        kind: str,
+        series: LayerSeries,
+        examples: Optional[list[tuple[int, np.ndarray, np.ndarray]]],
+    ) -> Optional[pictures.Sprite]:
+        if kind == "weights":
+            return pictures.weights_sprite(series.filters[:, channel]) if channel < series.drawn else None
+        if kind == "maps":
+            kept = self._history(run).maps(layer, channel)
+            return pictures.maps_sprite([maps for _, _, maps in kept], channel, series.signed) if kept else None
+        runs = [(patches, values) for _, patches, values in examples or ()]
+        return pictures.examples_sprite(runs) if runs else None
+
+    def _series(self, request: wrappers.Request) -> tuple[str, str, LayerSeries]:
+        run = _argument(request, "run")
+        if run not in self._request_runs(request):
+            raise _RequestError(404, f"no run {run!r} in this TensorBoard")
+        history = self._history_of(run)
+        if history is None:
+            raise _RequestError(404, f"run {run!r} has no filterviz history")
+        layer = _argument(request, "layer")
+        series = history.layer(layer) if layer in history.layers() else None
+        if series is None:
+            raise _RequestError(404, f"the history of run {run!r} has no layer {layer!r}")
+        return run, layer, series
+
+    def _history(self, run: str) -> RunHistory:
+        history = self._history_of(run)
+        assert history is not None  # checked by _series before
+        return history
+
+    def _history_of(self, run: str) -> Optional[RunHistory]:
+        directory = self._history_dir_of(run)
+        if directory is None:
+            return None
+        with self._lock:
+            if directory not in self._histories:
+                self._histories[directory] = RunHistory(directory)
+            return self._histories[directory]
+
+    def _history_dir_of(self, run: str) -> Optional[Path]:
+        """The history of a run TensorBoard listed: under the run's directory, or where the
+        note the monitor left there says (its history went beside another logger's files)."""
+        if self._logdir is None:
+            return None
+        run_dir = self._logdir / run
+        own = history_dir_of(run_dir)
+        if own.is_dir():
+            return own
+        try:
+            pointed = Path((run_dir / HISTORY_POINTER).read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            return None
+        return pointed if pointed.is_absolute() and pointed.is_dir() else None
+
+    def _request_runs(self, request: wrappers.Request) -> set[str]:
+        return self._listed_runs(plugin_util.context(request.environ), plugin_util.experiment_id(request.environ))
+
+    def _listed_runs(self, ctx: Any, experiment_id: str) -> set[str]:
+        return {run.run_name for run in self._data_provider.list_runs(ctx, experiment_id=experiment_id)}
+
+
+class _RequestError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _wsgi(handle: Callable[[wrappers.Request], wrappers.Response]) -> WSGIApp:
+    def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return handle(wrappers.Request(environ))(environ, start_response)
+
+    return application
+
+
+def _argument(request: wrappers.Request, name: str) -> str:
+    value = request.args.get(name)
+    if not value:
+        raise _RequestError(400, f"missing argument {name!r}")
+    return str(value)
+
+
+def _filter_of(request: wrappers.Request, series: LayerSeries) -> int:
+    text = _argument(request, "filter")
+    if not text.isdigit() or int(text) >= series.out_channels:
+        raise _RequestError(400, f"filter must be a number from 0 to {series.out_channels - 1}, got {text!r}")
+    return int(text)
+
+
+def _rows(series: LayerSeries) -> dict[str, Any]:
+    return {
+        "steps": list(series.steps),
+        "state": series.state.tolist(),
+        "drift": _json_rows(series.drift),
+        "norm_ratio": _json_rows(series.norm_ratio),
+        "mean_activation": _json_rows(series.mean_activation),
+        "dormant_score": _json_rows(series.dormant_score),
+    }
+
+
+def _json_rows(table: np.ndarray) -> list[list[Optional[float]]]:
+    """Rows of floats with 6 significant digits (a short JSON number) and ``None`` for NaN."""
+    rounded = np.asarray([float(f"{value:.6g}") for value in table.ravel().tolist()], dtype=object)
+    rounded[~np.isfinite(table.ravel())] = None
+    return rounded.reshape(table.shape).tolist()
+
+
+def _sprite_answer(url: str, steps: tuple[int, ...], sprite: Sprite) -> dict[str, Any]:
+    _, tile, columns = sprite
+    return {"url": url, "steps": list(steps), "tile": list(tile), "columns": columns}
+
+
+def _quoted(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _json(request: wrappers.Request, answer: dict[str, Any], code: int = 200) -> wrappers.Response:
+    return http_util.Respond(request, json.dumps(answer, allow_nan=False), "application/json", code=code)

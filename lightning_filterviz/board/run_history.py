@@ -1,0 +1,278 @@
+"""One run's history as the Filters tab reads it: read while training writes it, kept per layer.
+
+A run's history directory gains a file per snapshot (see :mod:`lightning_filterviz.core.history`).
+:class:`RunHistory` lists the directory on each request and reads only what it has not read
+yet: a file is known by its path, size and modification time, so a new snapshot is read once
+and a file replaced in place (the end of ``fit`` completes the last one with its feature maps)
+is read again. A layer's statistics and filters are read on its first request, one file open
+per snapshot, and kept; feature maps and dataset examples, the larger arrays, are read when a
+filter's page asks for them. A file that cannot be read (damaged, or not a history file) is
+left out and tried again once it changes. NumPy only: TensorBoard imports this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from lightning_filterviz.core.history import EXAMPLES_PATTERN, HISTORY_FORMAT, HISTORY_PATTERN, history_files
+
+__all__ = ["DEAD", "DORMANT", "ALIVE", "UNKNOWN", "LayerSeries", "RunHistory"]
+
+# A filter's state at a snapshot, as the layer map colours it.
+UNKNOWN, ALIVE, DORMANT, DEAD = -1, 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _FileKey:
+    size: int
+    modified_ns: int
+
+
+@dataclass
+class _LayerOfSnapshot:
+    """One layer's small arrays in one snapshot file."""
+
+    out_channels: int
+    filters: np.ndarray
+    drift: Optional[np.ndarray]
+    norm_ratio: Optional[np.ndarray]
+    mean_activation: Optional[np.ndarray]
+    dormant: Optional[np.ndarray]
+    dead: Optional[np.ndarray]
+    has_maps: bool
+    signed: bool
+
+
+@dataclass
+class _SnapshotFile:
+    key: _FileKey
+    step: int
+    layers: tuple[str, ...]
+    read: dict[str, Optional[_LayerOfSnapshot]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerSeries:
+    """One layer over a run's snapshots: ``(out_channels, snapshots)`` arrays, NaN where a
+    snapshot has no such value.
+
+    Attributes:
+        steps: the snapshots' steps, ascending.
+        out_channels: the conv's filters.
+        drawn: filters ``0 .. drawn - 1`` have their weights in the history (``max_filters``).
+        state: :data:`ALIVE`, :data:`DORMANT`, :data:`DEAD` or :data:`UNKNOWN` (no activation statistics).
+        drift: 1 - cosine to each filter's first weights.
+        norm_ratio: each filter's norm over its first one.
+        mean_activation: mean ``|activation|`` on the probe.
+        dormant_score: ReDo's score, the mean ``|activation|`` over the layer's average.
+        filters: ``(snapshots, drawn, c, h, w)``, the drawn part of each filter.
+        maps_steps: the steps whose file kept the feature maps.
+        signed: whether the maps are a conv's output before any activation (drawn around zero).
+    """
+
+    steps: tuple[int, ...]
+    out_channels: int
+    drawn: int
+    state: np.ndarray
+    drift: np.ndarray
+    norm_ratio: np.ndarray
+    mean_activation: np.ndarray
+    dormant_score: np.ndarray
+    filters: np.ndarray
+    maps_steps: tuple[int, ...]
+    signed: bool
+
+
+class RunHistory:
+    """A run's history directory, read incrementally; safe to use from several request threads.
+
+    Args:
+        directory: the run's history directory (``<log_dir>/filterviz/history``).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._snapshots: dict[Path, _SnapshotFile] = {}
+        self._lock = threading.Lock()
+
+    def layers(self) -> tuple[str, ...]:
+        """The watched convs, in the order of the latest snapshot that names them."""
+        with self._lock:
+            snapshots = self._refreshed()
+        names: dict[str, None] = {}
+        for snapshot in snapshots:
+            names.update(dict.fromkeys(snapshot.layers))
+        return tuple(names)
+
+    def steps(self) -> tuple[int, ...]:
+        """The readable snapshots' steps, ascending."""
+        with self._lock:
+            return tuple(snapshot.step for snapshot in self._refreshed())
+
+    def layer(self, name: str) -> Optional[LayerSeries]:
+        """``name`` over every snapshot that has it, or ``None`` when none has."""
+        with self._lock:
+            found = [(s.step, path, self._layer_of(path, s, name)) for path, s in self._refreshed_items()]
+        present = [(step, path, layer) for step, path, layer in found if layer is not None]
+        if not present:
+            return None
+        return _series([step for step, _, _ in present], [layer for _, _, layer in present])
+
+    def maps(self, name: str, channel: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Per snapshot that kept ``name``'s feature maps: ``(step, the channel's map, the
+        layer's maps)`` as float32 (the layer's, to draw the channel on the layer's range)."""
+        with self._lock:
+            kept = [(path, s.step) for path, s in self._refreshed_items() if _kept_maps(self._layer_of(path, s, name))]
+        found = []
+        for path, step in kept:
+            maps = _read_arrays(path, (f"{name}/maps",)).get(f"{name}/maps")
+            if maps is not None and 0 <= channel < len(maps):
+                layer_maps = maps.astype(np.float32)
+                found.append((step, layer_maps[channel], layer_maps))
+        return found
+
+    def examples(self, name: str, channel: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Per validation run with dataset examples of ``name``: ``(step, the filter's drawn
+        examples (k, h, w, 3) uint8, their values (k,))``."""
+        found = []
+        for path in history_files(self.directory, EXAMPLES_PATTERN):
+            arrays = _read_arrays(path, ("step", f"{name}/patches", f"{name}/values"))
+            patches, values = arrays.get(f"{name}/patches"), arrays.get(f"{name}/values")
+            if patches is None or values is None or not 0 <= channel < len(patches):
+                continue
+            found.append((int(arrays["step"]), patches[channel], values[channel]))
+        return found
+
+    def _refreshed_items(self) -> list[tuple[Path, _SnapshotFile]]:
+        self._refreshed()
+        return sorted(self._snapshots.items(), key=lambda item: item[1].step)
+
+    def _refreshed(self) -> list[_SnapshotFile]:
+        """Bring the cache up to the directory: new and changed files read, gone ones dropped."""
+        present = {}
+        for path in history_files(self.directory, HISTORY_PATTERN):
+            key = _key_of(path)
+            if key is not None:
+                present[path] = key
+        for path in set(self._snapshots) - set(present):
+            del self._snapshots[path]
+        for path, key in present.items():
+            known = self._snapshots.get(path)
+            if known is None or known.key != key:
+                opened = _open_snapshot(path, key)
+                if opened is None:
+                    self._snapshots.pop(path, None)
+                else:
+                    self._snapshots[path] = opened
+        return sorted(self._snapshots.values(), key=lambda snapshot: snapshot.step)
+
+    def _layer_of(self, path: Path, snapshot: _SnapshotFile, name: str) -> Optional[_LayerOfSnapshot]:
+        if name not in snapshot.layers:
+            return None
+        if name not in snapshot.read:
+            snapshot.read[name] = _read_layer(path, name)
+        return snapshot.read[name]
+
+
+def _kept_maps(layer: Optional[_LayerOfSnapshot]) -> bool:
+    return layer is not None and layer.has_maps
+
+
+def _key_of(path: Path) -> Optional[_FileKey]:
+    try:
+        stat = path.stat()
+    except OSError:  # removed between the listing and now
+        return None
+    return _FileKey(stat.st_size, stat.st_mtime_ns)
+
+
+def _open_snapshot(path: Path, key: _FileKey) -> Optional[_SnapshotFile]:
+    arrays = _read_arrays(path, ("format", "step", "layers"))
+    if str(arrays.get("format", "")) != HISTORY_FORMAT or "step" not in arrays or "layers" not in arrays:
+        return None
+    return _SnapshotFile(key, int(arrays["step"]), tuple(str(name) for name in arrays["layers"]))
+
+
+def _read_layer(path: Path, name: str) -> Optional[_LayerOfSnapshot]:
+    keys = ("filters", "out_channels", "drift", "weight_norm_ratio", "channel_mean_abs", "channel_max", "dormant", "dead")
+    arrays = _read_arrays(path, tuple(f"{name}/{key}" for key in keys), listing=f"{name}/maps")
+    if f"{name}/filters" not in arrays or f"{name}/out_channels" not in arrays:
+        return None
+    return _LayerOfSnapshot(
+        out_channels=int(arrays[f"{name}/out_channels"]),
+        filters=arrays[f"{name}/filters"].astype(np.float32, copy=False),
+        drift=arrays.get(f"{name}/drift"),
+        norm_ratio=arrays.get(f"{name}/weight_norm_ratio"),
+        mean_activation=arrays.get(f"{name}/channel_mean_abs"),
+        dormant=arrays.get(f"{name}/dormant"),
+        dead=arrays.get(f"{name}/dead"),
+        has_maps=bool(arrays.get("listed")),
+        # Statistics without a channel maximum are of a conv's output before any activation.
+        signed=f"{name}/channel_mean_abs" in arrays and f"{name}/channel_max" not in arrays,
+    )
+
+
+def _read_arrays(path: Path, keys: tuple[str, ...], listing: Optional[str] = None) -> dict[str, np.ndarray]:
+    """The arrays of ``keys`` that ``path`` holds (none when it cannot be read); with
+    ``listing``, ``"listed"`` says whether the file holds that array (without reading it)."""
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            found = {key: data[key] for key in keys if key in data.files}
+            if listing is not None:
+                found["listed"] = np.array(listing in data.files)
+            return found
+    except (OSError, ValueError, EOFError, KeyError):  # damaged, half-copied, not an NPZ
+        return {}
+
+
+def _series(steps: list[int], layers: list[_LayerOfSnapshot]) -> LayerSeries:
+    out_channels = max(layer.out_channels for layer in layers)
+    drawn = min(len(layer.filters) for layer in layers)
+    count = len(layers)
+
+    def stacked(values: list[Optional[np.ndarray]]) -> np.ndarray:
+        table = np.full((out_channels, count), np.nan, dtype=np.float32)
+        for column, value in enumerate(values):
+            if value is not None:
+                table[: len(value), column] = value[:out_channels]
+        return table
+
+    mean_activation = stacked([layer.mean_activation for layer in layers])
+    state = np.full((out_channels, count), UNKNOWN, dtype=np.int8)
+    for column, layer in enumerate(layers):
+        if layer.mean_activation is None:
+            continue
+        state[:, column] = ALIVE
+        for indices, verdict in ((layer.dormant, DORMANT), (layer.dead, DEAD)):  # dead wins over dormant
+            if indices is not None:
+                state[indices[(indices >= 0) & (indices < out_channels)], column] = verdict
+    return LayerSeries(
+        steps=tuple(steps),
+        out_channels=out_channels,
+        drawn=drawn,
+        state=state,
+        drift=stacked([layer.drift for layer in layers]),
+        norm_ratio=stacked([layer.norm_ratio for layer in layers]),
+        mean_activation=mean_activation,
+        dormant_score=_dormant_scores(mean_activation),
+        filters=np.stack([layer.filters[:drawn] for layer in layers]),
+        maps_steps=tuple(step for step, layer in zip(steps, layers) if layer.has_maps),
+        signed=layers[-1].signed,
+    )
+
+
+def _dormant_scores(mean_activation: np.ndarray) -> np.ndarray:
+    """ReDo's score per snapshot (column), as the monitor computes it: a channel's mean
+    ``|h|`` over the layer's average of the finite ones; 0 for a layer that is all zeros."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        finite = np.where(np.isfinite(mean_activation), mean_activation, 0.0)
+        counts = np.isfinite(mean_activation).sum(axis=0)
+        layer_mean = np.where(counts > 0, finite.sum(axis=0) / np.maximum(counts, 1), np.nan)
+        scores = mean_activation / layer_mean
+    return np.where(layer_mean > 0, scores, np.where(np.isnan(mean_activation), np.nan, 0.0)).astype(np.float32)
+
