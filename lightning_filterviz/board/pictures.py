@@ -46,13 +46,18 @@ class Sprite:
 
 def weights_sprite(filters: np.ndarray) -> Sprite:
     """One filter at each snapshot: ``filters`` is ``(snapshots, c, h, w)``, its drawn part."""
-    return Sprite([_weight_tile(frame) for frame in filters], SPRITE_COLUMNS)
+    # One grid of every frame: each tile is normalized on its own, as in the layer's grid.
+    grid = _rgb(render.weight_grid(filters))
+    columns = square_columns(len(filters))
+    rows = -(-len(filters) // columns)
+    return Sprite([_cut_tile(grid, index, columns, rows) for index in range(len(filters))], SPRITE_COLUMNS)
 
 
 def maps_sprite(layer_maps: Sequence[np.ndarray], channel: int, signed: bool) -> Sprite:
     """One channel's feature map at each snapshot that kept them, on that snapshot's layer
     range: ``layer_maps`` holds each snapshot's ``(channels, H, W)`` maps."""
-    return Sprite([_map_tile(maps, channel, signed) for maps in layer_maps], SPRITE_COLUMNS)
+    colormap = render.SIGNED_COLORMAP if signed else "viridis"
+    return Sprite([render.activation_tile(maps, channel, colormap, signed) for maps in layer_maps], SPRITE_COLUMNS)
 
 
 def examples_sprite(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Sprite:
@@ -63,19 +68,6 @@ def examples_sprite(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Sprite:
         for patch, value in zip(patches, values):
             frames.append(patch if np.isfinite(value) else np.full_like(patch, WHITE))
     return Sprite(frames, max(len(patches) for patches, _ in runs))
-
-
-def _weight_tile(filter_frame: np.ndarray) -> np.ndarray:
-    # Drawn as a grid of one, so that its pixels are those of its tile in the layer's grid.
-    return _cut_tile(_rgb(render.weight_grid(filter_frame[None])), 0, columns=1, rows=1)
-
-
-def _map_tile(maps: np.ndarray, channel: int, signed: bool) -> np.ndarray:
-    grid = _rgb(
-        render.activation_grid(maps[None], colormap=render.SIGNED_COLORMAP if signed else "viridis", signed=signed)
-    )
-    columns = square_columns(len(maps))
-    return _cut_tile(grid, channel, columns=columns, rows=-(-len(maps) // columns))
 
 
 def _cut_tile(grid: np.ndarray, index: int, columns: int, rows: int) -> np.ndarray:

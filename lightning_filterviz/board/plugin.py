@@ -88,11 +88,10 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         runs = []
         for run in sorted(self._request_runs(request)):
             history = self._history_of(run)
-            if history is None:
-                continue
-            steps = history.steps()
-            if steps:
-                runs.append({"run": run, "layers": list(history.layers()), "snapshots": len(steps), "last_step": steps[-1]})
+            summary = history.summary() if history is not None else None
+            if summary is not None:
+                layers, snapshots, last_step = summary
+                runs.append({"run": run, "layers": list(layers), "snapshots": snapshots, "last_step": last_step})
         return _json(request, {"runs": runs})
 
     def _serve_layer(self, request: wrappers.Request) -> wrappers.Response:
@@ -121,15 +120,14 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         answer = {"run": run, "layer": layer, "out_channels": series.out_channels, "drawn": series.drawn}
         answer.update(_rows(series))
         answer["maps_steps"] = list(series.maps_steps)
-        answer["examples_steps"] = [step for step, _, _ in self._history(run).examples(layer, 0)]
+        answer["examples_steps"] = list(self._history(run).examples_steps(layer))
         return _json(request, answer)
 
     def _filter_answer(self, request: wrappers.Request) -> wrappers.Response:
         run, layer, series = self._series(request)
         channel = _filter_of(request, series)
         answer: dict[str, Any] = {"run": run, "layer": layer, "filter": channel}
-        answer.update({key: values[channel] for key, values in _rows(series).items() if key != "steps"})
-        answer["steps"] = list(series.steps)
+        answer.update(_rows(series, channel))
         query = f"run={_quoted(run)}&layer={_quoted(layer)}&filter={channel}"
         weights = self._sprite_of(run, layer, channel, "weights", series)
         answer["weights"] = _sprite_answer(f"weights.png?{query}", series.steps, weights) if weights else None
@@ -212,7 +210,7 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         if history is None:
             raise _RequestError(404, f"run {run!r} has no filterviz history")
         layer = _argument(request, "layer")
-        series = history.layer(layer) if layer in history.layers() else None
+        series = history.layer(layer)
         if series is None:
             raise _RequestError(404, f"the history of run {run!r} has no layer {layer!r}")
         return run, layer, series
@@ -280,19 +278,21 @@ def _filter_of(request: wrappers.Request, series: LayerSeries) -> int:
     return int(text)
 
 
-def _rows(series: LayerSeries) -> dict[str, Any]:
+def _rows(series: LayerSeries, channel: Optional[int] = None) -> dict[str, Any]:
+    """The steps and each statistic's rows (filters x steps), or one filter's row."""
+    rows = slice(None) if channel is None else channel
     return {
         "steps": list(series.steps),
-        "state": series.state.tolist(),
-        "drift": _json_rows(series.drift),
-        "norm_ratio": _json_rows(series.norm_ratio),
-        "mean_activation": _json_rows(series.mean_activation),
-        "dormant_score": _json_rows(series.dormant_score),
+        "state": series.state[rows].tolist(),
+        "drift": _json_rows(series.drift[rows]),
+        "norm_ratio": _json_rows(series.norm_ratio[rows]),
+        "mean_activation": _json_rows(series.mean_activation[rows]),
+        "dormant_score": _json_rows(series.dormant_score[rows]),
     }
 
 
-def _json_rows(table: np.ndarray) -> list[list[Optional[float]]]:
-    """Rows of floats with 6 significant digits (a short JSON number) and ``None`` for NaN."""
+def _json_rows(table: np.ndarray) -> list[Any]:
+    """Floats with 6 significant digits (a short JSON number) and ``None`` for NaN, nested as ``table``."""
     rounded = np.asarray([float(f"{value:.6g}") for value in table.ravel().tolist()], dtype=object)
     rounded[~np.isfinite(table.ravel())] = None
     return rounded.reshape(table.shape).tolist()

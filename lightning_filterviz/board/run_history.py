@@ -13,16 +13,20 @@ left out and tried again once it changes. NumPy only: TensorBoard imports this m
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from lightning_filterviz.board.npz import read_arrays
 from lightning_filterviz.core.history import EXAMPLES_PATTERN, HISTORY_FORMAT, HISTORY_PATTERN, history_files
 
 __all__ = ["DEAD", "DORMANT", "ALIVE", "UNKNOWN", "LayerSeries", "RunHistory"]
 
+# A request within this many seconds of the last listing, with the directory unchanged, uses it.
+RELIST_SECONDS = 2.0
 # A filter's state at a snapshot, as the layer map colours it.
 UNKNOWN, ALIVE, DORMANT, DEAD = -1, 0, 1, 2
 
@@ -50,9 +54,13 @@ class _LayerOfSnapshot:
 
 @dataclass
 class _SnapshotFile:
+    """A snapshot file as far as it has been read: its step and layers come with the first
+    layer read from it (one open per file and layer)."""
+
     key: _FileKey
-    step: int
-    layers: tuple[str, ...]
+    step: Optional[int] = None
+    layers: Optional[tuple[str, ...]] = None
+    unreadable: bool = False
     read: dict[str, Optional[_LayerOfSnapshot]] = field(default_factory=dict)
 
 
@@ -99,38 +107,49 @@ class RunHistory:
         self.directory = directory
         self._snapshots: dict[Path, _SnapshotFile] = {}
         self._lock = threading.Lock()
+        # The last listing, when it was made and the directory's modification time then.
+        self._listing: list[tuple[Path, _SnapshotFile]] = []
+        self._listed: Optional[tuple[float, Optional[int]]] = None
+        # Bumped whenever the listing changes; a layer's series is kept for one listing.
+        self._version = 0
+        self._series: dict[str, tuple[int, Optional[LayerSeries]]] = {}
 
-    def layers(self) -> tuple[str, ...]:
-        """The watched convs, in the order of the latest snapshot that names them."""
+    def summary(self) -> Optional[tuple[tuple[str, ...], int, int]]:
+        """``(the watched convs, snapshot files, the last step)`` from the latest readable
+        snapshot file, or ``None`` when there is none."""
         with self._lock:
-            snapshots = self._refreshed()
-        names: dict[str, None] = {}
-        for snapshot in snapshots:
-            names.update(dict.fromkeys(snapshot.layers))
-        return tuple(names)
-
-    def steps(self) -> tuple[int, ...]:
-        """The readable snapshots' steps, ascending."""
-        with self._lock:
-            return tuple(snapshot.step for snapshot in self._refreshed())
+            files = self._refreshed()
+            for path, snapshot in reversed(files):
+                self._read_heading(path, snapshot)
+                if snapshot.layers is not None and snapshot.step is not None:
+                    return snapshot.layers, len(files), snapshot.step
+        return None
 
     def layer(self, name: str) -> Optional[LayerSeries]:
         """``name`` over every snapshot that has it, or ``None`` when none has."""
         with self._lock:
-            found = [(s.step, path, self._layer_of(path, s, name)) for path, s in self._refreshed_items()]
-        present = [(step, path, layer) for step, path, layer in found if layer is not None]
-        if not present:
-            return None
-        return _series([step for step, _, _ in present], [layer for _, _, layer in present])
+            files = self._refreshed()
+            kept = self._series.get(name)
+            if kept is not None and kept[0] == self._version:
+                return kept[1]
+            found = [(snapshot, self._layer_of(path, snapshot, name)) for path, snapshot in files]
+            present = [(s.step, layer) for s, layer in found if layer is not None and s.step is not None]
+            series = _series([step for step, _ in present], [layer for _, layer in present]) if present else None
+            self._series[name] = (self._version, series)
+            return series
 
     def maps(self, name: str, channel: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """Per snapshot that kept ``name``'s feature maps: ``(step, the channel's map, the
         layer's maps)`` as float32 (the layer's, to draw the channel on the layer's range)."""
         with self._lock:
-            kept = [(path, s.step) for path, s in self._refreshed_items() if _kept_maps(self._layer_of(path, s, name))]
+            kept = [
+                (path, snapshot.step)
+                for path, snapshot in self._refreshed()
+                if _kept_maps(self._layer_of(path, snapshot, name)) and snapshot.step is not None
+            ]
         found = []
         for path, step in kept:
-            maps = _read_arrays(path, (f"{name}/maps",)).get(f"{name}/maps")
+            maps = _read_arrays(path, (f"{name}/maps",))[0].get(f"{name}/maps")
             if maps is not None and 0 <= channel < len(maps):
                 layer_maps = maps.astype(np.float32)
                 found.append((step, layer_maps[channel], layer_maps))
@@ -141,42 +160,75 @@ class RunHistory:
         examples (k, h, w, 3) uint8, their values (k,))``."""
         found = []
         for path in history_files(self.directory, EXAMPLES_PATTERN):
-            arrays = _read_arrays(path, ("step", f"{name}/patches", f"{name}/values"))
+            arrays, _ = _read_arrays(path, ("step", f"{name}/patches", f"{name}/values"))
             patches, values = arrays.get(f"{name}/patches"), arrays.get(f"{name}/values")
             if patches is None or values is None or not 0 <= channel < len(patches):
                 continue
             found.append((int(arrays["step"]), patches[channel], values[channel]))
         return found
 
-    def _refreshed_items(self) -> list[tuple[Path, _SnapshotFile]]:
-        self._refreshed()
-        return sorted(self._snapshots.items(), key=lambda item: item[1].step)
+    def examples_steps(self, name: str) -> tuple[int, ...]:
+        """The steps of the validation runs with dataset examples of ``name``."""
+        steps = []
+        for path in history_files(self.directory, EXAMPLES_PATTERN):
+            arrays, names = _read_arrays(path, ("step",))
+            if "step" in arrays and f"{name}/patches" in names:
+                steps.append(int(arrays["step"]))
+        return tuple(steps)
 
-    def _refreshed(self) -> list[_SnapshotFile]:
-        """Bring the cache up to the directory: new and changed files read, gone ones dropped."""
-        present = {}
+    def _refreshed(self) -> list[tuple[Path, _SnapshotFile]]:
+        """The snapshot files in the order :func:`history_files` gives (by step), the cache
+        brought up to the directory: gone files dropped, new and changed ones not read yet.
+
+        The directory is listed again when its modification time changed (a file was
+        written, replaced or removed: the writer links each file into place) and at least
+        every :data:`RELIST_SECONDS` (a file system whose times are coarser than the writes)."""
+        directory_time = _modified_ns(self.directory)
+        now = time.monotonic()
+        if self._listed is not None and self._listed[1] == directory_time and now - self._listed[0] < RELIST_SECONDS:
+            return self._listing
+        listing = self._listed_files()
+        if [(path, snapshot.key) for path, snapshot in listing] != [(path, s.key) for path, s in self._listing]:
+            self._version += 1
+        self._listing, self._listed = listing, (now, directory_time)
+        return listing
+
+    def _listed_files(self) -> list[tuple[Path, _SnapshotFile]]:
+        listed = []
         for path in history_files(self.directory, HISTORY_PATTERN):
             key = _key_of(path)
-            if key is not None:
-                present[path] = key
-        for path in set(self._snapshots) - set(present):
-            del self._snapshots[path]
-        for path, key in present.items():
+            if key is None:
+                continue
             known = self._snapshots.get(path)
-            if known is None or known.key != key:
-                opened = _open_snapshot(path, key)
-                if opened is None:
-                    self._snapshots.pop(path, None)
-                else:
-                    self._snapshots[path] = opened
-        return sorted(self._snapshots.values(), key=lambda snapshot: snapshot.step)
+            listed.append((path, known if known is not None and known.key == key else _SnapshotFile(key)))
+        self._snapshots = dict(listed)
+        return listed
 
     def _layer_of(self, path: Path, snapshot: _SnapshotFile, name: str) -> Optional[_LayerOfSnapshot]:
-        if name not in snapshot.layers:
+        if name not in snapshot.read and not snapshot.unreadable:
+            if snapshot.layers is None or name in snapshot.layers:
+                snapshot.read[name] = self._read_heading(path, snapshot, name)
+        return snapshot.read.get(name)
+
+    def _read_heading(self, path: Path, snapshot: _SnapshotFile, layer: Optional[str] = None) -> Optional[_LayerOfSnapshot]:
+        """Read the file's format, step and layers (once), and ``layer``'s arrays with them."""
+        if snapshot.unreadable or (snapshot.layers is not None and layer is None):
             return None
-        if name not in snapshot.read:
-            snapshot.read[name] = _read_layer(path, name)
-        return snapshot.read[name]
+        keys = _LAYER_KEYS if layer is not None else ()
+        arrays, names = _read_arrays(path, ("format", "step", "layers", *(f"{layer}/{key}" for key in keys)))
+        if str(arrays.get("format", "")) != HISTORY_FORMAT or "step" not in arrays or "layers" not in arrays:
+            snapshot.unreadable = True  # read again once the file changes (a new key)
+            return None
+        snapshot.step = int(arrays["step"])
+        snapshot.layers = tuple(str(name) for name in arrays["layers"])
+        return _layer_from(arrays, names, layer) if layer is not None and layer in snapshot.layers else None
+
+
+def _modified_ns(directory: Path) -> Optional[int]:
+    try:
+        return directory.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _kept_maps(layer: Optional[_LayerOfSnapshot]) -> bool:
@@ -191,16 +243,10 @@ def _key_of(path: Path) -> Optional[_FileKey]:
     return _FileKey(stat.st_size, stat.st_mtime_ns)
 
 
-def _open_snapshot(path: Path, key: _FileKey) -> Optional[_SnapshotFile]:
-    arrays = _read_arrays(path, ("format", "step", "layers"))
-    if str(arrays.get("format", "")) != HISTORY_FORMAT or "step" not in arrays or "layers" not in arrays:
-        return None
-    return _SnapshotFile(key, int(arrays["step"]), tuple(str(name) for name in arrays["layers"]))
+_LAYER_KEYS = ("filters", "out_channels", "drift", "weight_norm_ratio", "channel_mean_abs", "channel_max", "dormant", "dead")
 
 
-def _read_layer(path: Path, name: str) -> Optional[_LayerOfSnapshot]:
-    keys = ("filters", "out_channels", "drift", "weight_norm_ratio", "channel_mean_abs", "channel_max", "dormant", "dead")
-    arrays = _read_arrays(path, tuple(f"{name}/{key}" for key in keys), listing=f"{name}/maps")
+def _layer_from(arrays: dict[str, np.ndarray], names: frozenset[str], name: str) -> Optional[_LayerOfSnapshot]:
     if f"{name}/filters" not in arrays or f"{name}/out_channels" not in arrays:
         return None
     return _LayerOfSnapshot(
@@ -211,23 +257,19 @@ def _read_layer(path: Path, name: str) -> Optional[_LayerOfSnapshot]:
         mean_activation=arrays.get(f"{name}/channel_mean_abs"),
         dormant=arrays.get(f"{name}/dormant"),
         dead=arrays.get(f"{name}/dead"),
-        has_maps=bool(arrays.get("listed")),
+        has_maps=f"{name}/maps" in names,
         # Statistics without a channel maximum are of a conv's output before any activation.
         signed=f"{name}/channel_mean_abs" in arrays and f"{name}/channel_max" not in arrays,
     )
 
 
-def _read_arrays(path: Path, keys: tuple[str, ...], listing: Optional[str] = None) -> dict[str, np.ndarray]:
-    """The arrays of ``keys`` that ``path`` holds (none when it cannot be read); with
-    ``listing``, ``"listed"`` says whether the file holds that array (without reading it)."""
+def _read_arrays(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+    """The arrays of ``keys`` that ``path`` holds and the names of all it holds; nothing when
+    it cannot be read (damaged, half-copied by hand, not an NPZ file)."""
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-            found = {key: data[key] for key in keys if key in data.files}
-            if listing is not None:
-                found["listed"] = np.array(listing in data.files)
-            return found
-    except (OSError, ValueError, EOFError, KeyError):  # damaged, half-copied, not an NPZ
-        return {}
+        return read_arrays(path, keys)
+    except (OSError, ValueError, EOFError):
+        return {}, frozenset()
 
 
 def _series(steps: list[int], layers: list[_LayerOfSnapshot]) -> LayerSeries:

@@ -50,6 +50,7 @@ __all__ = [
     "FILMSTRIP_TILE_PIXELS",
     "SIGNED_COLORMAP",
     "activation_grid",
+    "activation_tile",
     "drift_strip",
     "filmstrip",
     "probe_image_grid",
@@ -146,21 +147,54 @@ def activation_grid(
     if non_finite:  # a copy only when there is something to replace; the range is the finite values'
         maps = np.where(finite, maps, np.float32(0.0))
     images, channels = maps.shape[:2]
-    values = maps[finite] if non_finite else maps.reshape(-1)
-    if signed:
-        high = _display_high(np.abs(values), 0.0)
-        low = -high
-    else:
-        low = float(values.min()) if values.size else 0.0
-        high = _display_high(values, low)
-    levels = _colormap_indices(maps, low, high)
-    if non_finite:  # each NaN or Inf value in the non-finite colour of the palette
-        levels[~finite] = NON_FINITE_INDEX
+    levels = _map_levels(maps, finite, _map_range(maps, finite, bool(non_finite), signed))
     kinds = frame_kinds(channels, marked, non_finite)
     panels = np.stack([_indexed_grid(image, kinds, MIN_MAP_TILE_PIXELS)[..., None] for image in levels])
     background = np.array([BACKGROUND_INDEX], dtype=np.uint8)
     grid = panels[0] if images == 1 else tile_grid(panels, images, PANEL_PADDING, background)
     return IndexedImage(np.ascontiguousarray(grid[..., 0]), colormap_palette(colormap))
+
+
+def activation_tile(maps: Any, channel: int, colormap: str = "viridis", signed: bool = False) -> np.ndarray:
+    """One channel of one probe image's feature maps, as :func:`activation_grid` draws its
+    tile (on the range of all of ``maps``), without the frame.
+
+    Args:
+        maps: ``(channels, H, W)`` activations of one probe image.
+        channel: the channel drawn.
+        colormap: as in :func:`activation_grid`.
+        signed: as in :func:`activation_grid`.
+
+    Returns:
+        The tile's ``(h, w, 3)`` ``uint8`` pixels: those of its tile in
+        ``activation_grid(maps[None], ...)``.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    finite = np.isfinite(maps)
+    non_finite = not finite.all()
+    shown = np.where(finite, maps, np.float32(0.0)) if non_finite else maps
+    levels = _map_levels(shown[channel], finite[channel], _map_range(shown, finite, non_finite, signed))
+    tile = upscale(levels[None, ..., None], MIN_MAP_TILE_PIXELS)[0, ..., 0]
+    return colormap_palette(colormap)[tile]
+
+
+def _map_range(maps: np.ndarray, finite: np.ndarray, non_finite: bool, signed: bool) -> tuple[float, float]:
+    """The display range of feature maps: see :func:`activation_grid`."""
+    values = maps[finite] if non_finite else maps.reshape(-1)
+    if signed:
+        high = _display_high(np.abs(values), 0.0)
+        return -high, high
+    low = float(values.min()) if values.size else 0.0
+    return low, _display_high(values, low)
+
+
+def _map_levels(maps: np.ndarray, finite: np.ndarray, display_range: tuple[float, float]) -> np.ndarray:
+    """Colormap levels of ``maps`` on ``display_range``; each NaN or Inf value the palette's
+    non-finite colour."""
+    levels = _colormap_indices(maps, *display_range)
+    if not finite.all():
+        levels[~finite] = NON_FINITE_INDEX
+    return levels
 
 
 def _display_high(values: np.ndarray, low: float) -> float:
