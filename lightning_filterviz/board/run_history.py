@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -115,15 +117,17 @@ class RunHistory:
         self._series: dict[str, tuple[int, Optional[LayerSeries]]] = {}
 
     def summary(self) -> Optional[tuple[tuple[str, ...], int, int]]:
-        """``(the watched convs, snapshot files, the last step)`` from the latest readable
-        snapshot file, or ``None`` when there is none."""
+        """``(the watched convs, the readable snapshots, the last step)``, the convs from the
+        latest readable snapshot file, or ``None`` when there is none."""
         with self._lock:
             files = self._refreshed()
-            for path, snapshot in reversed(files):
-                self._read_heading(path, snapshot)
-                if snapshot.layers is not None and snapshot.step is not None:
-                    return snapshot.layers, len(files), snapshot.step
-        return None
+            for path, snapshot in files:
+                self._read_heading(path, snapshot)  # once per file
+            readable = [snapshot for _, snapshot in files if snapshot.step is not None and snapshot.layers is not None]
+        if not readable:
+            return None
+        last = max(readable, key=lambda snapshot: snapshot.step or 0)
+        return last.layers or (), len(readable), last.step or 0
 
     def layer(self, name: str) -> Optional[LayerSeries]:
         """``name`` over every snapshot that has it, or ``None`` when none has."""
@@ -268,7 +272,7 @@ def _read_arrays(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarra
     it cannot be read (damaged, half-copied by hand, not an NPZ file)."""
     try:
         return read_arrays(path, keys)
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
         return {}, frozenset()
 
 
