@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lightning_filterviz.board.npz import read_arrays
-from lightning_filterviz.board.pictures import maps_sprite, weights_sprite
+from lightning_filterviz.drawing.filter_frames import maps_sprite, weights_sprite
 from lightning_filterviz.core.tiles import square_columns, tile_origin
 from lightning_filterviz.drawing.render import SIGNED_COLORMAP, activation_grid, activation_tile, weight_grid
 

@@ -25,7 +25,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from lightning_filterviz.board import pictures
+from lightning_filterviz.drawing import filter_frames
 from lightning_filterviz.board.run_history import LayerSeries, RunHistory
 from lightning_filterviz.core.history import HISTORY_POINTER, history_dir_of
 from lightning_filterviz.core.png import encode_png
@@ -193,14 +193,14 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         kind: str,
         series: LayerSeries,
         examples: Optional[list[tuple[int, np.ndarray, np.ndarray]]],
-    ) -> Optional[pictures.Sprite]:
+    ) -> Optional[filter_frames.Sprite]:
         if kind == "weights":
-            return pictures.weights_sprite(series.filters[:, channel]) if channel < series.drawn else None
+            return filter_frames.weights_sprite(series.filters[:, channel]) if channel < series.drawn else None
         if kind == "maps":
             kept = self._history(run).maps(layer, channel)
-            return pictures.maps_sprite([maps for _, _, maps in kept], channel, series.signed) if kept else None
+            return filter_frames.maps_sprite([maps for _, _, maps in kept], channel, series.signed) if kept else None
         runs = [(patches, values) for _, patches, values in examples or ()]
-        return pictures.examples_sprite(runs) if runs else None
+        return filter_frames.examples_sprite(runs) if runs else None
 
     def _series(self, request: wrappers.Request) -> tuple[str, str, LayerSeries]:
         run = _argument(request, "run")

@@ -1,4 +1,5 @@
-"""The Filters tab's pictures of one filter: sprites of frames laid out in rows, as PNG.
+"""One filter's pictures over a run, for the Filters tab and the report's filter page:
+frames of one size laid out in rows (a sprite).
 
 Each frame is drawn by the renderer that draws the run's own images
 (:mod:`lightning_filterviz.drawing.render`) and cut out of the grid it draws, so a filter's
