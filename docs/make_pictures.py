@@ -12,6 +12,7 @@ too high (so that filters die), and writes into docs/:
   dataset_examples.png                     the first layer's dataset examples at the last validation run
   report.png                               the offline report (headless Chromium screenshot)
   tensorboard.png                          TensorBoard showing the monitor's images (likewise)
+  filters_tab.png, filter_page.png         the Filters tab: a layer's map, and one filter's page (likewise)
 The screenshots need Debian's `chromium` package (apt-get install chromium).
 """
 
@@ -69,6 +70,7 @@ def main() -> None:
             sys.exit("make_pictures: no chromium on PATH (apt-get install chromium), or pass --no-browser")
         screenshot_report(chromium, log_dir, workdir)
         screenshot_tensorboard(chromium, log_dir, workdir)
+        screenshot_filters_tab(chromium, log_dir, dying, workdir)
     print(f"pictures written to {DOCS}")
 
 
@@ -177,6 +179,31 @@ def screenshot_tensorboard(chromium: str, log_dir: Path, workdir: Path) -> None:
         wait_for(port, seconds=60)
         url = f"http://127.0.0.1:{port}/#images&tagFilter=weights"  # the README's way to find the filters
         shoot(chromium, url, workdir, "tensorboard.png", size=(1400, 1000), budget_ms=20000)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def screenshot_filters_tab(chromium: str, log_dir: Path, dying: Path, workdir: Path) -> None:
+    """The Filters tab: the map of the high-learning-rate run's deepest conv, and a filter's page."""
+    prepare_logdir(dying, workdir)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", "lightning_logs", "--port", str(port),
+         "--host", "127.0.0.1"],
+        cwd=prepare_logdir(log_dir, workdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(port, seconds=60)
+        tab = f"http://127.0.0.1:{port}/#filterviz"
+        dying_run = f"{dying.parent.name}%2F{dying.name}"
+        shoot(chromium, f"{tab}&p.filterviz.run={dying_run}&p.filterviz.layer=net.12", workdir, "filters_tab.png",
+              size=(1280, 760), budget_ms=20000)
+        run = f"{log_dir.parent.name}%2F{log_dir.name}"
+        shoot(chromium, f"{tab}&p.filterviz.run={run}&p.filterviz.layer=net.0&p.filterviz.filter=9", workdir,
+              "filter_page.png", size=(1280, 1300), budget_ms=20000)
     finally:
         server.terminate()
         server.wait(timeout=30)
