@@ -1,7 +1,7 @@
-"""Command line: ``python -m lightning_filterviz report <log_dir> [-o OUTPUT.html]``.
+"""Command line: ``python -m lightning_filterviz report <log_dir> [-o OUTPUT.html] [--filter-layer LAYER]``.
 
 Also installed as the ``filterviz-report`` console script, which takes the report's
-arguments directly: ``filterviz-report <log_dir> [-o OUTPUT.html]``.
+arguments directly: ``filterviz-report <log_dir> [-o OUTPUT.html] [--filter-layer LAYER]``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="the filter whose dataset examples are shown over the validation runs (default: 0)",
+    )
+    parser.add_argument(
+        "--filter-layer",
+        metavar="LAYER",
+        help="the conv layer of the filter page: each of its filters' weights, feature maps, dataset "
+        "examples and curves over the run (default: the first conv layer)",
     )
 
 
@@ -91,7 +97,7 @@ def run_report(args: argparse.Namespace) -> int:
     """Build the report; print its path, or one error line on stderr.
 
     Args:
-        args: parsed ``log_dir``, ``output``, ``filmstrip_layers`` and ``examples_filter``.
+        args: parsed ``log_dir``, ``output``, ``filmstrip_layers``, ``examples_filter`` and ``filter_layer``.
 
     Returns:
         0 on success, 2 for bad input.
@@ -99,7 +105,9 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ReportWarning)
-            path = build_report(args.log_dir, args.output, args.filmstrip_layers, args.examples_filter)
+            path = build_report(
+                args.log_dir, args.output, args.filmstrip_layers, args.examples_filter, args.filter_layer
+            )
     except ReportError as error:
         # One line, no traceback: bad input is the user's to fix, not a bug to debug.
         print(f"{PROGRAM}: {error}", file=sys.stderr)

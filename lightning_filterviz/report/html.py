@@ -1,4 +1,5 @@
-"""The report's HTML: one section per run (summary, charts, final filters, filmstrips) and the page.
+"""The report's HTML: one section per run (summary, charts, final filters, filmstrips, the
+filter page of one layer) and the page.
 
 The page is self-contained: an inline style, no scripts, and images embedded as base64
 PNG data URIs, so it can be mailed or archived alone.
@@ -15,6 +16,7 @@ from lightning_filterviz.drawing.example_images import examples_history_image
 from lightning_filterviz.core.layer_names import resolve_layer_patterns
 from lightning_filterviz.core.png import encode_png
 from lightning_filterviz.core.tiles import resize_nearest
+from lightning_filterviz.report.filter_page import filter_page_html
 from lightning_filterviz.report.images import (
     data_uri,
     filmstrip_image,
@@ -43,17 +45,50 @@ table { border-collapse: collapse; font-size: .9em; }
 td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .none { color: #777; font-style: italic; }
+h3 { margin-top: 1.6em; }
+.filter-index { display: flex; flex-wrap: wrap; gap: .3em; margin: .8em 0 1.2em; }
+.chip { display: inline-block; border: 1px solid #ccc; border-radius: 3px; padding: .05em .45em;
+        font-size: .85em; text-decoration: none; color: #222; background: #f6f6f6; }
+.chip small { margin-left: .35em; color: #666; }
+.chip.dead { background: #ffcdd2; border-color: #e53935; }
+.chip.dormant { background: #ffe9b3; border-color: #ffb300; }
+.chip.unknown { background: #fff; border-style: dashed; }
+.filter-index .chip.alive small { display: none; }
+section.filter { border-top: 1px solid #e4e4e4; padding-top: .4em; margin-top: 1.2em; }
+section.filter h4 { margin: .3em 0 .5em; font-size: 1.05em; }
+h4 .chip { font-weight: normal; margin-left: .4em; }
+a.back { font-size: .8em; font-weight: normal; margin-left: .6em; color: #555; }
+.filter-body { display: flex; flex-wrap: wrap; gap: 1.2em; align-items: flex-start; }
+.frames { flex: 1 1 360px; min-width: 0; }
+.curves { flex: 0 1 576px; margin: 0; }
+.strip { margin-bottom: .8em; }
+.strip-title { font-size: .85em; font-weight: 600; color: #444; margin-bottom: .2em; }
+.strip-title small { font-weight: normal; color: #777; }
+.strip-frames { display: inline-block; max-width: 100%; }
+.strip-steps { display: flex; justify-content: space-between; gap: 1em; color: #777; font-size: .75em; }
+.example-row { display: flex; align-items: center; gap: .5em; }
+.example-step { flex: none; width: 5.5em; color: #666; font-size: .8em; }
 """
 
 
-def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None, examples_filter: int = 0) -> str:
-    """The HTML of one run: a summary, the three charts, the final filters, the filmstrips
-    and, where validation runs collected them, one filter's dataset examples over time.
+def run_html(
+    run: Run,
+    filmstrip_patterns: Optional[Sequence[str]] = None,
+    examples_filter: int = 0,
+    filter_layer: Optional[str] = None,
+    anchor_prefix: str = "",
+) -> str:
+    """The HTML of one run: a summary, the three charts, the final filters, the filmstrips,
+    where validation runs collected them, one filter's dataset examples over time, and the
+    filter page of one layer.
 
     Args:
         run: a run with at least one snapshot.
         filmstrip_patterns: layer names or fnmatch patterns for filmstrips; ``None``: the first layer.
         examples_filter: the filter whose dataset examples are shown, per layer that has them.
+        filter_layer: the layer of the filter page; ``None``: the first layer. A layer the
+            run lacks gets a note instead.
+        anchor_prefix: put before the filter page's ids, to keep several runs' ids apart.
 
     Returns:
         An HTML fragment.
@@ -65,6 +100,7 @@ def run_html(run: Run, filmstrip_patterns: Optional[Sequence[str]] = None, examp
         *_final_filter_sections(run.records[-1]),
         *_filmstrip_sections(run, filmstrip_patterns),
         *_examples_sections(run, examples_filter),
+        *_filter_page_sections(run, filter_layer or run.layers[0], anchor_prefix),
     ]
     return "\n".join(parts)
 
@@ -231,6 +267,14 @@ def _examples_sections(run: Run, filter_index: int) -> list[str]:
         uri, width = data_uri(encode_png(image)), EXAMPLES_DISPLAY_SCALE * image.shape[1]
         sections.append(_figure_html(heading, uri, caption, heading, pixels=True, width=width))
     return sections
+
+
+def _filter_page_sections(run: Run, layer: str, anchor_prefix: str) -> list[str]:
+    """The filter page of ``layer``, or a note when the run lacks it (another model's run
+    under the same directory)."""
+    if layer not in run.layers:
+        return [_figure_html("Filters", None, f"This run has no layer {layer}.", "filters")]
+    return filter_page_html(run, layer, anchor_prefix)
 
 
 def _figure_html(

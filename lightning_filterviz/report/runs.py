@@ -48,6 +48,7 @@ __all__ = [
     "load_runs",
     "one_line",
     "read_examples",
+    "read_maps",
     "read_run",
     "read_snapshot",
     "run_label",
@@ -78,8 +79,14 @@ class SnapshotRecord:
         out_channels: layer -> number of filters of the conv.
         filters: layer -> drawn filters ``(F, C, kh, kw)`` float32, ``C`` in {1, 3}.
         drift: layer -> per-filter cosine distance from the initial weights.
+        norm_ratio: layer -> per-filter weight norm over its initial norm.
+        mean_activation: layer -> per-filter mean ``|activation|`` on the probe (only layers
+            whose activation, or output before any, was captured).
         dead: layer -> dead filter indices (only layers with a ReLU-family activation).
         dormant: layer -> dormant filter indices (only layers whose activation was captured).
+        kept_maps: the layers whose feature maps the file holds (read with :func:`read_maps`).
+        signed: the layers whose statistics and maps are of the conv's output before any
+            activation (no activation follows it), drawn around zero.
         problems: what the file lacks and the report leaves out, one line each.
     """
 
@@ -89,8 +96,12 @@ class SnapshotRecord:
     out_channels: dict[str, int] = field(default_factory=dict)
     filters: dict[str, np.ndarray] = field(default_factory=dict)
     drift: dict[str, np.ndarray] = field(default_factory=dict)
+    norm_ratio: dict[str, np.ndarray] = field(default_factory=dict)
+    mean_activation: dict[str, np.ndarray] = field(default_factory=dict)
     dead: dict[str, np.ndarray] = field(default_factory=dict)
     dormant: dict[str, np.ndarray] = field(default_factory=dict)
+    kept_maps: set[str] = field(default_factory=set)
+    signed: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
 
@@ -291,6 +302,29 @@ def read_snapshot(path: Path) -> SnapshotRecord:
         raise ReportError(f"{path} is an incomplete history file: {one_line(error)}") from error
 
 
+def read_maps(record: SnapshotRecord, layer: str) -> np.ndarray:
+    """Read ``layer``'s feature maps back from the snapshot's file (:func:`read_snapshot` drops
+    them: only the filter page needs them, of one layer).
+
+    Args:
+        record: a snapshot whose :attr:`~SnapshotRecord.kept_maps` holds ``layer``.
+        layer: the conv layer.
+
+    Returns:
+        The first probe image's ``(channels, H, W)`` maps, as float32.
+
+    Raises:
+        ReportError: the file can no longer be read, or no longer holds the maps (it was
+            replaced or damaged after the report read it).
+    """
+    try:
+        # Only this array is read out of the archive; the others are not loaded again.
+        with open(record.path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            return np.asarray(data[f"{layer}/maps"], dtype=np.float32)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise ReportError(f"{record.path} cannot be read again for the feature maps of {layer}: {one_line(error)}") from error
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
     """One history file's arrays, or a ReportError naming it and what is wrong with it."""
     try:
@@ -312,10 +346,23 @@ def _record_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> SnapshotRe
         record.layers.append(name)
         record.filters[name] = arrays[f"{name}/filters"]
         record.out_channels[name] = int(arrays[f"{name}/out_channels"])
-        # Optional arrays: drift may be missing (older writers) and dead/dormant need an activation.
-        for key, target in (("drift", record.drift), ("dead", record.dead), ("dormant", record.dormant)):
+        # Optional arrays: drift may be missing (older writers), the activation statistics
+        # need a captured activation, and dead filters a ReLU-family one.
+        optional = (
+            ("drift", record.drift),
+            ("weight_norm_ratio", record.norm_ratio),
+            ("channel_mean_abs", record.mean_activation),
+            ("dead", record.dead),
+            ("dormant", record.dormant),
+        )
+        for key, target in optional:
             if f"{name}/{key}" in arrays:
                 target[name] = arrays[f"{name}/{key}"]
+        if f"{name}/maps" in arrays:
+            record.kept_maps.add(name)
+        # Statistics without a channel maximum are of a conv's output before any activation.
+        if f"{name}/channel_mean_abs" in arrays and f"{name}/channel_max" not in arrays:
+            record.signed.add(name)
     return record
 
 
