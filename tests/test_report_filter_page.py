@@ -36,7 +36,7 @@ from lightning_filterviz.core.history import history_dir_of
 from lightning_filterviz.core.tiles import square_columns, tile_origin
 from lightning_filterviz.report import filter_series
 from lightning_filterviz.report.build import ReportError, ReportWarning, build_report
-from lightning_filterviz.report.filter_page import filter_anchor
+from lightning_filterviz.report.filter_page import FRAME_GAP, filter_anchor
 
 LAYERS = ("net.0", "net.2")
 FILTERS = {"net.0": 6, "net.2": 8}
@@ -112,11 +112,11 @@ def parsed(path: Path) -> Page:
     return page
 
 
-def frames_of(strip: np.ndarray, count: int) -> list[np.ndarray]:
-    """The ``count`` frames of a timeline in one row, left to right."""
-    width = strip.shape[1] // count
-    assert strip.shape[1] == count * width
-    return [strip[:, index * width : (index + 1) * width] for index in range(count)]
+def frames_of(strip: np.ndarray, count: int, gap: int = 0) -> list[np.ndarray]:
+    """The ``count`` frames of a timeline in one row, left to right, ``gap`` pixels apart."""
+    width = (strip.shape[1] + gap) // count - gap
+    assert strip.shape[1] == count * (width + gap) - gap
+    return [strip[:, index * (width + gap) : index * (width + gap) + width] for index in range(count)]
 
 
 def tensorboard_tile(grid: np.ndarray, index: int, filters: int, tile: tuple[int, int]) -> np.ndarray:
@@ -208,7 +208,7 @@ def test_a_weights_frame_has_the_pixels_of_the_filter_in_the_tensorboard_image_a
 ):
     section = filter_anchor("net.0", COMPARED_FILTER)
     strip = page.image(section, f"weights of filter {COMPARED_FILTER}")
-    shown = frames_of(strip, len(trained.steps))
+    shown = frames_of(strip, len(trained.steps), FRAME_GAP)
     tab = frames_of(tab_weights(trained.logdir, "net.0", COMPARED_FILTER), len(trained.steps))
     tile = shown[0].shape[:2]
     for step, frame, tab_frame in zip(trained.steps, shown, tab):
@@ -228,7 +228,7 @@ def test_each_drawn_filter_has_a_section_with_its_timelines_and_curves(trained, 
             f"curves of filter {index}",
         ]
         maps = page.image(section, f"feature maps of filter {index}")
-        assert len(frames_of(maps, len(trained.maps_steps))) == len(trained.maps_steps)
+        assert len(frames_of(maps, len(trained.maps_steps), FRAME_GAP)) == len(trained.maps_steps)
         assert f"step {trained.steps[0]}" in page.text[section] and f"step {trained.steps[-1]}" in page.text[section]
     assert filter_anchor("net.0", FILTERS["net.0"]) not in page.text
     assert not any(section.startswith("filter-net.2-") for section in page.text)  # the first conv by default

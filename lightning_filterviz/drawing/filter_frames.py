@@ -25,50 +25,58 @@ WHITE = 255
 
 
 class Sprite:
-    """Frames of one size laid out left to right, then top to bottom, without gaps.
+    """Frames of one size laid out left to right, then top to bottom, ``gap`` white pixels apart.
 
     Attributes:
-        image: the ``(H, W, 3)`` ``uint8`` pixels.
+        image: the ``(H, W, 3)`` ``uint8`` pixels; frame ``i`` lies at
+            ``x = (i % columns) * (width + gap)``, ``y = (i // columns) * (height + gap)``.
         tile: a frame's ``(height, width)``.
         columns: frames per row.
+        gap: white pixels between neighbouring frames.
     """
 
-    def __init__(self, frames: Sequence[np.ndarray], columns: int) -> None:
+    def __init__(self, frames: Sequence[np.ndarray], columns: int, gap: int = 0) -> None:
         height, width = frames[0].shape[:2]
         rows = -(-len(frames) // columns)
-        image = np.full((rows * height, min(columns, len(frames)) * width, 3), WHITE, dtype=np.uint8)
+        shown_columns = min(columns, len(frames))
+        image = np.full(
+            (rows * (height + gap) - gap, shown_columns * (width + gap) - gap, 3), WHITE, dtype=np.uint8
+        )
         for index, frame in enumerate(frames):
             row, column = divmod(index, columns)
-            image[row * height : (row + 1) * height, column * width : (column + 1) * width] = frame
+            top, left = row * (height + gap), column * (width + gap)
+            image[top : top + height, left : left + width] = frame
         self.image = image
         self.tile = (height, width)
         self.columns = columns
+        self.gap = gap
 
 
-def weights_sprite(filters: np.ndarray) -> Sprite:
+def weights_sprite(filters: np.ndarray, gap: int = 0) -> Sprite:
     """One filter at each snapshot: ``filters`` is ``(snapshots, c, h, w)``, its drawn part."""
     # One grid of every frame: each tile is normalized on its own, as in the layer's grid.
     grid = _rgb(render.weight_grid(filters))
     columns = square_columns(len(filters))
     rows = -(-len(filters) // columns)
-    return Sprite([_cut_tile(grid, index, columns, rows) for index in range(len(filters))], SPRITE_COLUMNS)
+    return Sprite([_cut_tile(grid, index, columns, rows) for index in range(len(filters))], SPRITE_COLUMNS, gap)
 
 
-def maps_sprite(layer_maps: Sequence[np.ndarray], channel: int, signed: bool) -> Sprite:
+def maps_sprite(layer_maps: Sequence[np.ndarray], channel: int, signed: bool, gap: int = 0) -> Sprite:
     """One channel's feature map at each snapshot that kept them, on that snapshot's layer
     range: ``layer_maps`` holds each snapshot's ``(channels, H, W)`` maps."""
     colormap = render.SIGNED_COLORMAP if signed else "viridis"
-    return Sprite([render.activation_tile(maps, channel, colormap, signed) for maps in layer_maps], SPRITE_COLUMNS)
+    frames = [render.activation_tile(maps, channel, colormap, signed) for maps in layer_maps]
+    return Sprite(frames, SPRITE_COLUMNS, gap)
 
 
-def examples_sprite(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Sprite:
+def examples_sprite(runs: Sequence[tuple[np.ndarray, np.ndarray]], gap: int = 0) -> Sprite:
     """One row per validation run of its ``(patches (k, h, w, 3), values (k,))``; a rank the
     filter had no example for (value ``-inf``) stays white."""
     frames = []
     for patches, values in runs:
         for patch, value in zip(patches, values):
             frames.append(patch if np.isfinite(value) else np.full_like(patch, WHITE))
-    return Sprite(frames, max(len(patches) for patches, _ in runs))
+    return Sprite(frames, max(len(patches) for patches, _ in runs), gap)
 
 
 def _cut_tile(grid: np.ndarray, index: int, columns: int, rows: int) -> np.ndarray:

@@ -37,6 +37,8 @@ __all__ = ["FRAME_DISPLAY_SCALE", "filter_anchor", "filter_page_html"]
 # Weights and feature maps are shown this many times their pixel size, unsmoothed (a 3 x 3
 # kernel is drawn 24 pixels wide); dataset examples at their own size, as in the loggers.
 FRAME_DISPLAY_SCALE = 2
+# White pixels between a timeline's frames, so that neighbouring filters' tiles read apart.
+FRAME_GAP = 2
 EXAMPLES_DISPLAY_SCALE = 1
 # A long run validates many times; past this many, a filter's dataset examples are shown for
 # this many validation runs, evenly spaced (first and last kept): each row is k photos.
@@ -134,7 +136,9 @@ def _filter_section(timeline: LayerTimeline, index: int, chart: FilterCurvesChar
         f' <a class="back" href="#{index_id}">index</a></h4>'
     )
     frames = [
-        _strip("Weights", weights_sprite(timeline.filters[:, index]), timeline.steps, f"weights of filter {index}"),
+        _strip(
+            "Weights", weights_sprite(timeline.filters[:, index], FRAME_GAP), timeline.steps, f"weights of filter {index}"
+        ),
         _maps_strip(timeline, index),
         _examples_block(timeline, index),
     ]
@@ -154,7 +158,7 @@ def _filter_section(timeline: LayerTimeline, index: int, chart: FilterCurvesChar
 def _maps_strip(timeline: LayerTimeline, index: int) -> str:
     if not timeline.maps:
         return _note("Feature maps", "No snapshot of this layer kept its feature maps.")
-    sprite = maps_sprite(timeline.maps, index, timeline.signed)
+    sprite = maps_sprite(timeline.maps, index, timeline.signed, FRAME_GAP)
     return _strip("Feature maps", sprite, timeline.maps_steps, f"feature maps of filter {index}")
 
 
@@ -166,11 +170,13 @@ def _examples_block(timeline: LayerTimeline, index: int) -> str:
     runs = evenly_spaced(having, MAX_EXAMPLES_ROWS)
     # Files from before the context windows hold smaller examples: shown at the size of the others.
     size = max(patches.shape[1] for _, patches, _ in runs)
-    sprite = examples_sprite([(resize_nearest(patches, size, size, first_axis=1), values) for _, patches, values in runs])
+    resized = [(resize_nearest(patches, size, size, first_axis=1), values) for _, patches, values in runs]
+    sprite = examples_sprite(resized, FRAME_GAP)
     height = sprite.tile[0]
     rows = []
     for row, (step, _, _) in enumerate(runs):
-        pixels = sprite.image[row * height : (row + 1) * height]
+        top = row * (height + sprite.gap)
+        pixels = sprite.image[top : top + height]
         rows.append(
             f'<div class="example-row"><span class="example-step">step {step}</span>'
             f"{_pixels_img(pixels, f'dataset examples of filter {index} at step {step}', EXAMPLES_DISPLAY_SCALE)}</div>"
