@@ -11,15 +11,16 @@ they pay the tracer's per-op cost only for the convs that need it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from lightning_filterviz.core.records import PRE_ACTIVATION
+from lightning_filterviz.core.records import FEATURE_POSITIONS, PRE_ACTIVATION
 
-__all__ = ["ActivationRecord", "ActivationRecorder", "ActivationTap", "ProbePlan"]
+__all__ = ["ActivationRecord", "ActivationRecorder", "ActivationTap", "ProbePlan", "feature_sample"]
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ActivationRecord:
         peak_index: per channel, the flat index into ``(N, H, W)`` of its maximum.
         output_hw: the activation's spatial size ``(H, W)``.
         calls: how many times the conv's activation ran in the forward.
+        features: the first call's values at the probe's fixed feature positions,
+            ``(positions, C)`` in the activation's dtype (see :func:`feature_sample`).
     """
 
     function: str
@@ -49,6 +52,7 @@ class ActivationRecord:
     peak_index: Optional[Tensor] = None
     output_hw: Optional[tuple[int, int]] = None
     calls: int = 1
+    features: Optional[Tensor] = None
 
 
 class ActivationRecorder:
@@ -111,10 +115,30 @@ class ActivationRecorder:
             return
         maps = self._reduce_maps(values) if self._reduce_maps is not None else _NO_MAPS
         record = ActivationRecord(function, zeroing, channel_max, channel_mean_abs, maps)
-        if self._reduce_maps is not None and values.dim() == 4 and layer in self._peak_layers:
-            record.peak_index = _peak_indices(values, finite)
-            record.output_hw = (values.shape[2], values.shape[3])
+        if self._reduce_maps is not None and values.dim() == 4:
+            record.features = feature_sample(values)
+            if layer in self._peak_layers:
+                record.peak_index = _peak_indices(values, finite)
+                record.output_hw = (values.shape[2], values.shape[3])
         self.records[layer] = record
+
+
+def feature_sample(values: Tensor) -> Tensor:
+    """``values`` ``(N, C, H, W)`` at up to :data:`~lightning_filterviz.core.records.FEATURE_POSITIONS`
+    positions ``(image, row, column)`` evenly spaced over the batch, as ``(positions, C)``:
+    one gather on the values' device. The same probe gives the same positions at every
+    snapshot, so that features of two snapshots compare position by position."""
+    images, rows, columns = _feature_positions(values.shape[0], values.shape[2], values.shape[3], values.device)
+    return values[images, :, rows, columns]
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_positions(count: int, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    # Made once per shape and device: a snapshot pays the gather alone.
+    total = count * height * width
+    flat = torch.linspace(0, total - 1, min(total, FEATURE_POSITIONS), dtype=torch.float64).round().long()
+    images, within = flat // (height * width), flat % (height * width)
+    return images.to(device), (within // width).to(device), (within % width).to(device)
 
 
 def _plain_channel_statistics(

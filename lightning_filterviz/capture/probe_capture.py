@@ -317,6 +317,8 @@ def _collect_activations(
             packer.add(owner, "channel_max", record.channel_max, fresh=True)
         packer.add(owner, "channel_mean_abs", record.channel_mean_abs, fresh=True)
         packer.add(owner, "maps", record.maps, fresh=True)
+        if record.features is not None:
+            packer.add(owner, "features", record.features, fresh=True)
         if record.peak_index is not None:
             packer.add(owner, "peak_index", record.peak_index[:max_filters], fresh=True)
             draft.update_layer(name, output_hw=record.output_hw)

@@ -87,7 +87,9 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
     ``<layer>/dead`` and, in the snapshots that draw the views (the first and every ``views_every``-th)
     and in the trained model's last look at the end of a run, ``<layer>/maps`` (the first
     probe image's feature maps, float16): they are most of a file's bytes, and the
-    statistics are what a run's history is read for.
+    statistics are what a run's history is read for. Where the layer's probe features were
+    finite: ``<layer>/effective_rank``, ``<layer>/srank`` and ``<layer>/cka_to_first`` (see
+    :class:`~lightning_filterviz.core.records.LayerHealth`).
     """
     arrays: dict[str, np.ndarray] = {
         "format": np.array(HISTORY_FORMAT),
@@ -112,6 +114,11 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
             arrays[f"{name}/dormant"] = np.array(snapshot.dormant_filters[name], dtype=np.int64)
         if name in snapshot.dead_filters:
             arrays[f"{name}/dead"] = np.array(snapshot.dead_filters[name], dtype=np.int64)
+        if name in snapshot.health:
+            health = snapshot.health[name]
+            arrays[f"{name}/effective_rank"] = np.array(health.effective_rank, dtype=np.float64)
+            arrays[f"{name}/srank"] = np.array(health.srank, dtype=np.int64)
+            arrays[f"{name}/cka_to_first"] = np.array(health.cka_to_first, dtype=np.float64)
     return arrays
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
+    "FEATURE_POSITIONS",
     "NO_INDEX",
     "PRE_ACTIVATION",
     "CapturedSnapshot",
@@ -33,6 +34,7 @@ __all__ = [
     "HistoryFile",
     "LayerCapture",
     "LayerExamples",
+    "LayerHealth",
     "ReceptiveField",
     "Rendered",
     "RunEnding",
@@ -101,6 +103,10 @@ class LayerCapture(_Frozen):
             and dropout: elementwise arithmetic (``("mul", "add")`` for a FrozenBatchNorm2d),
             pooling, resampling or padding (``("max_pool2d",)``: the activation, its statistics
             and maps are the pooled ones), or ``("fused ConvReLU2d",)`` for a fused conv.
+        features: the activation (or pre-activation) at up to
+            :data:`~lightning_filterviz.core.records.FEATURE_POSITIONS` fixed positions of the
+            probe, ``(positions, out_channels)``: the same positions at every snapshot, for the
+            layer's health signals (see :class:`LayerHealth`).
     """
 
     name: str
@@ -119,6 +125,32 @@ class LayerCapture(_Frozen):
     training_max: Optional[Tensor] = None
     watched_by: Optional[str] = None
     through: tuple[str, ...] = ()
+    features: Optional[Tensor] = None
+
+
+# Probe positions (image, row, column) whose features a snapshot keeps per layer, evenly
+# spaced over the probe: enough for the rank of a 512-channel layer, small to copy and keep.
+FEATURE_POSITIONS = 512
+
+
+@dataclass(frozen=True)
+class LayerHealth(_Frozen):
+    """What a layer's probe features say about its representation at one snapshot.
+
+    The features are :attr:`LayerCapture.features`, centred per channel.
+
+    Attributes:
+        effective_rank: exp of the entropy of the normalized singular values (Roy and
+            Vetterli 2007): from 1 (one direction) to the number of channels.
+        srank: the fewest singular values whose sum reaches 1 - delta of the total, delta
+            0.01 (Kumar et al. 2020).
+        cka_to_first: linear CKA (Kornblith et al. 2019) between the features now and at
+            the run's first snapshot: 1 for the same representation up to rotation and scale.
+    """
+
+    effective_rank: float
+    srank: int
+    cka_to_first: float
 
 
 @dataclass(frozen=True)
@@ -201,6 +233,8 @@ class Snapshot(_Frozen):
         weight_norm_ratio: conv name -> per-filter weight norm over the initial one, ``(F,)``.
         filmstrips: conv name -> the filmstrip's rows so far, when it is drawn with this snapshot.
         describes_layers: whether this snapshot logs the table of watched convs (the first of a run).
+        health: conv name -> its representation's health signals, for the convs whose
+            activation (or output) the probe saw with finite values.
     """
 
     step: int
@@ -216,6 +250,7 @@ class Snapshot(_Frozen):
     weight_norm_ratio: Mapping[str, Tensor] = field(default_factory=_no_entries)
     filmstrips: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=_no_entries)
     describes_layers: bool = False
+    health: Mapping[str, LayerHealth] = field(default_factory=_no_entries)
 
     def result(self, timeout: Optional[float] = None) -> Snapshot:
         """The snapshot itself: what :meth:`~lightning_filterviz.FilterVisualizer.snapshot`

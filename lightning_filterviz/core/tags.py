@@ -17,11 +17,14 @@ __all__ = [
     "DORMANT_FRACTION",
     "DRIFT",
     "DRIFT_STRIP",
+    "CKA_TO_FIRST",
+    "EFFECTIVE_RANK",
     "EXAMPLES",
     "FILMSTRIP",
     "LAYERS_TAG",
     "PROBE_TAG",
     "RESPONSES",
+    "SRANK",
     "TAG_PREFIX",
     "THROUGH_THE_LAYERS",
     "WEIGHTS",
@@ -49,6 +52,9 @@ FILMSTRIP = "filmstrip"
 RESPONSES = "responses"
 EXAMPLES = "examples"
 THROUGH_THE_LAYERS = "through_the_layers"  # keyed by probe image index, not by layer
+EFFECTIVE_RANK = "effective_rank"
+SRANK = "srank"
+CKA_TO_FIRST = "cka_to_first"
 
 
 def layer_tag(kind: str, layer: str) -> str:

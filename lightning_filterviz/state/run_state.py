@@ -1,7 +1,7 @@
 """What a run remembers from one snapshot to the next, and what it makes of each new one.
 
 Dead-filter streaks, dormant filters, the symmetric normalization ranges, the initial
-filters drift is measured from, the filmstrip rows, which layers were warned about, the
+filters drift is measured from, the first features the health signals compare with, the filmstrip rows, which layers were warned about, the
 latest dataset examples, and the checkpoint state of all of it (examples aside). Each
 captured snapshot comes in frozen and goes out as a new frozen
 :class:`~lightning_filterviz.core.records.Snapshot` with the verdicts; nothing it was given
@@ -17,9 +17,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lightning_filterviz.state.health import HealthTracker
 from lightning_filterviz.state.progress import ProgressTracker
 from lightning_filterviz.core.layer_table import layer_table
-from lightning_filterviz.core.records import CapturedSnapshot, DatasetExamples, RunEnding, Snapshot
+from lightning_filterviz.core.records import CapturedSnapshot, DatasetExamples, LayerHealth, RunEnding, Snapshot
 from lightning_filterviz.core.settings import VisualizerSettings
 from lightning_filterviz.state.stats import DeadFilterTracker, dormant_indices
 
@@ -43,6 +44,9 @@ class RunState:
         self.settings = settings
         self.tracker = DeadFilterTracker(threshold=settings.dead_threshold, patience=settings.dead_patience)
         self.progress = ProgressTracker()
+        self.health = HealthTracker()
+        # The latest snapshot's step and health signals, which the last look at that step carries too.
+        self.latest_health: tuple[Optional[int], dict[str, LayerHealth]] = (None, {})
         self.dormant: dict[str, list[int]] = {}
         self.symmetric_ranges: dict[str, float] = {}
         self.warned_dead: set[str] = set()
@@ -83,7 +87,9 @@ class RunState:
             weight_norm_ratio=weight_norm_ratio,
             filmstrips=self.progress.filmstrips() if captured.draw_views and self.settings.log_weights else {},
             describes_layers=describes_layers,
+            health=self.health.update(captured),
         )
+        self.latest_health = (snapshot.step, dict(snapshot.health))
         # Kept (drift only: no maps stay alive) so that the end of the run can draw the last snapshot's drift strips.
         self.undrawn_drift = None if snapshot.draw_views else _drift_of(snapshot)
         if snapshot.draw_views:
@@ -113,6 +119,8 @@ class RunState:
             symmetric_ranges={name: rng for name, rng in self.symmetric_ranges.items() if name in captured.layers},
             drift=drift,
             weight_norm_ratio=weight_norm_ratio,
+            # The same model at the same step as the latest snapshot: the same features.
+            health=self.latest_health[1] if self.latest_health[0] == captured.step else {},
         )
 
     def ending(self, step: int, final: Optional[Snapshot] = None) -> RunEnding:
@@ -165,6 +173,7 @@ class RunState:
             "warned_dead": sorted(self.warned_dead),
             "dormant": {name: list(indices) for name, indices in self.dormant.items()},
             "progress": self.progress.state_dict(),
+            "health": self.health.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -173,6 +182,7 @@ class RunState:
         self.warned_dead = set(state.get("warned_dead", []))
         self.dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
         self.progress.load_state_dict(state.get("progress", {}))
+        self.health.load_state_dict(state.get("health"))
 
     def _symmetric_ranges_for(self, snapshot: CapturedSnapshot) -> dict[str, float]:
         if self.settings.weight_normalization != "symmetric":
