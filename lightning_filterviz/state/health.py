@@ -12,6 +12,7 @@ smaller Gram matrix (positions x positions, or channels x channels), float64 thr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -28,8 +29,16 @@ SRANK_DELTA = 0.01
 def singular_values(features: np.ndarray) -> np.ndarray:
     """The singular values of ``features`` ``(positions, channels)`` centred per channel,
     largest first, in float64."""
-    centred = _centred(features)
-    gram = centred @ centred.T if centred.shape[0] < centred.shape[1] else centred.T @ centred
+    return _singular_values_of_gram(_smaller_gram(_centred(features)))
+
+
+def _smaller_gram(centred: np.ndarray) -> np.ndarray:
+    # positions x positions or channels x channels, whichever is smaller: the same nonzero
+    # eigenvalues, and the same Frobenius norm.
+    return centred @ centred.T if centred.shape[0] < centred.shape[1] else centred.T @ centred
+
+
+def _singular_values_of_gram(gram: np.ndarray) -> np.ndarray:
     eigenvalues = np.linalg.eigvalsh(gram)[::-1]
     return np.sqrt(np.clip(eigenvalues, 0.0, None))
 
@@ -69,6 +78,13 @@ def linear_cka(first: np.ndarray, now: np.ndarray) -> float:
     return cross / scale if scale > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class _FirstFeatures:
+    values: np.ndarray  # as captured, float32
+    centred: np.ndarray
+    self_term: float  # the squared Frobenius norm of its Gram matrix
+
+
 class HealthTracker:
     """Each layer's health signals, snapshot by snapshot, against the features of its first.
 
@@ -77,7 +93,7 @@ class HealthTracker:
     """
 
     def __init__(self) -> None:
-        self._first: dict[str, np.ndarray] = {}
+        self._first: dict[str, _FirstFeatures] = {}
 
     def update(self, captured: CapturedSnapshot) -> dict[str, LayerHealth]:
         """The signals of each layer of ``captured`` with finite features; the first features
@@ -89,21 +105,43 @@ class HealthTracker:
             features = layer.features.numpy()
             if not np.isfinite(features).all():  # a NaN probe pixel or an overflow: not judged
                 continue
-            first = self._first.setdefault(name, features.copy())
-            values = singular_values(features)
-            health[name] = LayerHealth(
-                effective_rank=effective_rank(values),
-                srank=srank(values),
-                cka_to_first=linear_cka(first, features) if first.shape == features.shape else float("nan"),
-            )
+            health[name] = self._judge(name, features)
         return health
 
+    def _judge(self, name: str, features: np.ndarray) -> LayerHealth:
+        centred = _centred(features)
+        gram = _smaller_gram(centred)
+        self_term = _squared_frobenius(gram)
+        first = self._first.get(name)
+        if first is None:
+            first = self._first[name] = _FirstFeatures(features.astype(np.float32, copy=True), centred, self_term)
+        values = _singular_values_of_gram(gram)
+        return LayerHealth(
+            effective_rank=effective_rank(values),
+            srank=srank(values),
+            cka_to_first=_cka_to(first, features, centred, self_term),
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {"first": {name: torch.from_numpy(features.astype(np.float16)) for name, features in self._first.items()}}
+        return {"first": {name: torch.from_numpy(first.values.astype(np.float16)) for name, first in self._first.items()}}
 
     def load_state_dict(self, state: Optional[Mapping[str, Any]]) -> None:
-        first = (state or {}).get("first", {})
-        self._first = {name: _as_array(features).astype(np.float32) for name, features in first.items()}
+        self._first = {}
+        for name, stored in (state or {}).get("first", {}).items():
+            values = _as_array(stored).astype(np.float32)
+            centred = _centred(values)
+            self._first[name] = _FirstFeatures(values, centred, _squared_frobenius(_smaller_gram(centred)))
+
+
+def _cka_to(first: _FirstFeatures, features: np.ndarray, centred: np.ndarray, self_term: float) -> float:
+    """Linear CKA of ``features`` to ``first``, reusing both Gram matrices' norms: one more
+    product per layer. The same features as the first give exactly 1."""
+    if first.values.shape != features.shape:  # another probe: nothing to compare position by position
+        return float("nan")
+    if np.array_equal(first.values, features):
+        return 1.0
+    scale = math.sqrt(first.self_term * self_term)
+    return _squared_frobenius(centred.T @ first.centred) / scale if scale > 0 else float("nan")
 
 
 def _centred(features: np.ndarray) -> np.ndarray:
