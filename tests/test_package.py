@@ -66,7 +66,18 @@ def test_wheel_is_typed_licensed_and_needs_no_torchvision(distributions: dict[st
     assert any(requirement.startswith("torchvision") for requirement in metadata.get_all("Requires-Dist"))
 
 
+def test_wheel_carries_the_filters_tab_and_registers_it_with_tensorboard(distributions: dict[str, Path]) -> None:
+    with zipfile.ZipFile(distributions["wheel"]) as wheel:
+        names = wheel.namelist()
+        (entry_points_name,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+        entry_points = wheel.read(entry_points_name).decode()
+        page = wheel.read("lightning_filterviz/board/static/index.js").decode()
+    assert "export async function render()" in page
+    assert "[tensorboard_plugins]\nfilterviz = lightning_filterviz.board:FilterVizLoader" in entry_points
+
+
 def test_sdist_carries_the_license_changelog_and_typing_marker(distributions: dict[str, Path]) -> None:
     with tarfile.open(distributions["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"LICENSE", "CHANGELOG.md", "README.md", "lightning_filterviz/py.typed"} <= names
+    assert "lightning_filterviz/board/static/index.js" in names
