@@ -134,11 +134,13 @@ def feature_sample(values: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _feature_positions(count: int, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    # Made once per shape and device: a snapshot pays the gather alone.
+    # Made once per shape and device, on the device itself (a copy from host memory would make
+    # the training thread wait for the GPU): a snapshot pays the gather alone.
     total = count * height * width
-    flat = torch.linspace(0, total - 1, min(total, FEATURE_POSITIONS), dtype=torch.float64).round().long()
+    kept = min(total, FEATURE_POSITIONS)
+    flat = torch.arange(kept, device=device) * (total - 1) // max(kept - 1, 1)
     images, within = flat // (height * width), flat % (height * width)
-    return images.to(device), (within // width).to(device), (within % width).to(device)
+    return images, within // width, within % width
 
 
 def _plain_channel_statistics(
