@@ -322,6 +322,16 @@ def test_dormant_score_is_the_mean_activation_over_its_snapshots_layer_mean(boar
     assert (score[DEAD_FILTER] == 0).all() and (score[DEAD_FILTER - 1] > 0).all()
 
 
+@pytest.mark.parametrize("layer", ["net.0", "net.2"])
+def test_layer_has_the_health_signals_of_each_snapshot(board, trained, layer):
+    answer = board.json("layer", run=TRAINED_RUN, layer=layer)
+    files = history_of(trained.run_dir)
+    for key in ("effective_rank", "srank", "cka_to_first"):
+        expected = [float(arrays[f"{layer}/{key}"]) for arrays in files]
+        np.testing.assert_allclose(answer["health"][key], expected, rtol=1e-5, err_msg=key)
+    assert answer["health"]["cka_to_first"][0] == 1.0
+
+
 def test_layer_lists_the_validations_with_dataset_examples(board, trained):
     examples = examples_of(trained.run_dir)
     assert len(examples) == 3

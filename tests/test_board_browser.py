@@ -104,6 +104,7 @@ def test_a_filters_timeline_has_a_frame_per_snapshot_and_the_page_logs_no_error(
     frame.select_option("#layer-select", "2")
     frame.wait_for_selector(f"button.map-row[data-filter='{DEAD_FILTER}']")
     assert "5 filters" in frame.inner_text("#layer-summary")
+    assert frame.locator("#layer-health svg.chart").count() == 3  # effective rank, srank, CKA
     save_screenshot(page, tmp_path, "filters_tab_map.png")
 
     frame.click(f"button.map-row[data-filter='{DEAD_FILTER}']")

@@ -119,6 +119,7 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         run, layer, series = self._series(request)
         answer = {"run": run, "layer": layer, "out_channels": series.out_channels, "drawn": series.drawn}
         answer.update(_rows(series))
+        answer["health"] = {key: _json_rows(values) for key, values in series.health.items()}
         answer["maps_steps"] = list(series.maps_steps)
         answer["examples_steps"] = list(self._history(run).examples_steps(layer))
         return _json(request, answer)

@@ -25,7 +25,7 @@ import numpy as np
 from lightning_filterviz.board.npz import read_arrays
 from lightning_filterviz.core.history import EXAMPLES_PATTERN, HISTORY_FORMAT, HISTORY_PATTERN, history_files
 
-__all__ = ["DEAD", "DORMANT", "ALIVE", "UNKNOWN", "LayerSeries", "RunHistory"]
+__all__ = ["DEAD", "DORMANT", "ALIVE", "HEALTH_KEYS", "UNKNOWN", "LayerSeries", "RunHistory"]
 
 # A request within this many seconds of the last listing, with the directory unchanged, uses it.
 RELIST_SECONDS = 2.0
@@ -52,6 +52,7 @@ class _LayerOfSnapshot:
     dead: Optional[np.ndarray]
     has_maps: bool
     signed: bool
+    health: dict[str, float]
 
 
 @dataclass
@@ -83,6 +84,7 @@ class LayerSeries:
         filters: ``(snapshots, drawn, c, h, w)``, the drawn part of each filter.
         maps_steps: the steps whose file kept the feature maps.
         signed: whether the maps are a conv's output before any activation (drawn around zero).
+        health: each of :data:`HEALTH_KEYS` -> ``(snapshots,)``, NaN where a snapshot lacks it.
     """
 
     steps: tuple[int, ...]
@@ -96,6 +98,7 @@ class LayerSeries:
     filters: np.ndarray
     maps_steps: tuple[int, ...]
     signed: bool
+    health: dict[str, np.ndarray]
 
 
 class RunHistory:
@@ -218,7 +221,7 @@ class RunHistory:
         """Read the file's format, step and layers (once), and ``layer``'s arrays with them."""
         if snapshot.unreadable or (snapshot.layers is not None and layer is None):
             return None
-        keys = _LAYER_KEYS if layer is not None else ()
+        keys = (*_LAYER_KEYS, *HEALTH_KEYS) if layer is not None else ()
         arrays, names = _read_arrays(path, ("format", "step", "layers", *(f"{layer}/{key}" for key in keys)))
         if str(arrays.get("format", "")) != HISTORY_FORMAT or "step" not in arrays or "layers" not in arrays:
             snapshot.unreadable = True  # read again once the file changes (a new key)
@@ -248,6 +251,8 @@ def _key_of(path: Path) -> Optional[_FileKey]:
 
 
 _LAYER_KEYS = ("filters", "out_channels", "drift", "weight_norm_ratio", "channel_mean_abs", "channel_max", "dormant", "dead")
+# The layer's health signals (see lightning_filterviz.core.records.LayerHealth); older files lack them.
+HEALTH_KEYS = ("effective_rank", "srank", "cka_to_first")
 
 
 def _layer_from(arrays: dict[str, np.ndarray], names: frozenset[str], name: str) -> Optional[_LayerOfSnapshot]:
@@ -264,6 +269,7 @@ def _layer_from(arrays: dict[str, np.ndarray], names: frozenset[str], name: str)
         has_maps=f"{name}/maps" in names,
         # Statistics without a channel maximum are of a conv's output before any activation.
         signed=f"{name}/channel_mean_abs" in arrays and f"{name}/channel_max" not in arrays,
+        health={key: float(arrays[f"{name}/{key}"]) for key in HEALTH_KEYS if f"{name}/{key}" in arrays},
     )
 
 
@@ -309,6 +315,9 @@ def _series(steps: list[int], layers: list[_LayerOfSnapshot]) -> LayerSeries:
         filters=np.stack([layer.filters[:drawn] for layer in layers]),
         maps_steps=tuple(step for step, layer in zip(steps, layers) if layer.has_maps),
         signed=layers[-1].signed,
+        health={
+            key: np.array([layer.health.get(key, np.nan) for layer in layers], dtype=np.float64) for key in HEALTH_KEYS
+        },
     )
 
 

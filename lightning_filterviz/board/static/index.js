@@ -75,6 +75,13 @@ const CURVES = [
   { key: "norm_ratio", label: "norm ratio", reference: 1 },
 ];
 
+// The layer's health signals over the snapshots (the `layer` answer's `health`).
+const LAYER_CURVES = [
+  { key: "effective_rank", label: "effective rank", include: [0] },
+  { key: "srank", label: "srank", include: [0] },
+  { key: "cka_to_first", label: "CKA to the first snapshot", include: [0], reference: 1 },
+];
+
 const EMPTY_NOTE =
   "No run under this log directory has filterviz history yet. " +
   "Train with FilterMonitor (save_history=True, the default), then reload.";
@@ -385,8 +392,19 @@ class FiltersPage {
     this.ui.summary.replaceChildren(...describeLayer(this.layer));
     this.ui.rows.replaceChildren(...rowButtons(this.layer.out_channels, this.rowHeight()));
     this.ui.steps.replaceChildren(...stepLabels(this.layer.steps));
+    this.showHealth();
     this.showLegend();
     this.markSelectedRow();
+  }
+
+  /** The layer's health signals, where its history has them (files from before them have none). */
+  showHealth() {
+    const health = this.layer.health ?? {};
+    const present = LAYER_CURVES.some((curve) => (health[curve.key] ?? []).some(Number.isFinite));
+    this.ui.healthView.hidden = !present;
+    if (!present) return;
+    const series = { steps: this.layer.steps, state: this.layer.steps.map(() => ALIVE), ...health };
+    this.ui.health.replaceChildren(...LAYER_CURVES.map((curve) => lineChart(curve, series, "this layer")));
   }
 
   hideLayer() {
@@ -530,6 +548,7 @@ function buildSkeleton(root) {
     next: element("button", { id: "next-filter", type: "button" }, "next ›"),
     close: element("button", { id: "close-filter", type: "button" }, "back to the layer"),
     curves: element("div", { id: "curves", className: "curves" }),
+    health: element("div", { id: "layer-health", className: "curves" }),
     weightsCount: element("span", { className: "hint" }),
     mapsCount: element("span", { className: "hint" }),
     examplesCount: element("span", { className: "hint" }),
@@ -550,12 +569,24 @@ function buildSkeleton(root) {
     ui.rows,
     element("div", { className: "map-plot" }, ui.canvas, ui.steps),
   );
+  ui.healthView = element(
+    "div",
+    { className: "layer-health", hidden: true },
+    element(
+      "h3",
+      {},
+      "The layer's representation",
+      element("span", { className: "hint" }, "of its probe features: falling rank = collapsing; CKA 1 = unchanged"),
+    ),
+    ui.health,
+  );
   ui.layerView = element(
     "section",
     { id: "layer-view", className: "card", hidden: true },
     ui.summary,
     ui.map,
     ui.legend,
+    ui.healthView,
     ui.tooltip,
   );
   ui.filterView = element(
@@ -789,7 +820,7 @@ function hexToRgb(hex) {
 
 // ---- curves
 
-function lineChart(curve, filter) {
+function lineChart(curve, filter, subject = "this filter") {
   const { width, height, left, right, top, bottom } = CHART;
   const chart = svgElement("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` });
   chart.append(svgElement("text", { class: "chart-title", x: 0, y: 14 }, curve.label));
@@ -797,7 +828,7 @@ function lineChart(curve, filter) {
   const steps = filter.steps;
   if (!values || !values.some(Number.isFinite)) {
     setAttributes(chart, { height: EMPTY_CHART_HEIGHT, viewBox: `0 0 ${width} ${EMPTY_CHART_HEIGHT}` });
-    chart.append(svgElement("text", { x: 0, y: 32 }, `no ${curve.label} in the history of this filter`));
+    chart.append(svgElement("text", { x: 0, y: 32 }, `no ${curve.label} in the history of ${subject}`));
     return chart;
   }
   const x = linearScale(paddedRange(steps), [left, width - right]);
