@@ -200,7 +200,7 @@ def screenshot_filters_tab(chromium: str, log_dir: Path, dying: Path, workdir: P
         tab = f"http://127.0.0.1:{port}/#filterviz"
         dying_run = f"{dying.parent.name}%2F{dying.name}"
         shoot(chromium, f"{tab}&p.filterviz.run={dying_run}&p.filterviz.layer=net.12", workdir, "filters_tab.png",
-              size=(1280, 760), budget_ms=20000)
+              size=(1280, 1060), budget_ms=20000)
         run = f"{log_dir.parent.name}%2F{log_dir.name}"
         shoot(chromium, f"{tab}&p.filterviz.run={run}&p.filterviz.layer=net.0&p.filterviz.filter=9", workdir,
               "filter_page.png", size=(1280, 1300), budget_ms=20000)
