@@ -34,7 +34,9 @@ from lightning_filterviz.report.build import (
 
 STEPS = [0, 10, 20, 30]
 DEAD_CHANNEL = 5
-CHART_HEADINGS = ("Dead filters", "Dormant filters", "Filter drift")
+CHART_HEADINGS = (
+    "Dead filters", "Dormant filters", "Filter drift", "Effective rank", "srank", "CKA to the first snapshot"
+)
 IMAGE = re.compile(r'alt="([^"]*)" src="data:image/png;base64,([^"]+)"')
 
 
@@ -167,7 +169,7 @@ def test_no_drift_at_all_keeps_the_other_figures(tmp_path):
     write_history(tmp_path / "run", drop_drift=("0", "3"))
     page = build_report(tmp_path / "run").read_text(encoding="utf-8")
     assert "<h3>Filter drift</h3>" in page and "No snapshot recorded filter drift." in page
-    shown = {"Dead filters", "Dormant filters", "filters of 0", "filters of 3", "filmstrip of 0"}
+    shown = {*CHART_HEADINGS, "filters of 0", "filters of 3", "filmstrip of 0"} - {"Filter drift"}
     assert report_figures(page) == shown
 
 

@@ -25,7 +25,7 @@ from lightning_filterviz.report.images import (
     layer_colours,
     line_chart_png,
 )
-from lightning_filterviz.report.runs import Run, SnapshotRecord, drift_series, fraction_series
+from lightning_filterviz.report.runs import Run, SnapshotRecord, drift_series, fraction_series, health_series
 
 __all__ = ["EXAMPLES_DISPLAY_SCALE", "FILMSTRIP_DISPLAY_SCALE", "STYLE", "page_html", "run_html"]
 
@@ -78,7 +78,7 @@ def run_html(
     filter_layer: Optional[str] = None,
     anchor_prefix: str = "",
 ) -> str:
-    """The HTML of one run: a summary, the three charts, the final filters, the filmstrips,
+    """The HTML of one run: a summary, the charts over the steps, the final filters, the filmstrips,
     where validation runs collected them, one filter's dataset examples over time, and the
     filter page of one layer.
 
@@ -131,10 +131,20 @@ def _run_intro(run: Run) -> list[str]:
     ]
 
 
+# The health columns of the summary table: heading, signal, format of its value.
+_HEALTH_COLUMNS = (
+    ("effective rank", "effective_rank", "{:.2f}"),
+    ("srank", "srank", "{:.0f}"),
+    ("CKA to first", "cka_to_first", "{:.3f}"),
+)
+
+
 def _summary_table(run: Run) -> str:
-    """A table of every layer at the last snapshot: filters, dead, dormant, mean drift."""
+    """A table of every layer at the last snapshot: filters, dead, dormant, mean drift and
+    the health signals ("–" where the snapshot lacks one)."""
     last = run.records[-1]
-    rows = ["<tr><th>layer</th><th>filters</th><th>dead</th><th>dormant</th><th>mean drift</th></tr>"]
+    headings = ["layer", "filters", "dead", "dormant", "mean drift", *(heading for heading, _, _ in _HEALTH_COLUMNS)]
+    rows = ["<tr>" + "".join(f"<th>{heading}</th>" for heading in headings) + "</tr>"]
     for name in last.layers:
         cells = [
             html.escape(name),
@@ -142,13 +152,20 @@ def _summary_table(run: Run) -> str:
             str(len(last.dead[name])) if name in last.dead else "–",
             str(len(last.dormant[name])) if name in last.dormant else "–",
             f"{float(np.mean(last.drift[name])):.3f}" if last.drift.get(name, np.empty(0)).size else "–",
+            *(_health_cell(last, signal, name, form) for _, signal, form in _HEALTH_COLUMNS),
         ]
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     return f"<table>{''.join(rows)}</table>"
 
 
+def _health_cell(record: SnapshotRecord, signal: str, layer: str, form: str) -> str:
+    """One health signal of ``layer`` as the table shows it; "–" where it is missing or NaN."""
+    value = record.health[signal].get(layer, float("nan"))
+    return form.format(value) if np.isfinite(value) else "–"
+
+
 def _chart_sections(run: Run, colours: dict[str, Any]) -> list[str]:
-    """The dead, dormant and drift charts of every layer over the steps."""
+    """The dead, dormant, drift and health charts of every layer over the steps."""
     return [
         _chart_section(
             "Dead filters",
@@ -178,6 +195,54 @@ def _chart_sections(run: Run, colours: dict[str, Any]) -> list[str]:
             "Mean cosine distance of each layer's filters from their first snapshot: "
             "0 kept direction, 1 orthogonal, 2 reversed.",
             "No snapshot recorded filter drift.",
+        ),
+        *_health_chart_sections(run, colours),
+    ]
+
+
+# Why a health chart can have no line at all: the signals came after the history format.
+_NO_HEALTH = "(history files written before the health signals lack it)"
+
+
+def _health_chart_sections(run: Run, colours: dict[str, Any]) -> list[str]:
+    """The effective rank, srank and CKA charts of every layer over the steps."""
+    return [
+        _chart_section(
+            "Effective rank",
+            health_series(run, "effective_rank"),
+            "effective rank",
+            # At most a layer's filter count, which differs by layer: a fixed top would flatten the narrow ones.
+            (0.0, None),
+            colours,
+            "About how many directions each layer's features on the probe spread over (exp of the entropy "
+            "of their normalized singular values); falling while the loss looks fine means the features "
+            "collapse onto a few directions: look for dying or duplicated filters, a learning rate too high "
+            "or weight decay too strong.",
+            f"No snapshot recorded the effective rank {_NO_HEALTH}.",
+        ),
+        _chart_section(
+            "srank",
+            health_series(run, "srank"),
+            "srank (directions holding 99%)",
+            (0.0, None),
+            colours,
+            "The fewest singular values of each layer's probe features holding 99% of their sum, a count "
+            "of the directions the layer uses out of its filters; a drop is the same collapse as a falling "
+            "effective rank, counted in whole directions.",
+            f"No snapshot recorded the srank {_NO_HEALTH}.",
+            integer_y=True,
+        ),
+        _chart_section(
+            "CKA to the first snapshot",
+            health_series(run, "cka_to_first"),
+            "linear CKA to the first",
+            (0.0, 1.0),
+            colours,
+            "Linear CKA of each layer's probe features to the first snapshot's: 1 the same representation "
+            "up to a rotation and a scale, near 0 an unrelated one; staying at 1 while its filters drift "
+            "means the layer learns nothing new (check its learning rate, or whether it is frozen), a sudden "
+            "fall that it was rebuilt (look for a loss spike).",
+            f"No snapshot recorded the CKA to the first snapshot {_NO_HEALTH}.",
         ),
     ]
 
@@ -209,11 +274,14 @@ def _chart_section(
     colours: dict[str, Any],
     caption: str,
     missing: str,
+    integer_y: bool = False,
 ) -> str:
-    """One chart's section, or the ``missing`` note when no layer has the series."""
+    """One chart's section, or the ``missing`` note when no layer has the series; ``integer_y``
+    for a count, whose ticks are whole numbers."""
     if not series:
         return _figure_html(heading, None, missing, heading)
-    return _figure_html(heading, data_uri(line_chart_png(series, ylabel, ylim, colours)), caption, heading)
+    png = line_chart_png(series, ylabel, ylim, colours, integer_y=integer_y)
+    return _figure_html(heading, data_uri(png), caption, heading)
 
 
 def _filmstrip_sections(run: Run, patterns: Optional[Sequence[str]]) -> list[str]:

@@ -59,6 +59,7 @@ def line_chart_png(
     ylabel: str,
     ylim: tuple[float, Optional[float]],
     colours: dict[str, Any],
+    integer_y: bool = False,
 ) -> bytes:
     """Draw one line per layer over the steps and return the chart as PNG bytes.
 
@@ -67,6 +68,7 @@ def line_chart_png(
         ylabel: the y axis label.
         ylim: the y axis range; a top of ``None`` fits the data.
         colours: layer -> matplotlib colour, so a layer has one colour in every chart.
+        integer_y: y ticks at whole numbers only, for counts.
 
     Returns:
         PNG bytes.
@@ -90,6 +92,8 @@ def line_chart_png(
         axes.set_ylabel(ylabel)
         axes.set_ylim(bottom=ylim[0], top=ylim[1])
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        if integer_y:
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(True, alpha=0.3)
         axes.legend(
             loc="upper left",

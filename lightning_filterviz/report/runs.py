@@ -3,13 +3,13 @@
 Each snapshot lies in ``<log dir>/filterviz/history/step_<step>.npz`` (see
 :mod:`lightning_filterviz.core.history`, which owns the format). :func:`load_runs` finds every
 run under a directory and reads its snapshots, keeping what the page needs and dropping
-the feature maps; :func:`fraction_series` and :func:`drift_series` turn a run into the
-lines of its charts. NumPy only: the report loads no torch.
+the feature maps; :func:`fraction_series`, :func:`drift_series` and :func:`health_series`
+turn a run into the lines of its charts. NumPy only: the report loads no torch.
 
 A damaged history costs only what is damaged: a file that cannot be read is skipped, and a
 layer whose arrays a file lacks is left out of that file, each with a :class:`ReportWarning`
-naming the file and what is missing; the rest of the run is drawn. Only a run with no
-readable snapshot at all is an error.
+naming the file and what is missing, and so is a health signal that is not one number;
+the rest of the run is drawn. Only a run with no readable snapshot at all is an error.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from lightning_filterviz.core.history import (
 
 __all__ = [
     "EXPECTED_HISTORY",
+    "HEALTH_SIGNALS",
     "ExamplesRecord",
     "PathLike",
     "ReportError",
@@ -45,6 +46,7 @@ __all__ = [
     "drift_series",
     "find_history_dirs",
     "fraction_series",
+    "health_series",
     "load_runs",
     "one_line",
     "read_examples",
@@ -55,6 +57,10 @@ __all__ = [
 ]
 
 EXPECTED_HISTORY = f"{HISTORY_DIR.as_posix()}/{HISTORY_PATTERN} written by FilterMonitor"
+
+# Each conv's health signals, as the history keys them (``<layer>/<signal>``, one number each;
+# see lightning_filterviz.core.records.LayerHealth).
+HEALTH_SIGNALS = ("effective_rank", "srank", "cka_to_first")
 
 PathLike = Union[str, os.PathLike]
 Record = TypeVar("Record", "SnapshotRecord", "ExamplesRecord")
@@ -84,6 +90,10 @@ class SnapshotRecord:
             whose activation, or output before any, was captured).
         dead: layer -> dead filter indices (only layers with a ReLU-family activation).
         dormant: layer -> dormant filter indices (only layers whose activation was captured).
+        health: signal (one of :data:`HEALTH_SIGNALS`) -> layer -> its value (only layers whose
+            probe features were finite, in files written since the signals were added).
+            ``cka_to_first`` is NaN where no CKA could be computed (features that never vary,
+            or a probe of another shape than the first snapshot's).
         kept_maps: the layers whose feature maps the file holds (read with :func:`read_maps`).
         signed: the layers whose statistics and maps are of the conv's output before any
             activation (no activation follows it), drawn around zero.
@@ -100,6 +110,7 @@ class SnapshotRecord:
     mean_activation: dict[str, np.ndarray] = field(default_factory=dict)
     dead: dict[str, np.ndarray] = field(default_factory=dict)
     dormant: dict[str, np.ndarray] = field(default_factory=dict)
+    health: dict[str, dict[str, float]] = field(default_factory=lambda: {signal: {} for signal in HEALTH_SIGNALS})
     kept_maps: set[str] = field(default_factory=set)
     signed: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
@@ -358,12 +369,30 @@ def _record_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> SnapshotRe
         for key, target in optional:
             if f"{name}/{key}" in arrays:
                 target[name] = arrays[f"{name}/{key}"]
+        _read_health(arrays, name, record)
         if f"{name}/maps" in arrays:
             record.kept_maps.add(name)
         # Statistics without a channel maximum are of a conv's output before any activation.
         if f"{name}/channel_mean_abs" in arrays and f"{name}/channel_max" not in arrays:
             record.signed.add(name)
     return record
+
+
+def _read_health(arrays: dict[str, np.ndarray], name: str, record: SnapshotRecord) -> None:
+    """Put the layer's health signals into ``record``; one that is not a single real number
+    is left out, named in the record's problems (the layer's other arrays are still good)."""
+    for signal in HEALTH_SIGNALS:
+        key = f"{name}/{signal}"
+        if key not in arrays:  # older files, and layers whose features were not finite
+            continue
+        value = arrays[key]
+        if value.ndim != 0 or value.dtype.kind not in "iuf":  # signed, unsigned integer or float
+            record.problems.append(
+                f"{record.path} holds {key} of shape {value.shape} and type {value.dtype}, not one number: "
+                f"the {signal} of {name} at step {record.step} is left out"
+            )
+            continue
+        record.health[signal][name] = float(value)
 
 
 def _layer_problem(arrays: dict[str, np.ndarray], name: str) -> str:
@@ -435,6 +464,28 @@ def drift_series(run: Run) -> dict[str, tuple[list[int], list[float]]]:
             steps, means = series.setdefault(name, ([], []))
             steps.append(record.step)
             means.append(float(np.mean(drift)))
+    return series
+
+
+def health_series(run: Run, signal: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Per layer, the steps and the values of one health signal.
+
+    Args:
+        run: the run.
+        signal: one of :data:`HEALTH_SIGNALS`.
+
+    Returns:
+        layer -> (steps, values) for the layers that have the signal in some snapshot; a
+        NaN (a CKA that could not be computed) is left out rather than drawn as a gap.
+    """
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for record in run.records:
+        for name, value in record.health[signal].items():
+            if not np.isfinite(value):
+                continue
+            steps, values = series.setdefault(name, ([], []))
+            steps.append(record.step)
+            values.append(value)
     return series
 
 
