@@ -2,8 +2,9 @@
 
 Each snapshot lies in ``<log dir>/filterviz/history/step_<step>.npz`` (see
 :mod:`lightning_filterviz.core.history`). The report reads them back and writes one
-self-contained HTML page: line charts of the dead and dormant fractions and of filter
-drift over the steps, the final filter grids, a filmstrip of filters across snapshots and
+self-contained HTML page: line charts of the dead and dormant fractions, of filter drift
+and of each layer's health signals (effective rank, srank, CKA to the first snapshot) over
+the steps, the final filter grids, a filmstrip of filters across snapshots and
 the filter page of one layer (each filter's weights, feature maps and dataset examples
 over the run, with its curves), as TensorBoard's Filters tab shows a filter.
 Images are embedded as base64 PNG data URIs, so the page can be mailed or archived alone.
