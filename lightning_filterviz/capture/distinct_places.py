@@ -85,15 +85,18 @@ def _distinct(values: np.ndarray, patches: np.ndarray, peaks: np.ndarray, k: int
     low, span = (float(finite.min()), float(finite.max() - finite.min())) if finite.size else (0.0, 0.0)
     tolerance = TOLERANCE * span
     picked: list[int] = []
-    shifted: list[np.ndarray] = []  # per picked candidate, its region at every shift
+    # Per picked candidate, its region at every shift, filled in place as candidates are
+    # picked, so that each comparison reads the picked ones without stacking them anew.
+    shifts = 2 * SHIFT_PIXELS + 1
+    shifted = np.empty((k, patches.shape[1], shifts, shifts, REGION_PIXELS, REGION_PIXELS), dtype=np.float32)
     for slot in order:
         outside = outside_the_image(patches[slot][None])[0]
         patch = np.where(outside[None], np.float32(low - max(span, 1.0)), patches[slot])
         region = _region(patch, peaks[slot])
-        if shifted and _matches(region, np.stack(shifted), tolerance):
+        if picked and _matches(region, shifted[: len(picked)], tolerance):
             continue
+        shifted[len(picked)] = sliding_window_view(region, (REGION_PIXELS, REGION_PIXELS), axis=(1, 2))
         picked.append(int(slot))
-        shifted.append(sliding_window_view(region, (REGION_PIXELS, REGION_PIXELS), axis=(1, 2)))
         if len(picked) == k:
             break
     return picked
@@ -121,7 +124,9 @@ def _matches(region: np.ndarray, shifted: np.ndarray, tolerance: float) -> bool:
         difference = centre[None, :, None, None] - shifted  # NaN where either lacks the pixel
     both = np.isfinite(difference)
     counted = both.sum(axis=(1, 4, 5))  # (P, 2s+1, 2s+1)
-    total = np.where(both, difference, 0.0) ** 2
+    # In place: the difference is this call's own, and the largest array here.
+    difference[~both] = 0.0
+    np.square(difference, out=difference)
     enough = counted >= MIN_OVERLAP * centre.size
-    mean_square = total.sum(axis=(1, 4, 5)) / np.maximum(counted, 1)
+    mean_square = difference.sum(axis=(1, 4, 5)) / np.maximum(counted, 1)
     return bool((enough & (mean_square <= tolerance**2)).any())
