@@ -71,7 +71,7 @@ def tab(logdir: Path, tmp_path: Path) -> Iterator[Any]:
         board.wait_for("data/plugin/filterviz/runs", lambda answer: bool(answer["runs"]))
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=OFF_THE_NETWORK)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
             messages: list[Any] = []
             page.on("console", lambda message: messages.append(message))
             page.goto(f"{board.base}/#filterviz")
@@ -129,9 +129,10 @@ def test_a_filters_timeline_has_a_frame_per_snapshot_and_the_page_logs_no_error(
 def test_a_shared_link_opens_that_filter(tab, tmp_path):
     page, _ = tab
     base = page.url.split("#")[0]
-    page.goto(f"{base}#filterviz&p.filterviz.run={RUN}&p.filterviz.layer=0&p.filterviz.filter=4")
-    page.reload()
-    frame = the_tabs_frame(page)
+    # Opened in a page of its own, as a link someone sent would be.
+    shared = page.context.new_page()
+    shared.goto(f"{base}#filterviz&p.filterviz.run={RUN}&p.filterviz.layer=0&p.filterviz.filter=4")
+    frame = the_tabs_frame(shared)
     frame.wait_for_function(f"document.querySelectorAll('#weights-timeline .frame').length === {len(STEPS)}")
     assert "filter 4" in frame.inner_text("#filter-title")
     assert "net" not in frame.inner_text("#filter-title") and "0" in frame.inner_text("#filter-title")
