@@ -136,3 +136,15 @@ def test_a_shared_link_opens_that_filter(tab, tmp_path):
     frame.wait_for_function(f"document.querySelectorAll('#weights-timeline .frame').length === {len(STEPS)}")
     assert "filter 4" in frame.inner_text("#filter-title")
     assert "net" not in frame.inner_text("#filter-title") and "0" in frame.inner_text("#filter-title")
+
+
+def test_a_link_opened_in_the_open_tab_shows_that_filter(tab):
+    page, messages = tab
+    frame = the_tabs_frame(page)
+    frame.wait_for_selector("button.map-row[data-filter='0']")  # the tab shows its first layer
+    page.evaluate(f"location.hash = '#filterviz&p.filterviz.run={RUN}&p.filterviz.layer=2&p.filterviz.filter=3'")
+    frame.wait_for_function("document.querySelector('#filter-title')?.textContent.includes('filter 3')")
+    assert frame.eval_on_selector("#layer-select", "select => select.value") == "2"
+    frame.wait_for_function(f"document.querySelectorAll('#weights-timeline .frame').length === {len(STEPS)}")
+    of_the_tab = [message for message in messages if message.type == "error"]
+    assert of_the_tab == [], [message.text for message in of_the_tab]

@@ -245,6 +245,7 @@ class FiltersPage {
     ui.next.addEventListener("click", () => void this.openFilter(this.selection.filter + 1));
     ui.close.addEventListener("click", () => this.closeFilter());
     window.addEventListener("resize", () => this.drawMap());
+    followParentAddress(() => void this.followAddress());
   }
 
   // ---- what is selected
@@ -271,6 +272,17 @@ class FiltersPage {
     this.markSelectedRow();
     await this.loadFilter();
     if (opening) this.ui.filterView.scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+
+  /** Shows what TensorBoard's address names, when a link opened in its tab names something
+   * other than what is shown (the tab is not loaded again, so nothing else would notice). */
+  async followAddress() {
+    const wanted = readUrlState();
+    if (wanted.run === undefined) return; // the address names another tab of TensorBoard's
+    const shown = this.selection;
+    const filter = parseFilter(wanted.filter);
+    if (wanted.run === shown.run && wanted.layer === shown.layer && filter === shown.filter) return;
+    await this.select(wanted);
   }
 
   closeFilter() {
@@ -1118,6 +1130,16 @@ function writeUrlState(selection) {
     window.parent.history.replaceState(window.parent.history.state, "", url);
   } catch {
     // A parent that refuses the change keeps its URL; the page still works.
+  }
+}
+
+/** Calls `onChange` whenever TensorBoard's address changes its hash (not on our own writes,
+ * which replace the address without a hashchange event). */
+function followParentAddress(onChange) {
+  try {
+    window.parent.addEventListener("hashchange", onChange);
+  } catch {
+    // A parent page of another origin: the page follows its own query string only.
   }
 }
 
