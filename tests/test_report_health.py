@@ -4,9 +4,6 @@ history files without the signals, a damaged signal and a CKA that could not be 
 
 from __future__ import annotations
 
-import base64
-import io
-import re
 import shutil
 import warnings
 from html.parser import HTMLParser
@@ -15,18 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from lightning_filterviz import FilterVisualizer, Sink, load_history
 from lightning_filterviz.report.build import ReportWarning, build_report, load_runs
 from lightning_filterviz.report.runs import HEALTH_SIGNALS, health_series
+from test_report import images_by_alt
 
 STEPS = (0, 10, 20, 30)
 LAYERS = ("0", "2")
 CHARTS = {"effective_rank": "Effective rank", "srank": "srank", "cka_to_first": "CKA to the first snapshot"}
 COLUMNS = {"effective_rank": "effective rank", "srank": "srank", "cka_to_first": "CKA to first"}
-IMAGE = re.compile(r'alt="([^"]*)" src="data:image/png;base64,([^"]+)"')
 
 
 class _ScalarSink(Sink):
@@ -77,17 +73,6 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def report_page(log_dir: Path, tmp_path: Path) -> str:
     return build_report(log_dir, tmp_path / "report.html").read_text(encoding="utf-8")
-
-
-def images_by_alt(page: str) -> dict[str, Image.Image]:
-    """Every embedded image by its alt text, each decoded as a PNG."""
-    images = {}
-    for alt, payload in IMAGE.findall(page):
-        picture = Image.open(io.BytesIO(base64.b64decode(payload)))
-        picture.load()
-        assert picture.format == "PNG"
-        images[alt] = picture
-    return images
 
 
 class _TableParser(HTMLParser):
