@@ -35,6 +35,8 @@ SHARED = [
     (dict(dead_patience=0), ValueError, r"`dead_patience` must be an integer >= 1, got 0"),
     (dict(dead_patience=True), ValueError, r"`dead_patience` must be an integer >= 1, got True"),
     (dict(dormant_tau=-0.1), ValueError, r"`dormant_tau` must be a number >= 0, got -0.1"),
+    (dict(grad_dormant_tau=-0.1), ValueError, r"`grad_dormant_tau` must be a number >= 0, got -0.1"),
+    (dict(grad_dormant_tau=math.inf), ValueError, r"`grad_dormant_tau` must be a finite number, got inf"),
     (
         dict(weight_normalization="minmax"),
         ValueError,
@@ -207,6 +209,7 @@ def test_snapshots_per_epoch_are_counted_from_max_steps(max_steps, warned, tmp_p
 # A valid value for every setting, none of them its default.
 NON_DEFAULT_SETTINGS = dict(
     layers=["net.3"], max_filters=5, max_images=3, dead_threshold=0.5, dead_patience=4, dormant_tau=0.5,
+    grad_dormant_tau=0.2,
     weight_normalization="layer", log_weights=False, log_activations=False, batch_key=1, forward_fn=len,
     colormap="magma", filmstrip_layers=[], views_every=3, response_layers=[], examples_layers=[], examples_k=2,
     max_pending=7,
@@ -286,7 +289,8 @@ def test_the_numeric_arguments_are_the_expected_ones():
     """The list the NumPy cases are generated from misses no number argument."""
     monitor, visualizer = numeric_arguments(FilterMonitor), numeric_arguments(FilterVisualizer)
     shared = {"max_filters": int, "max_images": int, "dead_patience": int, "views_every": int, "examples_k": int,
-              "batch_key": int, "dead_threshold": float, "dormant_tau": float}
+              "batch_key": int, "dead_threshold": float, "dormant_tau": float,
+              "grad_dormant_tau": float}
     assert monitor == {**shared, **dict.fromkeys(NON_DEFAULT_MONITOR_NUMBERS, int)}
     assert visualizer == {**shared, "max_pending": int}
 

@@ -30,7 +30,7 @@ def test_the_layer_table_is_printed_on_its_own_lines_while_a_progress_bar_runs(c
     lines = [line.split("\r")[-1] for line in printed.split("\n")]  # what each terminal line ends up showing
     start = next(i for i, line in enumerate(lines) if "watched conv layers" in line)
     assert lines[start] == "filterviz: watched conv layers and their activations"
-    assert lines[start + 1].split() == ["conv", "filters", "activation", "dead", "judged", "training", "batches", "watched", "by"]
+    assert lines[start + 1].split() == ["conv", "filters", "activation", "dead", "judged", "training", "batches", "watched", "by", "weights"]
     assert set(lines[start + 2]) <= {"-", " "}
     # The table in aligned plain columns, not Markdown, and the bar drawn again below it.
     assert lines[start + 3].split()[:3] == ["0", "4", "relu"]

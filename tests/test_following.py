@@ -193,7 +193,7 @@ def test_the_mnist_example_pattern_is_followed_and_exact(tmp_path):
     assert 0 in snapshot.dead_filters["conv1"] and 3 in snapshot.dead_filters["conv2"]
     rows = table_rows(snapshot)
     # No module returns the pooled tensor: only the tracer can watch training batches for it.
-    assert rows["conv1"][2:] == ("relu (through max_pool2d)", "yes", "tracer")
+    assert rows["conv1"][2:5] == ("relu (through max_pool2d)", "yes", "tracer")
 
 
 def test_a_padding_that_fills_above_zero_is_not_followed(tmp_path):
@@ -203,7 +203,7 @@ def test_a_padding_that_fills_above_zero_is_not_followed(tmp_path):
     plant(model.conv1)
     snapshot = take_snapshot(model, probe(), tmp_path)
     assert "conv1" not in snapshot.dead_filters and "conv2" in snapshot.dead_filters
-    conv, _, activation, judged, _ = table_rows(snapshot)["conv1"]
+    conv, _, activation, judged, _, _ = table_rows(snapshot)["conv1"]
     assert judged == "no" and "`pad` with the fill value 1" in activation
 
 
@@ -383,8 +383,8 @@ def test_fused_convs_with_their_own_relu_are_judged_dead(tmp_path):
     assert dict(snapshot.dormant_filters) == {name: dormant(act) for name, act in truth.items()}
     assert 1 in snapshot.dead_filters["a"] and 3 in snapshot.dead_filters["b"]
     rows = table_rows(snapshot)
-    assert rows["a"][2:] == ("relu (inside the fused ConvBnReLU2d module)", "yes", "hook on `a`")
-    assert rows["b"][2:] == ("relu (inside the fused ConvReLU2d module)", "yes", "hook on `b`")
+    assert rows["a"][2:5] == ("relu (inside the fused ConvBnReLU2d module)", "yes", "hook on `a`")
+    assert rows["b"][2:5] == ("relu (inside the fused ConvReLU2d module)", "yes", "hook on `b`")
     assert rows["c"][2:4] == ("relu", "yes")  # ConvBn2d has no ReLU of its own: the one after it
 
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lightning_filterviz.capture.activations import ActivationRecorder, ActivationTap, ProbePlan
 from lightning_filterviz.capture.conv_layers import ConvLayer
 from lightning_filterviz.capture.discovery import NOT_RUN, ActivationTracer
+from lightning_filterviz.capture.gradients import is_frozen
 from lightning_filterviz.core.records import PRE_ACTIVATION, CapturedSnapshot, LayerCapture, ReceptiveField
 from lightning_filterviz.capture.buffers import untouched_buffers
 from lightning_filterviz.capture.rng import untouched_random_state
@@ -179,6 +180,7 @@ def start_capture(
     forward_context: Optional[Callable[[], ContextManager[Any]]] = None,
     peak_layers: Collection[str] = (),
     training_maxima: Optional[Mapping[str, Tensor]] = None,
+    gradient_magnitudes: Optional[Mapping[str, Tensor]] = None,
     plan: Optional[ProbePlan] = None,
     finite_input: bool = False,
 ) -> CapturedProbe:
@@ -198,6 +200,9 @@ def start_capture(
         peak_layers: layers whose channels' strongest positions are recorded (for peak patches).
         training_maxima: per conv, the per-channel maxima of the training batches watched
             since the previous snapshot, shipped along as ``training_max``.
+        gradient_magnitudes: per conv, each filter's mean ``|dL/dW_c|`` at the last optimizer
+            step read for this snapshot (see :mod:`~lightning_filterviz.capture.gradients`),
+            shipped along as ``grad_magnitude``.
         plan: how the activations were found last time (:attr:`CapturedProbe.plan`);
             ``None``: trace every conv and make a plan (with hooks on every module).
         finite_input: whether ``inputs`` are known to hold no NaN or Inf, so that the
@@ -226,6 +231,9 @@ def start_capture(
     for name, maxima in (training_maxima or {}).items():
         if name in draft.layers:
             packer.add(_layer_owner(name), "training_max", maxima, fresh=True)  # handed over, never updated again
+    for name, magnitudes in (gradient_magnitudes or {}).items():
+        if name in draft.layers:
+            packer.add(_layer_owner(name), "grad_magnitude", magnitudes, fresh=True)  # a new tensor, never updated
     return CapturedProbe(draft, packer, plan)
 
 
@@ -236,7 +244,9 @@ def _capture_weights(draft: SnapshotDraft, layers: Sequence[ConvLayer], packer: 
         module = layer.module
         rgb = module.in_channels == 3 and module.groups == 1
         # The weight arrives with the copy to host memory (InFlightSnapshot.wait).
-        draft.layers[layer.name] = LayerCapture(layer.name, module.out_channels, weight=None, rgb=rgb)  # type: ignore[arg-type]
+        draft.layers[layer.name] = LayerCapture(
+            layer.name, module.out_channels, weight=None, rgb=rgb, frozen=is_frozen(module)  # type: ignore[arg-type]
+        )
         weight = module.weight
         # Sliced only where there is something to cut: each slice is a dispatched op, per layer.
         packer.add(_layer_owner(layer.name), "weight", weight if weight.shape[0] <= max_filters else weight[:max_filters])

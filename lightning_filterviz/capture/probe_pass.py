@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 from lightning_filterviz.capture.activations import ActivationTap, ProbePlan
 from lightning_filterviz.capture.probe_capture import CapturedProbe, SnapshotDraft, start_capture
 from lightning_filterviz.capture.conv_layers import ConvLayer, scripted_conv_layers, select_conv_layers
+from lightning_filterviz.capture.gradients import gradient_magnitudes
 from lightning_filterviz.core.layer_names import resolve_layer_patterns, unmatched_patterns
 from lightning_filterviz.capture.probe import finite_on_host, model_input, pin_memory, to_device
 from lightning_filterviz.capture.receptive_fields import receptive_field
@@ -53,6 +54,8 @@ class ProbePass:
         # How each conv's activation is observed, learned by the first probe pass of this model.
         self.plan: Optional[ProbePlan] = None
         self.training_maxima: dict[str, Tensor] = {}
+        # Per conv, its filters' gradient magnitudes read for the next snapshot (see read_gradients).
+        self.gradient_magnitudes: dict[str, Tensor] = {}
         self.response_layers: list[str] = []
         self.examples_layers: list[str] = []
         self.filmstrip_layers: list[str] = []
@@ -65,6 +68,12 @@ class ProbePass:
     def watches(self, model: nn.Module) -> bool:
         """Whether this pass is for ``model`` (the very object, still alive)."""
         return self._model() is model
+
+    def read_gradients(self) -> None:
+        """Keep each watched conv's gradient magnitudes per filter, as they are now, for the
+        next snapshot to ship (a later read replaces them): a reduction per conv on the
+        gradients' device, nothing read on the host."""
+        self.gradient_magnitudes = gradient_magnitudes(self.layers)
 
     def resolve_layer_arguments(self) -> list[str]:
         """Resolve ``response_layers`` and ``examples_layers`` among the watched layers, and
@@ -200,6 +209,7 @@ class ProbePass:
         probe_finite: bool,
     ) -> CapturedProbe:
         maxima, self.training_maxima = self.training_maxima, {}
+        magnitudes, self.gradient_magnitudes = self.gradient_magnitudes, {}
         captured = start_capture(
             model,
             inputs,
@@ -212,6 +222,7 @@ class ProbePass:
             forward_context=forward_context,
             peak_layers=self.response_layers if draw_views else (),
             training_maxima=maxima,
+            gradient_magnitudes=magnitudes,
             plan=self.plan,
             finite_input=probe_finite,
         )

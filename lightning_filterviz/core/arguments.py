@@ -120,6 +120,18 @@ ARGUMENTS: dict[str, Argument] = {
         "average, is ``<=`` this (ReDo's score; any activation function); logged as "
         "``filterviz/dormant_fraction/<layer>`` and kept in :attr:`dormant_filters`."
     ),
+    "grad_dormant_tau": Argument(
+        "a filter is gradient-dormant when the mean ``|dL/dW_c|`` of its weights at the optimizer "
+        "step before a snapshot, divided by its layer's average, is ``<=`` this (GraMa's score, "
+        "Liu et al. 2025, arXiv 2505.24061); logged as ``filterviz/grad_dormant_fraction/<layer>`` "
+        "and kept in :attr:`grad_dormant_filters`. The default 0 flags only filters whose weights "
+        "got no gradient at all: they cannot learn, whatever their activations; 0.1, say, also flags "
+        "those getting a tenth of the layer's average or less. A conv whose weight does not require "
+        "grad is frozen, never gradient-dormant. FilterMonitor reads the gradients at "
+        "``on_before_optimizer_step`` of each step followed by a snapshot (after AMP's unscaling, "
+        "gradient accumulation and DDP's averaging); FilterVisualizer, where "
+        ":meth:`FilterVisualizer.read_gradients` is called."
+    ),
     "track_training_batches": _only(
         MONITOR,
         "also watch every training forward pass (per-channel maxima only, no activation kept), "

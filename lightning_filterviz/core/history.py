@@ -89,7 +89,10 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
     probe image's feature maps, float16): they are most of a file's bytes, and the
     statistics are what a run's history is read for. Where the layer's probe features were
     finite: ``<layer>/effective_rank``, ``<layer>/srank`` and ``<layer>/cka_to_first`` (see
-    :class:`~lightning_filterviz.core.records.LayerHealth`).
+    :class:`~lightning_filterviz.core.records.LayerHealth`). Where the conv's gradients were
+    read for the snapshot: ``<layer>/grad_scores`` (every filter's gradient score, float32)
+    and ``<layer>/grad_dormant`` (the gradient-dormant filters); ``<layer>/frozen`` (``True``)
+    for a conv whose weight does not require grad.
     """
     arrays: dict[str, np.ndarray] = {
         "format": np.array(HISTORY_FORMAT),
@@ -119,6 +122,11 @@ def history_arrays(snapshot: Snapshot, drawn: Optional[Mapping[str, np.ndarray]]
             arrays[f"{name}/effective_rank"] = np.array(health.effective_rank, dtype=np.float64)
             arrays[f"{name}/srank"] = np.array(health.srank, dtype=np.int64)
             arrays[f"{name}/cka_to_first"] = np.array(health.cka_to_first, dtype=np.float64)
+        if name in snapshot.grad_scores:
+            arrays[f"{name}/grad_scores"] = snapshot.grad_scores[name].numpy().astype(np.float32)
+            arrays[f"{name}/grad_dormant"] = np.array(snapshot.grad_dormant_filters[name], dtype=np.int64)
+        if layer.frozen:
+            arrays[f"{name}/frozen"] = np.array(True)
     return arrays
 
 

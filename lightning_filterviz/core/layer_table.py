@@ -14,7 +14,8 @@ _FUSED = "fused "
 def layer_table(snapshot: Snapshot) -> Table:
     """Each watched conv, the activation it maps to (or why it has none), and how
     ``track_training_batches`` watches it: a hook on the module in front of its ReLU, or
-    the tracer (which costs more per step).
+    the tracer (which costs more per step); and whether its weights are trained or frozen
+    (``requires_grad=False``: no gradient, so never gradient-dormant).
 
     What was followed between the conv and its activation is named: ``relu (through
     max_pool2d)`` says that the activation, its statistics, maps and peaks, are the ReLU's
@@ -22,8 +23,9 @@ def layer_table(snapshot: Snapshot) -> Table:
     rows = []
     for name, layer in snapshot.layers.items():
         judged = "yes" if layer.zeroing else "no"
-        rows.append((name, str(layer.out_channels), _activation(layer), judged, layer.watched_by or "-"))
-    columns = ("conv", "filters", "activation", "dead judged", "training batches watched by")
+        weights = "frozen" if layer.frozen else "trained"
+        rows.append((name, str(layer.out_channels), _activation(layer), judged, layer.watched_by or "-", weights))
+    columns = ("conv", "filters", "activation", "dead judged", "training batches watched by", "weights")
     return Table(columns=columns, rows=tuple(rows))
 
 

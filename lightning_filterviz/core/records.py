@@ -107,6 +107,11 @@ class LayerCapture(_Frozen):
             :data:`~lightning_filterviz.core.records.FEATURE_POSITIONS` fixed positions of the
             probe, ``(positions, out_channels)``: the same positions at every snapshot, for the
             layer's health signals (see :class:`LayerHealth`).
+        grad_magnitude: per filter, the mean ``|dL/dW_c|`` of the last optimizer step before
+            this snapshot whose gradients were read (float32, ``(out_channels,)``), as the
+            optimizer was about to apply them: unscaled, accumulated and reduced across ranks.
+        frozen: whether the conv's weight does not require grad (so it gets no gradient and
+            is reported frozen, not gradient-dormant).
     """
 
     name: str
@@ -126,6 +131,8 @@ class LayerCapture(_Frozen):
     watched_by: Optional[str] = None
     through: tuple[str, ...] = ()
     features: Optional[Tensor] = None
+    grad_magnitude: Optional[Tensor] = None
+    frozen: bool = False
 
 
 # Probe positions (image, row, column) whose features a snapshot keeps per layer, evenly
@@ -235,6 +242,11 @@ class Snapshot(_Frozen):
         describes_layers: whether this snapshot logs the table of watched convs (the first of a run).
         health: conv name -> its representation's health signals, for the convs whose
             activation (or output) the probe saw with finite values.
+        grad_scores: conv name -> per-filter gradient score ``(out_channels,)`` (GraMa: mean
+            ``|dL/dW_c|`` over the layer's average), for the convs whose gradients were read
+            for this snapshot, all finite, and not frozen.
+        grad_dormant_filters: conv name -> the filters whose gradient score is ``<=
+            grad_dormant_tau``, for the convs in :attr:`grad_scores`.
     """
 
     step: int
@@ -251,6 +263,8 @@ class Snapshot(_Frozen):
     filmstrips: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=_no_entries)
     describes_layers: bool = False
     health: Mapping[str, LayerHealth] = field(default_factory=_no_entries)
+    grad_scores: Mapping[str, Tensor] = field(default_factory=_no_entries)
+    grad_dormant_filters: Mapping[str, tuple[int, ...]] = field(default_factory=_no_entries)
 
     def result(self, timeout: Optional[float] = None) -> Snapshot:
         """The snapshot itself: what :meth:`~lightning_filterviz.FilterVisualizer.snapshot`

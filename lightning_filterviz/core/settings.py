@@ -42,6 +42,7 @@ class VisualizerSettings:
     dead_threshold: float = 0.0
     dead_patience: int = 2
     dormant_tau: float = 0.025
+    grad_dormant_tau: float = 0.0
     weight_normalization: WeightNormalization = "filter"
     log_weights: bool = True
     log_activations: bool = True
@@ -68,10 +69,11 @@ class VisualizerSettings:
                 "or the names or fnmatch patterns of the layers to watch, e.g. ['features.*']."
             )
         object.__setattr__(self, "dead_threshold", _finite_number("dead_threshold", self.dead_threshold))
-        tau = _finite_number("dormant_tau", self.dormant_tau)
-        if tau < 0:
-            raise ValueError(f"`dormant_tau` must be a number >= 0, got {self.dormant_tau!r}.")
-        object.__setattr__(self, "dormant_tau", tau)
+        for name in ("dormant_tau", "grad_dormant_tau"):
+            tau = _finite_number(name, getattr(self, name))
+            if tau < 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, tau)
         if self.weight_normalization not in WEIGHT_NORMALIZATIONS:
             raise ValueError(
                 f"`weight_normalization` must be one of {WEIGHT_NORMALIZATIONS}, got {self.weight_normalization!r}."

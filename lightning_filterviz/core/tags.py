@@ -21,6 +21,7 @@ __all__ = [
     "EFFECTIVE_RANK",
     "EXAMPLES",
     "FILMSTRIP",
+    "GRAD_DORMANT_FRACTION",
     "LAYERS_TAG",
     "PROBE_TAG",
     "RESPONSES",
@@ -55,6 +56,7 @@ THROUGH_THE_LAYERS = "through_the_layers"  # keyed by probe image index, not by 
 EFFECTIVE_RANK = "effective_rank"
 SRANK = "srank"
 CKA_TO_FIRST = "cka_to_first"
+GRAD_DORMANT_FRACTION = "grad_dormant_fraction"
 
 
 def layer_tag(kind: str, layer: str) -> str:

@@ -108,6 +108,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         dead_threshold: float = 0.0,
         dead_patience: int = 2,
         dormant_tau: float = 0.025,
+        grad_dormant_tau: float = 0.0,
         weight_normalization: WeightNormalization = "filter",
         log_weights: bool = True,
         log_activations: bool = True,
@@ -131,6 +132,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             dead_threshold=dead_threshold,
             dead_patience=dead_patience,
             dormant_tau=dormant_tau,
+            grad_dormant_tau=grad_dormant_tau,
             weight_normalization=weight_normalization,
             log_weights=log_weights,
             log_activations=log_activations,
@@ -191,6 +193,15 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
         self._delivery.wait_for_results()
         return {name: list(indices) for name, indices in self.state.dormant.items()}
+
+    @property
+    def grad_dormant_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices whose gradient score (GraMa: mean
+        ``|dL/dW_c|`` over the layer's average) was ``<= grad_dormant_tau`` at the latest
+        snapshot that read the conv's gradients (see :meth:`read_gradients`). Frozen convs
+        (weight not requiring grad) are not in it."""
+        self._delivery.wait_for_results()
+        return {name: list(indices) for name, indices in self.state.grad_dormant.items()}
 
     @property
     def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
@@ -314,6 +325,28 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._views_step = step if draw_views else self._views_step
         # Writer thread (or here, with background=False): run state, views, publishing.
         return self._delivery.submit_snapshot(in_flight, publish)
+
+    def read_gradients(self, model: nn.Module) -> None:
+        """Read the gradients of ``model``'s watched convs for the next snapshot, which then
+        logs each conv's gradient-dormant fraction (``filterviz/grad_dormant_fraction/<layer>``)
+        and keeps the per-filter scores in the history.
+
+        Call it after the backward pass and before the optimizer step whose gradients are to
+        be judged (with gradient accumulation, after the last micro-batch; with AMP's gradient
+        scaler, after ``scaler.unscale_(optimizer)``), on steps followed by a snapshot: it
+        costs one reduction per conv on the device and reads nothing on the host. A later
+        call before the snapshot replaces what an earlier one read.
+
+        Example::
+
+            loss.backward()
+            if step % 100 == 0:  # the snapshot below is due
+                visualizer.read_gradients(model)
+            optimizer.step()
+            if step % 100 == 0:
+                visualizer.snapshot(model, probe, step)
+        """
+        self._probe_pass_of(model).read_gradients()
 
     @contextlib.contextmanager
     def training_batch(self, model: nn.Module) -> Iterator[None]:

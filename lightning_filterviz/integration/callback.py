@@ -74,6 +74,7 @@ class FilterMonitorLogic(_CallbackBase):
         weight_normalization: WeightNormalization = "filter",
         colormap: str = "viridis",
         dormant_tau: float = 0.025,
+        grad_dormant_tau: float = 0.0,
         track_training_batches: bool = False,
         filmstrip_layers: Optional[list[str]] = None,
         views_every: int = 10,
@@ -101,6 +102,7 @@ class FilterMonitorLogic(_CallbackBase):
             dead_threshold=dead_threshold,
             dead_patience=dead_patience,
             dormant_tau=dormant_tau,
+            grad_dormant_tau=grad_dormant_tau,
             weight_normalization=weight_normalization,
             log_weights=log_weights,
             log_activations=log_activations,
@@ -123,6 +125,7 @@ class FilterMonitorLogic(_CallbackBase):
         # What the previous fit watched, so that a fit of another model or on other data starts afresh.
         self._previous_fit = FitIdentity()
         self._enabled = True
+        self._reads_gradients = True  # until reading them fails once
         # Where a copy of the monitor in a spawned or forked process (ddp_spawn) leaves its results.
         self._worker_results = WorkerResults()
 
@@ -137,6 +140,14 @@ class FilterMonitorLogic(_CallbackBase):
         """Conv module name -> sorted output-channel indices dormant at the latest snapshot."""
         self._take_results_from_workers()
         return self.engine.dormant_filters
+
+    @property
+    def grad_dormant_filters(self) -> dict[str, list[int]]:
+        """Conv module name -> sorted output-channel indices whose gradient score (mean
+        ``|dL/dW_c|`` over the layer's average) was ``<= grad_dormant_tau`` at the latest snapshot
+        after an optimizer step. Frozen convs are not in it."""
+        self._take_results_from_workers()
+        return self.engine.grad_dormant_filters
 
     @property
     def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
@@ -186,6 +197,7 @@ class FilterMonitorLogic(_CallbackBase):
             self._start_afresh()
         # Each fit tries afresh, whatever switched the monitor or the tracking off before.
         self._enabled = _can_monitor(trainer, pl_module)
+        self._reads_gradients = True
         # An unknown layer name fails here, before any step.
         if self._enabled and not self.engine.watch(pl_module):
             self._enabled = False
@@ -224,6 +236,34 @@ class FilterMonitorLogic(_CallbackBase):
         self._batch_watch.close()  # the forward is over; the backward is not watched
         if self._enabled and self._schedule.waiting_for_weights:
             self._snapshot(trainer, pl_module)  # the forward has just given lazy modules their weights
+
+    @override
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        # The gradients as the optimizer is about to apply them: unscaled by AMP's scaler,
+        # accumulated over every micro-batch and averaged across ranks.
+        if not (self._enabled and self._reads_gradients and trainer.is_global_zero):
+            return
+        if not self._snapshot_follows_step(trainer):
+            return
+        try:
+            self.engine.read_gradients(pl_module)
+        except Exception as error:  # monitoring must never end a training run
+            self._reads_gradients = False
+            rank_zero_warn(
+                "filterviz: reading the convs' gradients failed, so gradient dormancy is not judged for the rest "
+                f"of this run. Cause: {type(error).__name__}: {error}"
+            )
+
+    def _snapshot_follows_step(self, trainer: Any) -> bool:
+        """Whether a snapshot follows the optimizer step about to run: the cadence's, or the
+        last look at the trained model at the end of the fit (``max_steps`` or ``max_epochs``)."""
+        step = trainer.global_step + 1
+        if self._schedule.due_after_batch(step) or 0 < trainer.max_steps <= step:
+            return True
+        if not trainer.is_last_batch:
+            return False
+        last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+        return last_epoch or self._schedule.due_after_epoch(trainer.current_epoch)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -16,13 +16,14 @@ import collections
 from typing import Any, Optional
 
 import numpy as np
+from torch import Tensor
 
 from lightning_filterviz.state.health import HealthTracker
 from lightning_filterviz.state.progress import ProgressTracker
 from lightning_filterviz.core.layer_table import layer_table
 from lightning_filterviz.core.records import CapturedSnapshot, DatasetExamples, LayerHealth, RunEnding, Snapshot
 from lightning_filterviz.core.settings import VisualizerSettings
-from lightning_filterviz.state.stats import DeadFilterTracker, dormant_indices
+from lightning_filterviz.state.stats import DeadFilterTracker, dormant_indices, grad_dormant_verdict
 
 __all__ = ["DEAD_FRACTION_WARNING", "Message", "RunState"]
 
@@ -48,6 +49,8 @@ class RunState:
         # The latest snapshot's step and health signals, which the last look at that step carries too.
         self.latest_health: tuple[Optional[int], dict[str, LayerHealth]] = (None, {})
         self.dormant: dict[str, list[int]] = {}
+        # The latest gradient-dormant filters of each conv whose gradients were read.
+        self.grad_dormant: dict[str, list[int]] = {}
         self.symmetric_ranges: dict[str, float] = {}
         self.warned_dead: set[str] = set()
         self.warned_non_finite_probe = False
@@ -70,6 +73,7 @@ class RunState:
             for name, layer in captured.layers.items()
             if layer.channel_mean_abs is not None
         }
+        grad_scores = self._judge_gradients(captured)
         symmetric_ranges = self._symmetric_ranges_for(captured)
         drift, weight_norm_ratio = self.progress.update(captured, self.settings.weight_normalization, symmetric_ranges)
         describes_layers = not self.described and self.settings.log_activations
@@ -88,6 +92,8 @@ class RunState:
             filmstrips=self.progress.filmstrips() if captured.draw_views and self.settings.log_weights else {},
             describes_layers=describes_layers,
             health=self.health.update(captured),
+            grad_scores=grad_scores,
+            grad_dormant_filters={name: tuple(self.grad_dormant[name]) for name in grad_scores},
         )
         self.latest_health = (snapshot.step, dict(snapshot.health))
         # Kept (drift only: no maps stay alive) so that the end of the run can draw the last snapshot's drift strips.
@@ -108,6 +114,7 @@ class RunState:
         drift from the initial filters, folded into nothing (no statistic, filmstrip row or
         warning counts it; it is not another snapshot)."""
         drift, weight_norm_ratio = self.progress.drift(captured)
+        grad_scores = self._judge_gradients(captured)
         return Snapshot(
             step=captured.step,
             layers=captured.layers,
@@ -121,7 +128,23 @@ class RunState:
             weight_norm_ratio=weight_norm_ratio,
             # The same model at the same step as the latest snapshot: the same features.
             health=self.latest_health[1] if self.latest_health[0] == captured.step else {},
+            grad_scores=grad_scores,
+            grad_dormant_filters={name: tuple(self.grad_dormant[name]) for name in grad_scores},
         )
+
+    def _judge_gradients(self, captured: CapturedSnapshot) -> dict[str, Tensor]:
+        """Each conv's gradient scores, for the convs whose gradients came with ``captured``;
+        the gradient-dormant filters among them become the latest (see :attr:`grad_dormant`)."""
+        scores = {}
+        for name, layer in captured.layers.items():
+            if layer.frozen:
+                self.grad_dormant.pop(name, None)  # reported frozen, not gradient-dormant
+            if layer.grad_magnitude is None or layer.frozen:
+                continue
+            verdict = grad_dormant_verdict(layer.grad_magnitude, self.settings.grad_dormant_tau)
+            if verdict is not None:
+                scores[name], self.grad_dormant[name] = verdict
+        return scores
 
     def ending(self, step: int, final: Optional[Snapshot] = None) -> RunEnding:
         """What the end of the run at ``step`` draws: every filmstrip row (unless a snapshot
@@ -172,6 +195,7 @@ class RunState:
             "symmetric_ranges": dict(self.symmetric_ranges),
             "warned_dead": sorted(self.warned_dead),
             "dormant": {name: list(indices) for name, indices in self.dormant.items()},
+            "grad_dormant": {name: list(indices) for name, indices in self.grad_dormant.items()},
             "progress": self.progress.state_dict(),
             "health": self.health.state_dict(),
         }
@@ -181,6 +205,7 @@ class RunState:
         self.symmetric_ranges = dict(state.get("symmetric_ranges", {}))
         self.warned_dead = set(state.get("warned_dead", []))
         self.dormant = {name: list(indices) for name, indices in state.get("dormant", {}).items()}
+        self.grad_dormant = {name: list(indices) for name, indices in state.get("grad_dormant", {}).items()}
         self.progress.load_state_dict(state.get("progress", {}))
         self.health.load_state_dict(state.get("health"))
 

@@ -7,7 +7,7 @@ size), so they start no second OpenMP team beside training.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -102,3 +102,17 @@ def dormant_scores(channel_mean_abs: Tensor) -> Tensor:
 def dormant_indices(channel_mean_abs: Tensor, tau: float) -> list[int]:
     """Sorted indices of the filters whose dormant score is ``<= tau``."""
     return torch.nonzero(dormant_scores(channel_mean_abs) <= tau).flatten().tolist()
+
+
+def grad_dormant_verdict(magnitudes: Tensor, tau: float) -> Optional[tuple[Tensor, list[int]]]:
+    """GraMa's gradient scores (Liu et al. 2025) from each filter's mean ``|dL/dW_c|``: the
+    same ratio to the layer's average as ReDo's (see :func:`dormant_scores`), and the sorted
+    indices of the filters scoring ``<= tau``.
+
+    ``None`` when a magnitude is not finite (an fp16 step whose gradients overflowed, which
+    the gradient scaler skips): that step's gradients say nothing about the filters.
+    """
+    if not bool(torch.isfinite(magnitudes).all()):
+        return None
+    scores = dormant_scores(magnitudes)
+    return scores, torch.nonzero(scores <= tau).flatten().tolist()
