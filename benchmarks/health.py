@@ -1,4 +1,4 @@
-"""What the health signals (effective rank, srank, CKA to the first snapshot) cost a snapshot.
+"""What the health signals (effective rank, srank, CKA to the first snapshot; gradient dormancy) cost a snapshot.
 
     python benchmarks/health.py            # under a minute on 2 CPU cores
     python benchmarks/health.py --quick    # fewer repetitions
@@ -10,7 +10,10 @@ probe pass of the monitor, prints side by side:
   a. the training thread: the probe's plain eval forward, and the feature gathers a
      snapshot adds (one per layer, timed on the same activations);
   b. the writer thread: the signals of every layer from the gathered features, per snapshot
-     after the first (float64 singular values and CKA, on the host).
+     after the first (float64 singular values and CKA, on the host);
+  c. gradient dormancy: on the training thread, reading every conv's per-filter gradient
+     magnitudes (one reduction per conv, on a step followed by a snapshot) beside that
+     training step's forward and backward on a batch of 8; on the writer thread, the scores.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from cnn_example import small_cnn  # noqa: E402
 
 from lightning_filterviz import FilterVisualizer, Sink  # noqa: E402
 from lightning_filterviz.capture.activations import feature_sample  # noqa: E402
+from lightning_filterviz.capture.conv_layers import select_conv_layers  # noqa: E402
+from lightning_filterviz.capture.gradients import gradient_magnitudes  # noqa: E402
 from lightning_filterviz.core.records import CapturedSnapshot  # noqa: E402
 from lightning_filterviz.state.health import HealthTracker  # noqa: E402
+from lightning_filterviz.state.stats import grad_dormant_verdict  # noqa: E402
 
 
 class _Nowhere(Sink):
@@ -55,6 +61,7 @@ def main() -> None:
         ("ResNet-18, 224 px", torchvision.models.resnet18(num_classes=8), 224),
     ]
     print("\n                       forward   gathers  (training thread, ms)   signals (writer thread, ms)")
+    gradient_rows = []
     for label, model, size in models:
         model.eval()
         probe = torch.rand(8, 3, size, size)
@@ -67,6 +74,29 @@ def main() -> None:
         signals = best_of(repeats, lambda: tracker.update(captured))
         print(f"   {label:<18} {forward * 1e3:8.1f}  {gathers * 1e3:8.2f}  ({gathers / forward:.1%} of the forward)"
               f"   {signals * 1e3:8.1f}")
+        gradient_rows.append((label, *gradient_costs(model, probe, repeats)))
+    print("\n  gradient dormancy     step      reads   (training thread, ms)   scores (writer thread, ms)")
+    for label, step, reads, scores in gradient_rows:
+        print(f"   {label:<18} {step * 1e3:8.1f}  {reads * 1e3:8.2f}  ({reads / step:.1%} of the step)"
+              f"        {scores * 1e3:8.2f}")
+
+
+def gradient_costs(model: nn.Module, batch: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """A training step's forward and backward, the reads of its convs' gradient magnitudes
+    (as the monitor does them at ``on_before_optimizer_step``), and the scores of them all."""
+    model.train()
+    layers = select_conv_layers(model)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(batch).sum().backward()
+
+    training_step = best_of(repeats, step)
+    reads = best_of(repeats, lambda: gradient_magnitudes(layers))
+    magnitudes = gradient_magnitudes(layers)
+    scores = best_of(repeats, lambda: [grad_dormant_verdict(values, 0.0) for values in magnitudes.values()])
+    model.eval()
+    return training_step, reads, scores
 
 
 def captured_snapshot(model: nn.Module, probe: torch.Tensor) -> CapturedSnapshot:

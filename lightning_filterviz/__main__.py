@@ -2,6 +2,8 @@
 
 Also installed as the ``filterviz-report`` console script, which takes the report's
 arguments directly: ``filterviz-report <log_dir> [-o OUTPUT.html] [--filter-layer LAYER]``.
+With ``--feature-vis CHECKPOINT``, the model in a Lightning checkpoint gets its feature
+visualizations made first (this needs torch; the report itself does not).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import warnings
 from typing import Optional, Sequence
 
 from lightning_filterviz.report.build import ReportError, ReportWarning, build_report
+from lightning_filterviz.report.runs import find_history_dirs
 
 __all__ = ["main"]
 
@@ -49,6 +52,31 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LAYER",
         help="the conv layer of the filter page: each of its filters' weights, feature maps, dataset "
         "examples and curves over the run (default: the first conv layer)",
+    )
+    parser.add_argument(
+        "--feature-vis",
+        metavar="CHECKPOINT",
+        help="first make feature visualizations of the model in this Lightning checkpoint (saved with "
+        "FilterMonitor attached) and add them to the run's history; needs torch and can take minutes",
+    )
+    parser.add_argument(
+        "--featvis-layers",
+        nargs="+",
+        metavar="LAYER",
+        help="with --feature-vis: conv names or fnmatch patterns to visualize (default: the first conv layer)",
+    )
+    parser.add_argument(
+        "--featvis-steps",
+        type=int,
+        default=256,
+        metavar="N",
+        help="with --feature-vis: optimization steps per visualization (default: 256)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="MODULE:CLASS",
+        help="with --feature-vis: the LightningModule class as package.module:Class or path/to/file.py:Class "
+        "(default: the one the checkpoint names)",
     )
 
 
@@ -94,14 +122,22 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> tu
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Build the report; print its path, or one error line on stderr.
+    """Build the report (after making ``--feature-vis``'s visualizations, if asked); print its
+    path, or one error line on stderr.
 
     Args:
-        args: parsed ``log_dir``, ``output``, ``filmstrip_layers``, ``examples_filter`` and ``filter_layer``.
+        args: parsed ``log_dir``, ``output``, ``filmstrip_layers``, ``examples_filter``,
+            ``filter_layer``, ``feature_vis``, ``featvis_layers``, ``featvis_steps`` and ``model``.
 
     Returns:
         0 on success, 2 for bad input.
     """
+    if args.feature_vis is not None:
+        made = _feature_vis(args)
+        if made is None:
+            return 2
+        print(f"{PROGRAM}: wrote {made}", file=sys.stderr)
+    caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ReportWarning)
@@ -121,6 +157,33 @@ def run_report(args: argparse.Namespace) -> int:
                 warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(path)
     return 0
+
+
+def _feature_vis(args: argparse.Namespace) -> Optional[str]:
+    """Make ``--feature-vis``'s visualizations into the run's history; ``None`` (after one error
+    line) when they cannot be made."""
+    histories = find_history_dirs(args.log_dir) if os.path.isdir(args.log_dir) else []
+    if len(histories) != 1:
+        found = "no run" if not histories else f"{len(histories)} runs"
+        print(f"{PROGRAM}: --feature-vis needs the log dir of one run; {args.log_dir} holds {found}.", file=sys.stderr)
+        return None
+    # Imported here: the report itself needs no torch.
+    from lightning_filterviz.integration.offline_feature_vis import CheckpointError, feature_vis_from_checkpoint
+
+    print(f"{PROGRAM}: making the feature visualizations of {args.feature_vis} (this can take minutes)", file=sys.stderr)
+    try:
+        return str(
+            feature_vis_from_checkpoint(
+                args.feature_vis,
+                histories[0],
+                layers=args.featvis_layers,
+                model_class=args.model,
+                steps=args.featvis_steps,
+            )
+        )
+    except (CheckpointError, ValueError) as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -51,6 +51,7 @@ SHARED = [
     (dict(views_every=0), ValueError, r"`views_every` must be an integer >= 1, got 0"),
     (dict(response_layers="net.0"), TypeError, r"`response_layers` must be a list of module names or patterns"),
     (dict(examples_layers="net.0"), TypeError, r"`examples_layers` must be a list of module names or patterns"),
+    (dict(featvis_layers="net.0"), TypeError, r"`featvis_layers` must be a list of module names or patterns"),
     (dict(examples_k=0), ValueError, r"`examples_k` must be an integer >= 1, got 0"),
 ]
 MONITOR_ONLY = [
@@ -212,6 +213,7 @@ NON_DEFAULT_SETTINGS = dict(
     grad_dormant_tau=0.2,
     weight_normalization="layer", log_weights=False, log_activations=False, batch_key=1, forward_fn=len,
     colormap="magma", filmstrip_layers=[], views_every=3, response_layers=[], examples_layers=[], examples_k=2,
+    featvis_layers=["net.0"],
     max_pending=7,
 )
 # Settings FilterMonitor leaves at their default: its writer waits for at most two snapshots.

@@ -48,7 +48,7 @@ DEAD_FILTER = 4  # of the trained run's first conv: its bias keeps its ReLU at z
 TRAINED_RUN = "tb/version_0"
 HAND_RUN = "hand"
 HAND_LAYER = "0"
-SERIES = ("state", "drift", "norm_ratio", "mean_activation", "dormant_score")
+SERIES = ("state", "drift", "norm_ratio", "mean_activation", "dormant_score", "grad_score", "grad_dormant")
 
 
 class Board:
@@ -427,7 +427,7 @@ def test_a_layer_without_dataset_examples_has_no_examples_sprite(board):
 # ---------------------------------------------------------------- bad requests
 
 
-@pytest.mark.parametrize("route", ["layer", "filter", "weights.png", "maps.png", "examples.png"])
+@pytest.mark.parametrize("route", ["layer", "filter", "weights.png", "maps.png", "examples.png", "featvis.png"])
 def test_a_missing_argument_is_a_bad_request(board, route):
     board.error(route, 400, layer="net.0", filter="0")
     board.error(route, 400, run=TRAINED_RUN, filter="0")
@@ -436,7 +436,7 @@ def test_a_missing_argument_is_a_bad_request(board, route):
         board.error(route, 400, run=TRAINED_RUN, layer="net.0", filter="")
 
 
-@pytest.mark.parametrize("route", ["layer", "filter", "weights.png", "maps.png", "examples.png"])
+@pytest.mark.parametrize("route", ["layer", "filter", "weights.png", "maps.png", "examples.png", "featvis.png"])
 def test_unknown_runs_and_layers_are_not_found(board, route):
     board.error(route, 404, run="tb/version_9", layer="net.0", filter="0")
     board.error(route, 404, run="no_history", layer="net.0", filter="0")
@@ -444,13 +444,13 @@ def test_unknown_runs_and_layers_are_not_found(board, route):
     board.error(route, 404, run=TRAINED_RUN, layer="net.1", filter="0")  # the ReLU, not a conv
 
 
-@pytest.mark.parametrize("route", ["filter", "weights.png", "maps.png", "examples.png"])
+@pytest.mark.parametrize("route", ["filter", "weights.png", "maps.png", "examples.png", "featvis.png"])
 @pytest.mark.parametrize("channel", ["6", "100", "-1", "x", "1.5", " 1"])
 def test_a_filter_out_of_range_or_not_a_number_is_a_bad_request(board, route, channel):
     board.error(route, 400, run=TRAINED_RUN, layer="net.0", filter=channel)
 
 
-@pytest.mark.parametrize("route", ["layer", "filter", "weights.png", "maps.png", "examples.png"])
+@pytest.mark.parametrize("route", ["layer", "filter", "weights.png", "maps.png", "examples.png", "featvis.png"])
 def test_a_run_outside_the_log_directory_is_not_found_and_not_read(board, trained, route):
     global _opened
     outside = trained.outside_run_dir

@@ -1,7 +1,8 @@
 """The Filters tab in a real browser: Debian's Chromium, driven by Playwright, kept off the
 network, on a real TensorBoard process. It opens the tab, picks a layer, clicks a filter,
-and checks that the filter's timeline shows one frame per snapshot and that the page logged
-no console error or warning. Screenshots go to the test's directory (and to
+and checks that the filter's timeline shows one frame per snapshot (and its feature
+visualizations one per validation run that made them) and that the page logged no console
+error or warning. Screenshots go to the test's directory (and to
 ``$FILTERVIZ_SCREENSHOTS`` when set).
 
 Skipped, with the reason, only where no Chromium is installed (``apt-get install chromium``)."""
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 RUN = "browser_run"
 STEPS = (0, 10, 20, 30, 40)
+FEATVIS_STEPS = (20, 40)
 DEAD_FILTER = 2
 # Chromium talks to the local TensorBoard only: every host name fails to resolve but 127.0.0.1.
 OFF_THE_NETWORK = [
@@ -44,7 +46,8 @@ OFF_THE_NETWORK = [
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Five snapshots of a two-conv model by the engine, with one filter of the second conv dead."""
+    """Five snapshots of a two-conv model by the engine, with one filter of the second conv dead,
+    gradients read before each but the first, feature visualizations of the second conv at two steps."""
     root = tmp_path_factory.mktemp("browser")
     run_dir = root / RUN
     torch.manual_seed(0)
@@ -53,9 +56,17 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model[2].bias[DEAD_FILTER] = -1000.0
     probe = torch.rand(2, 3, 12, 12)
     with SummaryWriter(str(run_dir)) as writer:
-        visualizer = FilterVisualizer(writer, history_dir=history_dir_of(run_dir), views_every=2, dead_patience=1)
+        visualizer = FilterVisualizer(
+            writer, history_dir=history_dir_of(run_dir), views_every=2, dead_patience=1, featvis_layers=["2"]
+        )
         for step in STEPS:
+            if step:
+                model.zero_grad()
+                model(probe).sum().backward()
+                visualizer.read_gradients(model)
             visualizer.snapshot(model, probe, step)
+            if step in FEATVIS_STEPS:
+                visualizer.visualize_features(model, probe, step, steps=8)
             with torch.no_grad():
                 model[0].weight.add_(0.05 * torch.randn_like(model[0].weight))
         visualizer.close()
@@ -105,6 +116,7 @@ def test_a_filters_timeline_has_a_frame_per_snapshot_and_the_page_logs_no_error(
     frame.wait_for_selector(f"button.map-row[data-filter='{DEAD_FILTER}']")
     assert "5 filters" in frame.inner_text("#layer-summary")
     assert frame.locator("#layer-health svg.chart").count() == 3  # effective rank, srank, CKA
+    assert frame.locator("#layer-gradients svg.chart").count() == 1  # the gradient-dormant fraction
     save_screenshot(page, tmp_path, "filters_tab_map.png")
 
     frame.click(f"button.map-row[data-filter='{DEAD_FILTER}']")
@@ -112,7 +124,11 @@ def test_a_filters_timeline_has_a_frame_per_snapshot_and_the_page_logs_no_error(
     titles = frame.eval_on_selector_all("#weights-timeline .frame", "frames => frames.map(frame => frame.title)")
     assert titles == [f"step {step}" for step in STEPS]
     assert "dead" in frame.inner_text("#filter-summary")
-    assert frame.locator("#curves svg.chart").count() == 4
+    assert frame.locator("#curves svg.chart").count() == 5  # with the gradient score
+    frame.wait_for_function(f"document.querySelectorAll('#featvis-timeline .frame').length === {len(FEATVIS_STEPS)}")
+    titles = frame.eval_on_selector_all("#featvis-timeline .frame", "frames => frames.map(frame => frame.title)")
+    assert titles == [f"step {step}" for step in FEATVIS_STEPS]
+    assert frame.locator("#curves .band-grad-dormant").count() >= 1  # the dead filter gets no gradient
     save_screenshot(page, tmp_path, "filters_tab_filter.png")
 
     url = page.url  # the address names run, layer and filter, so the link can be shared
@@ -136,6 +152,7 @@ def test_a_shared_link_opens_that_filter(tab, tmp_path):
     frame.wait_for_function(f"document.querySelectorAll('#weights-timeline .frame').length === {len(STEPS)}")
     assert "filter 4" in frame.inner_text("#filter-title")
     assert "net" not in frame.inner_text("#filter-title") and "0" in frame.inner_text("#filter-title")
+    assert not frame.is_visible("#featvis-view")  # only the featvis_layers have feature visualizations
 
 
 def test_a_link_opened_in_the_open_tab_shows_that_filter(tab):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_filterviz.board.npz import read_arrays
-from lightning_filterviz.drawing.filter_frames import maps_sprite, weights_sprite
+from lightning_filterviz.board.npz import read_arrays, read_rows
+from lightning_filterviz.drawing.filter_frames import feature_vis_sprite, maps_sprite, weights_sprite
 from lightning_filterviz.core.tiles import square_columns, tile_origin
 from lightning_filterviz.drawing.render import SIGNED_COLORMAP, activation_grid, activation_tile, weight_grid
 
@@ -69,3 +69,41 @@ def test_the_fast_reader_reads_what_numpy_reads(tmp_path):
     (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:-40])
     with pytest.raises(ValueError):
         read_arrays(tmp_path / "cut.npz", ["step"])
+
+
+def test_the_row_reader_reads_one_row_of_what_numpy_reads(tmp_path):
+    arrays = {
+        "step": np.array(3, dtype=np.int64),
+        "layers": np.array(["a", "b/c"]),
+        "b/c/images": np.random.default_rng(2).integers(0, 256, size=(4, 5, 6, 3), dtype=np.uint8),
+        "b/c/fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    }
+    path = tmp_path / "feature_vis_00000003.npz"
+    np.savez(path, **arrays)
+    found, names = read_rows(path, ("step", "layers", "missing"), {"b/c/images": 2, "b/c/fortran": 1})
+    assert names == frozenset(arrays) and set(found) == {"step", "layers", "b/c/images", "b/c/fortran"}
+    assert int(found["step"]) == 3 and found["layers"].tolist() == ["a", "b/c"]
+    np.testing.assert_array_equal(found["b/c/images"], arrays["b/c/images"][2])
+    np.testing.assert_array_equal(found["b/c/fortran"], arrays["b/c/fortran"][1])  # read by numpy
+    assert read_rows(path, rows={"b/c/images": 4})[0] == {} and read_rows(path, rows={"step": 0})[0] == {}
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, **arrays)
+    np.testing.assert_array_equal(read_rows(compressed, rows={"b/c/images": 1})[0]["b/c/images"], arrays["b/c/images"][1])
+    whole = path.read_bytes()
+    for cut in (0, 100, len(whole) // 2, len(whole) - 40):
+        (tmp_path / "cut.npz").write_bytes(whole[:cut])
+        with pytest.raises(ValueError):
+            read_rows(tmp_path / "cut.npz", ("step",), {"b/c/images": 0})
+
+
+def test_a_feature_vis_frame_is_the_picture_grey_ones_in_three_channels_smaller_ones_enlarged():
+    generator = np.random.default_rng(3)
+    colour = generator.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    grey = generator.integers(0, 256, size=(8, 8, 1), dtype=np.uint8)
+    small = generator.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    sprite = feature_vis_sprite([colour, grey, small], gap=2, columns=2)
+    assert sprite.tile == (8, 8) and sprite.columns == 2 and sprite.image.shape == (18, 18, 3)
+    np.testing.assert_array_equal(sprite.image[:8, :8], colour)
+    np.testing.assert_array_equal(sprite.image[:8, 10:], np.repeat(grey, 3, axis=-1))
+    np.testing.assert_array_equal(sprite.image[10:, :8], small.repeat(2, axis=0).repeat(2, axis=1))
+    assert (sprite.image[8:10] == 255).all() and (sprite.image[10:, 10:] == 255).all()

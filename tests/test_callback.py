@@ -66,10 +66,11 @@ def test_every_contract_tag_at_step_zero_and_later_with_planted_dead_filters(tmp
     model = Classifier(lr=0.01)
     plant_dead_filters(model)
     hooks_before = count_hooks(model)
-    monitor = FilterMonitor(max_images=2)
+    monitor = FilterMonitor(max_images=2, featvis_layers=["net.0"])  # feature visualization is opt-in
     trainer = fit(tmp_path, monitor, model, max_epochs=2)
 
     events = read_events(trainer.logger.log_dir)
+    assert set(events.images["filterviz/feature_vis/net.0"]) == {STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH}
     expected_steps = {0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH}
     for layer in LAYERS:
         assert set(events.images[f"filterviz/weights/{layer}"]) == expected_steps

@@ -93,7 +93,7 @@ def report(logs: Path) -> tuple[Path, str]:
 
 
 # The filter page's images (one layer's filters over the run): tested in test_report_filter_page.py.
-FILTER_PAGE_IMAGE = re.compile(r"^(weights|feature maps|curves|dataset examples) of filter \d+")
+FILTER_PAGE_IMAGE = re.compile(r"^(weights|feature maps|curves|dataset examples|feature visualizations) of filter \d+")
 
 
 def report_figures(page: str) -> set[str]:
@@ -119,6 +119,8 @@ def test_report_has_every_figure_with_an_embedded_png(report, logs):
     for heading in (*CHART_HEADINGS, "Final filters: 0", "Final filters: 3", "Filmstrip: 0"):
         assert f"<h3>{heading}</h3>" in page
     assert "steps: 0, 10, 20, 30" in page
+    # Snapshots without gradients read: a note instead of the gradient-dormant chart.
+    assert "<h3>Gradient-dormant filters</h3>" in page and "No snapshot recorded gradient scores" in page
     assert "<script" not in page and 'src="http' not in page
     images = images_by_alt(page)
     assert report_figures(page) == {*CHART_HEADINGS, "filters of 0", "filters of 3", "filmstrip of 0"}
@@ -203,9 +205,12 @@ def test_report_of_a_lightning_run_that_saved_its_history(tmp_path):
     page = build_report(tmp_path).read_text(encoding="utf-8")  # the parent of tb/version_0
     assert "<h2>Run: tb/version_0</h2>" in page and "steps: 0, 2" in page
     drawn = {*CHART_HEADINGS, "filters of net.0", "filters of net.3", "filmstrip of net.0"}
-    assert report_figures(page) == drawn | {"Dataset examples: net.0, filter 0"}  # the fit validated
+    # The fit validated, and its optimizer steps before the second snapshot had gradients.
+    assert report_figures(page) == drawn | {"Dataset examples: net.0, filter 0", "Gradient-dormant filters"}
     (run,) = load_runs(trainer.log_dir)
     assert fraction_series(run, "dead")["net.3"][1][-1] == 1 / 8
+    # Channel 2 of net.3 never fires: no gradient reaches its weights.
+    assert fraction_series(run, "grad_dormant")["net.3"] == ([2], [1 / 8])
 
 
 def _foreign(root: Path) -> Path:

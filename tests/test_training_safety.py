@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,21 +51,29 @@ class AdamClassifier(Classifier):
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
 
-def train_once(tmp_path: Path, with_monitor: bool) -> tuple[dict, dict, list[bool]]:
+def train_once(tmp_path: Path, with_monitor: bool, **monitor_arguments: Any) -> tuple[dict, dict, list[bool]]:
     pl.seed_everything(7)
     model = AdamClassifier(dropout_bn_net())
     model.net[1].eval()  # a user's frozen BatchNorm, which must stay frozen
-    callbacks = [FilterMonitor(every_n_steps=2, probe_split="train", probe_size=4)] if with_monitor else []
+    monitor = FilterMonitor(every_n_steps=2, probe_split="train", probe_size=4, **monitor_arguments)
+    callbacks = [monitor] if with_monitor else []
     trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=2))
     trainer.fit(model, datamodule=RandomImages())
     modes = [module.training for module in model.modules()]
     return model.state_dict(), trainer.optimizers[0].state_dict(), modes
 
 
-def test_training_result_is_bitwise_identical_with_and_without_the_monitor(tmp_path):
+@pytest.mark.parametrize("featvis_layers", [(), ["net.0", "net.4"]], ids=["default", "feature-vis"])
+def test_training_result_is_bitwise_identical_with_and_without_the_monitor(tmp_path, featvis_layers):
     state_without, optimizer_without, modes_without = train_once(tmp_path / "without", with_monitor=False)
-    state_with, optimizer_with, modes_with = train_once(tmp_path / "with", with_monitor=True)
-    assert read_events(tmp_path / "with" / "tb" / "version_0").images  # the monitor did run
+    state_with, optimizer_with, modes_with = train_once(
+        tmp_path / "with", with_monitor=True, featvis_layers=featvis_layers
+    )
+    images = read_events(tmp_path / "with" / "tb" / "version_0").images
+    assert images  # the monitor did run
+    if featvis_layers:  # at the end of each of the two validation runs
+        for layer in featvis_layers:
+            assert sorted(images[f"filterviz/feature_vis/{layer}"]) == [4, 8]
     assert state_with.keys() == state_without.keys()
     for key in state_with:  # parameters and buffers (BatchNorm running statistics too)
         assert torch.equal(state_with[key], state_without[key]), key

@@ -16,7 +16,7 @@ import json
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 from tensorboard import context as tb_context
@@ -26,7 +26,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from lightning_filterviz.drawing import filter_frames
-from lightning_filterviz.board.run_history import LayerSeries, RunHistory
+from lightning_filterviz.board.run_history import GRAD_DORMANT, UNKNOWN, LayerSeries, RunHistory
 from lightning_filterviz.core.history import HISTORY_POINTER, history_dir_of
 from lightning_filterviz.core.png import encode_png
 
@@ -38,6 +38,13 @@ SPRITES_KEPT = 32
 # A WSGI application: (environ, start_response) -> the body's chunks.
 WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 Sprite = tuple[bytes, tuple[int, int], int]  # PNG bytes, a frame's (height, width), frames per row
+# A filter's pictures of one kind that are not per snapshot, each first its step: dataset
+# examples ``(step, patches, values)`` or feature visualizations ``(step, image)``.
+Pictures = Sequence[tuple[Any, ...]]
+# 10 ** k is exact in a double for these k, so rounding with it matches Python's formatting.
+_EXACT_POWERS_OF_TEN = 22
+# What a sprite shows, where its kind is not already a word.
+_SPRITE_NAMES = {"feature_vis": "feature visualizations"}
 
 
 class FilterVizPlugin(base_plugin.TBPlugin):
@@ -60,7 +67,17 @@ class FilterVizPlugin(base_plugin.TBPlugin):
     def get_plugin_apps(self) -> dict[str, WSGIApp]:
         """The routes: ``index.js`` (the page), ``runs``, ``layer?run=&layer=``,
         ``filter?run=&layer=&filter=`` (JSON) and ``weights.png``, ``maps.png``,
-        ``examples.png`` with the same arguments as ``filter`` (sprites of its frames)."""
+        ``examples.png``, ``featvis.png`` with the same arguments as ``filter`` (sprites of
+        its frames).
+
+        The ``layer`` answer: ``steps``; per filter and step ``state``, ``drift``,
+        ``norm_ratio``, ``mean_activation``, ``dormant_score``, ``grad_score`` (``null``
+        where the gradients were not read) and ``grad_dormant`` (``true``, ``false`` or
+        ``null``); ``health``; ``grad_dormant_fraction`` (``steps`` whose gradients were
+        read and the fraction's ``values``); ``frozen``; ``maps_steps``,
+        ``examples_steps`` and ``feature_vis_steps``. The ``filter`` answer: the filter's
+        row of each, ``frozen``, and ``weights``, ``maps``, ``examples``, ``feature_vis``:
+        each ``null`` or its sprite's ``url``, ``steps``, ``tile`` and ``columns``."""
         routes = {
             "/index.js": self._serve_page,
             "/runs": self._serve_runs,
@@ -69,6 +86,7 @@ class FilterVizPlugin(base_plugin.TBPlugin):
             "/weights.png": self._serve_weights,
             "/maps.png": self._serve_maps,
             "/examples.png": self._serve_examples,
+            "/featvis.png": self._serve_feature_vis,
         }
         return {route: _wsgi(handle) for route, handle in routes.items()}
 
@@ -109,6 +127,9 @@ class FilterVizPlugin(base_plugin.TBPlugin):
     def _serve_examples(self, request: wrappers.Request) -> wrappers.Response:
         return self._answer(request, self._examples_png)
 
+    def _serve_feature_vis(self, request: wrappers.Request) -> wrappers.Response:
+        return self._answer(request, self._feature_vis_png)
+
     def _answer(self, request: wrappers.Request, make: Callable[[wrappers.Request], wrappers.Response]) -> wrappers.Response:
         try:
             return make(request)
@@ -120,14 +141,18 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         answer = {"run": run, "layer": layer, "out_channels": series.out_channels, "drawn": series.drawn}
         answer.update(_rows(series))
         answer["health"] = {key: _json_rows(values) for key, values in series.health.items()}
+        steps, fractions = series.grad_dormant_fraction()
+        answer["grad_dormant_fraction"] = {"steps": list(steps), "values": _json_rows(fractions)}
+        answer["frozen"] = series.frozen
         answer["maps_steps"] = list(series.maps_steps)
         answer["examples_steps"] = list(self._history(run).examples_steps(layer))
+        answer["feature_vis_steps"] = list(self._history(run).feature_vis_steps(layer))
         return _json(request, answer)
 
     def _filter_answer(self, request: wrappers.Request) -> wrappers.Response:
         run, layer, series = self._series(request)
         channel = _filter_of(request, series)
-        answer: dict[str, Any] = {"run": run, "layer": layer, "filter": channel}
+        answer: dict[str, Any] = {"run": run, "layer": layer, "filter": channel, "frozen": series.frozen}
         answer.update(_rows(series, channel))
         query = f"run={_quoted(run)}&layer={_quoted(layer)}&filter={channel}"
         weights = self._sprite_of(run, layer, channel, "weights", series)
@@ -138,6 +163,10 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         sprite = self._sprite_of(run, layer, channel, "examples", series, examples)
         steps = tuple(step for step, _, _ in examples)
         answer["examples"] = _sprite_answer(f"examples.png?{query}", steps, sprite) if sprite else None
+        pictures = self._history(run).feature_vis(layer, channel)
+        sprite = self._sprite_of(run, layer, channel, "feature_vis", series, pictures)
+        steps = tuple(step for step, _ in pictures)
+        answer["feature_vis"] = _sprite_answer(f"featvis.png?{query}", steps, sprite) if sprite else None
         return _json(request, answer)
 
     def _weights_png(self, request: wrappers.Request) -> wrappers.Response:
@@ -149,13 +178,21 @@ class FilterVizPlugin(base_plugin.TBPlugin):
     def _examples_png(self, request: wrappers.Request) -> wrappers.Response:
         return self._png(request, "examples")
 
+    def _feature_vis_png(self, request: wrappers.Request) -> wrappers.Response:
+        return self._png(request, "feature_vis")
+
     def _png(self, request: wrappers.Request, kind: str) -> wrappers.Response:
         run, layer, series = self._series(request)
         channel = _filter_of(request, series)
-        examples = self._history(run).examples(layer, channel) if kind == "examples" else None
-        sprite = self._sprite_of(run, layer, channel, kind, series, examples)
+        pictures: Optional[Pictures] = None
+        if kind == "examples":
+            pictures = self._history(run).examples(layer, channel)
+        elif kind == "feature_vis":
+            pictures = self._history(run).feature_vis(layer, channel)
+        sprite = self._sprite_of(run, layer, channel, kind, series, pictures)
         if sprite is None:
-            raise _RequestError(404, f"the history of run {run!r} has no {kind} for filter {channel} of {layer!r}")
+            what = _SPRITE_NAMES.get(kind, kind)
+            raise _RequestError(404, f"the history of run {run!r} has no {what} for filter {channel} of {layer!r}")
         return http_util.Respond(request, sprite[0], "image/png")
 
     def _sprite_of(
@@ -165,18 +202,19 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         channel: int,
         kind: str,
         series: LayerSeries,
-        examples: Optional[list[tuple[int, np.ndarray, np.ndarray]]] = None,
+        pictures: Optional[Pictures] = None,
     ) -> Optional[Sprite]:
         """``(png, tile, columns)`` of a filter's sprite of ``kind``, or ``None`` when the
-        history has no frame of it; kept for as long as its frames are the same."""
+        history has no frame of it; kept for as long as its frames are the same.
+        ``pictures``: the filter's dataset examples or feature visualizations."""
         shown = {"weights": series.steps, "maps": series.maps_steps}.get(kind)
-        steps = shown if shown is not None else tuple(step for step, _, _ in examples or ())
+        steps = shown if shown is not None else tuple(picture[0] for picture in pictures or ())
         key = (run, layer, channel, kind, steps)
         with self._lock:
             if key in self._sprites:
                 self._sprites.move_to_end(key)
                 return self._sprites[key]
-        sprite = self._draw(run, layer, channel, kind, series, examples)
+        sprite = self._draw(run, layer, channel, kind, series, pictures)
         if sprite is None:
             return None
         kept = (encode_png(sprite.image), sprite.tile, sprite.columns)
@@ -193,15 +231,18 @@ class FilterVizPlugin(base_plugin.TBPlugin):
         channel: int,
         kind: str,
         series: LayerSeries,
-        examples: Optional[list[tuple[int, np.ndarray, np.ndarray]]],
+        pictures: Optional[Pictures],
     ) -> Optional[filter_frames.Sprite]:
         if kind == "weights":
             return filter_frames.weights_sprite(series.filters[:, channel]) if channel < series.drawn else None
         if kind == "maps":
             kept = self._history(run).maps(layer, channel)
             return filter_frames.maps_sprite([maps for _, _, maps in kept], channel, series.signed) if kept else None
-        runs = [(patches, values) for _, patches, values in examples or ()]
-        return filter_frames.examples_sprite(runs) if runs else None
+        if not pictures:
+            return None
+        if kind == "feature_vis":
+            return filter_frames.feature_vis_sprite([image for _, image in pictures])
+        return filter_frames.examples_sprite([(patches, values) for _, patches, values in pictures])
 
     def _series(self, request: wrappers.Request) -> tuple[str, str, LayerSeries]:
         run = _argument(request, "run")
@@ -289,14 +330,36 @@ def _rows(series: LayerSeries, channel: Optional[int] = None) -> dict[str, Any]:
         "norm_ratio": _json_rows(series.norm_ratio[rows]),
         "mean_activation": _json_rows(series.mean_activation[rows]),
         "dormant_score": _json_rows(series.dormant_score[rows]),
+        "grad_score": _json_rows(series.grad_score[rows]),
+        "grad_dormant": _json_flags(series.grad_dormant[rows]),
     }
+
+
+def _json_flags(table: np.ndarray) -> list[Any]:
+    """``true`` for gradient-dormant, ``false`` for not, ``null`` where not judged, nested as ``table``."""
+    flags = np.where(table == GRAD_DORMANT, True, False).astype(object)
+    flags[table == UNKNOWN] = None
+    return flags.tolist()
 
 
 def _json_rows(table: np.ndarray) -> list[Any]:
     """Floats with 6 significant digits (a short JSON number) and ``None`` for NaN, nested as ``table``."""
-    rounded = np.asarray([float(f"{value:.6g}") for value in table.ravel().tolist()], dtype=object)
-    rounded[~np.isfinite(table.ravel())] = None
-    return rounded.reshape(table.shape).tolist()
+    flat = np.asarray(table, dtype=np.float64).ravel()
+    finite = np.isfinite(flat)
+    shown = np.where(finite, flat, 0.0)
+    # Rounded at the 6th significant digit in NumPy, not value by value (a layer map's tables
+    # hold filters x snapshots values each): the number times a power of ten, rounded, divided
+    # back, is what "%.6g" writes wherever that power of ten is exact in a double (up to 1e22).
+    exponent = np.floor(np.log10(np.abs(shown), where=shown != 0, out=np.zeros_like(shown))).astype(np.int64)
+    digits = 5 - exponent
+    exact = np.abs(digits) <= _EXACT_POWERS_OF_TEN
+    up = 10.0 ** np.where(exact & (digits > 0), digits, 0)
+    down = 10.0 ** np.where(exact & (digits < 0), -digits, 0)
+    rounded = (np.round(shown * up / down) / up * down).astype(object)
+    for index in np.flatnonzero(finite & ~exact):  # below 1e-17 or from 1e28 on: rare, formatted one by one
+        rounded[index] = float(f"{flat[index]:.6g}")
+    rounded[~finite] = None
+    return rounded.reshape(np.shape(table)).tolist()
 
 
 def _sprite_answer(url: str, steps: tuple[int, ...], sprite: Sprite) -> dict[str, Any]:

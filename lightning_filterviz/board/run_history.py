@@ -6,8 +6,10 @@ yet: a file is known by its path, size and modification time, so a new snapshot 
 and a file replaced in place (the end of ``fit`` completes the last one with its feature maps)
 is read again. A layer's statistics and filters are read on its first request, one file open
 per snapshot, and kept; feature maps and dataset examples, the larger arrays, are read when a
-filter's page asks for them. A file that cannot be read (damaged, or not a history file) is
-left out and tried again once it changes. NumPy only: TensorBoard imports this module.
+filter's page asks for them, and so are feature visualizations, of which only the filter's
+picture is read (files known the same way: which layers a file holds is read once). A file
+that cannot be read (damaged, or not a history file) is left out and tried again once it
+changes. NumPy only: TensorBoard imports this module.
 """
 
 from __future__ import annotations
@@ -18,19 +20,37 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
-from lightning_filterviz.board.npz import read_arrays
-from lightning_filterviz.core.history import EXAMPLES_PATTERN, HISTORY_FORMAT, HISTORY_PATTERN, history_files
+from lightning_filterviz.board.npz import read_arrays, read_rows
+from lightning_filterviz.core.history import (
+    EXAMPLES_PATTERN,
+    FEATURE_VIS_PATTERN,
+    HISTORY_FORMAT,
+    HISTORY_PATTERN,
+    history_files,
+)
 
-__all__ = ["DEAD", "DORMANT", "ALIVE", "HEALTH_KEYS", "UNKNOWN", "LayerSeries", "RunHistory"]
+__all__ = [
+    "ALIVE",
+    "DEAD",
+    "DORMANT",
+    "GRAD_ACTIVE",
+    "GRAD_DORMANT",
+    "HEALTH_KEYS",
+    "UNKNOWN",
+    "LayerSeries",
+    "RunHistory",
+]
 
 # A request within this many seconds of the last listing, with the directory unchanged, uses it.
 RELIST_SECONDS = 2.0
 # A filter's state at a snapshot, as the layer map colours it.
 UNKNOWN, ALIVE, DORMANT, DEAD = -1, 0, 1, 2
+# Whether a filter's weights got a gradient at the step before a snapshot (UNKNOWN: not read).
+GRAD_ACTIVE, GRAD_DORMANT = 0, 1
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,9 @@ class _LayerOfSnapshot:
     has_maps: bool
     signed: bool
     health: dict[str, float]
+    grad_scores: Optional[np.ndarray]
+    grad_dormant: Optional[np.ndarray]
+    frozen: bool
 
 
 @dataclass
@@ -65,6 +88,16 @@ class _SnapshotFile:
     layers: Optional[tuple[str, ...]] = None
     unreadable: bool = False
     read: dict[str, Optional[_LayerOfSnapshot]] = field(default_factory=dict)
+
+
+@dataclass
+class _FeatureVisFile:
+    """A feature visualizations file: its step and the layers it has pictures of, read once
+    per version of the file (``step`` is ``None`` for a file that cannot be read)."""
+
+    key: _FileKey
+    step: Optional[int]
+    layers: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,10 @@ class LayerSeries:
         maps_steps: the steps whose file kept the feature maps.
         signed: whether the maps are a conv's output before any activation (drawn around zero).
         health: each of :data:`HEALTH_KEYS` -> ``(snapshots,)``, NaN where a snapshot lacks it.
+        grad_score: each filter's gradient score (its mean ``|dL/dW_c|`` over the layer's
+            average), NaN where the snapshot's gradients were not read.
+        grad_dormant: :data:`GRAD_DORMANT`, :data:`GRAD_ACTIVE` or :data:`UNKNOWN` (not read).
+        frozen: whether the conv's weight did not require grad at the last snapshot.
     """
 
     steps: tuple[int, ...]
@@ -99,6 +136,17 @@ class LayerSeries:
     maps_steps: tuple[int, ...]
     signed: bool
     health: dict[str, np.ndarray]
+    grad_score: np.ndarray
+    grad_dormant: np.ndarray
+    frozen: bool
+
+    def grad_dormant_fraction(self) -> tuple[tuple[int, ...], np.ndarray]:
+        """The steps whose gradients were read, and the layer's gradient-dormant fraction at each."""
+        known = self.grad_dormant != UNKNOWN
+        judged = known.any(axis=0)
+        dormant = (self.grad_dormant[:, judged] == GRAD_DORMANT).sum(axis=0)
+        fractions = dormant / known[:, judged].sum(axis=0)
+        return tuple(step for step, read in zip(self.steps, judged) if read), fractions.astype(np.float64)
 
 
 class RunHistory:
@@ -118,6 +166,7 @@ class RunHistory:
         # Bumped whenever the listing changes; a layer's series is kept for one listing.
         self._version = 0
         self._series: dict[str, tuple[int, Optional[LayerSeries]]] = {}
+        self._feature_vis_files: dict[Path, _FeatureVisFile] = {}
 
     def summary(self) -> Optional[tuple[tuple[str, ...], int, int]]:
         """``(the watched convs, the readable snapshots, the last step)``, the convs from the
@@ -182,6 +231,35 @@ class RunHistory:
             if "step" in arrays and f"{name}/patches" in names:
                 steps.append(int(arrays["step"]))
         return tuple(steps)
+
+    def feature_vis(self, name: str, channel: int) -> list[tuple[int, np.ndarray]]:
+        """Per set of feature visualizations of ``name``: ``(step, the filter's picture (H, W, 3
+        or 1) uint8)``; a file that cannot be read, or lacks the filter, is left out."""
+        found = []
+        for path, step in self._feature_vis_of(name):
+            arrays, _ = _read_rows(path, {f"{name}/images": channel})
+            image = arrays.get(f"{name}/images")
+            if image is not None and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] in (1, 3):
+                found.append((step, image))
+        return found
+
+    def feature_vis_steps(self, name: str) -> tuple[int, ...]:
+        """The steps of the sets of feature visualizations of ``name``."""
+        return tuple(step for _, step in self._feature_vis_of(name))
+
+    def _feature_vis_of(self, name: str) -> list[tuple[Path, int]]:
+        """The feature visualizations files with pictures of ``name`` and their steps, by step;
+        which layers a file holds is read once per version of it."""
+        with self._lock:
+            listed = {}
+            for path in history_files(self.directory, FEATURE_VIS_PATTERN):
+                key = _key_of(path)
+                if key is None:
+                    continue
+                known = self._feature_vis_files.get(path)
+                listed[path] = known if known is not None and known.key == key else _feature_vis_file(path, key)
+            self._feature_vis_files = listed
+        return [(path, file.step) for path, file in listed.items() if file.step is not None and name in file.layers]
 
     def _refreshed(self) -> list[tuple[Path, _SnapshotFile]]:
         """The snapshot files in the order :func:`history_files` gives (by step), the cache
@@ -250,7 +328,19 @@ def _key_of(path: Path) -> Optional[_FileKey]:
     return _FileKey(stat.st_size, stat.st_mtime_ns)
 
 
-_LAYER_KEYS = ("filters", "out_channels", "drift", "weight_norm_ratio", "channel_mean_abs", "channel_max", "dormant", "dead")
+_LAYER_KEYS = (
+    "filters",
+    "out_channels",
+    "drift",
+    "weight_norm_ratio",
+    "channel_mean_abs",
+    "channel_max",
+    "dormant",
+    "dead",
+    "grad_scores",
+    "grad_dormant",
+    "frozen",
+)
 # The layer's health signals (see lightning_filterviz.core.records.LayerHealth); older files lack them.
 HEALTH_KEYS = ("effective_rank", "srank", "cka_to_first")
 
@@ -270,7 +360,20 @@ def _layer_from(arrays: dict[str, np.ndarray], names: frozenset[str], name: str)
         # Statistics without a channel maximum are of a conv's output before any activation.
         signed=f"{name}/channel_mean_abs" in arrays and f"{name}/channel_max" not in arrays,
         health={key: float(arrays[f"{name}/{key}"]) for key in HEALTH_KEYS if f"{name}/{key}" in arrays},
+        grad_scores=arrays.get(f"{name}/grad_scores"),
+        grad_dormant=arrays.get(f"{name}/grad_dormant"),
+        frozen=bool(arrays.get(f"{name}/frozen", False)),
     )
+
+
+def _feature_vis_file(path: Path, key: _FileKey) -> _FeatureVisFile:
+    """The step and the layers with pictures of a feature visualizations file (no step for a
+    file that cannot be read: damaged, half-copied, not a history file)."""
+    arrays, names = _read_rows(path, keys=("format", "step", "layers"))
+    if str(arrays.get("format", "")) != HISTORY_FORMAT or "step" not in arrays or "layers" not in arrays:
+        return _FeatureVisFile(key, None, frozenset())
+    layers = frozenset(str(name) for name in arrays["layers"].reshape(-1) if f"{name}/images" in names)
+    return _FeatureVisFile(key, int(arrays["step"]), layers)
 
 
 def _read_arrays(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], frozenset[str]]:
@@ -278,6 +381,16 @@ def _read_arrays(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarra
     it cannot be read (damaged, half-copied by hand, not an NPZ file)."""
     try:
         return read_arrays(path, keys)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return {}, frozenset()
+
+
+def _read_rows(
+    path: Path, rows: Mapping[str, int] = {}, keys: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+    """:func:`~lightning_filterviz.board.npz.read_rows`, or nothing for a file that cannot be read."""
+    try:
+        return read_rows(path, keys, rows)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
         return {}, frozenset()
 
@@ -318,7 +431,28 @@ def _series(steps: list[int], layers: list[_LayerOfSnapshot]) -> LayerSeries:
         health={
             key: np.array([layer.health.get(key, np.nan) for layer in layers], dtype=np.float64) for key in HEALTH_KEYS
         },
+        grad_score=stacked([_one_per_filter(layer.grad_scores) for layer in layers]),
+        grad_dormant=_grad_dormant(layers, out_channels),
+        frozen=layers[-1].frozen,
     )
+
+
+def _grad_dormant(layers: list[_LayerOfSnapshot], out_channels: int) -> np.ndarray:
+    """Per filter and snapshot, whether the monitor found it gradient-dormant (UNKNOWN where
+    the snapshot's gradients were not read)."""
+    table = np.full((out_channels, len(layers)), UNKNOWN, dtype=np.int8)
+    for column, layer in enumerate(layers):
+        if _one_per_filter(layer.grad_scores) is None or layer.grad_dormant is None:
+            continue
+        table[:, column] = GRAD_ACTIVE
+        indices = layer.grad_dormant.reshape(-1).astype(np.int64, copy=False)
+        table[indices[(indices >= 0) & (indices < out_channels)], column] = GRAD_DORMANT
+    return table
+
+
+def _one_per_filter(scores: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Gradient scores as one number per filter, or ``None`` for arrays of another shape (a damaged file)."""
+    return scores if scores is not None and scores.ndim == 1 and scores.dtype.kind in "iuf" else None
 
 
 def _dormant_scores(mean_activation: np.ndarray) -> np.ndarray:

@@ -59,6 +59,7 @@ class ProbePass:
         self.response_layers: list[str] = []
         self.examples_layers: list[str] = []
         self.filmstrip_layers: list[str] = []
+        self.featvis_layers: list[str] = []
         self.receptive_fields: dict[str, Optional[ReceptiveField]] = {}
         self._pinned_probe: Optional[tuple[Any, Any]] = None
         # Whether the last probe held on the host was all finite, told like the pinned one.
@@ -76,15 +77,15 @@ class ProbePass:
         self.gradient_magnitudes = gradient_magnitudes(self.layers)
 
     def resolve_layer_arguments(self) -> list[str]:
-        """Resolve ``response_layers`` and ``examples_layers`` among the watched layers, and
-        return the layers to draw filmstrips of.
+        """Resolve ``response_layers``, ``examples_layers`` and ``featvis_layers`` among the
+        watched layers, and return the layers to draw filmstrips of.
 
         Raises:
-            ValueError: if a name or pattern in ``filmstrip_layers``, ``response_layers`` or
-                ``examples_layers`` matches none of the watched layers.
+            ValueError: if a name or pattern in ``filmstrip_layers``, ``response_layers``,
+                ``examples_layers`` or ``featvis_layers`` matches none of the watched layers.
         """
         names = [conv.name for conv in self.layers]
-        for argument in ("filmstrip_layers", "response_layers", "examples_layers"):
+        for argument in ("filmstrip_layers", "response_layers", "examples_layers", "featvis_layers"):
             unmatched = unmatched_patterns(getattr(self.settings, argument), names)
             if unmatched:
                 raise ValueError(
@@ -96,7 +97,25 @@ class ProbePass:
         self.filmstrip_layers = filmstrips  # each snapshot carries them to the run state
         self.response_layers = resolve_layer_patterns(self.settings.response_layers, names)
         self.examples_layers = resolve_layer_patterns(self.settings.examples_layers, names)
+        self.featvis_layers = resolve_layer_patterns(self.settings.featvis_layers, names)
         return filmstrips
+
+    def featvis_targets(self) -> dict[str, tuple[nn.Conv2d, nn.Module]]:
+        """Per conv of ``featvis_layers``, the conv and the module whose output is its filters'
+        response to raise: the module whose output is the input of its activation (the conv,
+        or the normalization after it: before the ReLU, so that a silent filter still gets a
+        gradient), else the conv itself (no activation, or one only the tracer follows)."""
+        taps = self.plan.taps if self.plan is not None else {}
+        targets = {}
+        for layer in self.layers:
+            if layer.name in self.featvis_layers:
+                tap = taps.get(layer.name)
+                targets[layer.name] = (layer.module, tap.module if tap is not None else layer.module)
+        return targets
+
+    def model_inputs(self, model: nn.Module, batch: Any, convert_input: Optional[Callable[[Tensor], Tensor]]) -> Any:
+        """``batch``'s model input on ``model``'s device, in its convs' dtype, as a probe pass feeds it."""
+        return self._probe_inputs(model, batch, convert_input)
 
     def capture(
         self,

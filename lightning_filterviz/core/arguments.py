@@ -163,6 +163,18 @@ ARGUMENTS: dict[str, Argument] = {
         ":meth:`FilterVisualizer.dataset_examples_pass` does."
     ),
     "examples_k": Argument("dataset examples kept per filter."),
+    "featvis_layers": Argument(
+        "convs whose drawn filters get a feature visualization: per filter, an input optimized to "
+        "raise its mean response before the activation (256 steps of a Fourier-space, "
+        "colour-decorrelated image with small random jitter, scale and rotation, at the probe's "
+        "size and input range), drawn beside the filter as ``filterviz/feature_vis/<layer>`` and "
+        "kept in :attr:`feature_visualizations` and the history. Default ``()`` (or ``[]``): none (it costs "
+        "seconds to minutes per layer, see ``benchmarks/feature_vis.py``); ``None``: the first "
+        "watched conv; or names or fnmatch patterns. FilterMonitor makes them at the end of each "
+        "validation run of ``fit``; with FilterVisualizer, :meth:`FilterVisualizer.visualize_features` "
+        "does. Training is not changed: the model's modes, gradients, buffers and random "
+        "generators are left as they were."
+    ),
     "save_history": _only(
         MONITOR,
         "save each snapshot's small arrays as ``<log_dir>/filterviz/history/step_<step>.npz`` "

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from lightning_filterviz.core.records import Snapshot
 
 __all__ = [
+    "FEATURE_VIS_PATTERN",
     "HISTORY_DIR",
     "HISTORY_POINTER",
     "HISTORY_FORMAT",
@@ -43,6 +44,7 @@ __all__ = [
 HISTORY_FORMAT = "lightning_filterviz.history/1"
 HISTORY_PATTERN = "step_*.npz"
 EXAMPLES_PATTERN = "validation_examples_*.npz"
+FEATURE_VIS_PATTERN = "feature_vis_*.npz"
 # Where a run's history lies, relative to its log directory.
 HISTORY_DIR = Path("filterviz", "history")
 # The step in a history file's name: ``step_00000010.npz``, ``validation_examples_00000010-2.npz``.
@@ -219,6 +221,28 @@ def examples_history_file(step: int, examples: Mapping[str, Any], tiles: Mapping
         arrays[f"{name}/positions"] = found.positions.numpy()
         arrays[f"{name}/patches"] = np.ascontiguousarray(tiles[name], dtype=np.uint8)
     return HistoryFile(f"validation_examples_{step:08d}.npz", arrays)
+
+
+def feature_vis_history_file(step: int, images: Mapping[str, np.ndarray], filters: Mapping[str, np.ndarray]) -> HistoryFile:
+    """One set of feature visualizations as ``feature_vis_<step>.npz``: ``layers`` (names),
+    and per layer ``<layer>/images`` ``uint8`` ``(F, H, W, 3 or 1)`` as displayed, filter
+    ``i``'s at ``i``, and ``<layer>/filters``, the drawn filters at that step (what
+    :func:`displayed_filters` returns, float32) to draw beside them.
+
+    Args:
+        step: the training step of the weights they were made from.
+        images: conv name -> its visualizations.
+        filters: conv name -> its drawn filters.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(HISTORY_FORMAT),
+        "step": np.array(step, dtype=np.int64),
+        "layers": np.array(list(images), dtype=np.str_),
+    }
+    for name, pictures in images.items():
+        arrays[f"{name}/images"] = np.ascontiguousarray(pictures, dtype=np.uint8)
+        arrays[f"{name}/filters"] = np.asarray(filters[name], dtype=np.float32)
+    return HistoryFile(f"feature_vis_{step:08d}.npz", arrays)
 
 
 def _write_whole(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -31,6 +31,7 @@ __all__ = [
     "PRE_ACTIVATION",
     "CapturedSnapshot",
     "DatasetExamples",
+    "FeatureVisualizations",
     "HistoryFile",
     "LayerCapture",
     "LayerExamples",
@@ -327,6 +328,26 @@ class DatasetExamples(_Frozen):
     layers: Mapping[str, LayerExamples] = field(default_factory=_no_entries)
     weights: Mapping[str, Tensor] = field(default_factory=_no_entries)
     rgb: Mapping[str, bool] = field(default_factory=_no_entries)
+
+
+@dataclass(frozen=True)
+class FeatureVisualizations(_Frozen):
+    """Feature visualizations of some convs' filters at one step, on the host.
+
+    Attributes:
+        step: the training step of the weights they were made from.
+        images: conv name -> per drawn filter, the input optimized to raise its mean response,
+            as displayed: ``uint8`` ``(F, H, W, 3)`` for an RGB input, ``(F, H, W, 1)`` otherwise.
+        weights: conv name -> its drawn filters' weights ``(F, C_in / groups, kH, kW)``, NCHW.
+        rgb: conv name -> whether its filters are drawn in colour.
+        seconds: how long making them took, all convs together.
+    """
+
+    step: int
+    images: Mapping[str, np.ndarray] = field(default_factory=_no_entries)
+    weights: Mapping[str, Tensor] = field(default_factory=_no_entries)
+    rgb: Mapping[str, bool] = field(default_factory=_no_entries)
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class VisualizerSettings:
     response_layers: Optional[Sequence[str]] = None
     examples_layers: Optional[Sequence[str]] = None
     examples_k: int = 9
+    featvis_layers: Optional[Sequence[str]] = ()
     max_pending: int = 2
 
     def __post_init__(self) -> None:
@@ -61,7 +62,7 @@ class VisualizerSettings:
             object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
         for name in ("log_weights", "log_activations"):
             check_bool(name, getattr(self, name))
-        for name in ("layers", "filmstrip_layers", "response_layers", "examples_layers"):
+        for name in ("layers", "filmstrip_layers", "response_layers", "examples_layers", "featvis_layers"):
             object.__setattr__(self, name, check_layer_names(name, getattr(self, name)))
         if self.layers == ():
             raise ValueError(

@@ -20,6 +20,7 @@ __all__ = [
     "CKA_TO_FIRST",
     "EFFECTIVE_RANK",
     "EXAMPLES",
+    "FEATURE_VIS",
     "FILMSTRIP",
     "GRAD_DORMANT_FRACTION",
     "LAYERS_TAG",
@@ -57,6 +58,7 @@ EFFECTIVE_RANK = "effective_rank"
 SRANK = "srank"
 CKA_TO_FIRST = "cka_to_first"
 GRAD_DORMANT_FRACTION = "grad_dormant_fraction"
+FEATURE_VIS = "feature_vis"
 
 
 def layer_tag(kind: str, layer: str) -> str:

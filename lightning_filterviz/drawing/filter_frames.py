@@ -5,7 +5,8 @@ Each frame is drawn by the renderer that draws the run's own images
 (:mod:`lightning_filterviz.drawing.render`) and cut out of the grid it draws, so a filter's
 frame at a step has the pixels of its tile in that step's TensorBoard image (filters
 normalized per filter, the default ``weight_normalization``; feature maps on the layer's
-range, from the history's first probe image). NumPy only.
+range, from the history's first probe image); a feature visualization is the picture the
+history keeps, as displayed. NumPy only.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from lightning_filterviz.core.tiles import FRAME_PIXELS, GRID_PADDING, square_columns, tile_origin
+from lightning_filterviz.core.tiles import FRAME_PIXELS, GRID_PADDING, resize_nearest, square_columns, tile_origin
 from lightning_filterviz.drawing import render
 
-__all__ = ["Sprite", "examples_sprite", "maps_sprite", "weights_sprite"]
+__all__ = ["Sprite", "examples_sprite", "feature_vis_sprite", "maps_sprite", "rgb_pictures", "weights_sprite"]
 
 # Frames per row of a sprite: a long run's timeline wraps instead of growing one row wide.
 SPRITE_COLUMNS = 50
@@ -77,6 +78,26 @@ def examples_sprite(runs: Sequence[tuple[np.ndarray, np.ndarray]], gap: int = 0)
         for patch, value in zip(patches, values):
             frames.append(patch if np.isfinite(value) else np.full_like(patch, WHITE))
     return Sprite(frames, max(len(patches) for patches, _ in runs), gap)
+
+
+def feature_vis_sprite(images: Sequence[np.ndarray], gap: int = 0, columns: int = SPRITE_COLUMNS) -> Sprite:
+    """One filter's feature visualization at each validation run that made one: ``images``
+    holds each ``(H, W, 3)`` or grey ``(H, W, 1)`` ``uint8`` picture as the history keeps it.
+    Grey pictures are repeated over the three channels; a smaller one (a run whose input
+    size changed) is enlarged, nearest, to the largest."""
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    frames = []
+    for image in images:
+        rgb = rgb_pictures(image)
+        frames.append(rgb if rgb.shape[:2] == (height, width) else resize_nearest(rgb, height, width))
+    return Sprite(frames, columns, gap)
+
+
+def rgb_pictures(pictures: np.ndarray) -> np.ndarray:
+    """``uint8`` pictures ``(..., H, W, 3)`` as they are, grey ones ``(..., H, W, 1)`` repeated
+    over the three channels (how the history keeps feature visualizations of a grey input)."""
+    return np.repeat(pictures, 3, axis=-1) if pictures.shape[-1] == 1 else pictures
 
 
 def _cut_tile(grid: np.ndarray, index: int, columns: int, rows: int) -> np.ndarray:

@@ -22,13 +22,19 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_filterviz.capture.dataset_examples import InFlightExamples
 from lightning_filterviz.capture.probe_capture import InFlightSnapshot
 from lightning_filterviz.core.pickling import RebuiltWhenUnpickled
-from lightning_filterviz.core.records import DatasetExamples, Snapshot
+from lightning_filterviz.core.records import DatasetExamples, FeatureVisualizations, Snapshot
 from lightning_filterviz.core.settings import VisualizerSettings
 from lightning_filterviz.engine.writer_thread import BackgroundWriter, StatisticsGate
 from lightning_filterviz.publishing.publisher import Publisher
 from lightning_filterviz.publishing.sinks.base import Sink
 from lightning_filterviz.state.run_state import RunState
-from lightning_filterviz.views.registry import ViewContext, render_ending, render_examples, render_snapshot
+from lightning_filterviz.views.registry import (
+    ViewContext,
+    render_ending,
+    render_examples,
+    render_feature_vis,
+    render_snapshot,
+)
 
 __all__ = ["Delivery", "PendingSnapshot"]
 
@@ -121,6 +127,10 @@ class Delivery(RebuiltWhenUnpickled):
     def submit_examples(self, in_flight: InFlightExamples, step: int, rgb: Mapping[str, bool]) -> None:
         """Keep a validation run's dataset examples once their copy has arrived, then render and write them."""
         self._submit(lambda: self._keep_and_publish_examples(in_flight, step, rgb))
+
+    def submit_feature_vis(self, visuals: FeatureVisualizations) -> None:
+        """Keep a set of feature visualizations (already on the host), then render and write them."""
+        self._submit(lambda: self._keep_and_publish_feature_vis(visuals))
 
     def submit_ending(self, step: int, final: Optional[InFlightSnapshot] = None) -> None:
         """Render what the end of the run at ``step`` shows: the filmstrips, the latest drift
@@ -215,6 +225,17 @@ class Delivery(RebuiltWhenUnpickled):
         examples = DatasetExamples(step=step, layers=layers, weights=weights, rgb=rgb)
         self.state.keep_examples(examples)
         return examples
+
+    def _keep_and_publish_feature_vis(self, visuals: FeatureVisualizations) -> None:
+        # A failure here costs the feature visualizations only.
+        try:
+            self._judging(lambda: self.state.keep_feature_vis(visuals))
+            if self._may_write():
+                self.publisher.publish(render_feature_vis(visuals, self._view_context()))
+        except Exception as error:
+            self.state.warn(
+                f"filterviz: the feature visualizations at step {visuals.step} failed: {type(error).__name__}: {error}"
+            )
 
     def _publish_ending(self, step: int, final: Optional[InFlightSnapshot]) -> None:
         ending = self.state.ending(step, self.state.look(final.wait()) if final is not None else None)

@@ -22,13 +22,17 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import time
 from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
+import numpy as np
+import torch
 from lightning_utilities.core.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from lightning_filterviz.core.arguments import VISUALIZER, with_args_section
-from lightning_filterviz.capture.probe_capture import ForwardFn
+from lightning_filterviz.capture.feature_visualization import visualize_filters
+from lightning_filterviz.capture.probe_capture import ForwardFn, side_pass
 from lightning_filterviz.capture.dataset_examples import ExampleCollector, InFlightExamples
 from lightning_filterviz.core.records import LayerExamples
 from lightning_filterviz.engine.delivery import Delivery, PendingSnapshot
@@ -36,7 +40,7 @@ from lightning_filterviz.capture.conv_layers import ConvLayer
 from lightning_filterviz.capture.probe import BatchKey
 from lightning_filterviz.core.pickling import RebuiltWhenUnpickled
 from lightning_filterviz.capture.probe_pass import ProbePass
-from lightning_filterviz.core.records import Snapshot
+from lightning_filterviz.core.records import FeatureVisualizations, Snapshot
 from lightning_filterviz.core.filters import WeightNormalization
 from lightning_filterviz.state.run_state import RunState
 from lightning_filterviz.core.settings import VisualizerSettings, check_bool
@@ -50,6 +54,10 @@ if not hasattr(rank_zero_only, "rank"):
     # Lightning sets this when it is imported; a plain PyTorch script never does, and the
     # rank-zero helpers refuse to run without it. Launchers export the rank as RANK.
     rank_zero_only.rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))  # type: ignore[attr-defined]
+
+
+# Optimization steps per feature visualization (benchmarks/feature_vis.py measures what they cost).
+FEATURE_VIS_STEPS = 256
 
 
 class FilterVisualizer(RebuiltWhenUnpickled):
@@ -120,6 +128,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         response_layers: Optional[Sequence[str]] = None,
         examples_layers: Optional[Sequence[str]] = None,
         examples_k: int = 9,
+        featvis_layers: Optional[Sequence[str]] = (),
         history_dir: Optional[Union[str, os.PathLike]] = None,
         background: bool = False,
         max_pending: int = 2,
@@ -144,6 +153,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
             response_layers=response_layers,
             examples_layers=examples_layers,
             examples_k=examples_k,
+            featvis_layers=featvis_layers,
             max_pending=max_pending,
         )
         check_bool("background", background)
@@ -202,6 +212,14 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         (weight not requiring grad) are not in it."""
         self._delivery.wait_for_results()
         return {name: list(indices) for name, indices in self.state.grad_dormant.items()}
+
+    @property
+    def feature_visualizations(self) -> dict[str, np.ndarray]:
+        """Conv name -> its latest feature visualizations (see :meth:`visualize_features`), as
+        displayed: ``uint8`` ``(filters, height, width, 3)`` for an RGB input, ``(..., 1)`` otherwise;
+        filter ``i``'s at ``i``."""
+        self._delivery.wait_for_results()
+        return dict(self.state.feature_visualizations)
 
     @property
     def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
@@ -325,6 +343,64 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         self._views_step = step if draw_views else self._views_step
         # Writer thread (or here, with background=False): run state, views, publishing.
         return self._delivery.submit_snapshot(in_flight, publish)
+
+    def visualize_features(
+        self,
+        model: nn.Module,
+        batch: Any,
+        step: int,
+        *,
+        convert_input: Optional[Callable[[Tensor], Tensor]] = None,
+        steps: int = FEATURE_VIS_STEPS,
+    ) -> float:
+        """Make the feature visualizations of the ``featvis_layers``' drawn filters and log them
+        (``filterviz/feature_vis/<layer>``, :attr:`feature_visualizations`, the history).
+
+        For each filter, an input is optimized for ``steps`` steps to raise the filter's mean
+        response, at the size and in the input range of ``batch``'s model input (see
+        :func:`~lightning_filterviz.capture.feature_visualization.visualize_filters`). It runs
+        here, on the calling thread, and leaves the model as it was: its modes, parameters,
+        gradients, buffers and every random generator.
+
+        Args:
+            model: the network (watched by earlier snapshots, or watched now).
+            batch: the probe batch (the model input is taken out of it with ``batch_key``).
+            step: the training step the images are logged at.
+            convert_input: a dtype conversion applied to the probe's tensors.
+            steps: optimization steps per visualization.
+
+        Returns:
+            The seconds it took (0 when there is nothing to visualize).
+
+        Raises:
+            ValueError: if the model input is not a batch of images ``(N, C, H, W)``.
+        """
+        step = _as_step(step)
+        probe_pass = self._probe_pass_of(model)
+        targets = probe_pass.featvis_targets()
+        if not targets:
+            return 0.0
+        inputs = probe_pass.model_inputs(model, batch, convert_input)
+        if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+            raise ValueError(
+                "Feature visualization needs the model input to be one batch of images (N, C, H, W), got "
+                f"{type(inputs).__name__}{tuple(inputs.shape) if isinstance(inputs, Tensor) else ''}; "
+                "set `featvis_layers=[]` for this model."
+            )
+        started = time.perf_counter()
+        images, weights, rgb = {}, {}, {}
+        for name, (conv, target) in targets.items():
+            channels = range(min(conv.out_channels, self.settings.max_filters))
+            images[name] = visualize_filters(
+                model, target, channels, inputs, steps=steps, call=self.settings.forward_fn
+            )
+            with side_pass(model):  # the weight as the eval forward computes it (a parametrization runs no update)
+                weights[name] = conv.weight[: len(channels)].to("cpu", torch.float32, copy=True)
+            rgb[name] = conv.in_channels == 3 and conv.groups == 1
+        seconds = time.perf_counter() - started
+        visuals = FeatureVisualizations(step=step, images=images, weights=weights, rgb=rgb, seconds=seconds)
+        self._delivery.submit_feature_vis(visuals)
+        return seconds
 
     def read_gradients(self, model: nn.Module) -> None:
         """Read the gradients of ``model``'s watched convs for the next snapshot, which then

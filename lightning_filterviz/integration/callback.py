@@ -9,8 +9,9 @@ accepts callbacks derived from its own ``Callback`` class.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union
 
+import numpy as np
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -81,6 +82,7 @@ class FilterMonitorLogic(_CallbackBase):
         response_layers: Optional[list[str]] = None,
         examples_layers: Optional[list[str]] = None,
         examples_k: int = 9,
+        featvis_layers: Optional[Sequence[str]] = (),
         save_history: bool = True,
     ) -> None:
         super().__init__()
@@ -114,6 +116,7 @@ class FilterMonitorLogic(_CallbackBase):
             response_layers=response_layers,
             examples_layers=examples_layers,
             examples_k=examples_k,
+            featvis_layers=featvis_layers,
         )
         self._probe = FixedProbe(probe, probe_size, probe_split)
         self.probe_size = self._probe.size
@@ -126,6 +129,9 @@ class FilterMonitorLogic(_CallbackBase):
         self._previous_fit = FitIdentity()
         self._enabled = True
         self._reads_gradients = True  # until reading them fails once
+        self._visualizes_features = True  # until making them fails once
+        self._told_featvis_cost = False
+        self._model_class: Optional[str] = None  # the LightningModule's import path, known at setup
         # Where a copy of the monitor in a spawned or forked process (ddp_spawn) leaves its results.
         self._worker_results = WorkerResults()
 
@@ -148,6 +154,14 @@ class FilterMonitorLogic(_CallbackBase):
         after an optimizer step. Frozen convs are not in it."""
         self._take_results_from_workers()
         return self.engine.grad_dormant_filters
+
+    @property
+    def feature_visualizations(self) -> dict[str, np.ndarray]:
+        """Conv module name -> its latest feature visualizations (``featvis_layers``), as
+        displayed: ``uint8`` ``(filters, height, width, 3)`` for an RGB input, ``(..., 1)``
+        otherwise; filter ``i``'s at ``i``."""
+        self._take_results_from_workers()
+        return self.engine.feature_visualizations
 
     @property
     def dataset_examples(self) -> dict[str, list[list[tuple[Optional[int], float]]]]:
@@ -197,7 +211,8 @@ class FilterMonitorLogic(_CallbackBase):
             self._start_afresh()
         # Each fit tries afresh, whatever switched the monitor or the tracking off before.
         self._enabled = _can_monitor(trainer, pl_module)
-        self._reads_gradients = True
+        self._reads_gradients = self._visualizes_features = True
+        self._model_class = f"{type(pl_module).__module__}:{type(pl_module).__qualname__}"
         # An unknown layer name fails here, before any step.
         if self._enabled and not self.engine.watch(pl_module):
             self._enabled = False
@@ -297,6 +312,8 @@ class FilterMonitorLogic(_CallbackBase):
     @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._examples.end_run(self.engine, trainer, pl_module)
+        if self._enabled and self._visualizes_features and trainer.is_global_zero and not trainer.sanity_checking:
+            self._visualize_features(trainer, pl_module)
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -325,6 +342,8 @@ class FilterMonitorLogic(_CallbackBase):
         self._take_results_from_workers()
         return {
             "probe": self._probe.stored(),  # plain containers: the checkpoint loads with weights_only=True
+            # Where filterviz-report --feature-vis finds the model's class to rebuild it from the checkpoint.
+            "model_class": self._model_class,
             "last_snapshot_step": self._schedule.last_step,
             "engine": self.engine.state_dict(),
         }
@@ -379,6 +398,27 @@ class FilterMonitorLogic(_CallbackBase):
             )
             return
         self._schedule.last_step = step
+
+    def _visualize_features(self, trainer: Any, pl_module: Any) -> None:
+        """The ``featvis_layers``' feature visualizations at the weights this validation run saw."""
+        step = trainer.global_step
+        try:
+            seconds = self.engine.visualize_features(
+                pl_module, self._probe.on_device(trainer), step, convert_input=input_converter(trainer)
+            )
+        except Exception as error:  # monitoring must never end a training run
+            self._visualizes_features = False
+            rank_zero_warn(
+                f"filterviz: the feature visualizations at step {step} failed, so they are off for the rest of "
+                f"this run. Cause: {type(error).__name__}: {error}"
+            )
+            return
+        if seconds and not self._told_featvis_cost:
+            self._told_featvis_cost = True
+            rank_zero_info(
+                f"filterviz: the feature visualizations took {seconds:.1f} s at the end of this validation run "
+                "(they run at the end of each one; `featvis_layers` chooses the layers)."
+            )
 
     def _check_probe(self, probe: Any) -> None:
         """Raise ``ValueError`` if ``batch_key`` finds no model input in ``probe``, or one image

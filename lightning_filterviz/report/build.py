@@ -2,11 +2,13 @@
 
 Each snapshot lies in ``<log dir>/filterviz/history/step_<step>.npz`` (see
 :mod:`lightning_filterviz.core.history`). The report reads them back and writes one
-self-contained HTML page: line charts of the dead and dormant fractions, of filter drift
-and of each layer's health signals (effective rank, srank, CKA to the first snapshot) over
-the steps, the final filter grids, a filmstrip of filters across snapshots and
-the filter page of one layer (each filter's weights, feature maps and dataset examples
-over the run, with its curves), as TensorBoard's Filters tab shows a filter.
+self-contained HTML page: line charts of the dead, dormant and gradient-dormant fractions,
+of filter drift and of each layer's health signals (effective rank, srank, CKA to the first
+snapshot) over the steps, the final filter grids, a filmstrip of filters across snapshots,
+the latest feature visualizations (each filter beside the input that excites it most) and
+the filter page of one layer (each filter's weights, feature maps, dataset examples and
+feature visualizations over the run, with its curves, its gradient score among them), as
+TensorBoard's Filters tab shows a filter.
 Images are embedded as base64 PNG data URIs, so the page can be mailed or archived alone.
 
 This module is the entry point, :func:`build_report`; the work is done by
@@ -83,8 +85,9 @@ def build_report(
     Warns:
         ReportWarning: once for each history file skipped (corrupt, not a history file) and
             each layer left out of a file that lacks its arrays, naming the file and what is
-            missing, and each file whose feature maps cannot be read again for the filter
-            page; the page lists the files skipped and the parts left out too, and draws the rest.
+            missing (snapshots, dataset examples and feature visualizations alike), and each
+            file whose feature maps or feature visualizations cannot be read again when
+            drawn; the page lists the files skipped and the parts left out too, and draws the rest.
     """
     runs = load_runs(log_dir)
     target = Path(output) if output is not None else Path(log_dir) / REPORT_FILENAME

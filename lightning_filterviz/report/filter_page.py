@@ -3,8 +3,10 @@ shows one filter.
 
 An index of the layer's filters (each a link, marked with its state at the last snapshot),
 then a section per filter: its weights at every snapshot, its feature maps at the snapshots
-that kept them, its dataset examples at each validation run and its curves (mean
-activation, dormant score, drift, norm ratio) with its dead and dormant snapshots shaded.
+that kept them, its dataset examples at each validation run, its feature visualizations
+(where validation runs made them) and its curves (mean activation, dormant score, drift,
+norm ratio, gradient score) with its dead and dormant snapshots shaded, and its
+gradient-dormant ones behind its gradient score.
 The frames are drawn by :mod:`lightning_filterviz.drawing.filter_frames`, as the tab draws
 them, so a frame has the pixels of the filter's tile in the TensorBoard image of its step.
 """
@@ -19,11 +21,18 @@ import numpy as np
 
 from lightning_filterviz.core.png import encode_png
 from lightning_filterviz.core.tiles import resize_nearest
-from lightning_filterviz.drawing.filter_frames import Sprite, examples_sprite, maps_sprite, weights_sprite
+from lightning_filterviz.drawing.filter_frames import (
+    Sprite,
+    examples_sprite,
+    feature_vis_sprite,
+    maps_sprite,
+    weights_sprite,
+)
 from lightning_filterviz.report.filter_series import (
     CURVES,
     DEAD,
     DORMANT,
+    GRADIENT_CURVES,
     STATE_NAMES,
     UNKNOWN,
     LayerTimeline,
@@ -43,6 +52,10 @@ EXAMPLES_DISPLAY_SCALE = 1
 # A long run validates many times; past this many, a filter's dataset examples are shown for
 # this many validation runs, evenly spaced (first and last kept): each row is k photos.
 MAX_EXAMPLES_ROWS = 12
+# Feature visualizations are the model's input size: shown at their own size from this side on.
+FEATURE_VIS_OWN_SIZE = 64
+# Frames of a filter's feature visualizations in a row: they are larger than its other frames.
+FEATURE_VIS_COLUMNS = 6
 # A panel's range is widened by this part of it on either side, so a curve on its bound stays visible.
 CURVE_MARGIN = 0.06
 
@@ -78,7 +91,8 @@ def filter_page_html(run: Run, layer: str, anchor_prefix: str = "") -> list[str]
     """
     timeline = layer_timeline(run, layer)
     index_id = f"{anchor_prefix}filters-of-{_id_part(layer)}"
-    chart = FilterCurvesChart(timeline.steps, _panels(timeline))
+    gradient_panels = [number for number, key in enumerate(CURVES) if key in GRADIENT_CURVES]
+    chart = FilterCurvesChart(timeline.steps, _panels(timeline), gradient_panels)
     try:
         sections = [
             _filter_section(timeline, index, chart, filter_anchor(layer, index, anchor_prefix), index_id)
@@ -141,12 +155,14 @@ def _filter_section(timeline: LayerTimeline, index: int, chart: FilterCurvesChar
         ),
         _maps_strip(timeline, index),
         _examples_block(timeline, index),
+        _feature_vis_strip(timeline, index),
     ]
     values = [timeline.curves[key][index] for key in CURVES]
-    curves = chart.png(values, state == DEAD, state == DORMANT)
+    curves = chart.png(values, state == DEAD, state == DORMANT, timeline.grad_dormant[index])
     figure = (
         f'<figure class="curves"><img alt="curves of filter {index}" src="{data_uri(curves)}">'
-        "<figcaption>Shaded: dead (red), dormant (amber). Every filter of the layer on the same scales."
+        f"<figcaption>Shaded: dead (red), dormant (amber); behind the gradient score, gradient-dormant (purple): "
+        f"its weights got no gradient. {_gradient_note(timeline)}Every filter of the layer on the same scales."
         "</figcaption></figure>"
     )
     return (
@@ -186,22 +202,60 @@ def _examples_block(timeline: LayerTimeline, index: int) -> str:
     return f'<div class="strip"><div class="strip-title">Dataset examples <small>{caption}</small></div>{"".join(rows)}</div>'
 
 
-def _strip(title: str, sprite: Sprite, steps: Sequence[int], alt: str) -> str:
+def _feature_vis_strip(timeline: LayerTimeline, index: int) -> str:
+    """The filter's feature visualization at each validation run that made one (nothing when
+    none did: they are made for the ``featvis_layers`` only)."""
+    having = [(step, images[index]) for step, images in timeline.feature_vis if index < len(images)]
+    if not having:
+        return ""
+    sprite = feature_vis_sprite([image for _, image in having], FRAME_GAP, FEATURE_VIS_COLUMNS)
+    scale = FRAME_DISPLAY_SCALE if sprite.tile[0] < FEATURE_VIS_OWN_SIZE else 1
+    steps = [step for step, _ in having]
+    return _strip(
+        "Feature visualizations",
+        sprite,
+        steps,
+        f"feature visualizations of filter {index}",
+        what="validation run",
+        scale=scale,
+        hint="the input that raises its mean response most",
+    )
+
+
+def _strip(
+    title: str,
+    sprite: Sprite,
+    steps: Sequence[int],
+    alt: str,
+    what: str = "snapshot",
+    scale: int = FRAME_DISPLAY_SCALE,
+    hint: str = "",
+) -> str:
     """A sprite of frames with the first and last step under it."""
     labels = (
-        f'<div class="strip-steps"><span>step {steps[0]}</span><span>{_plural(len(steps), "snapshot")}</span>'
+        f'<div class="strip-steps"><span>step {steps[0]}</span><span>{_plural(len(steps), what)}</span>'
         f"<span>step {steps[-1]}</span></div>"
     )
     wrapped = f", {sprite.columns} a row" if len(steps) > sprite.columns else ""
+    hint = f"{html.escape(hint)}, " if hint else ""
     return (
-        f'<div class="strip"><div class="strip-title">{title} <small>left to right{wrapped}</small></div>'
-        f'<div class="strip-frames">{_pixels_img(sprite.image, alt)}{labels}</div></div>'
+        f'<div class="strip"><div class="strip-title">{title} <small>{hint}left to right{wrapped}</small></div>'
+        f'<div class="strip-frames">{_pixels_img(sprite.image, alt, scale)}{labels}</div></div>'
     )
 
 
 def _pixels_img(pixels: np.ndarray, alt: str, scale: int = FRAME_DISPLAY_SCALE) -> str:
     width = scale * pixels.shape[1]
     return f'<img class="pixels" width="{width}" alt="{html.escape(alt)}" src="{data_uri(encode_png(pixels))}">'
+
+
+def _gradient_note(timeline: LayerTimeline) -> str:
+    """Why the gradient score has no curve, where it has none for the whole layer."""
+    if not np.isfinite(timeline.curves["grad_score"]).any():
+        if timeline.frozen:
+            return "The conv is frozen (its weight does not require grad): no gradient score. "
+        return "No snapshot read this layer's gradients (the first snapshot never does; older histories lack them). "
+    return ""
 
 
 def _note(title: str, text: str) -> str:

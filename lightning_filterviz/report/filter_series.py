@@ -4,8 +4,10 @@ snapshots the report has read.
 
 Per filter and snapshot: its state (alive, dormant or dead, from the monitor's verdicts in
 the file; dead wins over dormant), its mean ``|activation|`` on the probe, ReDo's dormant
-score (that mean over the layer's average), its drift from its first weights and its norm
-over its first norm. NumPy only.
+score (that mean over the layer's average), its drift from its first weights, its norm
+over its first norm and its gradient score (GraMa: its mean ``|dL/dW_c|`` over the layer's
+average), with whether the monitor found it gradient-dormant. Per validation run that made
+them: the layer's feature visualizations. NumPy only.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lightning_filterviz.report.runs import ReportError, ReportWarning, Run, SnapshotRecord, read_maps
+from lightning_filterviz.report.images import evenly_spaced
+from lightning_filterviz.report.runs import (
+    ReportError,
+    ReportWarning,
+    Run,
+    SnapshotRecord,
+    read_feature_vis,
+    read_maps,
+)
 
 __all__ = [
     "ALIVE",
     "CURVES",
     "DEAD",
     "DORMANT",
+    "GRADIENT_CURVES",
+    "MAX_FEATURE_VIS_SETS",
     "STATE_NAMES",
     "UNKNOWN",
     "LayerTimeline",
@@ -39,7 +51,13 @@ CURVES = {
     "dormant_score": "dormant score",
     "drift": "drift (1 - cosine)",
     "norm_ratio": "norm ratio",
+    "grad_score": "gradient score",
 }
+# The curves shaded where the filter is gradient-dormant, instead of dead or dormant.
+GRADIENT_CURVES = ("grad_score",)
+# A long run validates many times; past this many sets of feature visualizations, this many
+# are shown, evenly spaced (first and last kept): each is a picture the size of the model's input.
+MAX_FEATURE_VIS_SETS = 12
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,8 @@ class LayerTimeline:
         out_channels: the conv's filters.
         drawn: filters ``0 .. drawn - 1`` have their weights in every snapshot (``max_filters``).
         state: :data:`ALIVE`, :data:`DORMANT`, :data:`DEAD` or :data:`UNKNOWN` (no activation statistics).
+        grad_dormant: whether the filter was gradient-dormant (``False`` where its gradients were not read).
+        frozen: whether the conv's weight did not require grad at the last snapshot.
         curves: :data:`CURVES` key -> its table.
         filters: ``(snapshots, drawn, c, h, w)``, the drawn part of each filter.
         maps_steps: the steps whose file kept the layer's feature maps.
@@ -60,6 +80,9 @@ class LayerTimeline:
         signed: whether the maps are the conv's output before any activation (drawn around zero).
         examples: per validation run with dataset examples of the layer: ``(step, patches
             (F, k, h, w, 3) uint8, values (F, k))``.
+        feature_vis: per set of feature visualizations of the layer (at most
+            :data:`MAX_FEATURE_VIS_SETS`, evenly spaced): ``(step, images (F, H, W, 3) uint8)``,
+            filter ``i``'s at ``i``.
     """
 
     layer: str
@@ -67,12 +90,15 @@ class LayerTimeline:
     out_channels: int
     drawn: int
     state: np.ndarray
+    grad_dormant: np.ndarray
+    frozen: bool
     curves: dict[str, np.ndarray]
     filters: np.ndarray
     maps_steps: tuple[int, ...]
     maps: list[np.ndarray]
     signed: bool
     examples: list[tuple[int, np.ndarray, np.ndarray]]
+    feature_vis: list[tuple[int, np.ndarray]]
 
 
 def check_filter_layer(runs: Sequence[Run], requested: Optional[str]) -> None:
@@ -100,7 +126,8 @@ def layer_timeline(run: Run, layer: str) -> LayerTimeline:
         The layer's timeline.
 
     Warns:
-        ReportWarning: for a file whose feature maps cannot be read again; those maps are left out.
+        ReportWarning: for a file whose feature maps or feature visualizations cannot be read
+            again; those are left out.
     """
     holding = [record for record in run.records if layer in record.filters]
     out_channels = max(record.out_channels[layer] for record in holding)
@@ -113,17 +140,21 @@ def layer_timeline(run: Run, layer: str) -> LayerTimeline:
         out_channels=out_channels,
         drawn=drawn,
         state=_states(holding, layer, out_channels),
+        grad_dormant=_marked([record.grad_dormant.get(layer) for record in holding], out_channels),
+        frozen=layer in holding[-1].frozen,
         curves={
             "mean_activation": mean_activation,
             "dormant_score": _dormant_scores(mean_activation),
             "drift": _stacked([record.drift.get(layer) for record in holding], out_channels),
             "norm_ratio": _stacked([record.norm_ratio.get(layer) for record in holding], out_channels),
+            "grad_score": _stacked([record.grad_scores.get(layer) for record in holding], out_channels),
         },
         filters=np.stack([record.filters[layer][:drawn] for record in holding]),
         maps_steps=maps_steps,
         maps=maps,
         signed=layer in holding[-1].signed,
         examples=[(record.step, record.patches[layer], record.values[layer]) for record in run.examples if layer in record.patches],
+        feature_vis=_feature_vis(run, layer),
     )
 
 
@@ -133,6 +164,15 @@ def _stacked(values: list[Optional[np.ndarray]], out_channels: int) -> np.ndarra
     for column, value in enumerate(values):
         if value is not None:
             table[: len(value), column] = value[:out_channels]
+    return table
+
+
+def _marked(indices: list[Optional[np.ndarray]], out_channels: int) -> np.ndarray:
+    """Per filter and snapshot, whether the snapshot lists the filter among ``indices``."""
+    table = np.zeros((out_channels, len(indices)), dtype=bool)
+    for column, listed in enumerate(indices):
+        if listed is not None:
+            table[listed[(listed >= 0) & (listed < out_channels)], column] = True
     return table
 
 
@@ -175,3 +215,17 @@ def _kept_maps(holding: list[SnapshotRecord], layer: str) -> tuple[tuple[int, ..
             continue
         steps.append(record.step)
     return tuple(steps), maps
+
+
+def _feature_vis(run: Run, layer: str) -> list[tuple[int, np.ndarray]]:
+    """The steps and pictures of the layer's feature visualizations, of at most
+    :data:`MAX_FEATURE_VIS_SETS` sets evenly spaced over the run."""
+    found = []
+    for record in evenly_spaced([record for record in run.feature_vis if layer in record.filters], MAX_FEATURE_VIS_SETS):
+        try:
+            images, _ = read_feature_vis(record, layer)
+        except ReportError as error:
+            warnings.warn(f"{error}; they are left out", ReportWarning, stacklevel=3)
+            continue
+        found.append((record.step, images))
+    return found

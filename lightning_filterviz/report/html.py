@@ -1,5 +1,5 @@
-"""The report's HTML: one section per run (summary, charts, final filters, filmstrips, the
-filter page of one layer) and the page.
+"""The report's HTML: one section per run (summary, charts, final filters, filmstrips, dataset
+examples, feature visualizations, the filter page of one layer) and the page.
 
 The page is self-contained: an inline style, no scripts, and images embedded as base64
 PNG data URIs, so it can be mailed or archived alone.
@@ -8,11 +8,13 @@ PNG data URIs, so it can be mailed or archived alone.
 from __future__ import annotations
 
 import html
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from lightning_filterviz.drawing.example_images import examples_history_image
+from lightning_filterviz.drawing.responses import response_grid
 from lightning_filterviz.core.layer_names import resolve_layer_patterns
 from lightning_filterviz.core.png import encode_png
 from lightning_filterviz.core.tiles import resize_nearest
@@ -25,13 +27,33 @@ from lightning_filterviz.report.images import (
     layer_colours,
     line_chart_png,
 )
-from lightning_filterviz.report.runs import Run, SnapshotRecord, drift_series, fraction_series, health_series
+from lightning_filterviz.report.runs import (
+    ReportError,
+    ReportWarning,
+    Run,
+    SnapshotRecord,
+    drift_series,
+    fraction_series,
+    health_series,
+    read_feature_vis,
+)
 
-__all__ = ["EXAMPLES_DISPLAY_SCALE", "FILMSTRIP_DISPLAY_SCALE", "STYLE", "page_html", "run_html"]
+__all__ = [
+    "EXAMPLES_DISPLAY_SCALE",
+    "FEATURE_VIS_DISPLAY_SCALE",
+    "FILMSTRIP_DISPLAY_SCALE",
+    "STYLE",
+    "page_html",
+    "run_html",
+]
 
 # The filmstrip is shown this many times its pixel size.
 EXAMPLES_DISPLAY_SCALE = 1  # drawn at their loggers' size already (see examples_history_image)
 FILMSTRIP_DISPLAY_SCALE = 2
+# Feature visualizations are the model's input size: small inputs (CIFAR's 32 pixels) are
+# shown this many times their size, unsmoothed; inputs from this side on at their own size.
+FEATURE_VIS_DISPLAY_SCALE = 2
+FEATURE_VIS_OWN_SIZE = 64
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -79,8 +101,8 @@ def run_html(
     anchor_prefix: str = "",
 ) -> str:
     """The HTML of one run: a summary, the charts over the steps, the final filters, the filmstrips,
-    where validation runs collected them, one filter's dataset examples over time, and the
-    filter page of one layer.
+    where validation runs collected them, one filter's dataset examples over time, where
+    validation runs made them, the latest feature visualizations, and the filter page of one layer.
 
     Args:
         run: a run with at least one snapshot.
@@ -100,6 +122,7 @@ def run_html(
         *_final_filter_sections(run.records[-1]),
         *_filmstrip_sections(run, filmstrip_patterns),
         *_examples_sections(run, examples_filter),
+        *_feature_vis_sections(run),
         *_filter_page_sections(run, filter_layer or run.layers[0], anchor_prefix),
     ]
     return "\n".join(parts)
@@ -140,10 +163,12 @@ _HEALTH_COLUMNS = (
 
 
 def _summary_table(run: Run) -> str:
-    """A table of every layer at the last snapshot: filters, dead, dormant, mean drift and
-    the health signals ("–" where the snapshot lacks one)."""
+    """A table of every layer at the last snapshot: filters, dead, dormant, gradient-dormant,
+    mean drift and the health signals ("–" where the snapshot lacks one)."""
     last = run.records[-1]
-    headings = ["layer", "filters", "dead", "dormant", "mean drift", *(heading for heading, _, _ in _HEALTH_COLUMNS)]
+    headings = [
+        "layer", "filters", "dead", "dormant", "grad-dormant", "mean drift", *(heading for heading, _, _ in _HEALTH_COLUMNS)
+    ]
     rows = ["<tr>" + "".join(f"<th>{heading}</th>" for heading in headings) + "</tr>"]
     for name in last.layers:
         cells = [
@@ -151,11 +176,22 @@ def _summary_table(run: Run) -> str:
             str(last.out_channels[name]),
             str(len(last.dead[name])) if name in last.dead else "–",
             str(len(last.dormant[name])) if name in last.dormant else "–",
+            _grad_dormant_cell(last, name),
             f"{float(np.mean(last.drift[name])):.3f}" if last.drift.get(name, np.empty(0)).size else "–",
             *(_health_cell(last, signal, name, form) for _, signal, form in _HEALTH_COLUMNS),
         ]
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     return f"<table>{''.join(rows)}</table>"
+
+
+def _grad_dormant_cell(record: SnapshotRecord, layer: str) -> str:
+    """"2/16": the layer's gradient-dormant filters of all; "frozen" for a conv whose weight
+    does not require grad; "–" where the snapshot's gradients were not read."""
+    if layer in record.frozen:
+        return "frozen"
+    if layer in record.grad_dormant:
+        return f"{len(record.grad_dormant[layer])}/{record.out_channels[layer]}"
+    return "–"
 
 
 def _health_cell(record: SnapshotRecord, signal: str, layer: str, form: str) -> str:
@@ -185,6 +221,7 @@ def _chart_sections(run: Run, colours: dict[str, Any]) -> list[str]:
             "Fraction of each layer's filters whose mean |activation| is a tiny part of the layer's average.",
             "No layer recorded dormant filters (they need a captured activation).",
         ),
+        _grad_dormant_chart_section(run, colours),
         _chart_section(
             "Filter drift",
             drift_series(run),
@@ -198,6 +235,31 @@ def _chart_sections(run: Run, colours: dict[str, Any]) -> list[str]:
         ),
         *_health_chart_sections(run, colours),
     ]
+
+
+def _grad_dormant_chart_section(run: Run, colours: dict[str, Any]) -> str:
+    """The gradient-dormant fraction of every layer whose gradients were read, over the steps."""
+    frozen = [name for name in run.layers if any(name in record.frozen for record in run.records)]
+    series = fraction_series(run, "grad_dormant")
+    if frozen:
+        not_drawn = f" Frozen, so not drawn (their weights do not require grad): {', '.join(frozen)}."
+    else:
+        not_drawn = ""
+    return _chart_section(
+        "Gradient-dormant filters",
+        series,
+        "gradient-dormant fraction",
+        (0.0, 1.0),
+        colours,
+        "Fraction of each layer's filters whose weights got no gradient at the optimizer step before the "
+        "snapshot: a mean |dL/dW| of at most grad_dormant_tau (default 0) of the layer's average (GraMa). Such a "
+        "filter no longer learns, whatever its activations look like: its ReLU never fires, nothing downstream "
+        "uses its channel, or its activation saturates. A fraction that grows as training goes on means the "
+        "layer is losing capacity: try a lower learning rate, a leaky activation, less weight decay, or "
+        "re-initializing those filters (ReDo). The first snapshot has no gradients yet." + not_drawn,
+        "No snapshot recorded gradient scores (they are read from the second snapshot on; history files "
+        "written before gradient dormancy lack them)." + not_drawn,
+    )
 
 
 # Why a health chart can have no line at all: the signals came after the history format.
@@ -334,6 +396,44 @@ def _examples_sections(run: Run, filter_index: int) -> list[str]:
         )
         uri, width = data_uri(encode_png(image)), EXAMPLES_DISPLAY_SCALE * image.shape[1]
         sections.append(_figure_html(heading, uri, caption, heading, pixels=True, width=width))
+    return sections
+
+
+def _feature_vis_sections(run: Run) -> list[str]:
+    """Per layer with feature visualizations: its latest set, each filter beside the input that
+    excites it most."""
+    layers = list(dict.fromkeys(layer for record in run.feature_vis for layer in record.filters))
+    sections = []
+    for layer in layers:
+        record = [record for record in run.feature_vis if layer in record.filters][-1]
+        heading = f"Feature visualizations: {layer}"
+        try:
+            images, filters = read_feature_vis(record, layer)
+        except ReportError as error:
+            warnings.warn(f"{error}; they are left out", ReportWarning, stacklevel=2)
+            sections.append(_figure_html(heading, None, f"{error}.", heading))
+            continue
+        # The file keeps the drawn part of each filter, which response_grid would pick
+        # again: displayed_filters returns the same array for it (its own fixed point).
+        grid = response_grid(filters, filters.shape[1] == 3, images)
+        scale = FEATURE_VIS_DISPLAY_SCALE if images.shape[1] < FEATURE_VIS_OWN_SIZE else 1
+        caption = (
+            f"Each of the {len(images)} drawn filters of {layer} (left, scaled to its own min..max) beside its "
+            f"feature visualization (right): the input optimized, from a nearly grey start, to raise the filter's mean response "
+            f"before the activation, made with the weights of step {record.step}. It shows what the filter looks "
+            "for: in a first layer, a colour or an edge of some orientation; deeper, the textures, patterns and "
+            "parts it combines."
+        )
+        sections.append(
+            _figure_html(
+                heading,
+                data_uri(encode_png(grid)),
+                caption,
+                f"feature visualizations of {layer}",
+                pixels=True,
+                width=scale * grid.shape[1],
+            )
+        )
     return sections
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Any, Optional, Sequence, TypeVar, Union
+from typing import Any, Collection, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from lightning_filterviz.report.runs import SnapshotRecord
 __all__ = [
     "DEAD_BAND_COLOUR",
     "DORMANT_BAND_COLOUR",
+    "GRAD_DORMANT_BAND_COLOUR",
     "FilterCurvesChart",
     "MAX_FILMSTRIP_ROWS",
     "MAX_MARKED_POINTS",
@@ -45,9 +46,11 @@ Item = TypeVar("Item")
 MAX_FILMSTRIP_ROWS = 32
 # Past this many points a line is drawn without markers, which would only blur it.
 MAX_MARKED_POINTS = 60
-# The snapshots where a filter is dead or dormant, shaded behind its curves (the tab's colours).
+# The snapshots where a filter is dead or dormant, shaded behind its curves (the tab's colours),
+# and, behind its gradient score, where it is gradient-dormant.
 DEAD_BAND_COLOUR = "#e53935"
 DORMANT_BAND_COLOUR = "#ffb300"
+GRAD_DORMANT_BAND_COLOUR = "#8e24aa"
 BAND_ALPHA = 0.3
 CURVE_COLOUR = "#1f77b4"
 # The colours a filter's chart is saved with (a palette PNG), edges antialiased in between.
@@ -111,7 +114,8 @@ def line_chart_png(
 
 class FilterCurvesChart:
     """Small panels of one filter's curves over the steps, with its dead and dormant
-    snapshots shaded; drawn again for each filter of a layer.
+    snapshots shaded (its gradient-dormant ones on the ``gradient_panels``); drawn again for
+    each filter of a layer.
 
     A layer's filters share the steps and, per panel, the value range (so two filters'
     curves compare at a glance), hence the axes, ticks and labels: they are drawn once,
@@ -121,9 +125,16 @@ class FilterCurvesChart:
     Args:
         steps: the snapshots' steps.
         panels: per panel, its title and its ``(bottom, top)`` value range.
+        gradient_panels: the indices of the panels of gradient curves, shaded where the filter
+            is gradient-dormant instead of where it is dead or dormant.
     """
 
-    def __init__(self, steps: Sequence[int], panels: Sequence[tuple[str, tuple[float, float]]]) -> None:
+    def __init__(
+        self,
+        steps: Sequence[int],
+        panels: Sequence[tuple[str, tuple[float, float]]],
+        gradient_panels: Collection[int] = (),
+    ) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.collections import PolyCollection
         from matplotlib.figure import Figure
@@ -142,7 +153,7 @@ class FilterCurvesChart:
         self._canvas = FigureCanvasAgg(self._figure)
         self._panels = []
         grid = self._figure.subplots(rows, columns, sharex=True, squeeze=False)
-        for axes, (title, limits) in zip(grid.flat, panels):
+        for number, (axes, (title, limits)) in enumerate(zip(grid.flat, panels)):
             axes.set_title(title, fontsize="small", loc="left")
             axes.set_xlim(*_step_range(self.steps))
             axes.set_ylim(*limits)
@@ -156,36 +167,53 @@ class FilterCurvesChart:
             axes.tick_params(labelsize="x-small")
             axes.grid(True, alpha=0.3)
             # Bands span the panel's height whatever its values: x in steps, y in axes units.
+            gradient = number in gradient_panels
+            colours = (GRAD_DORMANT_BAND_COLOUR,) if gradient else (DEAD_BAND_COLOUR, DORMANT_BAND_COLOUR)
             bands = [
                 PolyCollection([], facecolors=colour, alpha=BAND_ALPHA, animated=True, transform=axes.get_xaxis_transform())
-                for colour in (DEAD_BAND_COLOUR, DORMANT_BAND_COLOUR)
+                for colour in colours
             ]
             for band in bands:
                 axes.add_collection(band, autolim=False)
             marker = "o" if len(self.steps) <= MAX_MARKED_POINTS else None
             (line,) = axes.plot([], [], color=CURVE_COLOUR, marker=marker, markersize=2.5, linewidth=1.2, animated=True)
-            self._panels.append((axes, bands, line))
-        for axes in grid[-1]:
-            axes.set_xlabel("step", fontsize="small")
+            self._panels.append((axes, bands, line, gradient))
+        for column in range(columns):
+            # The lowest panel of each column shows the steps (a last row left part empty has
+            # its column's steps on the panel above).
+            lowest = max(row for row in range(rows) if row * columns + column < max(len(panels), 1))
+            grid[lowest, column].set_xlabel("step", fontsize="small")
+            grid[lowest, column].xaxis.set_tick_params(labelbottom=True)
         for axes in grid.flat[len(panels) :]:
             axes.set_visible(False)
         self._canvas.draw()  # everything but the animated bands and lines
         self._background = self._canvas.copy_from_bbox(self._figure.bbox)
 
-    def png(self, values: Sequence[np.ndarray], dead: np.ndarray, dormant: np.ndarray) -> bytes:
+    def png(
+        self,
+        values: Sequence[np.ndarray],
+        dead: np.ndarray,
+        dormant: np.ndarray,
+        grad_dormant: Optional[np.ndarray] = None,
+    ) -> bytes:
         """One filter's chart as PNG bytes.
 
         Args:
             values: per panel, the filter's value at each step (NaN where unknown).
             dead: at each step, whether the filter is dead.
             dormant: at each step, whether it is dormant (and not dead).
+            grad_dormant: at each step, whether it is gradient-dormant (shaded on the
+                gradient panels); ``None``: never.
 
         Returns:
             PNG bytes.
         """
+        never = np.zeros(len(self.steps), dtype=bool)
+        states = (dead, dormant)
+        gradient_states = (grad_dormant if grad_dormant is not None else never,)
         self._canvas.restore_region(self._background)
-        for (axes, bands, line), series in zip(self._panels, values):
-            for band, marked in zip(bands, (dead, dormant)):
+        for (axes, bands, line, gradient), series in zip(self._panels, values):
+            for band, marked in zip(bands, gradient_states if gradient else states):
                 band.set_verts(_band_rectangles(self.steps, marked))
                 axes.draw_artist(band)
             line.set_data(self.steps, series)

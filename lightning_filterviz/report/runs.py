@@ -1,10 +1,13 @@
 """The runs a report shows: history files found and read back, and the series it charts.
 
 Each snapshot lies in ``<log dir>/filterviz/history/step_<step>.npz`` (see
-:mod:`lightning_filterviz.core.history`, which owns the format). :func:`load_runs` finds every
-run under a directory and reads its snapshots, keeping what the page needs and dropping
-the feature maps; :func:`fraction_series`, :func:`drift_series` and :func:`health_series`
-turn a run into the lines of its charts. NumPy only: the report loads no torch.
+:mod:`lightning_filterviz.core.history`, which owns the format), beside the validation runs'
+dataset examples and feature visualizations. :func:`load_runs` finds every run under a
+directory and reads its snapshots, keeping what the page needs and dropping the feature
+maps (and the feature visualizations' pictures, read again when drawn, with
+:func:`read_feature_vis`); :func:`fraction_series`, :func:`drift_series` and
+:func:`health_series` turn a run into the lines of its charts. NumPy only: the report loads
+no torch.
 
 A damaged history costs only what is damaged: a file that cannot be read is skipped, and a
 layer whose arrays a file lacks is left out of that file, each with a :class:`ReportWarning`
@@ -24,8 +27,10 @@ from typing import Callable, TypeVar, Union
 
 import numpy as np
 
+from lightning_filterviz.drawing.filter_frames import rgb_pictures
 from lightning_filterviz.core.history import (
     EXAMPLES_PATTERN,
+    FEATURE_VIS_PATTERN,
     HISTORY_DIR,
     HISTORY_FORMAT,
     HISTORY_PATTERN,
@@ -38,6 +43,7 @@ __all__ = [
     "EXPECTED_HISTORY",
     "HEALTH_SIGNALS",
     "ExamplesRecord",
+    "FeatureVisRecord",
     "PathLike",
     "ReportError",
     "ReportWarning",
@@ -50,6 +56,8 @@ __all__ = [
     "load_runs",
     "one_line",
     "read_examples",
+    "read_feature_vis",
+    "read_feature_vis_file",
     "read_maps",
     "read_run",
     "read_snapshot",
@@ -63,7 +71,7 @@ EXPECTED_HISTORY = f"{HISTORY_DIR.as_posix()}/{HISTORY_PATTERN} written by Filte
 HEALTH_SIGNALS = ("effective_rank", "srank", "cka_to_first")
 
 PathLike = Union[str, os.PathLike]
-Record = TypeVar("Record", "SnapshotRecord", "ExamplesRecord")
+Record = TypeVar("Record", "SnapshotRecord", "ExamplesRecord", "FeatureVisRecord")
 
 
 class ReportError(ValueError):
@@ -90,6 +98,11 @@ class SnapshotRecord:
             whose activation, or output before any, was captured).
         dead: layer -> dead filter indices (only layers with a ReLU-family activation).
         dormant: layer -> dormant filter indices (only layers whose activation was captured).
+        grad_scores: layer -> each filter's gradient score, its mean ``|dL/dW_c|`` over the
+            layer's average (only convs whose gradients were read for the snapshot: not the
+            first snapshot, not a frozen conv, not in files written before gradient dormancy).
+        grad_dormant: layer -> gradient-dormant filter indices (the same layers as ``grad_scores``).
+        frozen: the convs whose weight does not require grad (never gradient-dormant).
         health: signal (one of :data:`HEALTH_SIGNALS`) -> layer -> its value (only layers whose
             probe features were finite, in files written since the signals were added).
             ``cka_to_first`` is NaN where no CKA could be computed (features that never vary,
@@ -110,6 +123,9 @@ class SnapshotRecord:
     mean_activation: dict[str, np.ndarray] = field(default_factory=dict)
     dead: dict[str, np.ndarray] = field(default_factory=dict)
     dormant: dict[str, np.ndarray] = field(default_factory=dict)
+    grad_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    grad_dormant: dict[str, np.ndarray] = field(default_factory=dict)
+    frozen: set[str] = field(default_factory=set)
     health: dict[str, dict[str, float]] = field(default_factory=lambda: {signal: {} for signal in HEALTH_SIGNALS})
     kept_maps: set[str] = field(default_factory=set)
     signed: set[str] = field(default_factory=set)
@@ -136,6 +152,27 @@ class ExamplesRecord:
 
 
 @dataclass
+class FeatureVisRecord:
+    """One set of feature visualizations, ``feature_vis_<step>.npz`` (see
+    :func:`~lightning_filterviz.core.history.feature_vis_history_file`). Only what says which
+    layers it holds is kept: the pictures are the bulk of a run's history (a filter's input-sized
+    image per filter and validation run), so they are read again when drawn, with
+    :func:`read_feature_vis`.
+
+    Attributes:
+        path: the file.
+        step: the training step of the weights they were made from.
+        filters: layer -> how many filters have a visualization, for the layers whose arrays are whole.
+        problems: what the file lacks and the report leaves out, one line each.
+    """
+
+    path: Path
+    step: int
+    filters: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Run:
     """The history of one training run, snapshots sorted by step.
 
@@ -145,6 +182,7 @@ class Run:
         records: one per readable history file, by increasing step (files of one step in
             the order they were written).
         examples: one per validation run with dataset examples, by increasing step.
+        feature_vis: one per set of feature visualizations, by increasing step.
         problems: the files skipped and the parts left out, one line each, naming the file.
     """
 
@@ -152,6 +190,7 @@ class Run:
     history_dir: Path
     records: list[SnapshotRecord]
     examples: list[ExamplesRecord] = field(default_factory=list)
+    feature_vis: list[FeatureVisRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     # Why each skipped file could not be read, as a ReportError says it.
     unreadable: list[str] = field(default_factory=list, repr=False)
@@ -245,9 +284,11 @@ def read_run(history_dir: Path, label: str) -> Run:
     # A file whose every layer is damaged adds nothing but its problems, already noted.
     run.records = [record for record in snapshots if record.layers]
     run.examples = _read_each(history_files(history_dir, EXAMPLES_PATTERN), read_examples, run)
+    run.feature_vis = _read_each(history_files(history_dir, FEATURE_VIS_PATTERN), read_feature_vis_file, run)
     # A stable sort by the recorded step keeps the order written among files of one step.
     run.records.sort(key=lambda record: record.step)
     run.examples.sort(key=lambda record: record.step)
+    run.feature_vis.sort(key=lambda record: record.step)
     return run
 
 
@@ -266,9 +307,8 @@ def _read_each(paths: list[Path], read: Callable[[Path], Record], run: Run) -> l
     return records
 
 
-def read_examples(path: Path) -> ExamplesRecord:
-    """Read one validation run's dataset examples; a layer whose arrays the file lacks is
-    left out (named in :attr:`ExamplesRecord.problems`).
+def _step_and_layers(path: Path) -> tuple[dict[str, np.ndarray], int, list[str]]:
+    """A validation run's file: its arrays, its step and the layers it names.
 
     Raises:
         ReportError: for a file that cannot be read, is not a history file, or lacks its
@@ -278,8 +318,20 @@ def read_examples(path: Path) -> ExamplesRecord:
     missing = [key for key in ("step", "layers") if key not in arrays]
     if missing:
         raise ReportError(f"{path} is an incomplete history file: it lacks {', '.join(missing)}")
-    record = ExamplesRecord(step=int(arrays["step"]))
-    for layer in (str(name) for name in arrays["layers"]):
+    return arrays, int(arrays["step"]), [str(name) for name in arrays["layers"]]
+
+
+def read_examples(path: Path) -> ExamplesRecord:
+    """Read one validation run's dataset examples; a layer whose arrays the file lacks is
+    left out (named in :attr:`ExamplesRecord.problems`).
+
+    Raises:
+        ReportError: for a file that cannot be read, is not a history file, or lacks its
+            step or its list of layers.
+    """
+    arrays, step, layers = _step_and_layers(path)
+    record = ExamplesRecord(step=step)
+    for layer in layers:
         lacking = [f"{layer}/{key}" for key in ("indices", "values", "patches") if f"{layer}/{key}" not in arrays]
         if lacking:
             record.problems.append(
@@ -290,6 +342,74 @@ def read_examples(path: Path) -> ExamplesRecord:
         record.values[layer] = arrays[f"{layer}/values"]
         record.patches[layer] = arrays[f"{layer}/patches"]
     return record
+
+
+def read_feature_vis_file(path: Path) -> FeatureVisRecord:
+    """Read which layers one set of feature visualizations holds, checking their arrays; a
+    layer whose arrays the file lacks, or holds in other shapes than the writer's, is left out
+    (named in :attr:`FeatureVisRecord.problems`).
+
+    Raises:
+        ReportError: for a file that cannot be read, is not a history file, or lacks its
+            step or its list of layers.
+    """
+    arrays, step, layers = _step_and_layers(path)
+    record = FeatureVisRecord(path=path, step=step)
+    for layer in layers:
+        problem = _feature_vis_problem(arrays, layer)
+        if problem:
+            record.problems.append(
+                f"{path} {problem}: the feature visualizations of {layer} at step {record.step} are left out"
+            )
+            continue
+        record.filters[layer] = len(arrays[f"{layer}/images"])
+    return record
+
+
+def read_feature_vis(record: FeatureVisRecord, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``layer``'s feature visualizations back from their file (:func:`read_feature_vis_file`
+    keeps none: they are drawn one layer, or one filter, at a time).
+
+    Args:
+        record: a set whose :attr:`~FeatureVisRecord.filters` holds ``layer``.
+        layer: the conv layer.
+
+    Returns:
+        ``(images, filters)``: the visualizations ``(F, H, W, 3)`` ``uint8`` (grey ones repeated
+        over the three channels), filter ``i``'s at ``i``, and the filters they were made from,
+        drawn as the history draws them, ``(F, C, kh, kw)`` float32 with ``C`` 1 or 3.
+
+    Raises:
+        ReportError: the file can no longer be read, or no longer holds them whole (it was
+            replaced or damaged after the report read it).
+    """
+    try:
+        with open(record.path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in (f"{layer}/images", f"{layer}/filters")}
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise ReportError(
+            f"{record.path} cannot be read again for the feature visualizations of {layer}: {one_line(error)}"
+        ) from error
+    problem = _feature_vis_problem(arrays, layer)
+    if problem:
+        raise ReportError(f"{record.path} cannot be read again for the feature visualizations of {layer}: it {problem}")
+    return rgb_pictures(arrays[f"{layer}/images"]), arrays[f"{layer}/filters"].astype(np.float32, copy=False)
+
+
+def _feature_vis_problem(arrays: dict[str, np.ndarray], layer: str) -> str:
+    """What keeps a layer of a feature visualizations file out of the report ("" when nothing does)."""
+    lacking = [f"{layer}/{key}" for key in ("images", "filters") if f"{layer}/{key}" not in arrays]
+    if lacking:
+        return f"lacks {', '.join(lacking)}"
+    images, filters = arrays[f"{layer}/images"], arrays[f"{layer}/filters"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        return f"holds {layer}/images of shape {images.shape} and type {images.dtype}, not (F, H, W, 3 or 1) uint8"
+    if filters.ndim != 4 or filters.shape[1] not in (1, 3) or filters.dtype.kind != "f" or len(filters) < len(images):
+        return (
+            f"holds {layer}/filters of shape {filters.shape} and type {filters.dtype}, "
+            f"not the drawn filters (F, 1 or 3, kh, kw) of its {len(images)} images"
+        )
+    return ""
 
 
 def read_snapshot(path: Path) -> SnapshotRecord:
@@ -370,6 +490,7 @@ def _record_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> SnapshotRe
             if f"{name}/{key}" in arrays:
                 target[name] = arrays[f"{name}/{key}"]
         _read_health(arrays, name, record)
+        _read_gradients(arrays, name, record)
         if f"{name}/maps" in arrays:
             record.kept_maps.add(name)
         # Statistics without a channel maximum are of a conv's output before any activation.
@@ -393,6 +514,26 @@ def _read_health(arrays: dict[str, np.ndarray], name: str, record: SnapshotRecor
             )
             continue
         record.health[signal][name] = float(value)
+
+
+def _read_gradients(arrays: dict[str, np.ndarray], name: str, record: SnapshotRecord) -> None:
+    """Put the layer's gradient scores and gradient-dormant filters into ``record`` (files
+    written before gradient dormancy, the first snapshot and frozen convs have none); scores
+    that are not one number per filter are left out, named in the record's problems."""
+    if bool(arrays.get(f"{name}/frozen", False)):
+        record.frozen.add(name)
+    scores, dormant = arrays.get(f"{name}/grad_scores"), arrays.get(f"{name}/grad_dormant")
+    if scores is None or dormant is None:
+        return
+    if scores.ndim != 1 or scores.dtype.kind not in "iuf" or dormant.ndim != 1 or dormant.dtype.kind not in "iu":
+        record.problems.append(
+            f"{record.path} holds {name}/grad_scores of shape {scores.shape} and type {scores.dtype} and "
+            f"{name}/grad_dormant of shape {dormant.shape} and type {dormant.dtype}, not one score per filter "
+            f"and filter indices: the gradient dormancy of {name} at step {record.step} is left out"
+        )
+        return
+    record.grad_scores[name] = scores.astype(np.float32, copy=False)
+    record.grad_dormant[name] = dormant
 
 
 def _layer_problem(arrays: dict[str, np.ndarray], name: str) -> str:
@@ -433,10 +574,11 @@ def fraction_series(run: Run, key: str) -> dict[str, tuple[list[int], list[float
 
     Args:
         run: the run.
-        key: ``"dead"`` or ``"dormant"``.
+        key: ``"dead"``, ``"dormant"`` or ``"grad_dormant"``.
 
     Returns:
-        layer -> (steps, fractions) for the layers that have ``key`` in some snapshot.
+        layer -> (steps, fractions) for the layers that have ``key`` in some snapshot (for
+        ``"grad_dormant"``, the snapshots whose gradients were read).
     """
     series: dict[str, tuple[list[int], list[float]]] = {}
     for record in run.records:

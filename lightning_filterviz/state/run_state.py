@@ -1,8 +1,10 @@
 """What a run remembers from one snapshot to the next, and what it makes of each new one.
 
-Dead-filter streaks, dormant filters, the symmetric normalization ranges, the initial
-filters drift is measured from, the first features the health signals compare with, the filmstrip rows, which layers were warned about, the
-latest dataset examples, and the checkpoint state of all of it (examples aside). Each
+Dead-filter streaks, dormant and gradient-dormant filters, the symmetric normalization
+ranges, the initial filters drift is measured from, the first features the health signals
+compare with, the filmstrip rows, which layers were warned about, the latest dataset
+examples and feature visualizations, and the checkpoint state of all of it (examples and
+visualizations aside). Each
 captured snapshot comes in frozen and goes out as a new frozen
 :class:`~lightning_filterviz.core.records.Snapshot` with the verdicts; nothing it was given
 is changed. With ``background=True`` every method here runs on the writer thread, so the
@@ -21,7 +23,14 @@ from torch import Tensor
 from lightning_filterviz.state.health import HealthTracker
 from lightning_filterviz.state.progress import ProgressTracker
 from lightning_filterviz.core.layer_table import layer_table
-from lightning_filterviz.core.records import CapturedSnapshot, DatasetExamples, LayerHealth, RunEnding, Snapshot
+from lightning_filterviz.core.records import (
+    CapturedSnapshot,
+    DatasetExamples,
+    FeatureVisualizations,
+    LayerHealth,
+    RunEnding,
+    Snapshot,
+)
 from lightning_filterviz.core.settings import VisualizerSettings
 from lightning_filterviz.state.stats import DeadFilterTracker, dormant_indices, grad_dormant_verdict
 
@@ -63,6 +72,8 @@ class RunState:
         # The latest validation run's dataset examples, per conv and drawn filter, strongest first.
         self.dataset_examples: dict[str, list[list[tuple[Optional[int], float]]]] = {}
         self.dataset_example_positions: dict[str, list[list[tuple[int, int]]]] = {}
+        # The latest feature visualizations, per conv, as displayed.
+        self.feature_visualizations: dict[str, np.ndarray] = {}
         self._messages: collections.deque[Message] = collections.deque()
 
     def judge(self, captured: CapturedSnapshot) -> Snapshot:
@@ -177,6 +188,10 @@ class RunState:
         """Keep a validation run's dataset examples (on the host) as lists."""
         self.dataset_examples = {name: found.as_lists() for name, found in examples.layers.items()}
         self.dataset_example_positions = {name: found.position_lists() for name, found in examples.layers.items()}
+
+    def keep_feature_vis(self, visuals: FeatureVisualizations) -> None:
+        """Keep the latest feature visualizations of each conv that has some."""
+        self.feature_visualizations = {**self.feature_visualizations, **visuals.images}
 
     def warn(self, text: str) -> None:
         """Queue a warning for the user (shown on the training thread)."""

@@ -1,7 +1,8 @@
 """The views: every output of the monitor, each a registered :class:`View`.
 
 A view turns a judged :class:`~lightning_filterviz.core.records.Snapshot`, a validation
-run's :class:`~lightning_filterviz.core.records.DatasetExamples` or a run's
+run's :class:`~lightning_filterviz.core.records.DatasetExamples`, a set of
+:class:`~lightning_filterviz.core.records.FeatureVisualizations` or a run's
 :class:`~lightning_filterviz.core.records.RunEnding` into a frozen
 :class:`~lightning_filterviz.core.records.Rendered` (images, scalars, tables, history
 files), and declares the tags it logs. Every module in this package is imported on first
@@ -25,7 +26,7 @@ import numpy as np
 
 from lightning_filterviz.core.arguments import WIDTH
 from lightning_filterviz.core.filters import displayed_filters
-from lightning_filterviz.core.records import DatasetExamples, Rendered, RunEnding, Snapshot
+from lightning_filterviz.core.records import DatasetExamples, FeatureVisualizations, Rendered, RunEnding, Snapshot
 from lightning_filterviz.core.settings import VisualizerSettings
 from lightning_filterviz.core.tags import LoggedTag
 
@@ -37,6 +38,7 @@ __all__ = [
     "registered_views",
     "render_ending",
     "render_examples",
+    "render_feature_vis",
     "render_snapshot",
     "with_logged_tags",
 ]
@@ -99,6 +101,10 @@ class View:
         """What the end of a run shows."""
         return None
 
+    def at_feature_vis(self, visuals: FeatureVisualizations, context: ViewContext) -> Optional[Rendered]:
+        """What a set of feature visualizations shows."""
+        return None
+
 
 ViewClass = TypeVar("ViewClass", bound=type[View])
 
@@ -148,6 +154,11 @@ def render_snapshot(snapshot: Snapshot, context: ViewContext) -> list[Rendered]:
 def render_examples(examples: DatasetExamples, context: ViewContext) -> list[Rendered]:
     """What every view draws of a validation run's dataset examples, merged per step."""
     return _merged(view.at_examples(examples, context) for view in registered_views())
+
+
+def render_feature_vis(visuals: FeatureVisualizations, context: ViewContext) -> list[Rendered]:
+    """What every view draws of a set of feature visualizations, merged per step."""
+    return _merged(view.at_feature_vis(visuals, context) for view in registered_views())
 
 
 def render_ending(ending: RunEnding, context: ViewContext) -> list[Rendered]:

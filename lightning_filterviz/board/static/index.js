@@ -19,6 +19,8 @@ const MIN_CELL_WIDTH_FOR_SEPARATORS = 6;
 const MIN_ROW_HEIGHT_FOR_SEPARATORS = 10;
 
 const FRAME_SCALE = 2;
+// From this side on, pictures (feature visualizations, the model's input size) are shown at their own size.
+const LARGE_PICTURE = 64;
 const CHART = { width: 430, height: 150, left: 48, right: 14, top: 24, bottom: 24 };
 const EMPTY_CHART_HEIGHT = 40;
 // With few snapshots, a dot per snapshot shows where the line's corners are measured.
@@ -66,6 +68,15 @@ const METRICS = [
     // The middle of the range is the layer's mean, where the palette turns.
     midTick: true,
   },
+  {
+    key: "grad_score",
+    label: "gradient score",
+    description: "mean |gradient| of the weights / layer mean: 0 is no gradient (gradient-dormant)",
+    palette: ["#762a83", "#af8dc3", "#f7f7f7", "#7fbf7b", "#1b7837"],
+    range: () => [0, 2],
+    openEnded: true,
+    midTick: true,
+  },
 ];
 
 const CURVES = [
@@ -73,7 +84,12 @@ const CURVES = [
   { key: "dormant_score", label: "dormant score", include: [0], reference: 1 },
   { key: "drift", label: "drift", include: [0] },
   { key: "norm_ratio", label: "norm ratio", reference: 1 },
+  // Shaded where the filter's weights got no gradient, instead of where it is dormant or dead.
+  { key: "grad_score", label: "gradient score", include: [0], reference: 1, bands: "grad_dormant" },
 ];
+
+// The layer's gradient-dormant fraction over the snapshots whose gradients were read.
+const GRAD_FRACTION_CURVE = { key: "values", label: "gradient-dormant fraction", include: [0, 1] };
 
 // The layer's health signals over the snapshots (the `layer` answer's `health`).
 const LAYER_CURVES = [
@@ -81,6 +97,8 @@ const LAYER_CURVES = [
   { key: "srank", label: "srank", include: [0] },
   { key: "cka_to_first", label: "CKA to the first snapshot", include: [0], reference: 1 },
 ];
+
+const FROZEN_NOTE = "no gradient score: the conv is frozen (its weight does not require grad)";
 
 const EMPTY_NOTE =
   "No run under this log directory has filterviz history yet. " +
@@ -170,6 +188,7 @@ const STYLE = `
   .chart .dot { fill: #1565c0; }
   .chart .band-dormant { fill: rgba(242,179,61,.28); }
   .chart .band-dead { fill: rgba(216,71,61,.2); }
+  .chart .band-grad-dormant { fill: rgba(142,36,170,.18); }
   .chart .cursor { stroke: #757575; }
   .chart .cursor-dot { fill: #fff; stroke: #1565c0; stroke-width: 2; }
   .chart .readout { fill: #212121; }
@@ -405,8 +424,24 @@ class FiltersPage {
     this.ui.rows.replaceChildren(...rowButtons(this.layer.out_channels, this.rowHeight()));
     this.ui.steps.replaceChildren(...stepLabels(this.layer.steps));
     this.showHealth();
+    this.showGradients();
     this.showLegend();
     this.markSelectedRow();
+  }
+
+  /** The layer's gradient-dormant fraction over the steps, or why it has none (a frozen conv). */
+  showGradients() {
+    const { frozen, grad_dormant_fraction: fraction } = this.layer;
+    const present = (fraction?.values ?? []).some(Number.isFinite);
+    this.ui.gradientView.hidden = !present && !frozen;
+    if (frozen) {
+      this.ui.gradients.replaceChildren(
+        noPictures("This conv is frozen: its weight does not require grad, so no filter of it learns (by design)."),
+      );
+    } else if (present) {
+      const series = { steps: fraction.steps, state: fraction.steps.map(() => ALIVE), values: fraction.values };
+      this.ui.gradients.replaceChildren(lineChart(GRAD_FRACTION_CURVE, series, "this layer"));
+    }
   }
 
   /** The layer's health signals, where its history has them (files from before them have none). */
@@ -503,7 +538,11 @@ class FiltersPage {
     ui.filterSummary.textContent = describeFilterState(filter);
     ui.previous.disabled = filter.filter === 0;
     ui.next.disabled = filter.filter >= layer.out_channels - 1;
-    ui.curves.replaceChildren(...CURVES.map((curve) => lineChart(curve, filter)));
+    ui.curves.replaceChildren(
+      ...CURVES.map((curve) =>
+        lineChart(curve, filter, "this filter", curve.key === "grad_score" && filter.frozen ? FROZEN_NOTE : null),
+      ),
+    );
     this.showPictures(filter, sprites);
     ui.filterView.hidden = false;
   }
@@ -530,6 +569,16 @@ class FiltersPage {
       ...(filter.examples
         ? exampleRows(filter.examples, sprites.examples)
         : [noPictures("No dataset examples: no validation run has collected any for this filter yet.")]),
+    );
+    // Only the featvis_layers have feature visualizations: elsewhere the block stays out.
+    ui.featvisView.hidden = !filter.feature_vis;
+    ui.featvisCount.textContent = filter.feature_vis
+      ? `the input that raises its mean response most, ${plural(filter.feature_vis.steps.length, "validation run")}`
+      : "";
+    ui.featvis.replaceChildren(
+      ...(filter.feature_vis
+        ? frames(filter.feature_vis, sprites.feature_vis, stateAtOrBefore(filter), pictureScale(filter.feature_vis))
+        : []),
     );
   }
 
@@ -564,9 +613,12 @@ function buildSkeleton(root) {
     weightsCount: element("span", { className: "hint" }),
     mapsCount: element("span", { className: "hint" }),
     examplesCount: element("span", { className: "hint" }),
+    featvisCount: element("span", { className: "hint" }),
+    gradients: element("div", { id: "layer-gradients", className: "curves" }),
     weights: element("div", { id: "weights-timeline", className: "timeline" }),
     maps: element("div", { id: "maps-timeline", className: "timeline" }),
     examples: element("div", { id: "examples-timeline", className: "examples" }),
+    featvis: element("div", { id: "featvis-timeline", className: "timeline" }),
   };
   ui.toolbar = element(
     "div",
@@ -592,14 +644,32 @@ function buildSkeleton(root) {
     ),
     ui.health,
   );
+  ui.gradientView = element(
+    "div",
+    { className: "layer-gradients", hidden: true },
+    element(
+      "h3",
+      {},
+      "Gradients",
+      element("span", { className: "hint" }, "fraction of the filters whose weights get no gradient: they no longer learn"),
+    ),
+    ui.gradients,
+  );
   ui.layerView = element(
     "section",
     { id: "layer-view", className: "card", hidden: true },
     ui.summary,
     ui.map,
     ui.legend,
+    ui.gradientView,
     ui.healthView,
     ui.tooltip,
+  );
+  ui.featvisView = element(
+    "div",
+    { id: "featvis-view", hidden: true },
+    element("h3", {}, "Feature visualizations", ui.featvisCount),
+    ui.featvis,
   );
   ui.filterView = element(
     "section",
@@ -611,7 +681,16 @@ function buildSkeleton(root) {
       ui.filterSummary,
       element("div", { className: "filter-nav" }, ui.previous, ui.next, ui.close),
     ),
-    element("h3", {}, "Over the steps", element("span", { className: "hint" }, "shaded: dormant (amber), dead (red)")),
+    element(
+      "h3",
+      {},
+      "Over the steps",
+      element(
+        "span",
+        { className: "hint" },
+        "shaded: dormant (amber), dead (red); behind the gradient score, gradient-dormant (purple)",
+      ),
+    ),
     ui.curves,
     element("h3", {}, "Weights", ui.weightsCount),
     ui.weights,
@@ -619,6 +698,7 @@ function buildSkeleton(root) {
     ui.maps,
     element("h3", {}, "Dataset examples", ui.examplesCount),
     ui.examples,
+    ui.featvisView,
   );
   ui.content = element("main", { id: "content", hidden: true }, ui.layerView, ui.filterView);
   root.append(ui.toolbar, ui.message, ui.emptyNote, ui.content);
@@ -690,6 +770,11 @@ function describeLayer(layer) {
     `, steps ${layer.steps[0] ?? "–"} to ${layer.steps.at(-1) ?? "–"}`,
   ];
   if (layer.steps.length > 0) parts.push(` · at the last snapshot: ${counts.join(", ")}`);
+  const lastGradients = (layer.grad_dormant ?? []).map((row) => row.at(-1));
+  if (layer.frozen) parts.push(" · frozen (its weight does not require grad)");
+  else if (lastGradients.some((flag) => flag !== null)) {
+    parts.push(`, ${lastGradients.filter((flag) => flag === true).length} gradient-dormant`);
+  }
   if (layer.drawn < layer.out_channels) parts.push(` · weights drawn for filters 0–${layer.drawn - 1}`);
   parts.push(" · click a row to open its filter");
   return parts;
@@ -698,6 +783,8 @@ function describeLayer(layer) {
 function describeCell(layer, { row, column }) {
   const lines = [element("strong", {}, `filter ${row}, step ${layer.steps[column]}`)];
   lines.push(element("div", {}, `state: ${stateName(layer.state[row][column])}`));
+  const gradient = layer.grad_dormant?.[row]?.[column];
+  if (gradient === true) lines.push(element("div", {}, "gradient-dormant: its weights got no gradient"));
   for (const curve of CURVES) {
     lines.push(element("div", {}, `${curve.label}: ${formatNumber(layer[curve.key]?.[row][column])}`));
   }
@@ -832,7 +919,7 @@ function hexToRgb(hex) {
 
 // ---- curves
 
-function lineChart(curve, filter, subject = "this filter") {
+function lineChart(curve, filter, subject = "this filter", emptyNote = null) {
   const { width, height, left, right, top, bottom } = CHART;
   const chart = svgElement("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` });
   chart.append(svgElement("text", { class: "chart-title", x: 0, y: 14 }, curve.label));
@@ -840,13 +927,17 @@ function lineChart(curve, filter, subject = "this filter") {
   const steps = filter.steps;
   if (!values || !values.some(Number.isFinite)) {
     setAttributes(chart, { height: EMPTY_CHART_HEIGHT, viewBox: `0 0 ${width} ${EMPTY_CHART_HEIGHT}` });
-    chart.append(svgElement("text", { x: 0, y: 32 }, `no ${curve.label} in the history of ${subject}`));
+    chart.append(svgElement("text", { x: 0, y: 32 }, emptyNote ?? `no ${curve.label} in the history of ${subject}`));
     return chart;
   }
   const x = linearScale(paddedRange(steps), [left, width - right]);
   const y = linearScale(valueRange(values, curve), [height - bottom, top]);
+  const bandClasses =
+    curve.bands === "grad_dormant"
+      ? (filter.grad_dormant ?? []).map((flag) => (flag === true ? "band-grad-dormant" : null))
+      : filter.state.map((state) => STATE_BANDS.get(state) ?? null);
   chart.append(
-    ...stateBands(steps, filter.state, x, y),
+    ...bands(steps, bandClasses, x, y),
     svgElement("rect", {
       class: "plot-frame",
       x: left,
@@ -866,20 +957,25 @@ function lineChart(curve, filter, subject = "this filter") {
   return chart;
 }
 
-/** A shaded band over each run of snapshots where the filter was dormant or dead. */
-function stateBands(steps, states, x, y) {
-  const bands = [];
+// The band shaded behind a filter's curves at the snapshots where it was dormant or dead.
+const STATE_BANDS = new Map([
+  [DORMANT, "band-dormant"],
+  [DEAD, "band-dead"],
+]);
+
+/** A shaded band over each run of snapshots of one class (`null`: no band). */
+function bands(steps, classes, x, y) {
+  const shaded = [];
   let start = 0;
-  for (let index = 1; index <= states.length; index += 1) {
-    if (index < states.length && states[index] === states[start]) continue;
-    const state = states[start];
-    if (state === DORMANT || state === DEAD) {
+  for (let index = 1; index <= classes.length; index += 1) {
+    if (index < classes.length && classes[index] === classes[start]) continue;
+    if (classes[start]) {
       const from = x(midpoint(steps, start - 1, start));
       const to = x(midpoint(steps, index - 1, index));
       const [bottomY, topY] = y.range;
-      bands.push(
+      shaded.push(
         svgElement("rect", {
-          class: state === DEAD ? "band-dead" : "band-dormant",
+          class: classes[start],
           x: from,
           y: topY,
           width: Math.max(1, to - from),
@@ -889,7 +985,7 @@ function stateBands(steps, states, x, y) {
     }
     start = index;
   }
-  return bands;
+  return shaded;
 }
 
 /** Halfway between two snapshots' steps, or the step itself at either end of the run. */
@@ -995,9 +1091,12 @@ function linearScale(domain, range) {
 
 // ---- timelines of pictures
 
+// The `filter` answer's blocks of pictures, each drawn from one sprite.
+const SPRITE_BLOCKS = ["weights", "maps", "examples", "feature_vis"];
+
 /** Loads each sprite of the filter; a block whose picture fails to load gets `null`. */
 async function loadSprites(filter) {
-  const blocks = ["weights", "maps", "examples"];
+  const blocks = SPRITE_BLOCKS;
   const loaded = await Promise.all(blocks.map((block) => (filter[block] ? loadSprite(filter[block]) : null)));
   return Object.fromEntries(blocks.map((block, index) => [block, loaded[index]]));
 }
@@ -1016,7 +1115,7 @@ async function loadSprite(block) {
   return { url, width: image.naturalWidth, height: image.naturalHeight };
 }
 
-function frames(block, sprite, stateAt) {
+function frames(block, sprite, stateAt, scale = FRAME_SCALE) {
   if (!sprite) return [noPictures("The pictures could not be loaded.")];
   const [tileHeight, tileWidth] = block.tile;
   return block.steps.map((step, index) => {
@@ -1025,7 +1124,7 @@ function frames(block, sprite, stateAt) {
     return element(
       "figure",
       { className: "frame-cell", style: { "--state-color": stateColor(stateAt(step)) } },
-      element("div", { className: "frame", title: `step ${step}`, style: spriteStyle(sprite, x, y, block.tile) }),
+      element("div", { className: "frame", title: `step ${step}`, style: spriteStyle(sprite, x, y, block.tile, scale) }),
       element("figcaption", {}, String(step)),
     );
   });
@@ -1050,21 +1149,38 @@ function exampleRows(block, sprite) {
   );
 }
 
-/** Styles that show one tile of a sprite, enlarged FRAME_SCALE times. */
-function spriteStyle(sprite, x, y, [tileHeight, tileWidth]) {
+/** Styles that show one tile of a sprite, enlarged `scale` times. */
+function spriteStyle(sprite, x, y, [tileHeight, tileWidth], scale = FRAME_SCALE) {
   return {
-    width: `${tileWidth * FRAME_SCALE}px`,
-    height: `${tileHeight * FRAME_SCALE}px`,
+    width: `${tileWidth * scale}px`,
+    height: `${tileHeight * scale}px`,
     // A JSON string is a valid CSS string: quotes and backslashes in the URL stay inside it.
     backgroundImage: `url(${JSON.stringify(sprite.url)})`,
-    backgroundPosition: `${-x * FRAME_SCALE}px ${-y * FRAME_SCALE}px`,
-    backgroundSize: `${sprite.width * FRAME_SCALE}px ${sprite.height * FRAME_SCALE}px`,
+    backgroundPosition: `${-x * scale}px ${-y * scale}px`,
+    backgroundSize: `${sprite.width * scale}px ${sprite.height * scale}px`,
   };
+}
+
+/** Pictures the size of the model's input are shown at their own size from LARGE_PICTURE on. */
+function pictureScale(block) {
+  return Math.min(...block.tile) >= LARGE_PICTURE ? 1 : FRAME_SCALE;
 }
 
 function stateLookup(filter) {
   const byStep = new Map(filter.steps.map((step, index) => [step, filter.state[index]]));
   return (step) => byStep.get(step) ?? UNKNOWN;
+}
+
+/** The filter's state at the last snapshot at or before a step (a validation run's step
+ * need not be a snapshot's). */
+function stateAtOrBefore(filter) {
+  return (step) => {
+    let found = UNKNOWN;
+    filter.steps.forEach((at, index) => {
+      if (at <= step) found = filter.state[index];
+    });
+    return found;
+  };
 }
 
 function stateColor(code) {
@@ -1081,7 +1197,10 @@ function sameLayerData(shown, answer) {
     shown.out_channels === answer.out_channels &&
     shown.steps.length === answer.steps.length &&
     shown.maps_steps.length === answer.maps_steps.length &&
-    shown.examples_steps.length === answer.examples_steps.length
+    shown.examples_steps.length === answer.examples_steps.length &&
+    shown.feature_vis_steps?.length === answer.feature_vis_steps?.length &&
+    shown.grad_dormant_fraction?.steps.length === answer.grad_dormant_fraction?.steps.length &&
+    shown.frozen === answer.frozen
   );
 }
 
@@ -1093,7 +1212,7 @@ function sameFilterData(shown, answer) {
     shown.layer === answer.layer &&
     shown.filter === answer.filter &&
     shown.steps.length === answer.steps.length &&
-    ["weights", "maps", "examples"].every((block) => frameCount(shown[block]) === frameCount(answer[block]))
+    SPRITE_BLOCKS.every((block) => frameCount(shown[block]) === frameCount(answer[block]))
   );
 }
 
