@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from lightning_filterviz import FilterMonitor, FilterVisualizer, Sink, load_history
+from lightning_filterviz import FilterVisualizer, Sink, load_history
 from lightning_filterviz.core.history import history_dir_of, history_files
 
-from conftest import Classifier, RandomImages, read_events, trainer_kwargs
+from conftest import Classifier, FilterMonitor, RandomImages, pl, read_events, trainer_kwargs
 
 # The filters of the first conv whose output nothing downstream uses: their weights get no gradient.
 SILENCED = [2, 5]
@@ -48,7 +46,7 @@ def silenced_net() -> nn.Sequential:
     )
 
 
-class GradientsSeen(Callback):
+class GradientsSeen(pl.Callback):
     """What the optimizer applies at each step: each conv weight's per-filter mean |grad|."""
 
     def __init__(self) -> None:
