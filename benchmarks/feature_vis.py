@@ -4,6 +4,7 @@
     python benchmarks/feature_vis.py --quick          # 32 steps, the time extrapolated to --steps
     python benchmarks/feature_vis.py --all-layer1     # every conv of layer1, each through its BN
     python benchmarks/feature_vis.py --one-batch      # the CPU's chunking off: 64 images at once
+    python benchmarks/feature_vis.py --full-forward   # each step also through the conv and its BN
     python benchmarks/feature_vis.py --device cuda
 
 Builds torchvision's ResNet-18 with random weights (nothing is downloaded), a probe of 8
@@ -50,6 +51,11 @@ def main() -> None:
     parser.add_argument("--all-layer1", action="store_true", help="time every conv of layer1")
     parser.add_argument("--quick", action="store_true", help="run 32 steps and extrapolate to --steps")
     parser.add_argument("--one-batch", action="store_true", help="no chunks on the CPU: for comparison")
+    parser.add_argument(
+        "--full-forward",
+        action="store_true",
+        help="every step runs the conv and its BN too (no `conv=`, so no stop at the conv's input): for comparison",
+    )
     parser.add_argument("--save", type=Path, help="save the images of the (last) layer as a PNG grid here")
     args = parser.parse_args()
     import torchvision
@@ -76,11 +82,12 @@ def main() -> None:
     )
     for name in layers:
         tap = _tap_of(model, name)
+        conv = None if args.full_forward else model.get_submodule(name)
         channels = list(range(min(args.filters, _out_channels(model, name))))
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
-        images = visualize_filters(model, tap, channels, probe, steps=run_steps, seed=0)
+        images = visualize_filters(model, tap, channels, probe, steps=run_steps, seed=0, conv=conv)
         wall = time.perf_counter() - start  # the result is on the host: the device's work is done
         cpu_per_step = (time.process_time() - cpu_start) / run_steps
         per_step = wall / run_steps

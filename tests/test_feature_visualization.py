@@ -124,7 +124,8 @@ def _hook_counts(model: nn.Module) -> list[tuple[int, int, int]]:
     ]
 
 
-def test_model_and_global_state_are_untouched() -> None:
+@pytest.mark.parametrize("stop_at_conv_input", [False, True], ids=["full-forward", "conv-given"])
+def test_model_and_global_state_are_untouched(stop_at_conv_input: bool) -> None:
     model = _busy_model()
     model.train()
     model[2].eval()  # a frozen BatchNorm inside a training model stays frozen
@@ -142,7 +143,8 @@ def test_model_and_global_state_are_untouched() -> None:
     np.random.seed(13)
     torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
 
-    visualize_filters(model, model[6], [0, 1, 2, 3], _normalized_probe(4), steps=8)
+    conv = model[5] if stop_at_conv_input else None
+    visualize_filters(model, model[6], [0, 1, 2, 3], _normalized_probe(4), steps=8, conv=conv)
 
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert random.getstate() == python_state
@@ -349,3 +351,95 @@ def test_custom_call_and_bfloat16_weights() -> None:
     )
     assert images.shape == (2, 12, 12, 3)
     assert all(parameter.dtype == torch.bfloat16 for parameter in model.parameters())
+
+
+# ---------------------------------------------------------------- stopping at the conv's input
+
+
+def _deeper_model(batch_norm: bool) -> nn.Sequential:
+    """A stem before the visualized conv, so that the conv's input has a gradient path of its own."""
+    torch.manual_seed(4)
+    layers: list[nn.Module] = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 5, 3)]
+    if batch_norm:
+        norm = nn.BatchNorm2d(5)
+        with torch.no_grad():
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(-1.5, 1.5)  # a negative scale too: the response falls as the conv's rises
+        layers.append(norm)
+    return nn.Sequential(*layers, nn.ReLU(inplace=True), _MustNotRun())
+
+
+class _Calls:
+    """Counts the forward calls of one module through torch's global forward hook, which the
+    module's own hook tables do not show."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.count = module, 0
+
+    def __enter__(self) -> _Calls:
+        def count(module: nn.Module, args: object, output: object) -> None:
+            if module is self.module:
+                self.count += 1
+
+        self._handle = torch.nn.modules.module.register_module_forward_hook(count)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.remove()
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["conv-tap", "conv-bn-tap"])
+def test_stopping_at_the_conv_input_gives_the_same_images_without_running_the_conv(batch_norm: bool) -> None:
+    model = _deeper_model(batch_norm).eval()
+    conv, tap = model[3], model[4] if batch_norm else model[3]
+    probe, steps = _normalized_probe(4), 24
+    with _Calls(conv) as full_forward:
+        expected = visualize_filters(model, tap, [0, 1, 2, 3, 4], probe, steps=steps)
+    with _Calls(conv) as stopped:
+        images = visualize_filters(model, tap, [0, 1, 2, 3, 4], probe, steps=steps, conv=conv)
+    assert full_forward.count > steps  # every step ran the conv
+    assert stopped.count <= 3  # only to set up: the layout, the check, the constant gradient
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 2
+    assert not np.array_equal(images, visualize_filters(model, tap, [0, 1, 2, 3, 4], probe, steps=1, conv=conv))
+
+
+class _SquaringConv(nn.Conv2d):
+    """A conv of its input's signed square: not affine, as a quantization-aware conv is not."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x * x.abs())
+
+
+def _absolute_output(module: nn.Module, args: object, output: Tensor) -> Tensor:
+    return output.abs()
+
+
+def _not_affine_cases() -> dict[str, tuple[nn.Sequential, int, int]]:
+    """Models where the conv's tap is not an affine function of the conv's input, or the conv
+    given is not the tap's: (model, index of the conv given, index of the tap)."""
+    batch_statistics = _deeper_model(batch_norm=False)
+    batch_statistics.insert(4, nn.BatchNorm2d(5, track_running_stats=False))  # normalizes by the batch, even in eval
+    squaring = _deeper_model(batch_norm=True)
+    squaring[3] = _SquaringConv(6, 5, 3)
+    hooked = _deeper_model(batch_norm=False)
+    hooked[3].register_forward_hook(_absolute_output)
+    wrong_conv = _deeper_model(batch_norm=True)
+    return {
+        "batch-statistics": (batch_statistics, 3, 4),
+        "subclassed-conv": (squaring, 3, 4),
+        "hooked-conv": (hooked, 3, 3),
+        "conv-not-feeding-the-tap": (wrong_conv, 0, 4),
+    }
+
+
+@pytest.mark.parametrize("case", list(_not_affine_cases()))
+def test_where_the_tap_is_not_affine_in_the_conv_input_the_forward_runs_to_the_tap(case: str) -> None:
+    model, conv_index, tap_index = _not_affine_cases()[case]
+    model.eval()
+    probe = _normalized_probe(4)
+    expected = visualize_filters(model, model[tap_index], [0, 1, 2], probe, steps=12)
+    with _Calls(model[tap_index]) as calls:
+        images = visualize_filters(model, model[tap_index], [0, 1, 2], probe, steps=12, conv=model[conv_index])
+    assert calls.count > 12
+    assert np.array_equal(images, expected)

@@ -392,7 +392,7 @@ class FilterVisualizer(RebuiltWhenUnpickled):
         for name, (conv, target) in targets.items():
             channels = range(min(conv.out_channels, self.settings.max_filters))
             images[name] = visualize_filters(
-                model, target, channels, inputs, steps=steps, call=self.settings.forward_fn
+                model, target, channels, inputs, steps=steps, call=self.settings.forward_fn, conv=conv
             )
             with side_pass(model):  # the weight as the eval forward computes it (a parametrization runs no update)
                 weights[name] = conv.weight[: len(channels)].to("cpu", torch.float32, copy=True)
