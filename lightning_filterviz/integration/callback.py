@@ -12,6 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -432,13 +433,17 @@ class FilterMonitorLogic(_CallbackBase):
         return self.__dict__.copy()
 
     def _results_for_home(self) -> dict[str, Any]:
-        """What the monitor in the process that made it gets back: its checkpoint state and the
-        latest dataset examples, as tensors, numbers, strings and plain containers."""
+        """What the monitor in the process that made it gets back: its checkpoint state, the
+        latest dataset examples and feature visualizations, as tensors, numbers, strings and
+        plain containers (they are read back with ``weights_only=True``)."""
         try:
             return {
                 "state": self.state_dict(),
                 "dataset_examples": self.engine.dataset_examples,
                 "dataset_example_positions": self.engine.dataset_example_positions,
+                "feature_visualizations": {
+                    name: torch.from_numpy(images) for name, images in self.engine.feature_visualizations.items()
+                },
             }
         except Exception as error:  # monitoring must never end a training run
             rank_zero_warn(f"filterviz: the results could not be gathered: {type(error).__name__}: {error}")
@@ -453,6 +458,9 @@ class FilterMonitorLogic(_CallbackBase):
         state = self.engine.state  # the writer thread is idle: load_state_dict waited for it
         state.dataset_examples = results["dataset_examples"]
         state.dataset_example_positions = results["dataset_example_positions"]
+        state.feature_visualizations = {
+            name: images.numpy() for name, images in results.get("feature_visualizations", {}).items()
+        }
 
     def _start_afresh(self) -> None:
         """Forget the previous fit: statistics, drift baselines, filmstrips and a probe taken from its data."""
