@@ -10,7 +10,8 @@
 Builds torchvision's ResNet-18 with random weights (nothing is downloaded), a probe of 8
 random images normalized with ImageNet's mean and standard deviation, and runs
 :func:`~lightning_filterviz.capture.feature_visualization.visualize_filters` on the chosen
-conv's tap (the BatchNorm right after it: ``layer1.0.bn1`` for ``layer1.0.conv1``). Prints the
+conv's tap (the BatchNorm right after it: ``layer1.0.bn1`` for ``layer1.0.conv1``), with the
+conv given, so each step's forward stops at the conv's input. Prints the
 torch version, the device and the number of threads, then per layer the wall time, the time
 per step, the time for ``--steps`` steps (measured, or extrapolated with ``--quick``), and
 whether that is within the budget, and the process's CPU time per step. The machine's load
