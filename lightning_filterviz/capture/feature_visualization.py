@@ -22,18 +22,22 @@ the filter looks for; what this module does against that, and why:
 - **Random transforms each step** (small translation, scale and rotation, one
   ``grid_sample`` per step for the whole batch): a pattern that only excites the filter at
   one exact pixel alignment is not kept, which is the article's "transformation robustness".
-- **Pre-activation objective.** The response is the conv's output through normalization,
-  before the ReLU (the caller passes that "tap" module). After a ReLU, a filter that is
-  silent on every input has zero gradient everywhere and its image would never move; before
-  it, it still has a direction to climb.
+- **Rectified objective, redirected where silent.** The response is the conv's output
+  through normalization, before the ReLU (the caller passes that "tap" module), and the
+  objective is the mean of its ReLU: a first-layer filter's plain mean response is linear
+  in the image and only sees its mean colour, so it would be raised by one flat colour; the
+  rectified mean is raised by the filter's pattern, repeated (stripes for an edge filter).
+  Where an image's response is nowhere positive the ReLU has no gradient, and the plain
+  mean is climbed instead until some position fires (Lucid's "redirected" ReLU, for
+  ascent): a filter silent on every input still moves.
 - **Stopped forward.** A hook on the target raises as soon as the target's output exists,
   so nothing after it runs: for an early layer of a deep network that skips most of the
   forward and all of its backward, and an in-place ReLU after the target cannot rewrite the
   recorded response. Where the caller names the conv and the target's output is an affine
   function of the conv's input (a plain conv, alone or through a batch norm in eval mode),
-  the forward stops one module earlier, at the conv's input: a spatial mean of an affine
-  function has a gradient that does not depend on the input, so it is computed once and
-  carried back from there, and the conv and its normalization no longer run at each step.
+  the forward stops one module earlier, at the conv's input, and each image's own channel
+  is computed from there with its own filter alone: the layer's full conv and its
+  normalization no longer run at each step.
 
 All filters of the layer are optimized together (image ``i`` has its own objective, filter
 ``channels[i]``); the loss is minus the sum of the objectives, so the images do not interact.
@@ -111,7 +115,8 @@ def visualize_filters(
     call: Optional[Callable[[nn.Module, Tensor], Any]] = None,
     conv: Optional[nn.Module] = None,
 ) -> np.ndarray:
-    """Optimize one image per channel of ``target``'s output so that it raises that channel's mean.
+    """Optimize one image per channel of ``target``'s output so that it raises that channel's
+    rectified mean (the mean of its ReLU; the plain mean while it is nowhere positive).
 
     Args:
         model: the network; left exactly as it was (modes, parameters, their gradients,
@@ -130,10 +135,9 @@ def visualize_filters(
             conv it normalizes). Optional; where given and ``target``'s output is an affine
             function of the conv's input (a plain ``nn.Conv2d`` without hooks, and ``target``
             the conv or a ``BatchNorm2d`` using its running statistics, fed by it: checked
-            on the probe), each step's forward stops at the conv's input, where the
-            objective's gradient is a constant map computed once, and the conv's and its
-            normalization's own forward and backward are skipped at every step. The images
-            are the same up to float rounding.
+            on the probe), each step's forward stops at the conv's input and each image's
+            channel is computed from there with its own filter only, instead of the whole
+            conv and its normalization. The images are the same up to float rounding.
 
     Returns:
         ``uint8`` array ``(len(channels), H, W, 3)`` for a 3-channel input, ``(len(channels),
@@ -194,8 +198,8 @@ def _optimize(
         first_input = low + span * image_of()[:1]
         layout, sample, response = _working_layout(forward, first_input, _forward_dtype(model, target, probe), channels)
     # Where the target's response is an affine function of the conv's input, the forward can stop there.
-    descent = _conv_input_descent(model, conv, target, run, sample, response, chosen)
-    if descent is None or conv is None:
+    tail = _chosen_channels_tail(model, conv, target, run, sample, response, chosen)
+    if tail is None or conv is None:
         stop_at = _StoppedForward(model, target, run)
     else:
         stop_at = _StoppedForward(model, conv, run, at_input=True)
@@ -207,7 +211,7 @@ def _optimize(
             # batch's activations would be fresh pages, faulted in at every step).
             input_gradient = torch.cat(
                 [
-                    _input_gradient(forward, model_input, slice(start, start + size), chosen, layout, descent)
+                    _input_gradient(forward, model_input, slice(start, start + size), chosen, layout, tail)
                     for start in range(0, count, size)
                 ]
             )
@@ -319,14 +323,13 @@ def _input_gradient(
     rows: slice,
     chosen: Tensor,
     layout: _Layout,
-    descent: Optional[Tensor],
+    tail: Optional[_ChosenChannelsTail],
 ) -> Tensor:
     """The gradient of minus the objectives of the images ``rows`` with respect to their input, float32.
 
-    Image ``i``'s objective is the mean over positions of its own channel ``chosen[i]`` of the
-    target's output; their sum is climbed, so the images do not interact. With ``descent``
-    (see :func:`_conv_input_descent`) the forward stops at the conv's input and that constant
-    gradient is carried back from there."""
+    Image ``i``'s objective is :func:`_objectives` of its own channel ``chosen[i]`` of the
+    target's output; their sum is climbed, so the images do not interact. With ``tail`` the
+    forward stops at the conv's input and each image's channel is computed from there."""
     leaf = model_input[rows].detach().to(dtype=layout.dtype, memory_format=layout.memory_format).requires_grad_(True)
     reached = forward(leaf)
     if not reached.requires_grad:
@@ -336,20 +339,33 @@ def _input_gradient(
             "whose output depends differentiably on the model's input."
         )
     # Only the leaf is asked for: no weight gradient is computed, no parameter's .grad is touched.
-    if descent is not None:
-        (gradient,) = torch.autograd.grad(reached, [leaf], grad_outputs=descent[rows])
-    else:
-        (gradient,) = torch.autograd.grad(-_objectives(reached, chosen[rows]).sum(), [leaf])
+    selected = tail(reached, rows) if tail is not None else _selected_channels(reached, chosen[rows])
+    (gradient,) = torch.autograd.grad(-_objectives(selected).sum(), [leaf])
     return gradient.float()
 
 
-def _objectives(response: Tensor, chosen: Tensor) -> Tensor:
-    """Per image ``i``, the mean over positions of channel ``chosen[i]`` of ``response``, float32."""
+def _selected_channels(response: Tensor, chosen: Tensor) -> Tensor:
+    """Per image ``i``, channel ``chosen[i]`` of ``response``: ``(N, H, W)``."""
     rows = torch.arange(response.shape[0], device=response.device)
-    return response[rows, chosen].float().mean(dim=(-2, -1))
+    return response[rows, chosen]
 
 
-def _conv_input_descent(
+def _objectives(selected: Tensor) -> Tensor:
+    """Per image, the mean over positions of its rectified response ``(N, H, W)``, float32.
+
+    The mean of ``relu(response)``: what the activation passes on, so a filter is free to be
+    negative where its pattern is absent and the image fills with its pattern rather than
+    the one overall colour that raises a linear filter's plain mean most. Where an image's
+    response is not positive anywhere, ReLU has no gradient there, and the plain mean is
+    climbed instead until some position fires, as Lucid's "redirected" ReLU does for
+    ascent: a filter silent at the start still moves."""
+    selected = selected.float()
+    fires = (selected > 0).flatten(1).any(dim=1)
+    rectified = torch.relu(selected).mean(dim=(-2, -1))
+    return torch.where(fires, rectified, selected.mean(dim=(-2, -1)))
+
+
+def _chosen_channels_tail(
     model: nn.Module,
     conv: Optional[nn.Module],
     target: nn.Module,
@@ -357,39 +373,98 @@ def _conv_input_descent(
     sample: Tensor,
     response: Tensor,
     chosen: Tensor,
-) -> Optional[Tensor]:
-    """Where ``target``'s output is an affine function of ``conv``'s input, the gradient of minus
-    each image's objective with respect to that input, ``(F, C_in, H, W)``; else ``None``.
+) -> Optional[_ChosenChannelsTail]:
+    """Where ``target``'s output is an affine function of ``conv``'s input, what computes each
+    image's own channel of it from that input (:class:`_ChosenChannelsTail`); else ``None``.
 
-    A mean over positions of an affine function of the input has a gradient that does not
-    depend on the input: computed once here (on zeros), it replaces, at every step, the conv's
-    forward and backward and its normalization's, which for an early layer are a large part of
-    the step (the first conv of ResNet-18's ``layer1`` about half of the model's part).
-    Affine is known from the types (:func:`_is_affine_tail`); that ``target`` really is fed by
-    ``conv`` is checked on ``sample``: ``target(conv(x))`` at the conv's input ``x`` must give
-    ``response``, the target's output that the full forward gave."""
+    One channel per image is a 64th of a 64-filter conv's work, so the conv's and its
+    normalization's full forward and backward, which for an early layer are a large part of
+    a step (the first conv of ResNet-18's ``layer1``: about half of the model's part), are
+    skipped at every step. Affine is known from the types (:func:`_is_affine_tail`); that
+    ``target`` really is fed by ``conv`` is checked on ``sample``: at the conv's input, the tail
+    must give every chosen channel of ``response``, the target's output the full forward gave."""
     if conv is None or not _is_affine_tail(conv, target):
         return None
+    assert isinstance(conv, nn.Conv2d)  # for the type checker: _is_affine_tail checked the type
     with torch.no_grad():
         with _StoppedForward(model, conv, run, at_input=True) as to_conv:
             try:
                 conv_input = to_conv(sample)
             except ValueError:  # the forward does not run this conv: not the one the target normalizes
                 return None
+        tail = _ChosenChannelsTail(conv, target, chosen)
+        count = len(chosen)
         try:
-            recomputed = _affine_tail(conv, target)(conv_input)
+            recomputed = tail(conv_input.expand(count, -1, -1, -1), slice(0, count))
         except RuntimeError:  # shapes that do not chain: the target is not fed by this conv
             return None
-    tolerance = 1e-5 * (1.0 + float(response.detach().abs().float().max()))
-    if recomputed.shape != response.shape or not torch.allclose(
-        recomputed.float(), response.float(), rtol=1e-4, atol=tolerance
+    expected = _selected_channels(response.expand(count, -1, -1, -1), chosen)
+    tolerance = 1e-5 * (1.0 + float(expected.detach().abs().float().max()))
+    if recomputed.shape != expected.shape or not torch.allclose(
+        recomputed.float(), expected.float(), rtol=1e-4, atol=tolerance
     ):
         return None
-    layout = torch.channels_last if _is_channels_last(conv_input) else torch.contiguous_format
-    zeros = torch.zeros((len(chosen),) + tuple(conv_input.shape[1:]), dtype=conv_input.dtype, device=conv_input.device)
-    zeros = zeros.to(memory_format=layout).requires_grad_(True)
-    (descent,) = torch.autograd.grad(-_objectives(_affine_tail(conv, target)(zeros), chosen).sum(), [zeros])
-    return descent.contiguous(memory_format=layout)
+    return tail
+
+
+class _ChosenChannelsTail:
+    """``(conv_input, rows) -> (n, H, W)``: for each image ``i`` of ``rows``, its own channel
+    ``chosen[i]`` of ``target(conv(conv_input))``, then the batch norm's per-channel scale and shift.
+
+    One convolution of the ``n`` images with the ``n`` chunk's filters, of which image ``i``
+    keeps output ``i``: ``n / out_channels`` of the conv's work (an eighth for a chunk of 8 and
+    64 filters), and the input's memory format is kept, so the gradient reaches the layers
+    below in their own format (a grouped convolution, one group per image, would need the
+    images side by side in one contiguous tensor: a copy each way that costs more than it
+    saves). A grouped conv's filter reads only its group's input channels: its weights are
+    placed there, zeros elsewhere."""
+
+    def __init__(self, conv: nn.Conv2d, target: nn.Module, chosen: Tensor) -> None:
+        self.conv = conv
+        self.weight = _dense_filters(conv, chosen)
+        self.bias = conv.bias[chosen] if conv.bias is not None else None
+        self.scale, self.shift = _normalization_affine(target, conv, chosen)
+
+    def __call__(self, conv_input: Tensor, rows: slice) -> Tensor:
+        conv = self.conv
+        bias = self.bias[rows] if self.bias is not None else None
+        output = F.conv2d(conv_input, self.weight[rows], bias, conv.stride, conv.padding, conv.dilation)
+        own = torch.arange(output.shape[0], device=output.device)
+        selected = output[own, own]
+        if self.scale is None or self.shift is None:
+            return selected
+        return selected * self.scale[rows, None, None] + self.shift[rows, None, None]
+
+
+def _dense_filters(conv: nn.Conv2d, chosen: Tensor) -> Tensor:
+    """The chosen filters as filters over all of the conv's input channels ``(F, C_in, k, k)``."""
+    weight = conv.weight[chosen]
+    if conv.groups == 1:
+        return weight
+    per_group_out, per_group_in = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+    dense = weight.new_zeros((len(chosen), conv.in_channels) + tuple(weight.shape[2:]))
+    for row, channel in enumerate(chosen.tolist()):
+        first = (channel // per_group_out) * per_group_in
+        dense[row, first : first + per_group_in] = weight[row]
+    return dense
+
+
+def _normalization_affine(
+    target: nn.Module, conv: nn.Module, chosen: Tensor
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The chosen channels' scale and shift of an eval-mode batch norm ``target``: ``y = scale * x
+    + shift``. ``(None, None)`` where the conv is its own target."""
+    if target is conv:
+        return None, None
+    assert isinstance(target, nn.modules.batchnorm._BatchNorm) and target.running_var is not None
+    assert target.running_mean is not None
+    scale = torch.rsqrt(target.running_var[chosen] + target.eps)
+    if target.weight is not None:
+        scale = scale * target.weight[chosen]
+    shift = -target.running_mean[chosen] * scale
+    if target.bias is not None:
+        shift = shift + target.bias[chosen]
+    return scale, shift
 
 
 def _is_affine_tail(conv: nn.Module, target: nn.Module) -> bool:
@@ -397,7 +472,7 @@ def _is_affine_tail(conv: nn.Module, target: nn.Module) -> bool:
     ``nn.Conv2d`` (not a subclass: a quantization-aware conv fake-quantizes, a parametrized one
     computes its weight), ``target`` the conv itself or a batch norm normalizing with its running
     statistics (eval mode), and no hooks on either that could change what they compute."""
-    if type(conv) is not nn.Conv2d or _has_hooks(conv):
+    if type(conv) is not nn.Conv2d or _has_hooks(conv) or conv.padding_mode != "zeros":
         return False
     if target is conv:
         return True
@@ -410,20 +485,9 @@ def _is_affine_tail(conv: nn.Module, target: nn.Module) -> bool:
     )
 
 
-def _affine_tail(conv: nn.Module, target: nn.Module) -> Callable[[Tensor], Tensor]:
-    """``x -> target(conv(x))``, or ``conv(x)`` where the conv is its own target."""
-    if target is conv:
-        return conv
-    return lambda conv_input: target(conv(conv_input))
-
-
 def _has_hooks(module: nn.Module) -> bool:
     hook_tables = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return any(getattr(module, table, None) for table in hook_tables)
-
-
-def _is_channels_last(tensor: Tensor) -> bool:
-    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
 
 
 def _chunk_size(count: int, height: int, width: int, device: torch.device) -> int:

@@ -166,7 +166,8 @@ ARGUMENTS: dict[str, Argument] = {
     "examples_k": Argument("dataset examples kept per filter."),
     "featvis_layers": Argument(
         "convs whose drawn filters get a feature visualization: per filter, an input optimized to "
-        "raise its mean response before the activation (256 steps of a Fourier-space, "
+        "raise its mean rectified response (the ReLU of the conv's output through normalization; "
+        "256 steps of a Fourier-space, "
         "colour-decorrelated image with small random jitter, scale and rotation, at the probe's "
         "size and input range), drawn beside the filter as ``filterviz/feature_vis/<layer>`` and "
         "kept in :attr:`feature_visualizations` and the history. Default ``()`` (or ``[]``): none (it costs "

@@ -218,7 +218,7 @@ def _feature_vis_strip(timeline: LayerTimeline, index: int) -> str:
         f"feature visualizations of filter {index}",
         what="validation run",
         scale=scale,
-        hint="the input that raises its mean response most",
+        hint="the input that raises its mean rectified response most",
     )
 
 

@@ -420,7 +420,7 @@ def _feature_vis_sections(run: Run) -> list[str]:
         caption = (
             f"Each of the {len(images)} drawn filters of {layer} (left, scaled to its own min..max) beside its "
             f"feature visualization (right): the input optimized, from a nearly grey start, to raise the filter's mean response "
-            f"before the activation, made with the weights of step {record.step}. It shows what the filter looks "
+            f"through the activation (its ReLU), made with the weights of step {record.step}. It shows what the filter looks "
             "for: in a first layer, a colour or an edge of some orientation; deeper, the textures, patterns and "
             "parts it combines."
         )

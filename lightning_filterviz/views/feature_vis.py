@@ -19,7 +19,7 @@ class FeatureVisGrids(View):
         LoggedTag(
             layer_tag(FEATURE_VIS, EACH_LAYER),
             "image",
-            "each drawn filter beside its feature visualization, the input optimized to raise its mean response "
+            "each drawn filter beside its feature visualization, the input optimized to raise its mean rectified response "
             "(``featvis_layers``; the monitor: at the end of each validation run of ``fit``)",
         ),
     )

@@ -573,7 +573,7 @@ class FiltersPage {
     // Only the featvis_layers have feature visualizations: elsewhere the block stays out.
     ui.featvisView.hidden = !filter.feature_vis;
     ui.featvisCount.textContent = filter.feature_vis
-      ? `the input that raises its mean response most, ${plural(filter.feature_vis.steps.length, "validation run")}`
+      ? `the input that raises its mean rectified response most, ${plural(filter.feature_vis.steps.length, "validation run")}`
       : "";
     ui.featvis.replaceChildren(
       ...(filter.feature_vis
