@@ -53,7 +53,7 @@ to the input only (``torch.autograd.grad`` asks for the input alone, so no weigh
 is computed), plus an FFT, a ``grid_sample`` and an Adam step on the spectrum. The model's
 convolutions are most of it. Measured on 2 CPU cores (torch 2.14, ``benchmarks/feature_vis.py``),
 64 filters at 128 pixels and 256 steps of a ResNet-18, each conv given (so the forward
-stops at its input): about 62 s for ``layer1.0.conv1``, 74 to 101 s for the later convs of
+stops at its input): about 84 s for ``layer1.0.conv1``, 113 to 126 s for the later convs of
 ``layer1`` (each conv further in adds its own forward and backward). Run it off the
 training loop's critical path.
 
