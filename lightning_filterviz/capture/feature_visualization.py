@@ -443,9 +443,11 @@ def _dense_filters(conv: nn.Conv2d, chosen: Tensor) -> Tensor:
         return weight
     per_group_out, per_group_in = conv.out_channels // conv.groups, conv.in_channels // conv.groups
     dense = weight.new_zeros((len(chosen), conv.in_channels) + tuple(weight.shape[2:]))
-    for row, channel in enumerate(chosen.tolist()):
-        first = (channel // per_group_out) * per_group_in
-        dense[row, first : first + per_group_in] = weight[row]
+    # Indices built on the device: no host read of ``chosen``.
+    first = (chosen // per_group_out) * per_group_in
+    inputs = first[:, None] + torch.arange(per_group_in, device=chosen.device)
+    rows = torch.arange(len(chosen), device=chosen.device)[:, None]
+    dense[rows, inputs] = weight
     return dense
 
 
