@@ -1,5 +1,6 @@
 """On a GPU: a snapshot and a tracked training forward leave the training thread without
-waiting for the GPU, and give what the same snapshot gives on the CPU.
+waiting for the GPU, and give what the same snapshot gives on the CPU; feature visualization
+gives on the GPU the images it gives on the CPU.
 
 These need a CUDA device; without one they are skipped (and say so).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,6 +26,7 @@ from conftest import (
     trainer_kwargs,
 )
 from lightning_filterviz import FilterVisualizer
+from lightning_filterviz.capture.feature_visualization import visualize_filters
 from lightning_filterviz.integration.validation_examples import ValidationExamples
 
 pytestmark = pytest.mark.skipif(
@@ -199,3 +202,37 @@ def test_a_trainer_on_the_gpu_logs_every_snapshot(tmp_path):
     events = read_events(trainer.logger.log_dir)
     assert set(events.images["filterviz/activations/net.0"]) == {0, 2, 4}
     assert monitor.dead_filters.keys() == {"net.0", "net.3"}
+
+
+@pytest.mark.parametrize("stop_at_conv_input", [False, True], ids=["full-forward", "from-the-conv-input"])
+def test_feature_visualization_on_the_gpu_equals_the_cpu(monkeypatch, stop_at_conv_input):
+    # Full float32 convs, as on the CPU (matmuls are full float32 by default).
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = conv_bn_relu_stack().eval()
+    conv, tap = model[0], model[1]  # the first conv and its batch norm, in eval mode
+    probe = torch.randn(4, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    channels = [0, 2, 3]
+    on_cpu = visualize_filters(model, tap, channels, probe, steps=16, conv=conv if stop_at_conv_input else None)
+    model.cuda()
+    parameters = [parameter.detach().clone() for parameter in model.parameters()]
+    on_gpu = visualize_filters(
+        model, tap, channels, probe.cuda(), steps=16, conv=conv if stop_at_conv_input else None
+    )
+    # The same private CPU generator draws the same start and the same transforms on both devices;
+    # cuFFT and cuDNN round differently from the CPU, so a pixel may differ by a few levels.
+    assert on_gpu.shape == on_cpu.shape == (3, 24, 24, 3)
+    difference = np.abs(on_gpu.astype(int) - on_cpu.astype(int))
+    assert difference.mean() < 1.0 and difference.max() <= 8
+    assert all(torch.equal(before, after) for before, after in zip(parameters, model.parameters()))
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_a_trainer_on_the_gpu_logs_feature_visualizations(tmp_path):
+    monitor = FilterMonitor(featvis_layers=["net.0"], examples_layers=[])
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, accelerator="gpu"))
+    trainer.fit(Classifier(), datamodule=RandomImages())
+    images = monitor.feature_visualizations["net.0"]
+    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3
+    assert images.std() > 0  # not one flat colour: the optimization moved the images
+    events = read_events(trainer.logger.log_dir)
+    assert "filterviz/feature_vis/net.0" in events.images
