@@ -195,6 +195,10 @@ def _patch_dataset(
         lefts = generator.integers(low, high, per_class)
         patches.extend(photo[top : top + size, left : left + size] for top, left in zip(tops, lefts))
         labels.extend([label] * per_class)
+    # Class by class in turn (0, 1, ..., 7, 0, 1, ...): the unshuffled validation loader's first
+    # batch, where the probe is taken from, then holds a patch of every photo, not only of the first.
+    in_turn = np.arange(len(patches)).reshape(len(photos), per_class).T.reshape(-1)
+    patches, labels = [patches[index] for index in in_turn], [labels[index] for index in in_turn]
     images = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
     # Standardize with fixed statistics so every patch set is scaled alike.
     images = (images - 0.5) / 0.25
