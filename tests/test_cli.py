@@ -69,3 +69,20 @@ def test_the_logger_configs_add_their_logger_beside_tensorboard(logger_config, t
         records = read_mlflow_run(other._tracking_uri, other.run_id)
     expected = read_events(tensorboard.log_dir).images["filterviz/weights/net.0"]
     assert set(records.images["filterviz/weights/net.0"]) == set(expected) == {0, 2, 4, 6}
+
+
+def test_the_feature_vis_config_adds_feature_visualization_to_the_first_configs_monitor(tmp_path, monkeypatch):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    configs = ["--config", str(REPO / "configs/smoke.yaml"), "--config", str(REPO / "configs/feature_vis.yaml")]
+    cli = train.main(["fit", *configs])
+    monitors = [callback for callback in cli.trainer.callbacks if isinstance(callback, FilterMonitor)]
+    assert len(monitors) == 1  # merged into the first config's monitor, not a second one
+    monitor = monitors[0]
+    assert (monitor.every_n_steps, monitor.probe_size, monitor.engine.settings.max_filters) == (2, 4, 16)
+    assert set(monitor.feature_visualizations) == {"net.0", "net.4"}
+    events = read_events(cli.trainer.logger.log_dir)
+    # Made at the end of each validation run: after the 3 training steps of each of the 2 epochs.
+    for layer in ("net.0", "net.4"):
+        assert set(events.images[f"filterviz/feature_vis/{layer}"]) == {3, 6}
