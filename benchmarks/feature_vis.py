@@ -5,6 +5,7 @@
     python benchmarks/feature_vis.py --all-layer1     # every conv of layer1, each through its BN
     python benchmarks/feature_vis.py --one-batch      # the CPU's chunking off: 64 images at once
     python benchmarks/feature_vis.py --full-forward   # each step also through the conv and its BN
+    python benchmarks/feature_vis.py --threads 1      # one thread: how well a step uses the cores
     python benchmarks/feature_vis.py --device cuda
 
 Builds torchvision's ResNet-18 with random weights (nothing is downloaded), a probe of 8
@@ -57,8 +58,13 @@ def main() -> None:
         action="store_true",
         help="every step runs the conv and its BN too (no `conv=`, so no stop at the conv's input): for comparison",
     )
+    parser.add_argument(
+        "--threads", type=int, help="torch's intra-op threads (default: torch's own choice, one per core)"
+    )
     parser.add_argument("--save", type=Path, help="save the images of the (last) layer as a PNG grid here")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     import torchvision
 
     device = torch.device(args.device)

@@ -53,8 +53,9 @@ to the input only (``torch.autograd.grad`` asks for the input alone, so no weigh
 is computed), plus an FFT, a ``grid_sample`` and an Adam step on the spectrum. The model's
 convolutions are most of it. Measured on 2 CPU cores (torch 2.14, ``benchmarks/feature_vis.py``),
 64 filters at 128 pixels and 256 steps of a ResNet-18, each conv given (so the forward
-stops at its input): about 84 s for ``layer1.0.conv1``, 113 to 126 s for the later convs of
-``layer1`` (each conv further in adds its own forward and backward). Run it off the
+stops at its input): about 73 s for ``layer1.0.conv1``, 92 to 128 s for the later convs of
+``layer1`` (each conv further in adds its own forward and backward; the spread is the
+machine's speed, see docs/cost.md). Run it off the
 training loop's critical path.
 
 The model is left exactly as it was: everything runs inside
