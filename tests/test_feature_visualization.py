@@ -367,12 +367,15 @@ def test_custom_call_and_bfloat16_weights() -> None:
 # ---------------------------------------------------------------- stopping at the conv's input
 
 
-def _deeper_model(batch_norm: bool, grouped: bool = False) -> nn.Sequential:
+def _deeper_model(batch_norm: bool, grouped: bool = False, contiguous: bool = False) -> nn.Sequential:
     """A stem before the visualized conv, so that the conv's input has a gradient path of its own.
-    ``grouped``: the conv is grouped, strided and without bias, each filter reading half the input."""
+    ``grouped``: the conv is grouped, strided and without bias, each filter reading half the input.
+    ``contiguous``: the stem ends in a ``view`` that fails on channels-last activations, so the
+    forward runs with contiguous ones (as on an accelerator)."""
     torch.manual_seed(4)
     conv = nn.Conv2d(6, 4, 3, stride=2, groups=2, bias=False) if grouped else nn.Conv2d(6, 5, 3)
-    layers: list[nn.Module] = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), conv]
+    pool: nn.Module = nn.Sequential(nn.MaxPool2d(2), _Viewing()) if contiguous else nn.MaxPool2d(2)
+    layers: list[nn.Module] = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), pool, conv]
     if batch_norm:
         norm = nn.BatchNorm2d(conv.out_channels)
         with torch.no_grad():
@@ -403,12 +406,14 @@ class _Calls:
 
 
 @pytest.mark.parametrize(
-    ("batch_norm", "grouped"), [(False, False), (True, False), (True, True)], ids=["conv-tap", "conv-bn-tap", "grouped"]
+    ("batch_norm", "grouped", "contiguous"),
+    [(False, False, False), (True, False, False), (True, True, False), (True, False, True), (True, True, True)],
+    ids=["conv-tap", "conv-bn-tap", "grouped", "contiguous", "grouped-contiguous"],
 )
 def test_stopping_at_the_conv_input_gives_the_same_images_without_running_the_conv(
-    batch_norm: bool, grouped: bool
+    batch_norm: bool, grouped: bool, contiguous: bool
 ) -> None:
-    model = _deeper_model(batch_norm, grouped).eval()
+    model = _deeper_model(batch_norm, grouped, contiguous).eval()
     conv, tap = model[3], model[4] if batch_norm else model[3]
     channels = [3, 0, 2, 1] if grouped else [0, 1, 2, 3, 4]
     probe, steps = _normalized_probe(4), 24

@@ -412,13 +412,16 @@ class _ChosenChannelsTail:
     """``(conv_input, rows) -> (n, H, W)``: for each image ``i`` of ``rows``, its own channel
     ``chosen[i]`` of ``target(conv(conv_input))``, then the batch norm's per-channel scale and shift.
 
-    One convolution of the ``n`` images with the ``n`` chunk's filters, of which image ``i``
-    keeps output ``i``: ``n / out_channels`` of the conv's work (an eighth for a chunk of 8 and
-    64 filters), and the input's memory format is kept, so the gradient reaches the layers
-    below in their own format (a grouped convolution, one group per image, would need the
-    images side by side in one contiguous tensor: a copy each way that costs more than it
-    saves). A grouped conv's filter reads only its group's input channels: its weights are
-    placed there, zeros elsewhere."""
+    A contiguous input (on an accelerator, or where the forward needs contiguous activations)
+    is already the ``n`` images side by side as one image of ``n * C_in`` channels: one
+    convolution with one group per image, each group its image's filter, computes only what
+    is kept (a 64th of the conv's work for 64 filters). A channels-last input (the CPU's
+    layout) would need a copy each way for that, which costs more than it saves at a chunk of
+    8: there, one convolution of the ``n`` images with the ``n`` chunk's filters, of which
+    image ``i`` keeps output ``i``, is ``n / out_channels`` of the conv's work (an eighth for a
+    chunk of 8 and 64 filters), and the gradient reaches the layers below in their own format.
+    A grouped conv's filter reads only its group's input channels: its weights are placed
+    there, zeros elsewhere."""
 
     def __init__(self, conv: nn.Conv2d, target: nn.Module, chosen: Tensor) -> None:
         self.conv = conv
@@ -429,9 +432,15 @@ class _ChosenChannelsTail:
     def __call__(self, conv_input: Tensor, rows: slice) -> Tensor:
         conv = self.conv
         bias = self.bias[rows] if self.bias is not None else None
-        output = F.conv2d(conv_input, self.weight[rows], bias, conv.stride, conv.padding, conv.dilation)
-        own = torch.arange(output.shape[0], device=output.device)
-        selected = output[own, own]
+        weight, count = self.weight[rows], conv_input.shape[0]
+        if conv_input.is_contiguous():
+            side_by_side = conv_input.reshape((1, -1) + tuple(conv_input.shape[2:]))
+            output = F.conv2d(side_by_side, weight, bias, conv.stride, conv.padding, conv.dilation, groups=count)
+            selected = output[0]
+        else:
+            output = F.conv2d(conv_input, weight, bias, conv.stride, conv.padding, conv.dilation)
+            own = torch.arange(count, device=output.device)
+            selected = output[own, own]
         if self.scale is None or self.shift is None:
             return selected
         return selected * self.scale[rows, None, None] + self.shift[rows, None, None]
