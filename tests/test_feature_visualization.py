@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_filterviz.capture import feature_visualization
@@ -173,6 +174,7 @@ def test_model_and_global_state_are_untouched(stop_at_conv_input: bool) -> None:
     assert [module.training for module in model.modules()] == modes
     assert not model[6]._forward_hooks
     assert _hook_counts(model) == hooks
+    assert torch.backends.mkldnn.enabled  # switched only around the stem's input gradient
 
 
 def test_model_is_untouched_when_it_raises() -> None:
@@ -466,3 +468,44 @@ def test_where_the_tap_is_not_affine_in_the_conv_input_the_forward_runs_to_the_t
         images = visualize_filters(model, model[tap_index], [0, 1, 2], probe, steps=12, conv=model[conv_index])
     assert calls.count > 12
     assert np.array_equal(images, expected)
+
+
+class _AddsItsInput(nn.Module):
+    """``module(x) + x`` cut to the module's channels and size: the input read a second time."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.module(x)
+        return y + F.adaptive_avg_pool2d(x, y.shape[-2:]).mean(dim=1, keepdim=True)
+
+
+def _no_op_hook(module: nn.Module, args: object, output: Tensor) -> None:
+    return None
+
+
+def _stem_cases() -> dict[str, nn.Sequential]:
+    """Models whose first conv reads the input: a ResNet-like strided 7x7 stem, one with an
+    in-place ReLU right on the stem's output, and one that also reads its input a second time."""
+    torch.manual_seed(5)
+    strided = nn.Sequential(
+        nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3)
+    )
+    in_place = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(inplace=True), nn.Conv2d(8, 6, 3))
+    twice_read = nn.Sequential(_AddsItsInput(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(), nn.Conv2d(8, 6, 3))
+    return {"strided-stem": strided, "in-place-relu-on-the-stem": in_place, "input-read-twice": twice_read}
+
+
+@pytest.mark.parametrize("case", list(_stem_cases()))
+def test_the_stems_input_gradient_gives_autograds_images(case: str) -> None:
+    model = _stem_cases()[case].eval()
+    probe, channels = _normalized_probe(4), [0, 2, 3, 5]
+    images = visualize_filters(model, model[-1], channels, probe, steps=24)
+    # A hook on the stem, even one that changes nothing, leaves the whole backward to autograd.
+    stem = model[0].module if case == "input-read-twice" else model[0]
+    stem.register_forward_hook(_no_op_hook)
+    expected = visualize_filters(model, model[-1], channels, probe, steps=24)
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 2
+    assert torch.backends.mkldnn.enabled

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Any, Callable, ContextManager, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -97,6 +98,9 @@ COVARIANCE_EPS = 1e-4
 # Input pixels per chunk of the model's part on the CPU (8 images of 128 x 128): see the module docstring.
 # Measured on 2 cores for ResNet-18's layer1: 4 to 8 images per chunk are fastest, 64 at once about 40 % slower.
 CPU_CHUNK_PIXELS = 8 * 128 * 128
+# Per set of a stem's shapes, whether oneDNN's kernel computed its input gradient faster than
+# ATen's own when first timed (see _StemGradient).
+_FASTER_STEM_KERNEL: dict[tuple[Any, ...], bool] = {}
 # torch.quantile refuses inputs above 2**24 elements: larger probes are subsampled for it.
 _QUANTILE_LIMIT = 2**24
 
@@ -204,7 +208,8 @@ def _optimize(
         stop_at = _StoppedForward(model, target, run)
     else:
         stop_at = _StoppedForward(model, conv, run, at_input=True)
-    with stop_at as forward:
+    stem = _find_stem(model, target, run, sample)
+    with stop_at as forward, _StemGradient(stem) as stem_gradient:
         for step in range(steps):
             model_input = low + span * _transformed(image_of(), motions[step])
             # The model's part runs in chunks, each a leaf of its own: on the CPU a chunk's
@@ -212,7 +217,9 @@ def _optimize(
             # batch's activations would be fresh pages, faulted in at every step).
             input_gradient = torch.cat(
                 [
-                    _input_gradient(forward, model_input, slice(start, start + size), chosen, layout, tail)
+                    _input_gradient(
+                        forward, model_input, slice(start, start + size), chosen, layout, tail, stem_gradient
+                    )
                     for start in range(0, count, size)
                 ]
             )
@@ -325,13 +332,17 @@ def _input_gradient(
     chosen: Tensor,
     layout: _Layout,
     tail: Optional[_ChosenChannelsTail],
+    stem_gradient: _StemGradient,
 ) -> Tensor:
     """The gradient of minus the objectives of the images ``rows`` with respect to their input, float32.
 
     Image ``i``'s objective is :func:`_objectives` of its own channel ``chosen[i]`` of the
     target's output; their sum is climbed, so the images do not interact. With ``tail`` the
-    forward stops at the conv's input and each image's channel is computed from there."""
+    forward stops at the conv's input and each image's channel is computed from there. Where
+    the model's first conv reads the input and nothing else does, the backward stops at that
+    conv's output and :class:`_StemGradient` carries it to the input."""
     leaf = model_input[rows].detach().to(dtype=layout.dtype, memory_format=layout.memory_format).requires_grad_(True)
+    stem_gradient.watch(leaf)
     reached = forward(leaf)
     if not reached.requires_grad:
         raise ValueError(
@@ -341,8 +352,177 @@ def _input_gradient(
         )
     # Only the leaf is asked for: no weight gradient is computed, no parameter's .grad is touched.
     selected = tail(reached, rows) if tail is not None else _selected_channels(reached, chosen[rows])
-    (gradient,) = torch.autograd.grad(-_objectives(selected).sum(), [leaf])
+    loss = -_objectives(selected).sum()
+    stem_output = stem_gradient.sole_reader_output(loss)
+    if stem_output is None:
+        (gradient,) = torch.autograd.grad(loss, [leaf])
+    else:
+        (output_gradient,) = torch.autograd.grad(loss, [stem_output])
+        gradient = stem_gradient.input_gradient(output_gradient, leaf)
     return gradient.float()
+
+
+def _find_stem(
+    model: nn.Module, target: nn.Module, run: Callable[[nn.Module, Tensor], Any], sample: Tensor
+) -> Optional[nn.Conv2d]:
+    """The plain conv that receives the model's input tensor itself (ResNet's ``conv1``), found
+    by one forward of ``sample`` up to ``target`` without autograd; ``None`` on an accelerator
+    (its conv kernels need no help), where the forward transforms the input first, or where
+    that conv is not a plain ``nn.Conv2d`` with numeric padding and no hooks (its input
+    gradient would not be the conv's)."""
+    if sample.device.type != "cpu":
+        return None
+    readers: list[nn.Module] = []
+
+    def note_reader(module: nn.Module, args: Any) -> None:
+        if args and args[0] is sample:
+            readers.append(module)
+
+    handles = [module.register_forward_pre_hook(note_reader) for module in model.modules() if type(module) is nn.Conv2d]
+    try:
+        with _StoppedForward(model, target, run) as to_target, torch.no_grad():
+            to_target(sample)  # the same forward already ran for this sample when its layout was chosen
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(readers) != 1:
+        return None
+    stem = readers[0]
+    assert isinstance(stem, nn.Conv2d)  # for the type checker: only plain convs were hooked
+    return stem if _is_affine_tail(stem, stem) and not isinstance(stem.padding, str) else None
+
+
+class _StemGradient:
+    """The input gradient of the model's first conv (the "stem", which reads the input image),
+    computed with whichever of the CPU's two conv kernels is faster for its shapes.
+
+    A chunk's backward mostly runs the model's convolutions, and for an RGB stem the input
+    gradient can be the largest of them. Which kernel computes it faster depends on the
+    stem: ``benchmarks/stem_gradient.py`` measured oneDNN's (autograd's choice on the CPU)
+    1.8 times as slow as ATen's own for ResNet-18's 7x7 stride-2 stem at 128 px, yet 2.4
+    times as fast for the example's 5x5 stride-1 stem with 16 filters (2 cores). So both are
+    timed once per process and set of shapes, on the first chunk's own gradient, and the
+    faster is kept: the backward stops at the stem's output (``torch.autograd.grad`` asks
+    for it), and the stem's input gradient is computed here.
+
+    Only where the stem is the input's sole reader (checked on each chunk's graph: a model
+    that also adds its input elsewhere gets autograd's whole backward) and only on the CPU.
+    A context manager: the hook that records the stem's output is removed on leaving."""
+
+    TIMED_REPEATS = 2
+
+    def __init__(self, stem: Optional[nn.Conv2d]) -> None:
+        self.stem = stem
+        self._handle: Optional[RemovableHandle] = None
+        self._leaf: Optional[Tensor] = None
+        self._output: Optional[Tensor] = None
+        self._output_version = 0
+        self._use_onednn: Optional[bool] = None  # chosen on the first chunk
+
+    def __enter__(self) -> _StemGradient:
+        if self.stem is not None:
+            self._handle = self.stem.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._leaf = self._output = None
+
+    def watch(self, leaf: Tensor) -> None:
+        """The next forward's input: the stem's output is recorded where the stem reads it."""
+        self._leaf, self._output = leaf, None
+
+    def _record(self, module: nn.Module, args: Any, output: Any) -> None:
+        if args and args[0] is self._leaf and isinstance(output, Tensor):
+            self._output, self._output_version = output, output._version
+
+    def sole_reader_output(self, loss: Tensor) -> Optional[Tensor]:
+        """The stem's output in this chunk's graph, where the stem is the only reader of the
+        input on the way to ``loss``; else ``None`` (autograd then runs the whole backward)."""
+        output, leaf = self._output, self._leaf
+        if output is None or leaf is None or output.grad_fn is None or loss.grad_fn is None:
+            return None
+        # Rewritten in place since it was recorded (an in-place ReLU right after the stem): its
+        # gradient would be the new value's, not the stem's output's.
+        if output._version != self._output_version:
+            return None
+        reading = [node for node, _ in output.grad_fn.next_functions if _accumulates_into(node, leaf)]
+        if len(reading) != 1 or _readers_of(loss.grad_fn, reading[0]) != 1:
+            return None
+        return output
+
+    def input_gradient(self, output_gradient: Tensor, leaf: Tensor) -> Tensor:
+        """The stem's input gradient for ``output_gradient`` at its output, with the faster kernel."""
+        if self._use_onednn is None:
+            self._use_onednn = self._faster_kernel(output_gradient, leaf)
+        return self._computed(output_gradient, leaf, self._use_onednn)
+
+    def _faster_kernel(self, output_gradient: Tensor, leaf: Tensor) -> bool:
+        """Whether oneDNN's kernel is the faster, timed once per process and set of shapes: the
+        two round differently, so one choice keeps a seed's images the same bit for bit in a process."""
+        stem = self.stem
+        assert stem is not None
+        shapes = (leaf.shape, stem.weight.shape, stem.stride, stem.padding, stem.dilation)
+        key = (*(tuple(shape) for shape in shapes), stem.groups, leaf.dtype, leaf.is_contiguous())
+        if key not in _FASTER_STEM_KERNEL:
+            seconds = {use_onednn: self._timed(output_gradient, leaf, use_onednn) for use_onednn in (True, False)}
+            _FASTER_STEM_KERNEL[key] = seconds[True] <= seconds[False]
+        return _FASTER_STEM_KERNEL[key]
+
+    def _timed(self, output_gradient: Tensor, leaf: Tensor, use_onednn: bool) -> float:
+        self._computed(output_gradient, leaf, use_onednn)  # the first call allocates and plans
+        start = time.perf_counter()
+        for _ in range(self.TIMED_REPEATS):
+            self._computed(output_gradient, leaf, use_onednn)
+        return time.perf_counter() - start
+
+    def _computed(self, output_gradient: Tensor, leaf: Tensor, use_onednn: bool) -> Tensor:
+        stem = self.stem
+        assert stem is not None  # only called where the stem's output was recorded
+        enabled = torch.backends.mkldnn.enabled
+        # The switch is process-wide but read when a kernel is chosen: it is set around this
+        # one call on this (the only computing) thread, and restored whatever happens.
+        torch.backends.mkldnn.enabled = use_onednn  # type: ignore[assignment]  # a module property
+        try:
+            with torch.no_grad():
+                gradient, _, _ = torch.ops.aten.convolution_backward(
+                    output_gradient,
+                    leaf.detach(),
+                    stem.weight,
+                    None,
+                    list(stem.stride),
+                    list(stem.padding),  # numeric: _find_stem checked
+                    list(stem.dilation),
+                    False,
+                    [0, 0],
+                    stem.groups,
+                    [True, False, False],
+                )
+        finally:
+            torch.backends.mkldnn.enabled = enabled
+        return gradient
+
+
+def _accumulates_into(node: Any, leaf: Tensor) -> bool:
+    return node is not None and getattr(node, "variable", None) is leaf
+
+
+def _readers_of(root: Any, target: Any) -> int:
+    """How many edges of the autograd graph below ``root`` lead into the node ``target``."""
+    count, seen, stack = 0, set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for successor, _ in node.next_functions:
+            if successor is target:
+                count += 1
+            else:
+                stack.append(successor)
+    return count
 
 
 def _selected_channels(response: Tensor, chosen: Tensor) -> Tensor:
