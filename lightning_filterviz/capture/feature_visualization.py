@@ -367,10 +367,11 @@ def _find_stem(
 ) -> Optional[nn.Conv2d]:
     """The plain conv that receives the model's input tensor itself (ResNet's ``conv1``), found
     by one forward of ``sample`` up to ``target`` without autograd; ``None`` on an accelerator
-    (its conv kernels need no help), where the forward transforms the input first, or where
-    that conv is not a plain ``nn.Conv2d`` with numeric padding and no hooks (its input
-    gradient would not be the conv's)."""
-    if sample.device.type != "cpu":
+    (its conv kernels need no help), without oneDNN, where the forward transforms the input
+    first, or where that conv is not a plain ``nn.Conv2d`` with numeric padding and no hooks
+    (its input gradient would not be the conv's)."""
+    # Without oneDNN (not built in, or turned off by the user) autograd already uses ATen's kernel.
+    if sample.device.type != "cpu" or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return None
     readers: list[nn.Module] = []
 
@@ -467,8 +468,12 @@ class _StemGradient:
         shapes = (leaf.shape, stem.weight.shape, stem.stride, stem.padding, stem.dilation)
         key = (*(tuple(shape) for shape in shapes), stem.groups, leaf.dtype, leaf.is_contiguous())
         if key not in _FASTER_STEM_KERNEL:
-            seconds = {use_onednn: self._timed(output_gradient, leaf, use_onednn) for use_onednn in (True, False)}
-            _FASTER_STEM_KERNEL[key] = seconds[True] <= seconds[False]
+            onednn = self._timed(output_gradient, leaf, use_onednn=True)
+            try:
+                aten = self._timed(output_gradient, leaf, use_onednn=False)
+            except RuntimeError:  # no ATen kernel for this dtype or layout: oneDNN's, as autograd would
+                aten = math.inf
+            _FASTER_STEM_KERNEL[key] = onednn <= aten
         return _FASTER_STEM_KERNEL[key]
 
     def _timed(self, output_gradient: Tensor, leaf: Tensor, use_onednn: bool) -> float:
