@@ -38,6 +38,10 @@ the filter looks for; what this module does against that, and why:
   the forward stops one module earlier, at the conv's input, and each image's own channel
   is computed from there with its own filter alone: the layer's full conv and its
   normalization no longer run at each step.
+- **The stem's input gradient by the faster kernel.** On the CPU, where the model's first
+  conv reads the input and nothing else does, the backward stops at that conv's output and
+  its input gradient is computed with whichever of oneDNN's and ATen's kernels was faster
+  when timed once (:class:`_StemGradient`): for ResNet's 7x7 stride-2 stem ATen's.
 
 All filters of the layer are optimized together (image ``i`` has its own objective, filter
 ``channels[i]``); the loss is minus the sum of the objectives, so the images do not interact.
@@ -53,9 +57,9 @@ to the input only (``torch.autograd.grad`` asks for the input alone, so no weigh
 is computed), plus an FFT, a ``grid_sample`` and an Adam step on the spectrum. The model's
 convolutions are most of it. Measured on 2 CPU cores (torch 2.14, ``benchmarks/feature_vis.py``),
 64 filters at 128 pixels and 256 steps of a ResNet-18, each conv given (so the forward
-stops at its input): about 73 s for ``layer1.0.conv1``, 92 to 128 s for the later convs of
-``layer1`` (each conv further in adds its own forward and backward; the spread is the
-machine's speed, see docs/cost.md). Run it off the
+stops at its input): about 62 s for ``layer1.0.conv1``, 66 to 109 s for the later convs of
+``layer1`` (each conv further in adds its own forward and backward; the machine's speed
+moves these by up to a fifth, see docs/cost.md). Run it off the
 training loop's critical path.
 
 The model is left exactly as it was: everything runs inside
