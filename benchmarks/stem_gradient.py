@@ -6,8 +6,9 @@ keeps the faster (``_StemGradient`` in ``lightning_filterviz.capture.feature_vis
 
 For each stem, a batch shaped as one chunk of feature visualization's CPU loop (8 images at
 128 px, 32 at 64 px), channels-last as there, and a random gradient at the stem's output:
-the median of ``--repeats`` timed calls of ``torch.ops.aten.convolution_backward`` asking for
-the input gradient only, with oneDNN on and off, and their ratio. Prints the torch version,
+the median of ``--repeats`` timed calls asking for the input gradient only, of
+``torch.ops.aten.convolution_backward`` (autograd's choice: oneDNN) and of ATen's own im2col
+kernel ``_slow_conv2d_backward``, and their ratio. Prints the torch version,
 the CPU capability torch dispatches for and the load average first.
 """
 
@@ -45,29 +46,30 @@ def main() -> None:
         weight = torch.randn(weight_shape, generator=generator)
         output = torch.nn.functional.conv2d(images, weight, None, stride, padding)
         gradient = torch.randn(output.shape, generator=generator).contiguous(memory_format=torch.channels_last)
-        onednn = _median_ms(images, weight, gradient, stride, padding, True, args.repeats)
-        aten = _median_ms(images, weight, gradient, stride, padding, False, args.repeats)
+        onednn = _median_ms(images, weight, gradient, stride, padding, False, args.repeats)
+        aten = _median_ms(images, weight, gradient, stride, padding, True, args.repeats)
         print(f"{name:<56} {onednn:>12.2f} {aten:>10.2f} {onednn / aten:>14.2f}")
 
 
 def _median_ms(
-    images: torch.Tensor, weight: torch.Tensor, gradient: torch.Tensor, stride: int, padding: int, use_onednn: bool,
+    images: torch.Tensor, weight: torch.Tensor, gradient: torch.Tensor, stride: int, padding: int, use_aten: bool,
     repeats: int,
 ) -> float:
-    """The median time of one input-gradient call, in ms, with oneDNN on or off."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = use_onednn  # type: ignore[assignment]  # a module property
-    try:
-        times = []
-        for _ in range(repeats + 1):  # the first call allocates and plans: not counted
-            start = time.perf_counter()
-            only_the_input = [True, False, False]
+    """The median time of one input-gradient call, in ms: ATen's im2col kernel called by name
+    (as feature visualization calls it), or ``convolution_backward``, autograd's choice (oneDNN)."""
+    only_the_input = [True, False, False]
+    times = []
+    for _ in range(repeats + 1):  # the first call allocates and plans: not counted
+        start = time.perf_counter()
+        if use_aten:
+            torch.ops.aten._slow_conv2d_backward.output_mask(
+                gradient, images, weight, tuple(weight.shape[2:]), (stride, stride), (padding, padding), only_the_input
+            )
+        else:
             torch.ops.aten.convolution_backward(
                 gradient, images, weight, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, only_the_input
             )
-            times.append(time.perf_counter() - start)
-    finally:
-        torch.backends.mkldnn.enabled = enabled
+        times.append(time.perf_counter() - start)
     return statistics.median(times[1:]) * 1e3
 
 

@@ -486,26 +486,50 @@ def _no_op_hook(module: nn.Module, args: object, output: Tensor) -> None:
     return None
 
 
-def _stem_cases() -> dict[str, nn.Sequential]:
-    """Models whose first conv reads the input: a ResNet-like strided 7x7 stem, one with an
-    in-place ReLU right on the stem's output, and one that also reads its input a second time."""
+class _SideBranch(nn.Module):
+    """A plain conv reads the input for a side output the target never sees; the target's path
+    reads the input through a pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side, self.pool, self.target = nn.Conv2d(3, 2, 1), nn.AvgPool2d(1), nn.Conv2d(3, 6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.side_output = self.side(x)
+        return self.target(self.pool(x))
+
+
+def _stem_cases() -> dict[str, tuple[nn.Module, nn.Module, nn.Module]]:
+    """Models whose first conv reads the input, as (model, that conv, target): a ResNet-like
+    strided 7x7 stem, one with an in-place ReLU right on the stem's output, one that also reads
+    its input a second time, one whose stride and padding were set to ints after construction,
+    and one whose conv reading the input feeds a side output only."""
     torch.manual_seed(5)
     strided = nn.Sequential(
         nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3)
     )
     in_place = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(inplace=True), nn.Conv2d(8, 6, 3))
     twice_read = nn.Sequential(_AddsItsInput(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(), nn.Conv2d(8, 6, 3))
-    return {"strided-stem": strided, "in-place-relu-on-the-stem": in_place, "input-read-twice": twice_read}
+    int_attributes = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3))
+    int_attributes[0].stride, int_attributes[0].padding = 2, 1  # type: ignore[assignment]
+    side_branch = _SideBranch()
+    return {
+        "strided-stem": (strided, strided[0], strided[-1]),
+        "in-place-relu-on-the-stem": (in_place, in_place[0], in_place[-1]),
+        "input-read-twice": (twice_read, twice_read[0].module, twice_read[-1]),
+        "int-stride-and-padding": (int_attributes, int_attributes[0], int_attributes[-1]),
+        "stem-feeds-a-side-output-only": (side_branch, side_branch.side, side_branch.target),
+    }
 
 
 @pytest.mark.parametrize("case", list(_stem_cases()))
 def test_the_stems_input_gradient_gives_autograds_images(case: str) -> None:
-    model = _stem_cases()[case].eval()
+    model, stem, target = _stem_cases()[case]
+    model.eval()
     probe, channels = _normalized_probe(4), [0, 2, 3, 5]
-    images = visualize_filters(model, model[-1], channels, probe, steps=24)
+    images = visualize_filters(model, target, channels, probe, steps=24)
     # A hook on the stem, even one that changes nothing, leaves the whole backward to autograd.
-    stem = model[0].module if case == "input-read-twice" else model[0]
     stem.register_forward_hook(_no_op_hook)
-    expected = visualize_filters(model, model[-1], channels, probe, steps=24)
+    expected = visualize_filters(model, target, channels, probe, steps=24)
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 2
     assert torch.backends.mkldnn.enabled

@@ -102,9 +102,9 @@ COVARIANCE_EPS = 1e-4
 # Input pixels per chunk of the model's part on the CPU (8 images of 128 x 128): see the module docstring.
 # Measured on 2 cores for ResNet-18's layer1: 4 to 8 images per chunk are fastest, 64 at once about 40 % slower.
 CPU_CHUNK_PIXELS = 8 * 128 * 128
-# Per set of a stem's shapes, whether oneDNN's kernel computed its input gradient faster than
-# ATen's own when first timed (see _StemGradient).
-_FASTER_STEM_KERNEL: dict[tuple[Any, ...], bool] = {}
+# Per set of a stem's shapes, whether ATen's own kernel computed its input gradient faster than
+# autograd's choice (oneDNN's) when first timed (see _StemGradient).
+_ATEN_IS_FASTER: dict[tuple[Any, ...], bool] = {}
 # torch.quantile refuses inputs above 2**24 elements: larger probes are subsampled for it.
 _QUANTILE_LIMIT = 2**24
 
@@ -372,8 +372,8 @@ def _find_stem(
     """The plain conv that receives the model's input tensor itself (ResNet's ``conv1``), found
     by one forward of ``sample`` up to ``target`` without autograd; ``None`` on an accelerator
     (its conv kernels need no help), without oneDNN, where the forward transforms the input
-    first, or where that conv is not a plain ``nn.Conv2d`` with numeric padding and no hooks
-    (its input gradient would not be the conv's)."""
+    first, or where that conv is not a plain ``nn.Conv2d`` (one group, no dilation, numeric
+    padding, no hooks: else its input gradient is not the one computed here)."""
     # Without oneDNN (not built in, or turned off by the user) autograd already uses ATen's kernel.
     if sample.device.type != "cpu" or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return None
@@ -394,7 +394,9 @@ def _find_stem(
         return None
     stem = readers[0]
     assert isinstance(stem, nn.Conv2d)  # for the type checker: only plain convs were hooked
-    return stem if _is_affine_tail(stem, stem) and not isinstance(stem.padding, str) else None
+    # ATen's im2col kernel covers plain stems: one group, no dilation, numeric padding.
+    plain = stem.groups == 1 and _pair(stem.dilation) == (1, 1) and not isinstance(stem.padding, str)
+    return stem if plain and _is_affine_tail(stem, stem) else None
 
 
 class _StemGradient:
@@ -404,11 +406,12 @@ class _StemGradient:
     A chunk's backward mostly runs the model's convolutions, and for an RGB stem the input
     gradient can be the largest of them. Which kernel computes it faster depends on the
     stem: ``benchmarks/stem_gradient.py`` measured oneDNN's (autograd's choice on the CPU)
-    1.8 times as slow as ATen's own for ResNet-18's 7x7 stride-2 stem at 128 px, yet 2.4
-    times as fast for the example's 5x5 stride-1 stem with 16 filters (2 cores). So both are
-    timed once per process and set of shapes, on the first chunk's own gradient, and the
-    faster is kept: the backward stops at the stem's output (``torch.autograd.grad`` asks
-    for it), and the stem's input gradient is computed here.
+    1.7 to 1.8 times as slow as ATen's own for ResNet-18's 7x7 stride-2 stem at 128 px, yet
+    1.6 to 2.4 times as fast for the example's 5x5 stride-1 stem with 16 filters (2 cores).
+    So both are timed once per process and set of shapes, on the first chunk's own gradient,
+    and the faster is kept: the backward stops at the stem's output (``torch.autograd.grad``
+    asks for it), and the stem's input gradient is computed here, ATen's kernel called by
+    name (no process-wide switch is touched, so other threads' convs are not affected).
 
     Only where the stem is the input's sole reader (checked on each chunk's graph: a model
     that also adds its input elsewhere gets autograd's whole backward) and only on the CPU.
@@ -422,7 +425,7 @@ class _StemGradient:
         self._leaf: Optional[Tensor] = None
         self._output: Optional[Tensor] = None
         self._output_version = 0
-        self._use_onednn: Optional[bool] = None  # chosen on the first chunk
+        self._use_aten: Optional[bool] = None  # chosen on the first chunk
 
     def __enter__(self) -> _StemGradient:
         if self.stem is not None:
@@ -453,74 +456,73 @@ class _StemGradient:
         # gradient would be the new value's, not the stem's output's.
         if output._version != self._output_version:
             return None
-        reading = [node for node, _ in output.grad_fn.next_functions if _accumulates_into(node, leaf)]
-        if len(reading) != 1 or _readers_of(loss.grad_fn, reading[0]) != 1:
+        accumulators = [node for node, _ in output.grad_fn.next_functions if _accumulates_into(node, leaf)]
+        if len(accumulators) != 1 or _parents_of(loss.grad_fn, accumulators[0]) != [output.grad_fn]:
             return None
         return output
 
     def input_gradient(self, output_gradient: Tensor, leaf: Tensor) -> Tensor:
         """The stem's input gradient for ``output_gradient`` at its output, with the faster kernel."""
-        if self._use_onednn is None:
-            self._use_onednn = self._faster_kernel(output_gradient, leaf)
-        return self._computed(output_gradient, leaf, self._use_onednn)
+        if self._use_aten is None:
+            self._use_aten = self._aten_is_faster(output_gradient, leaf)
+        return self._computed(output_gradient, leaf, self._use_aten)
 
-    def _faster_kernel(self, output_gradient: Tensor, leaf: Tensor) -> bool:
-        """Whether oneDNN's kernel is the faster, timed once per process and set of shapes: the
-        two round differently, so one choice keeps a seed's images the same bit for bit in a process."""
+    def _aten_is_faster(self, output_gradient: Tensor, leaf: Tensor) -> bool:
+        """Whether ATen's kernel is the faster, timed once per process and set of shapes: the
+        two round differently, so one choice keeps a seed's images the same bit for bit in a
+        process (across processes they may differ in the last bits where the two are about as fast)."""
         stem = self.stem
         assert stem is not None
-        shapes = (leaf.shape, stem.weight.shape, stem.stride, stem.padding, stem.dilation)
-        key = (*(tuple(shape) for shape in shapes), stem.groups, leaf.dtype, leaf.is_contiguous())
-        if key not in _FASTER_STEM_KERNEL:
-            onednn = self._timed(output_gradient, leaf, use_onednn=True)
+        key = (tuple(leaf.shape), tuple(stem.weight.shape), _pair(stem.stride), _pair(stem.padding), leaf.dtype)
+        if key not in _ATEN_IS_FASTER:
+            autograds = self._timed(output_gradient, leaf, use_aten=False)
             try:
-                aten = self._timed(output_gradient, leaf, use_onednn=False)
-            except RuntimeError:  # no ATen kernel for this dtype or layout: oneDNN's, as autograd would
-                aten = math.inf
-            _FASTER_STEM_KERNEL[key] = onednn <= aten
-        return _FASTER_STEM_KERNEL[key]
+                atens = self._timed(output_gradient, leaf, use_aten=True)
+            except RuntimeError:  # no ATen kernel for this dtype or layout: autograd's, then
+                atens = math.inf
+            _ATEN_IS_FASTER[key] = atens < autograds
+        return _ATEN_IS_FASTER[key]
 
-    def _timed(self, output_gradient: Tensor, leaf: Tensor, use_onednn: bool) -> float:
-        self._computed(output_gradient, leaf, use_onednn)  # the first call allocates and plans
+    def _timed(self, output_gradient: Tensor, leaf: Tensor, use_aten: bool) -> float:
+        self._computed(output_gradient, leaf, use_aten)  # the first call allocates and plans
         start = time.perf_counter()
         for _ in range(self.TIMED_REPEATS):
-            self._computed(output_gradient, leaf, use_onednn)
+            self._computed(output_gradient, leaf, use_aten)
         return time.perf_counter() - start
 
-    def _computed(self, output_gradient: Tensor, leaf: Tensor, use_onednn: bool) -> Tensor:
+    def _computed(self, output_gradient: Tensor, leaf: Tensor, use_aten: bool) -> Tensor:
+        """The input gradient by ATen's im2col kernel (the one autograd uses with oneDNN off),
+        called by name so that no process-wide switch is touched, or by autograd's own choice."""
         stem = self.stem
         assert stem is not None  # only called where the stem's output was recorded
-        enabled = torch.backends.mkldnn.enabled
-        # The switch is process-wide but read when a kernel is chosen: it is set around this
-        # one call on this (the only computing) thread, and restored whatever happens.
-        torch.backends.mkldnn.enabled = use_onednn  # type: ignore[assignment]  # a module property
-        try:
-            with torch.no_grad():
-                gradient, _, _ = torch.ops.aten.convolution_backward(
-                    output_gradient,
-                    leaf.detach(),
-                    stem.weight,
-                    None,
-                    list(stem.stride),
-                    list(stem.padding),  # numeric: _find_stem checked
-                    list(stem.dilation),
-                    False,
-                    [0, 0],
-                    stem.groups,
-                    [True, False, False],
+        stride, padding, only_the_input = _pair(stem.stride), _pair(stem.padding), [True, False, False]
+        with torch.no_grad():
+            if use_aten:
+                kernel_size = tuple(stem.weight.shape[2:])
+                gradient, _, _ = torch.ops.aten._slow_conv2d_backward.output_mask(
+                    output_gradient, leaf.detach(), stem.weight, kernel_size, stride, padding, only_the_input
                 )
-        finally:
-            torch.backends.mkldnn.enabled = enabled
+            else:
+                dilation, transposed, output_padding = _pair(stem.dilation), False, [0, 0]
+                gradient, _, _ = torch.ops.aten.convolution_backward(
+                    output_gradient, leaf.detach(), stem.weight, None, stride, padding, dilation, transposed,
+                    output_padding, stem.groups, only_the_input,
+                )
         return gradient
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    """A conv's stride, padding or dilation as two ints (set after construction, it may be one int)."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def _accumulates_into(node: Any, leaf: Tensor) -> bool:
     return node is not None and getattr(node, "variable", None) is leaf
 
 
-def _readers_of(root: Any, target: Any) -> int:
-    """How many edges of the autograd graph below ``root`` lead into the node ``target``."""
-    count, seen, stack = 0, set(), [root]
+def _parents_of(root: Any, target: Any) -> list[Any]:
+    """The nodes of the autograd graph below ``root`` with an edge into the node ``target``, once per edge."""
+    parents, seen, stack = [], set(), [root]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -528,10 +530,10 @@ def _readers_of(root: Any, target: Any) -> int:
         seen.add(node)
         for successor, _ in node.next_functions:
             if successor is target:
-                count += 1
+                parents.append(node)
             else:
                 stack.append(successor)
-    return count
+    return parents
 
 
 def _selected_channels(response: Tensor, chosen: Tensor) -> Tensor:
