@@ -57,7 +57,7 @@ to the input only (``torch.autograd.grad`` asks for the input alone, so no weigh
 is computed), plus an FFT, a ``grid_sample`` and an Adam step on the spectrum. The model's
 convolutions are most of it. Measured on 2 CPU cores (torch 2.14, ``benchmarks/feature_vis.py``),
 64 filters at 128 pixels and 256 steps of a ResNet-18, each conv given (so the forward
-stops at its input): about 62 s for ``layer1.0.conv1``, 66 to 109 s for the later convs of
+stops at its input): 62 to 64 s for ``layer1.0.conv1``, 66 to 109 s for the later convs of
 ``layer1`` (each conv further in adds its own forward and backward; the machine's speed
 moves these by up to a fifth, see docs/cost.md). Run it off the
 training loop's critical path.
