@@ -425,7 +425,6 @@ class _StemGradient:
         self._leaf: Optional[Tensor] = None
         self._output: Optional[Tensor] = None
         self._output_version = 0
-        self._use_aten: Optional[bool] = None  # chosen on the first chunk
 
     def __enter__(self) -> _StemGradient:
         if self.stem is not None:
@@ -463,9 +462,7 @@ class _StemGradient:
 
     def input_gradient(self, output_gradient: Tensor, leaf: Tensor) -> Tensor:
         """The stem's input gradient for ``output_gradient`` at its output, with the faster kernel."""
-        if self._use_aten is None:
-            self._use_aten = self._aten_is_faster(output_gradient, leaf)
-        return self._computed(output_gradient, leaf, self._use_aten)
+        return self._computed(output_gradient, leaf, self._aten_is_faster(output_gradient, leaf))
 
     def _aten_is_faster(self, output_gradient: Tensor, leaf: Tensor) -> bool:
         """Whether ATen's kernel is the faster, timed once per process and set of shapes: the
@@ -473,7 +470,8 @@ class _StemGradient:
         process (across processes they may differ in the last bits where the two are about as fast)."""
         stem = self.stem
         assert stem is not None
-        key = (tuple(leaf.shape), tuple(stem.weight.shape), _pair(stem.stride), _pair(stem.padding), leaf.dtype)
+        shapes = (tuple(leaf.shape), tuple(stem.weight.shape), _pair(stem.stride), _pair(stem.padding))
+        key = (*shapes, leaf.dtype, leaf.is_contiguous())  # the layout changes the kernels' speed too
         if key not in _ATEN_IS_FASTER:
             autograds = self._timed(output_gradient, leaf, use_aten=False)
             try:
